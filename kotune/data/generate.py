@@ -1,0 +1,304 @@
+"""Chunks → QA records through a teacher, with a crash-safe journal.
+
+A teacher turns one chunk into records. ``RuleTeacher`` (the default) needs no
+model: it mines definition, number/goal, agency-role, law, industry and
+heading questions whose answers are sentences of the chunk, so the whole
+pipeline runs offline and every answer is grounded by construction. LLM
+teachers (a local model, an OpenAI-compatible server) implement the same
+``Teacher`` interface.
+
+Every finished chunk is appended to a journal (one JSON line, flushed and
+fsynced) before the final output is written atomically, so a crash loses at
+most the chunk in flight and ``--resume`` skips finished chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from kotune.data.chunk import match_heading
+from kotune.errors import KotuneError
+from kotune.io import dumps, read_jsonl
+from kotune.korean import kiwi, split_sentences
+from kotune.records import Record, normalize, write_records
+
+
+class Teacher(ABC):
+    """Turns one chunk (``{"chunk_id", "text", "metadata"}``) into QA records."""
+
+    name: str = "teacher"
+
+    @abstractmethod
+    def generate(self, chunk: dict[str, Any], n: int) -> list[Record]:
+        """At most ``n`` records for ``chunk``; each keeps ``chunk_id`` and ``source``."""
+
+
+# ---------------------------------------------------------------- Korean josa
+def has_batchim(word: str) -> bool:
+    """Whether the last syllable has a final consonant (decides 은/는, 이/가 ...)."""
+    word = re.sub(r"[\s)\]」』'\"”’]+$", "", word)
+    if not word:
+        return False
+    ch = word[-1]
+    if "가" <= ch <= "힣":
+        return (ord(ch) - 0xAC00) % 28 != 0
+    if ch.isdigit():
+        return ch in "013678"  # 영, 일, 삼, 육, 칠, 팔 end in a consonant
+    return ch.lower() in "lmnr"
+
+
+def josa(word: str, pair: str) -> str:
+    """``josa("계획", "은/는")`` → ``"계획은"``."""
+    with_b, without_b = pair.split("/")
+    return word + (with_b if has_batchim(word) else without_b)
+
+
+# ---------------------------------------------------------------- rule teacher
+_BULLET = re.compile(r"^(?:[○●◦▪■□◆◇※•·\-–*]|\d+\)|[①-⑳])\s*")
+_DEFINITION = re.compile(
+    r"^[「“\"']?(?P<term>[^\s,.「」]{1,12}(?:\s[^\s,.「」]{1,12}){0,3}?)[」”\"']?"
+    r"(?:\([^)]{1,30}\))?\s*(?:이란|란|이라\s*함은|라\s*함은|은|는)\s+(?P<body>.+(?:말한다|의미한다|뜻한다|일컫는다|정의한다)\.)$"
+)
+_LAW = re.compile(r"「([^」]{2,40}(?:법|법률|령|규칙|규정|조례))」")
+_AGENCY = re.compile(
+    r"^(?P<agency>[가-힣A-Za-z·]{2,25}(?:부|처|청|원|위원회|센터|공단|재단|연구소|진흥원|협의회))"
+    r"(?:\s?\([A-Za-z가-힣]{2,10}\))?(?:은|는|이|가)\s"
+)
+_AGENCY_WORDS = ("담당", "총괄", "운영", "지원", "수행", "추진", "관리", "심의", "조정", "주관", "협력")
+# A quantity: a number with a unit (plain numbers such as "제5조" or "3월" are not goals).
+_QUANTITY = re.compile(r"\d[\d,.]*\s*(?:%|퍼센트|명|억|조|만|개|곳|건|대|배|회|시간|페타플롭스|엑사플롭스|PF|EF|년까지|위)")
+_MONEY = re.compile(r"\d[\d,.]*\s*(?:억|조|만)\s*원")
+_GOAL = re.compile(r"(\d{4})년까지")
+_INDUSTRY = re.compile(r"산업|기업|제조|바이오|반도체|자동차|스타트업|중소")
+_NOUN_TAGS = frozenset({"NNG", "NNP", "XPN", "XSN", "SL", "SH"})
+_ROUTINE_NOUNS = frozenset({"정부", "이상", "이하", "계획", "추진", "수준", "위", "등", "것", "바", "수", "기반", "기준",
+                            "문제", "경우", "결과", "이후", "현재", "전체", "절반", "기존"})
+
+
+def _topic(breadcrumbs: str) -> str:
+    """Last heading without its numbering: "Ⅲ. 추진 전략 > 1. 인프라 확충" → "인프라 확충"."""
+    last = breadcrumbs.split(" > ")[-1] if breadcrumbs else ""
+    last = re.sub(r"^(?:[ⅠⅡⅢⅣⅤⅥⅦⅧⅨⅩ]+|\d{1,2}|[가-하]|#+)\s*[.．)]?\s*", "", last)
+    last = re.sub(r"^제\s*\d+\s*[장절조]\s*", "", last).strip("() ")
+    last = re.sub(r"^(?:추진과제|전략|과제)\s*[\d-]+\s*[:：.]\s*", "", last)
+    return last.strip()
+
+
+def _noun_runs(sentence: str) -> list[tuple[str, str, str]]:
+    """``(phrase, next_tag, next_form)`` for each run of nouns (Kiwi), e.g. "국가 인공지능 컴퓨팅 센터"."""
+    tokens = kiwi().tokenize(sentence)
+    runs: list[tuple[str, str, str]] = []
+    i = 0
+    while i < len(tokens):
+        if tokens[i].tag not in _NOUN_TAGS:
+            i += 1
+            continue
+        j = i
+        while j + 1 < len(tokens) and tokens[j + 1].tag in _NOUN_TAGS and tokens[j + 1].start - (tokens[j].start + tokens[j].len) <= 1:
+            j += 1
+        phrase = sentence[tokens[i].start: tokens[j].start + tokens[j].len].strip()
+        nxt = tokens[j + 1] if j + 1 < len(tokens) else None
+        runs.append((phrase, nxt.tag if nxt else "", nxt.form if nxt else ""))
+        i = j + 1
+    return runs
+
+
+def _focus(sentence: str, avoid: str = "") -> str:
+    """What the sentence is about: its subject/topic noun phrase unless routine
+    ("정부는"), else its object, else its longest noun phrase."""
+    runs = [(p, t, f) for p, t, f in _noun_runs(sentence) if p not in _ROUTINE_NOUNS and p != avoid and len(p) >= 2]
+    for phrase, tag, _ in runs:
+        if tag in ("JX", "JKS", "JKB"):
+            return phrase
+        break
+    objects = [p for p, t, _ in runs if t == "JKO"]
+    if objects:
+        return objects[-1]
+    return max((p for p, _, _ in runs), key=len, default="")
+
+
+@dataclass
+class _Candidate:
+    rule: str
+    question: str
+    answer: str
+    category: str
+    difficulty: str
+
+
+class RuleTeacher(Teacher):
+    """Deterministic, model-free QA from a chunk's own sentences."""
+
+    name = "rule"
+    RULE_ORDER = ("definition", "number", "agency", "law", "industry", "heading")
+
+    def candidates(self, chunk: dict[str, Any]) -> list[_Candidate]:
+        meta = chunk.get("metadata") or {}
+        topic = _topic(meta.get("breadcrumbs", "")) or meta.get("title", "") or "이 문서"
+        sentences: list[str] = []
+        for line in chunk.get("text", "").split("\n"):
+            if not line.strip() or match_heading(line):
+                continue
+            for s in split_sentences(line):
+                if s.startswith("※"):
+                    continue  # notes and disclaimers are not content
+                s = _BULLET.sub("", s).strip()
+                if len(s) >= 15 and s.endswith((".", "다")):
+                    sentences.append(s)
+        out: list[_Candidate] = []
+        for s in sentences:
+            out.extend(self._from_sentence(s, topic))
+        if sentences:
+            summary = " ".join(sentences[:2])
+            out.append(_Candidate("heading", f"{josa(topic, '과/와')} 관련된 주요 내용은 무엇인가요?", summary, "개요", "중급"))
+        return out
+
+    def _from_sentence(self, s: str, topic: str) -> Iterable[_Candidate]:
+        m = _DEFINITION.match(s)
+        if m:
+            term = m.group("term").strip("「」“”\"' ")
+            yield _Candidate("definition", f"{josa(term, '이란/란')} 무엇인가요?", s, "정의", "초급")
+            return
+        law = _LAW.search(s)
+        if law:
+            name = law.group(1)
+            subject = _focus(s[: law.start()]) if law.start() > 0 else ""
+            if subject and not subject.startswith("「"):
+                q = f"「{name}」에 따라 {josa(subject, '은/는')} 무엇을 하나요?"
+            else:
+                q = f"「{name}」에서는 어떤 내용을 정하고 있나요?"
+            yield _Candidate("law", q, s, "법령", "중급")
+            return
+        ag = _AGENCY.match(s)
+        if ag and any(w in s for w in _AGENCY_WORDS):
+            agency = ag.group("agency")
+            if "역할" in topic or "체계" in topic or not topic:
+                q = f"{josa(agency, '은/는')} 어떤 역할을 맡나요?"
+            else:
+                q = f"{topic} 과제에서 {josa(agency, '은/는')} 어떤 역할을 맡나요?"
+            yield _Candidate("agency", q, s, "기관", "중급")
+            return
+        if _QUANTITY.search(s):
+            focus = _focus(s, avoid=topic) or topic
+            if _MONEY.search(s):
+                q = f"{focus}에 투입되는 예산은 얼마인가요?"
+            elif (g := _GOAL.search(s)) is not None:
+                q = f"{g.group(1)}년까지 {josa(focus, '과/와')} 관련한 목표는 무엇인가요?"
+            elif "%" in s or "퍼센트" in s:
+                q = f"{focus}의 비율은 어느 정도인가요?"
+            else:
+                q = f"{focus}의 규모나 목표 수치는 어떻게 되나요?"
+            yield _Candidate("number", q, s, "수치", "중급")
+            return
+        if _INDUSTRY.search(s):
+            focus = _focus(s, avoid=topic) or topic
+            yield _Candidate("industry", f"{josa(focus, '과/와')} 관련하여 무엇을 추진하나요?", s, "산업", "고급")
+    def generate(self, chunk: dict[str, Any], n: int) -> list[Record]:
+        cands = self.candidates(chunk)
+        # Round-robin over rules so a chunk's records cover several question types.
+        by_rule: dict[str, list[_Candidate]] = {r: [] for r in self.RULE_ORDER}
+        for c in cands:
+            by_rule[c.rule].append(c)
+        picked: list[_Candidate] = []
+        seen_q: set[str] = set()
+        while len(picked) < n and any(by_rule.values()):
+            for rule in self.RULE_ORDER:
+                if by_rule[rule] and len(picked) < n:
+                    c = by_rule[rule].pop(0)
+                    if c.question not in seen_q:
+                        seen_q.add(c.question)
+                        picked.append(c)
+        meta = chunk.get("metadata") or {}
+        return [
+            Record(
+                instruction=c.question,
+                output=c.answer,
+                category=c.category,
+                difficulty=c.difficulty,
+                source=meta.get("source", ""),
+                chunk_id=chunk["chunk_id"],
+                extra={"generator": f"rule:{c.rule}"},
+            )
+            for c in picked
+        ]
+
+
+def make_teacher(spec: str, model: str | None = None) -> Teacher:
+    """``rule`` now; ``hf:PATH`` and ``http(s)://...`` teachers plug in here."""
+    if spec == "rule":
+        return RuleTeacher()
+    if spec.startswith("hf:") or spec.startswith(("http://", "https://")):
+        raise KotuneError(f"teacher {spec!r} is not available in this version; use --teacher rule")
+    raise KotuneError(f"unknown teacher {spec!r}; use rule, hf:PATH or an OpenAI-compatible URL")
+
+
+# ---------------------------------------------------------------- journal
+def journal_path(out: Path) -> Path:
+    return out.with_name(out.name + ".journal")
+
+
+def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Finished chunks from a journal; a torn last line (crash mid-write) is ignored."""
+    done: dict[str, list[dict[str, Any]]] = {}
+    if not path.exists():
+        return done
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # only the last line can be torn: appends are sequential
+            done[entry["chunk_id"]] = entry["records"]
+    return done
+
+
+def load_chunks(path: str | Path) -> list[dict[str, Any]]:
+    chunks = []
+    for lineno, obj in read_jsonl(path):
+        if not isinstance(obj.get("chunk_id"), str) or not isinstance(obj.get("text"), str):
+            raise KotuneError('not a chunk: needs "chunk_id" and "text"', path=path, line=lineno)
+        chunks.append(obj)
+    if not chunks:
+        raise KotuneError("no chunks found", path=path)
+    return chunks
+
+
+def generate_file(
+    chunks: list[dict[str, Any]],
+    teacher: Teacher,
+    out: Path,
+    *,
+    per_chunk: int = 8,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_chunk: Callable[[int], None] | None = None,
+) -> list[Record]:
+    """Run ``teacher`` over ``chunks`` into ``out`` with a resumable journal."""
+    jpath = journal_path(out)
+    if jpath.exists() and not (resume or overwrite):
+        raise KotuneError(f"an unfinished run left {jpath.name}; pass --resume to continue it or --overwrite to start over", path=out)
+    if overwrite and jpath.exists():
+        jpath.unlink()
+    done = read_journal(jpath) if resume else {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(jpath, "a", encoding="utf-8") as journal:
+        for chunk in chunks:
+            if chunk["chunk_id"] not in done:
+                recs = [r.to_dict() for r in teacher.generate(chunk, per_chunk)]
+                journal.write(dumps({"chunk_id": chunk["chunk_id"], "records": recs}) + "\n")
+                journal.flush()
+                os.fsync(journal.fileno())
+                done[chunk["chunk_id"]] = recs
+            if on_chunk:
+                on_chunk(1)
+    # Output in chunk order, whatever order the journal was written in.
+    records = [normalize(d) for c in chunks for d in done.get(c["chunk_id"], [])]
+    write_records(out, records)
+    jpath.unlink()
+    return records

@@ -1,0 +1,382 @@
+"""Quality filters, grounding check and deduplication for QA records.
+
+``validate_records`` gives every record either a place in ``kept`` or exactly one
+drop reason — the first check it fails, in this order:
+
+1. ``missing_fields``  instruction or output empty after stripping;
+2. ``too_short``       answer shorter than ``min_answer_chars`` (seed: 10);
+3. ``incomplete``      answer does not end like a Korean sentence (cut off);
+4. ``evasive``         answer is a "the document does not say" non-answer;
+5. ``ungrounded``      too few of the answer's content morphemes occur in its
+                       source chunk (``chunks[chunk_id]``, else ``input``);
+6. ``duplicate``       same question+answer as an earlier kept record, or the
+                       same question (and same input) with another answer;
+7. ``near_duplicate``  MinHash estimate of character-trigram Jaccard with an
+                       earlier kept record at or above the threshold.
+
+Cheap string checks run first, Kiwi (grounding) only on survivors, dedup last
+and in input order, so merging files in the same order is deterministic: the
+first occurrence is always the one kept.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+from kotune.errors import KotuneError
+from kotune.korean import content_morphemes, ends_like_sentence
+from kotune.records import Record
+
+REASONS = ("missing_fields", "duplicate", "near_duplicate", "too_short", "incomplete", "evasive", "ungrounded")
+REASON_LABELS = {
+    "missing_fields": "필수 필드 누락",
+    "duplicate": "중복",
+    "near_duplicate": "유사 중복",
+    "too_short": "너무 짧은 답변",
+    "incomplete": "불완전(잘림)",
+    "evasive": "회피성 답변",
+    "ungrounded": "근거 불충분",
+}
+
+# Non-answers a teacher model gives when the chunk does not hold the answer
+# (the seed's "명시되어 있지 않습니다" filter). Matched with all whitespace
+# removed, so "명시되어있지 않습니다" and "명시되어 있지  않" both hit.
+DEFAULT_EVASIVE_PHRASES: tuple[str, ...] = (
+    "명시되어 있지 않",
+    "언급되어 있지 않",
+    "해당 내용이 없",
+    "해당 내용은 없",
+    "관련 내용이 없",
+    "알 수 없습니다",
+    "정보가 없습니다",
+    "정보가 제공되지 않",
+    "제공된 문서에는",
+    "주어진 문서에는",
+    "제공된 정보로는",
+    "주어진 정보로는",
+    "답변할 수 없",
+    "답변드릴 수 없",
+    "확인할 수 없습니다",
+)
+
+_WS = re.compile(r"\s+")
+_EXAMPLES_PER_REASON = 3
+_SNIPPET = 80
+_NO_VALUE = "(none)"
+
+
+@dataclass
+class ValidateConfig:
+    min_answer_chars: int = 10          # seed: answers under 10 characters dropped
+    near_dup_threshold: float = 0.85    # estimated Jaccard over character n-grams
+    ngram: int = 3
+    num_perm: int = 128
+    min_grounding: float = 0.5          # share of the answer's unique content morphemes found in the source
+    check_grounding: bool = True
+    evasive_phrases: tuple[str, ...] = DEFAULT_EVASIVE_PHRASES
+    seed: int = 1                       # MinHash permutation seed (fixed → reproducible)
+
+    def check(self) -> None:
+        if self.min_answer_chars < 0:
+            raise KotuneError(f"min_answer_chars must be >= 0, got {self.min_answer_chars}")
+        if not 0.0 < self.near_dup_threshold <= 1.0:
+            raise KotuneError(f"near_dup_threshold must be in (0, 1], got {self.near_dup_threshold}")
+        if self.ngram < 1:
+            raise KotuneError(f"ngram must be >= 1, got {self.ngram}")
+        if self.num_perm < 16:
+            raise KotuneError(f"num_perm must be >= 16, got {self.num_perm}")
+        if not 0.0 <= self.min_grounding <= 1.0:
+            raise KotuneError(f"min_grounding must be in [0, 1], got {self.min_grounding}")
+
+
+def normalize_text(text: str) -> str:
+    """Whitespace collapsed to single spaces and stripped."""
+    return _WS.sub(" ", text or "").strip()
+
+
+def _squash(text: str) -> str:
+    return _WS.sub("", text or "")
+
+
+@dataclass
+class ValidationResult:
+    kept: list[Record]
+    dropped: list[tuple[Record, str]]
+    grounding_checked: int = 0
+    grounding_unchecked: int = 0
+    config: ValidateConfig = field(default_factory=ValidateConfig)
+
+    @property
+    def total(self) -> int:
+        return len(self.kept) + len(self.dropped)
+
+    def counts(self) -> dict[str, int]:
+        """reason → number dropped, every reason present (0 allowed), in ``REASONS`` order."""
+        c = Counter(reason for _, reason in self.dropped)
+        return {r: c.get(r, 0) for r in REASONS}
+
+    def report(self) -> dict[str, Any]:
+        total = self.total
+        kept = len(self.kept)
+        scores = [r.extra["grounding"] for r in self.kept if isinstance(r.extra.get("grounding"), (int, float))]
+        rep: dict[str, Any] = {
+            "total": total,
+            "kept": kept,
+            "dropped": len(self.dropped),
+            "pass_rate": round(kept / total, 4) if total else 0.0,
+            "dropped_by_reason": self.counts(),
+            "reason_labels": dict(REASON_LABELS),
+            "kept_by_category": _distribution(r.category for r in self.kept),
+            "kept_by_difficulty": _distribution(r.difficulty for r in self.kept),
+            "grounding_checked": self.grounding_checked,
+            "grounding_unchecked": self.grounding_unchecked,
+            "grounding_mean": round(sum(scores) / len(scores), 3) if scores else None,
+        }
+        files = self._by_file()
+        if files:
+            rep["by_file"] = files
+        rep["examples"] = self._examples()
+        cfg = asdict(self.config)
+        cfg["evasive_phrases"] = list(cfg["evasive_phrases"])
+        rep["config"] = cfg
+        return rep
+
+    def _by_file(self) -> dict[str, Any]:
+        if not any("_file" in r.extra for r in self.kept) and not any("_file" in r.extra for r, _ in self.dropped):
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+
+        def slot(rec: Record) -> dict[str, Any]:
+            name = str(rec.extra.get("_file", _NO_VALUE))
+            return out.setdefault(name, {"total": 0, "kept": 0, "dropped": {}})
+
+        # Walk in original order where possible: kept and dropped each keep input order.
+        for rec in self.kept:
+            s = slot(rec)
+            s["total"] += 1
+            s["kept"] += 1
+        for rec, reason in self.dropped:
+            s = slot(rec)
+            s["total"] += 1
+            s["dropped"][reason] = s["dropped"].get(reason, 0) + 1
+        for s in out.values():
+            s["dropped"] = {r: s["dropped"][r] for r in REASONS if r in s["dropped"]}
+        return out
+
+    def _examples(self) -> dict[str, list[dict[str, Any]]]:
+        ex: dict[str, list[dict[str, Any]]] = {}
+        for rec, reason in self.dropped:
+            bucket = ex.setdefault(reason, [])
+            if len(bucket) >= _EXAMPLES_PER_REASON:
+                continue
+            item: dict[str, Any] = {
+                "id": rec.id,
+                "instruction": _snippet(rec.instruction),
+                "output": _snippet(rec.output),
+            }
+            for key in ("grounding", "duplicate_of", "similarity", "_file", "_line"):
+                if key in rec.extra:
+                    item[key.lstrip("_")] = rec.extra[key]
+            bucket.append(item)
+        return {r: ex[r] for r in REASONS if r in ex}
+
+
+def _snippet(text: str, n: int = _SNIPPET) -> str:
+    text = normalize_text(text)
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _distribution(values: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """value → {"count", "share"} sorted by count (desc) then value; share in percent of the kept records."""
+    c = Counter((v or "").strip() or _NO_VALUE for v in values)
+    total = sum(c.values())
+    return {
+        k: {"count": n, "share": round(100.0 * n / total, 1) if total else 0.0}
+        for k, n in sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))
+    }
+
+
+# --------------------------------------------------------------------------- checks
+
+def _cheap_reason(rec: Record, cfg: ValidateConfig, evasive: tuple[str, ...]) -> str | None:
+    instruction = (rec.instruction or "").strip()
+    output = (rec.output or "").strip()
+    if not instruction or not output:
+        return "missing_fields"
+    if len(output) < cfg.min_answer_chars:
+        return "too_short"
+    if not ends_like_sentence(output):
+        return "incomplete"
+    squashed = _squash(output)
+    if any(p and p in squashed for p in evasive):
+        return "evasive"
+    return None
+
+
+class _MorphemeCache:
+    """Unique content morphemes per text; each source chunk is tokenised once."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, frozenset[str]] = {}
+
+    def get(self, text: str) -> frozenset[str]:
+        hit = self._cache.get(text)
+        if hit is None:
+            hit = frozenset(m.lower() for m in content_morphemes(text))
+            self._cache[text] = hit
+        return hit
+
+
+def grounding_score(answer: str, source: str, cache: _MorphemeCache | None = None) -> float | None:
+    """Share of the answer's *unique* content morphemes (set, not multiset) that occur in ``source``.
+
+    A set is used so that an answer repeating one grounded noun cannot hide an
+    invented one. Returns None when the answer has no content morphemes.
+    """
+    cache = cache or _MorphemeCache()
+    ans = cache.get(answer)
+    if not ans:
+        return None
+    src = cache.get(source)
+    return len(ans & src) / len(ans)
+
+
+def _shingles(text: str, n: int) -> list[bytes]:
+    if len(text) < n:
+        return [text.encode("utf-8")]
+    return sorted({text[i : i + n].encode("utf-8") for i in range(len(text) - n + 1)})
+
+
+def validate_records(
+    records: list[Record],
+    chunks: dict[str, str] | None = None,
+    config: ValidateConfig | None = None,
+) -> ValidationResult:
+    """Filter, ground-check and deduplicate ``records`` (kept in input order)."""
+    from datasketch import MinHash, MinHashLSH
+
+    cfg = config or ValidateConfig()
+    cfg.check()
+    chunks = chunks or {}
+    evasive = tuple(_squash(p) for p in cfg.evasive_phrases if _squash(p))
+
+    reason_of: dict[int, str] = {}
+
+    # 1–4: cheap per-record string checks.
+    for i, rec in enumerate(records):
+        reason = _cheap_reason(rec, cfg, evasive)
+        if reason:
+            reason_of[i] = reason
+
+    # 5: grounding (Kiwi) only for survivors.
+    checked = unchecked = 0
+    if cfg.check_grounding:
+        cache = _MorphemeCache()
+        for i, rec in enumerate(records):
+            if i in reason_of:
+                continue
+            source = chunks.get(rec.chunk_id, "") if rec.chunk_id else ""
+            if not source.strip():
+                source = rec.input or ""
+            if not source.strip():
+                unchecked += 1
+                continue
+            score = grounding_score(rec.output, source, cache)
+            if score is None:
+                unchecked += 1
+                continue
+            checked += 1
+            rec.extra["grounding"] = round(score, 3)
+            if score < cfg.min_grounding:
+                reason_of[i] = "ungrounded"
+
+    # 6–7: dedup against records already kept, in input order.
+    seen_pair: dict[tuple[str, str], str] = {}
+    seen_question: dict[tuple[str, str], str] = {}
+    # LSH only proposes candidates; its threshold sits a little below the cut
+    # (fewer missed pairs, and datasketch rejects thresholds near 1.0), and
+    # each candidate is confirmed with the MinHash estimate itself.
+    lsh = MinHashLSH(threshold=min(0.9, max(0.05, cfg.near_dup_threshold - 0.1)), num_perm=cfg.num_perm)
+    sketches: dict[str, Any] = {}
+    for i, rec in enumerate(records):
+        if i in reason_of:
+            continue
+        q = normalize_text(rec.instruction)
+        a = normalize_text(rec.output)
+        ctx = normalize_text(rec.input)
+        first = seen_pair.get((q, a)) or seen_question.get((q, ctx))
+        if first is not None:
+            reason_of[i] = "duplicate"
+            rec.extra["duplicate_of"] = first
+            continue
+        m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
+        m.update_batch(_shingles(q + "\n" + a, cfg.ngram))
+        best_key, best = None, -1.0
+        for key in sorted(lsh.query(m)):  # candidates; confirm with the estimate itself
+            sim = m.jaccard(sketches[key])
+            if sim > best:
+                best_key, best = key, sim
+        if best_key is not None and best >= cfg.near_dup_threshold:
+            reason_of[i] = "near_duplicate"
+            rec.extra["duplicate_of"] = records[int(best_key)].id
+            rec.extra["similarity"] = round(best, 3)
+            continue
+        key = str(i)
+        lsh.insert(key, m)
+        sketches[key] = m
+        seen_pair[(q, a)] = rec.id
+        seen_question[(q, ctx)] = rec.id
+
+    kept = [rec for i, rec in enumerate(records) if i not in reason_of]
+    dropped = [(rec, reason_of[i]) for i, rec in enumerate(records) if i in reason_of]
+    return ValidationResult(kept, dropped, grounding_checked=checked, grounding_unchecked=unchecked, config=cfg)
+
+
+# --------------------------------------------------------------------------- display
+
+def render_table(result: ValidationResult):
+    """Drop reasons: English key + Korean label, count, share of all records."""
+    from rich.table import Table
+
+    total = result.total
+    counts = result.counts()
+    table = Table(title=f"검증 결과 (Validation): {len(result.kept):,} / {total:,} kept", title_justify="left")
+    table.add_column("reason")
+    table.add_column("사유")
+    table.add_column("count", justify="right")
+    table.add_column("share", justify="right")
+    for reason in REASONS:
+        n = counts[reason]
+        table.add_row(reason, REASON_LABELS[reason], f"{n:,}", _pct(n, total))
+    table.add_section()
+    table.add_row("kept", "통과", f"{len(result.kept):,}", _pct(len(result.kept), total), style="bold")
+    return table
+
+
+def render_distribution_table(result: ValidationResult):
+    """Kept records by category and by difficulty (the seed's 유형별 분포)."""
+    from rich.table import Table
+
+    rep_cat = _distribution(r.category for r in result.kept)
+    rep_diff = _distribution(r.difficulty for r in result.kept)
+    table = Table(title="유형별 분포 (kept)", title_justify="left")
+    table.add_column("field")
+    table.add_column("value")
+    table.add_column("count", justify="right")
+    table.add_column("share", justify="right")
+    for name, dist in (("category", rep_cat), ("difficulty", rep_diff)):
+        for value, d in dist.items():
+            table.add_row(name, value, f"{d['count']:,}", f"{d['share']:.1f}%")
+        table.add_section()
+    return table
+
+
+def render_tables(result: ValidationResult) -> list:
+    return [render_table(result), render_distribution_table(result)]
+
+
+def _pct(n: int, total: int) -> str:
+    return f"{100.0 * n / total:.1f}%" if total else "0.0%"
