@@ -1,0 +1,1 @@
+"""Test-only helpers: build small documents in the formats kotune reads."""
