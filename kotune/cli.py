@@ -11,7 +11,8 @@ import typer
 
 from kotune import __version__
 from kotune.errors import KotuneError
-from kotune.ui import console, done, progress, warn
+from kotune.ui import console, done, warn
+from kotune.ui import progress as _progress
 
 app = typer.Typer(
     name="kotune",
@@ -23,6 +24,14 @@ app = typer.Typer(
 )
 
 _DEBUG = False
+
+
+def progress():
+    """A progress bar on a terminal only: in logs and pipes its last frame would
+    be a stray line in front of the result (or of the one ``error:`` line)."""
+    bar = _progress()
+    bar.disable = not console.is_interactive
+    return bar
 
 
 def _version(value: bool) -> None:
@@ -129,7 +138,7 @@ def split(
     data: Path = typer.Argument(..., help="Records to split (.jsonl .json .csv)."),
     train: Path = typer.Option(..., "--train", help="Train file to write."),
     test: Path = typer.Option(..., "--test", help="Test file to write."),
-    test_size: float = typer.Option(0.1, "--test-size", "--test_size", min=0.0, max=1.0, help="Share of groups for test."),
+    test_size: float = typer.Option(0.1, "--test-size", "--test_size", help="Share of groups for test (0 < X < 1)."),
     stratify: str = typer.Option("category", "--stratify", help="Field to stratify by ('' for none)."),
     seed: int = typer.Option(42, "--seed", help="Random seed; the same seed gives the same split."),
     augment_n: int = typer.Option(0, "--augment", min=0, help="Add N paraphrased-instruction variants per train record."),
@@ -155,28 +164,123 @@ def split(
     done(f"train {len(tr)} → {train}, test {len(te)} → {test}")
 
 
+# ---------------------------------------------------------------- training
+@app.command()
+def train(
+    base_model: str = typer.Option("builtin:tiny-ko", "--base-model", "--base_model", help="HF id, local folder or builtin:tiny-ko."),
+    data: Path = typer.Option(..., "--data", "--data_path", "--data-path", help="Training records (.jsonl .json .csv)."),
+    output_dir: Path = typer.Option(..., "--output-dir", "--output_dir", "-o", help="Run folder: adapter, tokenizer, kotune.json."),
+    method: str = typer.Option("lora", "--method", help="lora | qlora (4-bit NF4) | full."),
+    preset: str = typer.Option("balanced", "--preset", help="fast | balanced | quality | memory_efficient."),
+    template: str = typer.Option("kotune", "--template", help="kotune | alpaca | koalpaca | rag | chat."),
+    system_prompts: Optional[Path] = typer.Option(None, "--system-prompts", help="JSON {category: system prompt} for --template chat."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Override the preset."),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--learning_rate", help="Override the preset."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", help="Per-device batch; overrides the preset."),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps."),
+    max_length: int = typer.Option(1024, "--max-length", "--max_length", help="Tokens per sample (longer ones are truncated, EOS kept)."),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", "--lora_r", help="LoRA rank."),
+    lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", "--lora_alpha", help="LoRA alpha."),
+    lora_dropout: float = typer.Option(0.05, "--lora-dropout", help="LoRA dropout."),
+    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Comma-separated module names (default: per architecture)."),
+    lora_mlp: bool = typer.Option(False, "--lora-mlp", help="Also adapt the MLP projections."),
+    scheduler: str = typer.Option("cosine", "--scheduler", help="cosine | linear | constant_with_warmup."),
+    warmup_ratio: float = typer.Option(0.03, "--warmup-ratio", help="Share of steps for linear warmup."),
+    neftune_alpha: Optional[float] = typer.Option(None, "--neftune-alpha", help="NEFTune noise alpha (e.g. 5)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory."),
+    eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Records for eval loss (default: 10% split of --data)."),
+    eval_split: float = typer.Option(0.1, "--eval-split", help="Share of --data held out for eval loss when no --eval-data."),
+    early_stopping: Optional[int] = typer.Option(None, "--early-stopping", help="Stop after N evaluations without improvement."),
+    save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every N steps."),
+    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after N optimizer steps (overrides epochs)."),
+    batching: str = typer.Option("auto", "--batching", help="auto | group_by_length | padding_free."),
+    report_to: str = typer.Option("tensorboard", "--report-to", help="tensorboard | wandb | mlflow | none."),
+    seed: int = typer.Option(42, "--seed", help="Random seed."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub (off by default)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT_DIR from its last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the kotune run in OUTPUT_DIR."),
+) -> None:
+    """Fine-tune with LoRA, QLoRA or full SFT: prompt masked, EOS trained, template saved for inference."""
+    import json as _json
+
+    from kotune.train import TrainConfig, train as run_train
+
+    prompts = {}
+    if system_prompts:
+        from kotune.io import read_text_file
+
+        try:
+            prompts = _json.loads(read_text_file(system_prompts))
+        except _json.JSONDecodeError as e:
+            raise KotuneError(f"invalid JSON ({e.msg})", path=system_prompts, line=e.lineno) from None
+    config = TrainConfig(
+        base_model=base_model, data=str(data), output_dir=str(output_dir), method=method, preset=preset,
+        template=template, system_prompts=prompts, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+        grad_accum=grad_accum, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
+        lora_mlp=lora_mlp, scheduler=scheduler, warmup_ratio=warmup_ratio, neftune_alpha=neftune_alpha,
+        gradient_checkpointing=gradient_checkpointing, eval_data=str(eval_data) if eval_data else None,
+        eval_split=eval_split, early_stopping=early_stopping, save_steps=save_steps, max_steps=max_steps,
+        batching=batching, report_to=report_to, seed=seed, trust_remote_code=trust_remote_code,
+    )
+    info = run_train(config, resume=resume, overwrite=overwrite, log=lambda m: console.print(m, markup=False))
+    if info.get("status") == "complete":
+        f = info["final"]
+        done(f"trained in {f['seconds']} s ({f['steps']} steps): train loss {f['train_loss']}, "
+             f"eval loss {f['eval_loss']} → {output_dir}")
+
+
 # ---------------------------------------------------------------- entry point
+def _error(message: str) -> None:
+    """The one ``error:`` line; the message is text, never Rich markup ("[...]" in paths)."""
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user mistakes print one ``error:`` line and exit 2."""
     global _DEBUG
     argv = list(sys.argv[1:] if argv is None else argv)
     _DEBUG = "--debug" in argv or os.environ.get("KOTUNE_DEBUG") == "1"
+    if "--debug" in argv[1:]:  # accepted after the command too: kotune prepare x.txt -o y --debug
+        argv = ["--debug"] + [a for a in argv if a != "--debug"]
     try:
         app(args=argv, prog_name="kotune", standalone_mode=False)
     except KotuneError as e:
         if _DEBUG:
             raise
-        console.print(f"[red]error:[/red] {e}", markup=True, highlight=False, soft_wrap=True)
+        _error(str(e))
         sys.exit(e.exit_code)
+    except OSError as e:  # unreadable input, -o naming a folder, disk full: the user's to fix
+        if _DEBUG:
+            raise
+        name = e.filename2 or e.filename  # os.replace(tmp, OUTPUT) failing is about OUTPUT
+        where = f"{name}: " if name else ""
+        _error(where + (e.strerror or str(e)))
+        sys.exit(KotuneError.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
         console.print("aborted")
         sys.exit(130)
-    except Exception as e:  # click usage errors
+    except Exception as e:  # usage errors: missing argument, bad option value
+        if isinstance(e, _usage_error_types()) and callable(getattr(e, "show", None)):
+            if _DEBUG:
+                raise
+            e.show()
+            sys.exit(getattr(e, "exit_code", 2))
+        raise
+
+
+def _usage_error_types() -> tuple[type, ...]:
+    """Typer >= 0.29 vendors click (``typer._click``), so its usage errors are not
+    ``click.ClickException``; both derive from what is checked here."""
+    types: list[type] = [t for t in (getattr(typer, "TyperException", None),) if t is not None]
+    try:
         import click
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+        types.append(click.exceptions.ClickException)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    return tuple(types)

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping
 from kotune.errors import KotuneError
 from kotune.io import atomic_writer, check_input_file, decode_bytes, dumps, short_hash
 
+_AUGMENTED_SUFFIX = re.compile(r"#a\d+$")
 FIELDS = ("id", "instruction", "input", "output", "category", "difficulty", "source", "chunk_id")
 REQUIRED = ("instruction", "output")
 
@@ -63,8 +64,12 @@ class Record:
 
     @property
     def group(self) -> str:
-        """Augmented variants share their original's group (``ID#aN`` → ``ID``)."""
-        return self.id.split("#", 1)[0]
+        """Augmented variants share their original's group (``ID#aN`` → ``ID``).
+
+        Only the ``#aN`` suffix is cut: ids such as ``doc#12`` from other tools
+        stay distinct groups.
+        """
+        return _AUGMENTED_SUFFIX.sub("", self.id)
 
 
 def parse_mapping(items: Iterable[str] | None) -> dict[str, str]:

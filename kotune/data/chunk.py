@@ -28,7 +28,8 @@ _HEADING_STYLES: list[tuple[str, re.Pattern[str]]] = [
     ("part", re.compile(r"^(제\s*\d+\s*편\b.*)$")),
     ("chapter", re.compile(r"^(제\s*\d+\s*장\b.*)$")),
     ("section", re.compile(r"^(제\s*\d+\s*절\b.*)$")),
-    ("article", re.compile(r"^(제\s*\d+\s*조(?:의\s*\d+)?\s*(?:\([^)]{1,40}\)|【[^】]{1,40}】)?)")),
+    # "제3조(목적) 이 법은 ..." or "제3조 이 법은 ..."; never "제5조에 따라 ..." (a sentence citing an article).
+    ("article", re.compile(r"^(제\s*\d+\s*조(?:의\s*\d+)?(?:\s*\([^)]{1,40}\)|\s*【[^】]{1,40}】|(?=\s|$)))")),
     ("roman", re.compile(r"^([ⅠⅡⅢⅣⅤⅥⅦⅧⅨⅩⅪⅫ]+\s*[.．]\s*.+)$")),
     ("roman_ascii", re.compile(r"^((?:I|II|III|IV|V|VI|VII|VIII|IX|X)\s*[.．]\s+.+)$")),
     ("arabic", re.compile(r"^(\d{1,2}\s*[.．]\s*\S.*)$")),
@@ -38,8 +39,23 @@ _HEADING_STYLES: list[tuple[str, re.Pattern[str]]] = [
     ("circled", re.compile(r"^([①-⑳]\s*\S.*)$")),
 ]
 _MAX_HEADING_CHARS = 60
-# A numbered line that ends like a sentence is a list item, not a heading.
-_SENTENCE_END = re.compile(r"(?:[다요]|니다|음|함|됨)\s*[.!?]?\s*$|[.!?。]\s*$")
+# A numbered line that ends like a sentence is a list item, not a heading:
+# final punctuation, or a verb/adjective ending (추진한다, 청년임, 완료됨, 가능해요).
+# Nouns that merely end in the same syllables (개요, 수요, 필요, 바다, 포함) are
+# headings, so those endings are confirmed with Kiwi.
+_PUNCT_END = re.compile(r"[.!?。]\s*$")
+_MAYBE_ENDING = re.compile(r"[다요음함됨임]\s*$")
+
+
+def _ends_like_sentence(text: str) -> bool:
+    if _PUNCT_END.search(text):
+        return True
+    if not _MAYBE_ENDING.search(text):
+        return False
+    from kotune.korean import morphemes
+
+    toks = morphemes(text)
+    return bool(toks) and toks[-1][1].startswith("E")
 
 
 def match_heading(line: str) -> tuple[str, str, str] | None:
@@ -57,7 +73,7 @@ def match_heading(line: str) -> tuple[str, str, str] | None:
         heading = m.group(1).strip()
         if style.startswith("md"):
             return style, heading, ""
-        if len(heading) > _MAX_HEADING_CHARS or _SENTENCE_END.search(heading):
+        if len(heading) > _MAX_HEADING_CHARS or _ends_like_sentence(heading):
             return None
         return style, heading, ""
     return None

@@ -141,22 +141,38 @@ class RuleTeacher(Teacher):
     def candidates(self, chunk: dict[str, Any]) -> list[_Candidate]:
         meta = chunk.get("metadata") or {}
         topic = _topic(meta.get("breadcrumbs", "")) or meta.get("title", "") or "이 문서"
+        crumbs = meta.get("breadcrumbs", "")
+        own_heading = crumbs.split(" > ")[-1] if crumbs else ""
         sentences: list[str] = []
+        # The heading question's answer: the first sentences of the chunk's own
+        # section (after its heading, so not the overlap carried from the
+        # previous section), and only sentences that stand next to each other.
+        summary: list[str] = []
+        summary_open = True
         for line in chunk.get("text", "").split("\n"):
-            if not line.strip() or match_heading(line):
+            if not line.strip():
+                continue
+            if match_heading(line):
+                if own_heading and line.strip() == own_heading:
+                    summary, summary_open = [], True
+                elif summary:
+                    summary_open = False
                 continue
             for s in split_sentences(line):
-                if s.startswith("※"):
-                    continue  # notes and disclaimers are not content
-                s = _BULLET.sub("", s).strip()
-                if len(s) >= 15 and s.endswith((".", "다")):
-                    sentences.append(s)
+                s = s if s.startswith("※") else _BULLET.sub("", s).strip()
+                if s.startswith("※") or len(s) < 15 or not s.endswith((".", "다")):
+                    # Notes and disclaimers are not content; fragments are not answers.
+                    if summary:
+                        summary_open = False
+                    continue
+                sentences.append(s)
+                if summary_open and len(summary) < 2:
+                    summary.append(s)
         out: list[_Candidate] = []
         for s in sentences:
             out.extend(self._from_sentence(s, topic))
-        if sentences:
-            summary = " ".join(sentences[:2])
-            out.append(_Candidate("heading", f"{josa(topic, '과/와')} 관련된 주요 내용은 무엇인가요?", summary, "개요", "중급"))
+        if summary:
+            out.append(_Candidate("heading", f"{josa(topic, '과/와')} 관련된 주요 내용은 무엇인가요?", " ".join(summary), "개요", "중급"))
         return out
 
     def _from_sentence(self, s: str, topic: str) -> Iterable[_Candidate]:
@@ -252,9 +268,9 @@ def read_journal(path: Path) -> dict[str, list[dict[str, Any]]]:
         for line in f:
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
+                done[entry["chunk_id"]] = list(entry["records"])
+            except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # only the last line can be torn: appends are sequential
-            done[entry["chunk_id"]] = entry["records"]
     return done
 
 
@@ -263,6 +279,8 @@ def load_chunks(path: str | Path) -> list[dict[str, Any]]:
     for lineno, obj in read_jsonl(path):
         if not isinstance(obj.get("chunk_id"), str) or not isinstance(obj.get("text"), str):
             raise KotuneError('not a chunk: needs "chunk_id" and "text"', path=path, line=lineno)
+        if not isinstance(obj.get("metadata") or {}, dict):
+            raise KotuneError('not a chunk: "metadata" must be an object', path=path, line=lineno)
         chunks.append(obj)
     if not chunks:
         raise KotuneError("no chunks found", path=path)
@@ -287,6 +305,13 @@ def generate_file(
         jpath.unlink()
     done = read_journal(jpath) if resume else {}
     out.parent.mkdir(parents=True, exist_ok=True)
+    if resume and jpath.exists() and jpath.stat().st_size:
+        with open(jpath, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+        if torn:  # end the torn line, or the next entry would be glued onto it and lost
+            with open(jpath, "a", encoding="utf-8") as f:
+                f.write("\n")
     with open(jpath, "a", encoding="utf-8") as journal:
         for chunk in chunks:
             if chunk["chunk_id"] not in done:

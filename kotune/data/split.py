@@ -95,6 +95,12 @@ def stratified_split(
         rng.shuffle(gs)
         k = min(max(1, round(len(gs) * test_size)), len(gs) - 1)
         test_groups.update(gs[:k])
+    if not test_groups and len(groups) > 1:
+        # Every stratum has a single group (e.g. one record per category):
+        # stratifying cannot place any in test, so draw from all of them.
+        gs = sorted(groups)
+        rng.shuffle(gs)
+        test_groups.update(gs[: min(max(1, round(len(gs) * test_size)), len(gs) - 1)])
     train = [r for r in records if r.group not in test_groups]
     test = [r for r in records if r.group in test_groups]
     return train, test

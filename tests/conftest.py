@@ -1,0 +1,113 @@
+"""Shared fixtures: the bundled sample, CLI runners (in-process and real subprocess),
+and the sample taken once through ``prepare`` and ``generate`` for the whole session."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DOC = REPO / "recipes" / "data" / "policy" / "policy_plan.txt"
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def __iter__(self):  # ``code, out, err = run_cli([...])``
+        return iter((self.code, self.out, self.err))
+
+    @property
+    def err_lines(self) -> list[str]:
+        return [line for line in self.err.splitlines() if line.strip()]
+
+
+def call_cli(args: list[str]) -> CliResult:
+    """``kotune ARGS`` in this process (no Kiwi/typer start-up per call).
+
+    The Rich console looks up ``sys.stderr`` at print time, so redirecting the
+    standard streams captures everything the command prints.
+    """
+    from kotune.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("KOTUNE_DEBUG", None)
+    env["PYTHONIOENCODING"] = "utf-8"
+    env["COLUMNS"] = "200"
+    return env
+
+
+def run_kotune(args: list[str], cwd: Path | None = None, timeout: float = 120) -> CliResult:
+    """``python -m kotune ARGS`` as a real process: exit code, stdout, stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "kotune", *map(str, args)],
+        cwd=cwd or REPO, env=_subprocess_env(), capture_output=True, text=True,
+        encoding="utf-8", errors="replace", timeout=timeout,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def cli() -> Callable[[list], CliResult]:
+    """In-process runner: ``cli(["prepare", ...])`` → CliResult(code, out, err)."""
+    return call_cli
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., CliResult]:
+    """Subprocess runner for stderr/traceback behaviour: ``run_cli([...])`` → (code, out, err)."""
+    return run_kotune
+
+
+@pytest.fixture(scope="session")
+def sample_doc() -> Path:
+    assert SAMPLE_DOC.is_file(), f"bundled sample missing: {SAMPLE_DOC}"
+    return SAMPLE_DOC
+
+
+@pytest.fixture(scope="session")
+def sample_chunks(tmp_path_factory, sample_doc) -> Path:
+    """The bundled sample through ``kotune prepare`` (default options)."""
+    out = tmp_path_factory.mktemp("sample") / "chunks.jsonl"
+    res = call_cli(["prepare", sample_doc, "-o", out])
+    assert res.code == 0, res.err
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_qa(sample_chunks) -> Path:
+    """The sample chunks through ``kotune generate`` (rule teacher)."""
+    out = sample_chunks.parent / "qa.jsonl"
+    res = call_cli(["generate", sample_chunks, "-o", out])
+    assert res.code == 0, res.err
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def leftover_temp_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in Path(folder).glob(".*.tmp"))

@@ -1,0 +1,61 @@
+"""`make demo`'s job (scripts/demo.sh): the bundled sample through the dataset
+stage, as real processes, in under two minutes on two cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, read_jsonl
+
+DEMO_FILES = ("chunks.jsonl", "qa.jsonl", "clean.jsonl", "train.jsonl", "test.jsonl", "validation.json")
+
+
+def _kotune_executable() -> str:
+    """The ``kotune`` script of this interpreter's environment (demo.sh runs "$KOTUNE" as one word)."""
+    beside = Path(sys.executable).with_name("kotune")
+    found = str(beside) if beside.is_file() else shutil.which("kotune")
+    if not found:
+        pytest.fail("no kotune executable: install the package (pip install -e .) first")
+    return found
+
+
+@pytest.mark.slow
+def test_demo_builds_the_dataset_in_under_two_minutes(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    env = dict(os.environ, KOTUNE=_kotune_executable())
+    env.pop("KOTUNE_DEBUG", None)
+
+    start = time.monotonic()
+    proc = subprocess.run(["bash", "scripts/demo.sh", str(out)], cwd=REPO, env=env,
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
+    elapsed = time.monotonic() - start
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert elapsed < 120, f"demo took {elapsed:.0f} s"
+    for name in DEMO_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert sorted(p.name for p in out.iterdir()) == sorted(DEMO_FILES)  # no journal or temp files left
+
+    chunks = read_jsonl(out / "chunks.jsonl")
+    qa = read_jsonl(out / "qa.jsonl")
+    clean = read_jsonl(out / "clean.jsonl")
+    train = read_jsonl(out / "train.jsonl")
+    test = read_jsonl(out / "test.jsonl")
+    report = json.loads((out / "validation.json").read_text(encoding="utf-8"))
+
+    assert len(chunks) >= 5
+    assert len(qa) >= 50
+    assert report["total"] == len(qa) and report["kept"] == len(clean)
+    assert len(train) + len(test) == len(clean)
+    assert sorted(r["id"] for r in train + test) == sorted(r["id"] for r in clean)
+    assert 0 < len(test) < len(train)
+    assert {r["chunk_id"] for r in clean} <= {c["chunk_id"] for c in chunks}
+    assert "demo: dataset ready" in proc.stdout

@@ -1,0 +1,268 @@
+"""kotune generate: the rule teacher on the bundled sample, determinism, and the
+crash-safe journal behind --resume."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import leftover_temp_files, read_jsonl
+from kotune.data.generate import (
+    RuleTeacher,
+    Teacher,
+    generate_file,
+    journal_path,
+    josa,
+    load_chunks,
+    read_journal,
+)
+from kotune.errors import KotuneError
+from kotune.records import Record
+
+BULLET = re.compile(r"^(?:[○●◦▪■□◆◇※•·\-–*]|\d+\)|[①-⑳])\s*")
+
+
+def _plain(text: str) -> str:
+    """Chunk or answer text without leading bullet markers, whitespace collapsed."""
+    lines = (BULLET.sub("", line.strip()) for line in text.split("\n"))
+    return re.sub(r"\s+", " ", " ".join(lines)).strip()
+
+
+@pytest.fixture(scope="module")
+def chunks(sample_chunks: Path) -> list[dict]:
+    return read_jsonl(sample_chunks)
+
+
+@pytest.fixture(scope="module")
+def records(sample_qa: Path) -> list[dict]:
+    return read_jsonl(sample_qa)
+
+
+# ------------------------------------------------------------------ rule teacher on the sample
+def test_rule_teacher_makes_at_least_50_records_from_the_sample(records: list[dict]) -> None:
+    assert len(records) >= 50
+    assert all(r["instruction"].endswith("?") for r in records)
+    assert len({r["id"] for r in records}) == len(records)
+
+
+def test_every_record_names_an_existing_chunk_and_its_source(records: list[dict], chunks: list[dict]) -> None:
+    by_id = {c["chunk_id"]: c for c in chunks}
+    for r in records:
+        assert r["chunk_id"] in by_id, r
+        assert r["source"] == by_id[r["chunk_id"]]["metadata"]["source"] == "policy_plan.txt"
+    # records come out in chunk order
+    order = [list(by_id).index(r["chunk_id"]) for r in records]
+    assert order == sorted(order)
+
+
+def test_every_answer_is_text_of_its_own_chunk(records: list[dict], chunks: list[dict]) -> None:
+    text = {c["chunk_id"]: _plain(c["text"]) for c in chunks}
+    not_found = [r["output"] for r in records if _plain(r["output"]) not in text[r["chunk_id"]]]
+    assert not_found == []
+    # single-sentence answers are verbatim (only a leading bullet marker removed)
+    raw = {c["chunk_id"]: [BULLET.sub("", line) for line in c["text"].split("\n")] for c in chunks}
+    for r in records:
+        if r["category"] != "개요":
+            assert any(r["output"] in line for line in raw[r["chunk_id"]]), r["output"]
+
+
+def test_overview_answer_comes_from_the_chunks_own_section(records: list[dict], chunks: list[dict]) -> None:
+    """The 개요 question names the chunk's section; its answer must not be the
+    overlap sentences carried over from the previous section."""
+    by_id = {c["chunk_id"]: c for c in chunks}
+    checked = 0
+    for r in (r for r in records if r["category"] == "개요"):
+        chunk = by_id[r["chunk_id"]]
+        own = chunk["metadata"]["breadcrumbs"].split(" > ")[-1]
+        lines = chunk["text"].split("\n")
+        if own in lines:
+            after = _plain("\n".join(lines[lines.index(own) + 1:]))
+            assert _plain(r["output"]) in after, (own, r["output"])
+            checked += 1
+    assert checked >= 3
+
+
+def test_categories_cover_definition_number_agency_and_law(records: list[dict]) -> None:
+    cats = Counter(r["category"] for r in records)
+    assert {"정의", "수치", "기관", "법령"} <= set(cats), cats
+    by_cat = {c: [r for r in records if r["category"] == c] for c in cats}
+    assert all("란 무엇인가요?" in r["instruction"] or "이란 무엇인가요?" in r["instruction"] for r in by_cat["정의"])
+    assert all("「" in r["instruction"] and "「" in r["output"] for r in by_cat["법령"])
+    assert all(re.search(r"\d", r["output"]) for r in by_cat["수치"])
+
+
+def test_generate_twice_gives_identical_output(tmp_path: Path, cli, sample_chunks: Path, sample_qa: Path) -> None:
+    out = tmp_path / "qa.jsonl"
+    res = cli(["generate", sample_chunks, "-o", out])
+    assert res.code == 0, res.err
+    assert out.read_bytes() == sample_qa.read_bytes()
+
+
+def test_per_chunk_caps_records_per_chunk(tmp_path: Path, cli, sample_chunks: Path) -> None:
+    out = tmp_path / "qa.jsonl"
+    res = cli(["generate", sample_chunks, "-o", out, "--per-chunk", "2"])
+    assert res.code == 0, res.err
+    per_chunk = Counter(r["chunk_id"] for r in read_jsonl(out))
+    assert max(per_chunk.values()) == 2
+    assert len(per_chunk) >= 10
+
+
+def test_definition_and_law_rules_on_a_statute_like_chunk() -> None:
+    chunk = {"chunk_id": "c1", "text": (
+        "제2조(정의)\n"
+        "이 법에서 \"전세사기피해주택\"이란 임차인이 보증금을 돌려받지 못한 주택을 말한다.\n"
+        "국토교통부는 「전세사기피해자 지원 및 주거안정에 관한 특별법」에 따라 피해자 결정 업무를 총괄한다."
+    ), "metadata": {"source": "law.txt", "breadcrumbs": "제2조(정의)"}}
+
+    recs = RuleTeacher().generate(chunk, 8)
+
+    cats = {r.category for r in recs}
+    assert {"법령", "개요"} <= cats
+    assert all(r.chunk_id == "c1" and r.source == "law.txt" for r in recs)
+
+
+@pytest.mark.parametrize("word,pair,expected", [
+    ("계획", "은/는", "계획은"), ("센터", "은/는", "센터는"), ("위원회", "과/와", "위원회와"),
+    ("예산", "이란/란", "예산이란"), ("2030", "과/와", "2030과"), ("2022", "과/와", "2022와"),
+])
+def test_josa_follows_the_final_consonant(word: str, pair: str, expected: str) -> None:
+    assert josa(word, pair) == expected
+
+
+# ------------------------------------------------------------------ journal and --resume
+def _journal_lines_for(reference: list[dict], chunk_ids: list[str]) -> list[str]:
+    lines = []
+    for cid in chunk_ids:
+        recs = [r for r in reference if r["chunk_id"] == cid]
+        lines.append(json.dumps({"chunk_id": cid, "records": recs}, ensure_ascii=False))
+    return lines
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path: Path, cli, sample_chunks: Path, sample_qa: Path) -> None:
+    chunk_ids = [c["chunk_id"] for c in read_jsonl(sample_chunks)]
+    reference = read_jsonl(sample_qa)
+    k = 5
+    out = tmp_path / "qa.jsonl"
+    finished = _journal_lines_for(reference, chunk_ids[:k])
+    torn = _journal_lines_for(reference, [chunk_ids[k]])[0][:37]  # crash in the middle of writing chunk k
+    journal_path(out).write_text("\n".join(finished) + "\n" + torn, encoding="utf-8")
+
+    res = cli(["generate", sample_chunks, "-o", out, "--resume"])
+
+    assert res.code == 0, res.err
+    assert out.read_bytes() == sample_qa.read_bytes()
+    got = read_jsonl(out)
+    assert Counter(r["id"] for r in got) == Counter(r["id"] for r in reference)  # each record exactly once
+    assert [cid for cid in chunk_ids if cid in {r["chunk_id"] for r in got}] == \
+           [cid for cid in chunk_ids if cid in {r["chunk_id"] for r in reference}]
+    assert not journal_path(out).exists()
+    assert leftover_temp_files(tmp_path) == []
+
+
+class _Counting(Teacher):
+    """The rule teacher, recording which chunks it was asked for; can crash on one."""
+
+    name = "counting"
+
+    def __init__(self, crash_on: str | None = None) -> None:
+        self.inner = RuleTeacher()
+        self.calls: list[str] = []
+        self.crash_on = crash_on
+
+    def generate(self, chunk: dict[str, Any], n: int) -> list[Record]:
+        if chunk["chunk_id"] == self.crash_on:
+            raise RuntimeError("simulated crash")
+        self.calls.append(chunk["chunk_id"])
+        return self.inner.generate(chunk, n)
+
+
+def test_resume_only_generates_unfinished_chunks(tmp_path: Path, sample_chunks: Path, sample_qa: Path) -> None:
+    chunks = load_chunks(sample_chunks)
+    ids = [c["chunk_id"] for c in chunks]
+    out = tmp_path / "qa.jsonl"
+
+    crashing = _Counting(crash_on=ids[6])
+    with pytest.raises(RuntimeError):
+        generate_file(chunks, crashing, out)
+    assert crashing.calls == ids[:6]
+    assert list(read_journal(journal_path(out))) == ids[:6]
+    assert not out.exists()
+
+    resumed = _Counting()
+    records = generate_file(chunks, resumed, out, resume=True)
+
+    assert resumed.calls == ids[6:]
+    assert out.read_bytes() == sample_qa.read_bytes()
+    assert len(records) == len(read_jsonl(sample_qa))
+    assert not journal_path(out).exists()
+
+
+def test_a_torn_journal_line_does_not_swallow_the_next_entry(tmp_path: Path, sample_chunks: Path, sample_qa: Path) -> None:
+    """Crash, resume, crash again: every chunk finished by either run stays journaled."""
+    chunks = load_chunks(sample_chunks)
+    ids = [c["chunk_id"] for c in chunks]
+    reference = read_jsonl(sample_qa)
+    out = tmp_path / "qa.jsonl"
+    torn = _journal_lines_for(reference, [ids[3]])[0][:25]
+    journal_path(out).write_text("\n".join(_journal_lines_for(reference, ids[:3])) + "\n" + torn, encoding="utf-8")
+
+    with pytest.raises(RuntimeError):
+        generate_file(chunks, _Counting(crash_on=ids[6]), out, resume=True)
+
+    assert list(read_journal(journal_path(out))) == ids[:6]
+    third = _Counting()
+    generate_file(chunks, third, out, resume=True)
+    assert third.calls == ids[6:]
+    assert out.read_bytes() == sample_qa.read_bytes()
+
+
+def test_leftover_journal_without_resume_is_an_error(tmp_path: Path, cli, sample_chunks: Path) -> None:
+    out = tmp_path / "qa.jsonl"
+    journal = journal_path(out)
+    journal.write_text('{"chunk_id": "x", "records": []}\n', encoding="utf-8")
+
+    res = cli(["generate", sample_chunks, "-o", out])
+
+    assert res.code == 2
+    assert len(res.err_lines) == 1 and res.err_lines[0].startswith("error:")
+    assert "--resume" in res.err_lines[0] and "qa.jsonl" in res.err_lines[0]
+    assert not out.exists()
+    assert journal.read_text(encoding="utf-8") == '{"chunk_id": "x", "records": []}\n'  # left for --resume
+
+
+def test_overwrite_discards_a_leftover_journal(tmp_path: Path, cli, sample_chunks: Path, sample_qa: Path) -> None:
+    out = tmp_path / "qa.jsonl"
+    journal_path(out).write_text('{"chunk_id": "stale", "records": [{"instruction": "옛 질문?", "output": "옛 답."}]}\n',
+                                 encoding="utf-8")
+
+    res = cli(["generate", sample_chunks, "-o", out, "--overwrite"])
+
+    assert res.code == 0, res.err
+    assert out.read_bytes() == sample_qa.read_bytes()
+    assert not journal_path(out).exists()
+
+
+def test_journal_is_removed_after_success(tmp_path: Path, sample_chunks: Path) -> None:
+    out = tmp_path / "qa.jsonl"
+    generate_file(load_chunks(sample_chunks)[:2], RuleTeacher(), out)
+    assert out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qa.jsonl"]
+
+
+def test_chunks_file_must_hold_chunks(tmp_path: Path) -> None:
+    bad = tmp_path / "qa.jsonl"
+    bad.write_text('{"chunk_id": "a", "text": "정상 청크입니다."}\n{"instruction": "질문?", "output": "답."}\n', encoding="utf-8")
+    with pytest.raises(KotuneError, match=r"qa\.jsonl line 2: not a chunk"):
+        load_chunks(bad)
+
+
+def test_unknown_teacher_is_an_error(tmp_path: Path, cli, sample_chunks: Path) -> None:
+    out = tmp_path / "qa.jsonl"
+    res = cli(["generate", sample_chunks, "-o", out, "--teacher", "gpt-9"])
+    assert res.code == 2 and "unknown teacher" in res.err_lines[0]
+    assert not out.exists() and not journal_path(out).exists()

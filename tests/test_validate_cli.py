@@ -1,0 +1,78 @@
+"""kotune validate end to end on generated data: report, clean file, merging files."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from conftest import leftover_temp_files, read_jsonl
+
+
+def test_validate_generated_data_with_chunks_and_report(tmp_path: Path, cli, sample_chunks: Path, sample_qa: Path) -> None:
+    clean, report = tmp_path / "clean.jsonl", tmp_path / "validation.json"
+
+    res = cli(["validate", sample_qa, "--chunks", sample_chunks, "-o", clean, "--report", report])
+
+    assert res.code == 0, res.err
+    rep = json.loads(report.read_text(encoding="utf-8"))
+    qa = read_jsonl(sample_qa)
+    kept = read_jsonl(clean)
+    assert {"total", "kept", "dropped_by_reason", "kept_by_category"} <= set(rep)
+    assert rep["total"] == len(qa)
+    assert rep["kept"] == len(kept) >= 50
+    assert rep["total"] - rep["kept"] == sum(rep["dropped_by_reason"].values())
+    assert {cat: v["count"] for cat, v in rep["kept_by_category"].items()} == \
+           {cat: sum(r["category"] == cat for r in kept) for cat in {r["category"] for r in kept}}
+    # grounding was checked against the chunks: every rule answer is the chunk's own text
+    assert rep["grounding_checked"] == rep["total"] - sum(v for k, v in rep["dropped_by_reason"].items()
+                                                          if k in ("missing_fields", "too_short", "incomplete", "evasive"))
+    assert rep["dropped_by_reason"]["ungrounded"] == 0
+    # the clean file holds exactly the kept records, in input order, with their fields
+    qa_by_id = {r["id"]: r for r in qa}
+    assert [r["id"] for r in kept] == [r["id"] for r in qa if r["id"] in {k["id"] for k in kept}]
+    for r in kept:
+        assert {k: r[k] for k in ("instruction", "output", "category", "chunk_id", "source")} == \
+               {k: qa_by_id[r["id"]][k] for k in ("instruction", "output", "category", "chunk_id", "source")}
+        assert not {"_file", "_line"} & set(r)
+    # the tables on stderr name what was dropped and why
+    assert "검증 결과" in res.err and "duplicate" in res.err
+    assert leftover_temp_files(tmp_path) == []
+
+
+def test_merging_two_files_counts_cross_file_duplicates(tmp_path: Path, cli, sample_qa: Path) -> None:
+    qa = read_jsonl(sample_qa)
+    extra = tmp_path / "reviewed.csv"  # the same ten QA pairs, re-exported by a reviewer as CSV
+    with open(extra, "w", encoding="cp949", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["question", "answer", "category", "difficulty"])
+        for r in qa[:10]:
+            w.writerow([r["instruction"], r["output"], r["category"], r["difficulty"]])
+    alone_report, merged_report = tmp_path / "alone.json", tmp_path / "merged.json"
+
+    alone = cli(["validate", sample_qa, "-o", tmp_path / "alone.jsonl", "--report", alone_report])
+    merged = cli(["validate", sample_qa, extra, "-o", tmp_path / "merged.jsonl", "--report", merged_report])
+
+    assert alone.code == merged.code == 0, merged.err
+    a = json.loads(alone_report.read_text(encoding="utf-8"))
+    m = json.loads(merged_report.read_text(encoding="utf-8"))
+    assert m["total"] == a["total"] + 10
+    assert m["kept"] == a["kept"]
+    assert m["dropped_by_reason"]["duplicate"] == a["dropped_by_reason"]["duplicate"] + 10
+    assert m["by_file"][str(extra)] == {"total": 10, "kept": 0, "dropped": {"duplicate": 10}}
+    assert (tmp_path / "merged.jsonl").read_bytes() == (tmp_path / "alone.jsonl").read_bytes()
+
+
+def test_nothing_left_is_an_error_and_writes_nothing(tmp_path: Path, cli) -> None:
+    qa = tmp_path / "qa.jsonl"
+    rows = [{"instruction": "보험료 납입 유예 기간은 얼마인가요?", "output": "해당 내용은 약관에 명시되어 있지 않습니다."},
+            {"instruction": "해지환급금은 언제 받나요?", "output": "짧음"}]
+    qa.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "clean.jsonl"
+
+    res = cli(["validate", qa, "-o", out])
+
+    assert res.code == 2
+    assert [line for line in res.err_lines if line.startswith("error:")] == \
+           ["error: no records left after validation (of 2); see the table above"]
+    assert not out.exists()
