@@ -1,0 +1,115 @@
+"""Batched generation with the run's own template and EOS ids.
+
+Decoder-only models are padded on the left so every row's answer starts right
+after its prompt; greedy answers are the same alone or in a batch. Each answer
+comes with a ``finish_reason``: ``eos`` (the model stopped), ``stop`` (a stop
+sequence), or ``length`` (max_new_tokens ran out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from kotune.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, resolve_model
+from kotune.templates import Template, encode_prompt, eos_ids, get_template
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0          # 0 = greedy
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Answer:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Generator:
+    """A loaded model (base or base + adapter) that answers with its training template."""
+
+    def __init__(self, spec: str, *, template: str | None = None, device: str | None = None, log=print):
+        self.ref: ModelRef = resolve_model(spec, log=log)
+        self.device = device or pick_device()
+        tok_path = self.ref.adapter or self.ref.base
+        self.tokenizer = load_tokenizer(tok_path)
+        self.tokenizer.padding_side = "left"
+        model = load_causal_lm(self.ref.base, device=self.device)
+        if self.ref.adapter:
+            from peft import PeftModel
+
+            if len(self.tokenizer) != model.get_input_embeddings().weight.shape[0]:
+                model.resize_token_embeddings(len(self.tokenizer))
+            model = PeftModel.from_pretrained(model, self.ref.adapter)
+        self.model = model.eval()
+        run = self.ref.run or {}
+        if template is not None:
+            self.template = get_template(template)
+        elif run.get("template"):
+            self.template = Template.from_dict(run["template"])
+        else:
+            self.template = get_template("kotune")
+        self.eos_ids = list(run.get("eos_token_ids") or eos_ids(self.tokenizer))
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token_id = self.eos_ids[0]
+
+    def prompt(self, question: str, input: str = "", *, category: str = "", context: str | None = None,
+               history: list[dict[str, str]] | None = None) -> str:
+        return self.template.prompt(question, input, category=category, context=context,
+                                    tokenizer=self.tokenizer, history=history)
+
+    def generate(self, prompts: Sequence[str], settings: GenerationSettings | None = None, batch_size: int = 16) -> list[Answer]:
+        """Answers for already-rendered prompts, in order."""
+        import torch
+
+        settings = settings or GenerationSettings()
+        out: list[Answer] = []
+        # Sorting by length keeps batches tight (less left padding).
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        results: dict[int, Answer] = {}
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            ids = [encode_prompt(self.tokenizer, prompts[i], self.template) for i in idx]
+            width = max(len(x) for x in ids)
+            pad = self.tokenizer.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.model.device)
+            attn = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.model.device)
+            kwargs: dict[str, Any] = dict(
+                max_new_tokens=settings.max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=pad,
+                repetition_penalty=settings.repetition_penalty,
+            )
+            if settings.temperature > 0:
+                kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            if settings.stop:
+                kwargs.update(stop_strings=settings.stop, tokenizer=self.tokenizer)
+            with torch.no_grad():
+                gen = self.model.generate(input_ids=input_ids, attention_mask=attn, **kwargs)
+            for row, i in enumerate(idx):
+                results[i] = self._decode(gen[row, width:].tolist(), len(ids[row]), settings)
+        out = [results[i] for i in range(len(prompts))]
+        return out
+
+    def _decode(self, tokens: list[int], prompt_len: int, settings: GenerationSettings) -> Answer:
+        pad = self.tokenizer.pad_token_id
+        finish = "length"
+        cut = len(tokens)
+        for j, t in enumerate(tokens):
+            if t in self.eos_ids:
+                finish, cut = "eos", j
+                break
+        body = [t for t in tokens[:cut] if t != pad]
+        text = self.tokenizer.decode(body, skip_special_tokens=True)
+        for s in settings.stop:
+            k = text.find(s)
+            if k >= 0:
+                text, finish = text[:k], "stop"
+        return Answer(text.strip(), finish, prompt_len, len(body) + (1 if finish == "eos" else 0))

@@ -1,0 +1,318 @@
+"""Model loading: Hugging Face ids, local folders, kotune outputs and ``builtin:tiny-ko``.
+
+``builtin:tiny-ko`` exists because no model hub is reachable where kotune is
+built and tested: a small GPT-NeoX (Polyglot-ko's architecture: fused
+``query_key_value``, rotary_pct 0.5) with a byte-level BPE tokenizer trained on
+the bundled Korean corpus, warm-started by a short causal-LM pass so it writes
+Korean-looking text but does not follow instructions. It is built
+deterministically on first use into ``$KOTUNE_HOME/models`` (default
+``~/.cache/kotune``) and never committed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from kotune.errors import KotuneError
+
+BUILTIN_TINY = "builtin:tiny-ko"
+TINY_VERSION = "tiny-ko-v1"
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = [EOS_TOKEN, PAD_TOKEN, "<|sep|>", "<|unk|>"]
+
+
+def kotune_home() -> Path:
+    return Path(os.environ.get("KOTUNE_HOME") or Path.home() / ".cache" / "kotune")
+
+
+# ---------------------------------------------------------------- builtin tiny-ko
+def corpus_texts() -> list[str]:
+    """The bundled Korean corpus, in a fixed order (determinism)."""
+    folder = resources.files("kotune") / "assets" / "corpus"
+    names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".txt"))
+    return [(folder / n).read_text(encoding="utf-8") for n in names]
+
+
+def _train_tokenizer(texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from kotune.templates import FALLBACK_CHAT_TEMPLATE
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, unk_token="<|unk|>",
+        model_max_length=2048,
+    )
+    fast.chat_template = FALLBACK_CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_ko(dest: Path, *, steps: int = 110, seed: int = 0, lr: float = 3e-3, vocab_size: int = 4096,
+                  hidden: int = 256, layers: int = 4, dropout: float = 0.0, block: int = 128, batch: int = 8,
+                  doc_eos: bool = False, lr_scale: float = 10.0, log=print) -> None:
+    """Build tokenizer + warm-started GPT-NeoX into ``dest`` (deterministic)."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    t0 = time.time()
+    texts = corpus_texts()
+    tokenizer = _train_tokenizer(texts, vocab_size=vocab_size)
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+        intermediate_size=4 * hidden, max_position_embeddings=2048, rotary_pct=0.5, rotary_emb_base=10000,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False, use_parallel_residual=True, hidden_dropout=dropout, attention_dropout=dropout,
+    )
+    torch.manual_seed(seed)
+    model = GPTNeoXForCausalLM(config)
+    # One continuous stream with no EOS between documents: the base model learns
+    # Korean text but never learns to stop — as a pretrained base behaves in an
+    # instruction format it was not tuned for.
+    # Blank lines collapsed: a tiny model otherwise learns to loop on newlines.
+    docs = ["\n".join(line for line in t.splitlines() if line.strip()) for t in texts]
+    enc = tokenizer.backend_tokenizer
+    if doc_eos:
+        ids = torch.tensor([i for d in docs for i in enc.encode(d).ids + [tokenizer.eos_token_id]])
+    else:
+        ids = torch.tensor(enc.encode("\n".join(docs)).ids)
+    n_blocks = (len(ids) - 1) // block
+    data = ids[: n_blocks * block].view(n_blocks, block)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * max(0.05, 1 - s / steps))
+    model.train()
+    loss = None
+    for step in range(steps):
+        idx = torch.randint(0, n_blocks, (batch,), generator=gen)
+        x = data[idx]
+        out = model(input_ids=x, labels=x)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss = out.loss.item()
+    model.eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    info = {"name": BUILTIN_TINY, "version": TINY_VERSION, "warmup_steps": steps,
+            # A 4M-parameter model needs ~10x the LoRA step size of a 1B+ model; train
+            # applies this when --learning-rate is not given (see TrainConfig.resolved).
+            "learning_rate_scale": lr_scale, "final_lm_loss": round(loss or 0, 4),
+            "corpus_tokens": int(len(ids)), "parameters": sum(p.numel() for p in model.parameters()),
+            "build_seconds": round(time.time() - t0, 1)}
+    (dest / "kotune_builtin.json").write_text(json.dumps(info, ensure_ascii=False, indent=2), encoding="utf-8")
+    log(f"built {BUILTIN_TINY}: {info['parameters'] / 1e6:.1f}M parameters, LM loss {info['final_lm_loss']}, "
+        f"{info['build_seconds']} s → {dest}")
+
+
+def ensure_tiny_ko(log=print) -> Path:
+    """Path of the cached builtin model, building it on first use (atomic rename)."""
+    dest = kotune_home() / "models" / TINY_VERSION
+    if (dest / "kotune_builtin.json").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_VERSION}.", dir=dest.parent))
+    try:
+        log(f"building {BUILTIN_TINY} (first use, cached in {dest.parent}) ...")
+        build_tiny_ko(tmp, log=log)
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not (dest / "kotune_builtin.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+# ---------------------------------------------------------------- resolving a model argument
+@dataclass
+class ModelRef:
+    """What a model argument points at."""
+
+    spec: str                # as the user wrote it
+    base: str                # HF id or local folder of the base weights
+    adapter: str | None      # folder holding a PEFT adapter, if any
+    run: dict[str, Any] | None = None  # kotune.json of a kotune output
+
+
+def read_run_info(folder: str | Path) -> dict[str, Any] | None:
+    p = Path(folder) / "kotune.json"
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise KotuneError(f"broken kotune.json ({e.msg})", path=p) from None
+
+
+def builtin_info(path: str | Path) -> dict[str, Any]:
+    p = Path(path) / "kotune_builtin.json"
+    return json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+
+
+def resolve_base(spec: str, log=print) -> str:
+    if spec == BUILTIN_TINY:
+        return str(ensure_tiny_ko(log=log))
+    if spec.startswith("builtin:"):
+        raise KotuneError(f"unknown builtin model {spec!r}; available: {BUILTIN_TINY}")
+    return spec
+
+
+def resolve_model(spec: str, log=print) -> ModelRef:
+    """A HF id, a local model folder, a kotune output (base + adapter) or ``builtin:tiny-ko``."""
+    path = Path(spec)
+    if spec.startswith("builtin:"):
+        return ModelRef(spec, resolve_base(spec, log), None)
+    if path.exists():
+        if not path.is_dir():
+            raise KotuneError("a model must be a folder, a Hugging Face id or builtin:tiny-ko", path=spec)
+        run = read_run_info(path)
+        if run is not None:
+            base = resolve_base(run["base_model"], log)
+            adapter = str(path) if (path / "adapter_config.json").exists() else None
+            if adapter is None and run.get("method") == "full":
+                return ModelRef(spec, str(path), None, run)
+            return ModelRef(spec, base, adapter, run)
+        if (path / "adapter_config.json").exists():
+            cfg = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+            return ModelRef(spec, resolve_base(cfg.get("base_model_name_or_path") or "", log), str(path))
+        if not (path / "config.json").exists():
+            raise KotuneError("folder holds no model (no config.json, adapter_config.json or kotune.json)", path=spec)
+        return ModelRef(spec, str(path), None)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise KotuneError("no such model folder", path=spec)
+    return ModelRef(spec, spec, None)  # a Hugging Face id
+
+
+# ---------------------------------------------------------------- devices and loading
+def pick_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(device: str):
+    """fp32 on CPU (no AMX here: bf16 matmul is ~4x slower), bf16 on GPUs that have it."""
+    import torch
+
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device == "cuda":
+        return torch.float16
+    return torch.float32
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    from kotune.templates import FALLBACK_CHAT_TEMPLATE
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise KotuneError(f"cannot load tokenizer: {str(e).splitlines()[0]}", path=path) from None
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = FALLBACK_CHAT_TEMPLATE
+    return tok
+
+
+def ensure_pad_token(tokenizer, model=None) -> bool:
+    """Give the tokenizer a pad token distinct from EOS; returns True if one was added.
+
+    pad == eos is the seed projects' bug: the collator masks pads out of the
+    loss, so EOS is masked too and the model never learns to stop.
+    """
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return False
+    vocab = tokenizer.get_vocab()
+    for cand in ("<|pad|>", "<pad>", "<|finetune_right_pad_id|>", "[PAD]"):
+        if cand in vocab and vocab[cand] != tokenizer.eos_token_id:
+            tokenizer.pad_token = cand
+            return False
+    tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+    if model is not None:
+        model.resize_token_embeddings(len(tokenizer))
+    return True
+
+
+def load_causal_lm(path: str, *, device: str, quantize_4bit: bool = False, trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": pick_dtype(device), "trust_remote_code": trust_remote_code}
+    if quantize_4bit:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+        )
+        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise KotuneError(f"cannot load model: {str(e).splitlines()[0]}", path=path) from None
+    if not quantize_4bit:
+        model.to(device)
+    return model
+
+
+# LoRA targets per architecture (model_type). GPT-NeoX fuses q/k/v into one
+# Linear; asking for q_proj there is the classic silent mistake.
+LORA_TARGETS = {
+    "gpt_neox": ["query_key_value"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma3_text": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma3": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gpt2": ["c_attn"],
+    "gptj": ["q_proj", "k_proj", "v_proj", "out_proj"],
+}
+MLP_TARGETS = {
+    "gpt_neox": ["dense_h_to_4h", "dense_4h_to_h"],
+    "gpt2": ["c_fc"],
+}
+DEFAULT_MLP = ["gate_proj", "up_proj", "down_proj"]
+
+
+def lora_targets(model, include_mlp: bool = False) -> list[str]:
+    mt = getattr(model.config, "model_type", "")
+    targets = list(LORA_TARGETS.get(mt, ["q_proj", "k_proj", "v_proj", "o_proj"]))
+    if include_mlp:
+        targets += MLP_TARGETS.get(mt, DEFAULT_MLP)
+    return targets
+
+
+def module_names(model) -> set[str]:
+    """Last path components of every Linear-like module (what LoRA targets match)."""
+    return {name.split(".")[-1] for name, _ in model.named_modules() if name}

@@ -1,0 +1,435 @@
+"""Supervised fine-tuning (LoRA, QLoRA, full) on TRL's SFTTrainer, correct by construction.
+
+What kotune adds on top of TRL/PEFT, and why:
+- samples are tokenized by ``templates.encode_example`` (prompt masked to -100,
+  EOS appended and trained, pad distinct from EOS) and handed to SFTTrainer
+  pre-tokenized, so the loss is right whatever TRL's defaults are;
+- per-device defaults: fp32 and no gradient checkpointing on CPU (TRL 1.x turns
+  on bf16 and checkpointing, 2x slower on a CPU without AMX), length-grouped
+  dynamic padding on CPU, padding-free batches on GPUs with flash attention;
+- ``OUT/kotune.json`` records base model, method, template and data hash, which
+  every later step reads back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kotune import __version__
+from kotune.errors import KotuneError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Named as in the civil-law seed; values tuned for LoRA-style adapters.
+    "fast": {"epochs": 2, "learning_rate": 3e-4, "batch_size": 8, "grad_accum": 1, "lora_r": 8, "lora_alpha": 16},
+    "balanced": {"epochs": 4, "learning_rate": 2e-4, "batch_size": 8, "grad_accum": 1, "lora_r": 16, "lora_alpha": 32},
+    "quality": {"epochs": 6, "learning_rate": 1e-4, "batch_size": 4, "grad_accum": 2, "lora_r": 32, "lora_alpha": 64},
+    "memory_efficient": {"epochs": 3, "learning_rate": 2e-4, "batch_size": 1, "grad_accum": 8, "lora_r": 8, "lora_alpha": 16,
+                         "gradient_checkpointing": True},
+}
+FULL_LR_SCALE = 0.1  # full fine-tuning wants ~10x smaller steps than LoRA
+
+
+@dataclass
+class TrainConfig:
+    base_model: str
+    data: str
+    output_dir: str
+    method: str = "lora"                 # lora | qlora | full
+    preset: str = "balanced"
+    template: str = "kotune"
+    system_prompts: dict[str, str] = field(default_factory=dict)
+    epochs: float | None = None
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    max_length: int = 1024
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+    lora_dropout: float = 0.05
+    lora_targets: list[str] | None = None
+    lora_mlp: bool = False
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    neftune_alpha: float | None = None
+    gradient_checkpointing: bool | None = None
+    eval_data: str | None = None
+    eval_split: float = 0.1
+    early_stopping: int | None = None    # patience in evaluations
+    save_steps: int = 50
+    logging_steps: int = 5
+    seed: int = 42
+    report_to: str = "tensorboard"
+    batching: str = "auto"               # auto | group_by_length | padding_free
+    trust_remote_code: bool = False
+    max_steps: int = -1
+
+    def resolved(self, lr_scale: float = 1.0) -> "TrainConfig":
+        if self.preset not in PRESETS:
+            raise KotuneError(f"unknown preset {self.preset!r}; one of {', '.join(PRESETS)}")
+        if self.method not in ("lora", "qlora", "full"):
+            raise KotuneError(f"unknown method {self.method!r}; one of lora, qlora, full")
+        c = dataclasses.replace(self)
+        for k, v in PRESETS[self.preset].items():
+            if getattr(c, k) is None:
+                setattr(c, k, v)
+        if self.learning_rate is None:
+            c.learning_rate = c.learning_rate * lr_scale * (FULL_LR_SCALE if self.method == "full" else 1.0)
+        if c.gradient_checkpointing is None:
+            c.gradient_checkpointing = False
+        return c
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What must match for --resume to continue a run."""
+        d = dataclasses.asdict(self)
+        for k in ("output_dir", "save_steps", "logging_steps", "report_to"):
+            d.pop(k)
+        return d
+
+
+# ---------------------------------------------------------------- data
+def load_training_records(path: str):
+    from kotune.records import read_records
+
+    records = [r for r in read_records(path) if r.instruction.strip() and r.output.strip()]
+    if not records:
+        raise KotuneError("no usable records (each needs instruction and output)", path=path)
+    return records
+
+
+def check_template_fields(records, template, path: str) -> None:
+    if template.name == "rag":
+        missing = sum(1 for r in records if not r.input.strip())
+        if missing:
+            raise KotuneError(f"template 'rag' needs the context in field \"input\"; {missing} of {len(records)} records have none", path=path)
+
+
+def tokenize_records(records, tokenizer, template, max_length: int):
+    from datasets import Dataset
+
+    from kotune.templates import encode_example
+
+    rows = [encode_example(tokenizer, template, r, max_length) for r in records]
+    truncated = sum(r.pop("truncated") for r in rows)
+    for r in rows:
+        r["length"] = len(r["input_ids"])
+    return Dataset.from_list(rows), truncated
+
+
+# ---------------------------------------------------------------- output folder
+def prepare_output_dir(out: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> Path | None:
+    """Refuse to clobber another run; returns the checkpoint to resume from, if any."""
+    info_path = out / "kotune.json"
+    if out.exists() and any(out.iterdir()):
+        info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else None
+        if overwrite:
+            if info is None:
+                raise KotuneError("is not a kotune output folder; refusing to delete it — choose an empty or new folder", path=out)
+            shutil.rmtree(out)
+        elif resume:
+            if info is None:
+                raise KotuneError("has no kotune.json to resume from", path=out)
+            if info.get("config") != config.fingerprint():
+                diff = sorted(k for k, v in config.fingerprint().items() if (info.get("config") or {}).get(k) != v)
+                raise KotuneError(f"holds a different run (differs in: {', '.join(diff)}); use a new folder or --overwrite", path=out)
+            return last_checkpoint(out)
+        else:
+            what = f"a {info.get('status', 'previous')} run" if info else "other files"
+            raise KotuneError(f"already holds {what}; pass --resume to continue it or --overwrite to replace it", path=out)
+    elif resume:
+        raise KotuneError("nothing to resume: the folder is empty or missing", path=out)
+    return None
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    ckpts = sorted((p for p in (out / "checkpoints").glob("checkpoint-*") if p.is_dir()),
+                   key=lambda p: int(p.name.split("-")[-1]))
+    return ckpts[-1] if ckpts else None
+
+
+def write_run_info(out: Path, info: dict[str, Any]) -> None:
+    from kotune.io import write_json
+
+    write_json(out / "kotune.json", info)
+
+
+# ---------------------------------------------------------------- estimates
+def estimate(n_train: int, tokens: int, config: TrainConfig, model, trainable: int, step_seconds: float | None) -> dict[str, Any]:
+    per_step = config.batch_size * config.grad_accum
+    steps = math.ceil(n_train / per_step) * math.ceil(config.epochs) if config.max_steps <= 0 else config.max_steps
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    optimizer = trainable * 4 * 3  # fp32 master copy-free AdamW: grad + 2 moments
+    act = config.batch_size * config.max_length * model.config.hidden_size * getattr(model.config, "num_hidden_layers", 12) * 4 * 16
+    return {
+        "steps": steps,
+        "tokens_per_epoch": tokens,
+        "seconds": round(step_seconds * steps * config.grad_accum, 1) if step_seconds else None,
+        "memory_gb": round((params + optimizer + act) / 1e9, 2),
+    }
+
+
+# ---------------------------------------------------------------- main entry
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=print) -> dict[str, Any]:
+    """Fine-tune and save to ``config.output_dir``; returns the run info written to kotune.json."""
+    import torch
+    from accelerate import PartialState
+
+    from kotune.io import sha256_file
+    from kotune.models import (ensure_pad_token, load_causal_lm, load_tokenizer, lora_targets, module_names,
+                               pick_device, resolve_base)
+    from kotune.templates import eos_ids, get_template
+
+    from kotune.models import builtin_info
+
+    state = PartialState()
+    base_path = resolve_base(config.base_model, log=log if state.is_main_process else (lambda *_: None))
+    config = config.resolved(lr_scale=builtin_info(base_path).get("learning_rate_scale", 1.0))
+    main = state.is_main_process
+    out = Path(config.output_dir)
+    data_path = Path(config.data)
+    if not data_path.exists():
+        raise KotuneError("no such file", path=data_path)
+    template = get_template(config.template, config.system_prompts)
+    records = load_training_records(config.data)
+    check_template_fields(records, template, config.data)
+    eval_records = load_training_records(config.eval_data) if config.eval_data else None
+    if eval_records is None and config.eval_split > 0 and len(records) >= 20:
+        from kotune.data.split import stratified_split
+
+        records, eval_records = stratified_split(records, test_size=config.eval_split, seed=config.seed)
+    resume_from = None
+    if main:
+        resume_from = prepare_output_dir(out, config, resume=resume, overwrite=overwrite)
+    state.wait_for_everyone()
+    if not main and resume:
+        resume_from = last_checkpoint(out)
+
+    device = pick_device()
+    tokenizer = load_tokenizer(base_path, config.trust_remote_code)
+    model = load_causal_lm(base_path, device=device if state.num_processes == 1 else "cpu",
+                           quantize_4bit=config.method == "qlora", trust_remote_code=config.trust_remote_code)
+    added_pad = ensure_pad_token(tokenizer, model)
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise KotuneError("pad token equals EOS after setup; EOS would be masked out of the loss")
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    peft_config = None
+    if config.method in ("lora", "qlora"):
+        from peft import LoraConfig
+
+        targets = config.lora_targets or lora_targets(model, config.lora_mlp)
+        missing = [t for t in targets if t not in module_names(model)]
+        if missing:
+            raise KotuneError(f"LoRA targets not in this model ({getattr(model.config, 'model_type', '?')}): "
+                              f"{', '.join(missing)}; it has e.g. {', '.join(lora_targets(model))}")
+        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                 target_modules=targets, bias="none", task_type="CAUSAL_LM",
+                                 modules_to_save=["embed_in", "embed_out"] if added_pad and model.config.model_type == "gpt_neox" else None)
+
+    train_ds, truncated = tokenize_records(records, tokenizer, template, config.max_length)
+    eval_ds = tokenize_records(eval_records, tokenizer, template, config.max_length)[0] if eval_records else None
+    if truncated and main:
+        log(f"warning: {truncated} of {len(records)} samples exceed --max-length {config.max_length} and were truncated "
+            "(prompt cut from the left, answer and EOS kept)")
+
+    batching = config.batching
+    if batching == "auto":
+        # Measured on CPU (benchmarks/RESULTS.md): padding-free packing attends over the
+        # whole packed row, so length grouping wins there; with flash attention on a
+        # GPU, padding-free costs nothing extra and wastes no compute on pads.
+        batching = "padding_free" if device == "cuda" and _has_flash_attn() else "group_by_length"
+
+    import datasets
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import PrinterCallback
+    from trl import SFTConfig, SFTTrainer
+
+    datasets.disable_progress_bars()
+
+    use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        neftune_noise_alpha=config.neftune_alpha,
+        gradient_checkpointing=bool(config.gradient_checkpointing),
+        bf16=use_bf16,
+        fp16=False,
+        max_length=config.max_length,
+        padding_free=batching == "padding_free",
+        train_sampling_strategy="group_by_length" if batching == "group_by_length" else "random",
+        eval_strategy="epoch" if eval_ds is not None else "no",
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        load_best_model_at_end=bool(config.early_stopping and eval_ds is not None),
+        metric_for_best_model="eval_loss" if config.early_stopping else None,
+        save_only_model=False,
+        logging_steps=config.logging_steps,
+        report_to=[] if config.report_to in ("none", "") else [config.report_to],
+        seed=config.seed,
+        data_seed=config.seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",
+        dataset_num_proc=None,
+        use_cpu=device == "cpu",
+    )
+    if config.early_stopping and eval_ds is not None:
+        args.save_strategy = "epoch"  # best-model tracking needs saves aligned with evaluations
+    callbacks = [EarlyStoppingCallback(config.early_stopping)] if config.early_stopping and eval_ds is not None else []
+    if main:
+        callbacks.append(rich_training_progress())
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # the Rich bar shows progress; logs go to TensorBoard
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    tokens = sum(train_ds["length"])
+    supervised = sum(sum(1 for t in lab if t != -100) for lab in train_ds["labels"])
+
+    info: dict[str, Any] = {
+        "kotune_version": __version__,
+        "status": "running",
+        "base_model": config.base_model,
+        "method": config.method,
+        "template": template.to_dict(),
+        "eos_token_ids": eos_ids(tokenizer),
+        "config": config.fingerprint(),
+        "data": {"path": str(data_path), "sha256": sha256_file(data_path), "train_records": len(records),
+                 "eval_records": len(eval_records or []), "truncated": truncated,
+                 "train_tokens": tokens, "supervised_tokens": supervised},
+        "device": device,
+        "batching": batching,
+        "trainable_parameters": trainable,
+    }
+    if main:
+        est = estimate(len(records), tokens, config, trainer.model, trainable, _time_one_step(trainer, train_ds))
+        info["estimate"] = est
+        log(f"training {config.method} on {len(records)} records ({tokens} tokens, {supervised} supervised), "
+            f"eval {len(eval_records or [])}; {trainable / 1e6:.2f}M trainable parameters; device {device}, "
+            f"{'bf16' if use_bf16 else 'fp32'}, batching {batching}")
+        log(f"estimate: {est['steps']} optimizer steps, ~{est['seconds'] or '?'} s, ~{est['memory_gb']} GB memory")
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_info(out, info)
+
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    elapsed = time.time() - t0
+    final_eval = trainer.evaluate() if eval_ds is not None else {}
+
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+        history = [h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]
+        info.update({
+            "status": "complete",
+            "final": {"train_loss": round(result.training_loss, 4),
+                      "eval_loss": round(final_eval["eval_loss"], 4) if "eval_loss" in final_eval else None,
+                      "steps": trainer.state.global_step, "seconds": round(elapsed, 1),
+                      "tokens_per_second": round(trainer.state.num_input_tokens_seen / max(elapsed, 1e-9), 1)},
+            "history": history,
+            "generation": {"eos_token_id": eos_ids(tokenizer), "pad_token_id": tokenizer.pad_token_id},
+        })
+        write_run_info(out, info)
+    state.wait_for_everyone()
+    return info
+
+
+def _has_flash_attn() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _time_one_step(trainer, ds) -> float | None:
+    """Seconds for one forward+backward on a typical batch, for the up-front estimate."""
+    import torch
+
+    try:
+        n = min(len(ds), trainer.args.per_device_train_batch_size)
+        batch = trainer.data_collator([ds[i] for i in range(n)])
+        batch = {k: v.to(trainer.model.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        model = trainer.model
+        model.train()
+        t = time.time()
+        out = model(**{k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")})
+        out.loss.backward()
+        model.zero_grad(set_to_none=True)
+        return time.time() - t
+    except Exception:  # an estimate must never stop a run
+        return None
+
+def rich_training_progress():
+    """A Rich progress bar for Trainer: step, loss, eval loss and tokens/s."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from transformers import TrainerCallback
+
+    from kotune.ui import console
+
+    class RichTrainingProgress(TrainerCallback):
+
+        def __init__(self) -> None:
+            self.bar: Progress | None = None
+            self.task = None
+            self.t0 = 0.0
+            self.tokens0 = 0
+            self.loss: float | None = None
+            self.eval_loss: float | None = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            import time
+
+            from rich.progress import TextColumn as _T
+
+            self.bar = Progress(SpinnerColumn(), TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
+                                _T("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+            self.bar.start()
+            self.task = self.bar.add_task("training", total=state.max_steps, completed=state.global_step, stats="")
+            self.t0 = time.time()
+            self.tokens0 = state.num_input_tokens_seen
+
+        def _stats(self, state) -> str:
+            import time
+
+            tps = (state.num_input_tokens_seen - self.tokens0) / max(time.time() - self.t0, 1e-9)
+            parts = [f"loss {self.loss:.3f}" if self.loss is not None else "loss –"]
+            if self.eval_loss is not None:
+                parts.append(f"eval {self.eval_loss:.3f}")
+            parts.append(f"{tps:,.0f} tok/s")
+            return " · ".join(parts)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(self.task, completed=state.global_step, stats=self._stats(state))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" in logs:
+                self.loss = float(logs["loss"])
+            if "eval_loss" in logs:
+                self.eval_loss = float(logs["eval_loss"])
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(self.task, completed=state.global_step, stats=self._stats(state))
+                self.bar.stop()
+                self.bar = None
+
+    return RichTrainingProgress()
