@@ -230,6 +230,53 @@ def train(
              f"eval loss {f['eval_loss']} → {output_dir}")
 
 
+@app.command()
+def doctor(
+    run_dir: Optional[Path] = typer.Argument(None, metavar="[OUT]", help="A kotune output folder to check."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", "--base_model", help="Base model (HF id, folder, builtin:tiny-ko)."),
+    data: Optional[Path] = typer.Option(None, "--data", "--data_path", help="Training data: records or raw {\"text\": ...} rows."),
+    template: Optional[str] = typer.Option(None, "--template", help="Training template (default: the run's, else kotune)."),
+    max_length: Optional[int] = typer.Option(None, "--max-length", "--max_length", help="Training max_length to check truncation against."),
+    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="LoRA target modules the setup uses (comma-separated)."),
+    pad_token: Optional[str] = typer.Option(None, "--pad-token", help="'eos' if the setup sets tokenizer.pad_token = eos_token."),
+    loss_on: Optional[str] = typer.Option(None, "--loss-on", help="'full' if labels = input_ids, 'answer' if the prompt is masked."),
+    inference_template: Optional[str] = typer.Option(None, "--inference-template", help="Template used when querying the model."),
+) -> None:
+    """Check a fine-tuning setup for the classic pitfalls (EOS, pad, prompt loss, LoRA targets, truncation, template)."""
+    from rich.table import Table
+
+    from kotune.doctor import DoctorSetup, diagnose
+
+    if run_dir is None and base_model is None:
+        raise KotuneError("give a kotune output folder or --base-model (with --data)")
+    if run_dir is not None and not run_dir.exists():
+        raise KotuneError("no such folder", path=run_dir)
+    if data is not None and not data.exists():
+        raise KotuneError("no such file", path=data)
+    setup = DoctorSetup(
+        base_model=base_model, data=str(data) if data else None, template=template,
+        run_dir=str(run_dir) if run_dir else None, max_length=max_length,
+        lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
+        pad_token=pad_token, loss_on=loss_on, inference_template=inference_template,
+    )
+    findings = diagnose(setup, log=lambda m: console.print(m, markup=False))
+    table = Table(title="kotune doctor", show_lines=False)
+    table.add_column("check")
+    table.add_column("")
+    table.add_column("finding")
+    table.add_column("fix")
+    for f in findings:
+        mark = "[green]ok[/green]" if f.ok else ("[yellow]warn[/yellow]" if f.severity == "warning" else "[red]FAIL[/red]")
+        table.add_row(f.code, mark, f.message, "" if f.ok else f.fix)
+    console.print(table)
+    problems = [f for f in findings if not f.ok and f.severity == "error"]
+    warnings = [f for f in findings if not f.ok and f.severity == "warning"]
+    if problems:
+        console.print(f"[red]{len(problems)} problem(s)[/red]: {', '.join(f.code for f in problems)}")
+        raise typer.Exit(1)
+    done("no pitfalls found" + (f" ({len(warnings)} warning(s))" if warnings else ""))
+
+
 # ---------------------------------------------------------------- entry point
 def _error(message: str) -> None:
     """The one ``error:`` line; the message is text, never Rich markup ("[...]" in paths)."""
@@ -246,7 +293,10 @@ def main(argv: list[str] | None = None) -> None:
     if "--debug" in argv[1:]:  # accepted after the command too: kotune prepare x.txt -o y --debug
         argv = ["--debug"] + [a for a in argv if a != "--debug"]
     try:
-        app(args=argv, prog_name="kotune", standalone_mode=False)
+        # With standalone_mode=False click returns (not raises) a command's Exit code.
+        rc = app(args=argv, prog_name="kotune", standalone_mode=False)
+        if isinstance(rc, int) and rc != 0:
+            sys.exit(rc)
     except KotuneError as e:
         if _DEBUG:
             raise

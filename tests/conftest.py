@@ -111,3 +111,33 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def leftover_temp_files(folder: Path) -> list[str]:
     return sorted(p.name for p in Path(folder).glob(".*.tmp"))
+
+
+@pytest.fixture(scope="session")
+def sample_split(sample_qa, sample_chunks) -> tuple[Path, Path]:
+    """Validated sample QA split into train/test as `make demo` does."""
+    folder = sample_qa.parent
+    clean = folder / "clean.jsonl"
+    assert call_cli(["validate", sample_qa, "--chunks", sample_chunks, "-o", clean]).code == 0
+    train, test = folder / "train.jsonl", folder / "test.jsonl"
+    res = call_cli(["split", clean, "--train", train, "--test", test, "--test-size", "0.15"])
+    assert res.code == 0, res.err
+    return train, test
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    """The builtin model (built into KOTUNE_HOME on first use, cached after)."""
+    from kotune.models import ensure_tiny_ko
+
+    return ensure_tiny_ko(log=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, sample_split, tiny_model) -> Path:
+    """`kotune train` with the default preset on the sample train split."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    res = call_cli(["train", "--base-model", "builtin:tiny-ko", "--data", sample_split[0], "--output-dir", out,
+                    "--report-to", "none"])
+    assert res.code == 0, res.err
+    return out

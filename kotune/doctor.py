@@ -1,0 +1,167 @@
+"""``kotune doctor``: find the classic fine-tuning pitfalls in a setup, with a fix for each.
+
+It checks kotune runs and other people's setups alike: a base model, a data file
+(records, or raw training strings ``{"text": ...}`` as the seed projects fed
+SFTTrainer), the template, and the settings that caused the seeds' failures
+(pad = eos, loss on the whole text, LoRA targets, max_length, a different
+template at inference).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kotune.errors import KotuneError
+
+
+@dataclass
+class Finding:
+    code: str
+    ok: bool
+    message: str
+    fix: str = ""
+    severity: str = "error"  # error | warning
+
+
+@dataclass
+class DoctorSetup:
+    base_model: str | None = None
+    data: str | None = None
+    template: str | None = None
+    run_dir: str | None = None
+    max_length: int | None = None
+    lora_targets: list[str] | None = None
+    pad_token: str | None = None          # e.g. "eos": the setup sets tokenizer.pad_token = eos_token
+    loss_on: str | None = None            # "full" (labels = input_ids) or "answer"
+    inference_template: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _meta_model(base_path: str, trust_remote_code: bool = False):
+    """The model's modules without loading weights (meta device): cheap for 8B models too."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(base_path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise KotuneError(f"cannot read model config: {str(e).splitlines()[0]}", path=base_path) from None
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def _raw_texts(path: str) -> list[str] | None:
+    """Raw training strings when the data is ``{"text": ...}`` rows, else None."""
+    from kotune.records import _raw_rows  # the same reader, before normalisation
+
+    texts = []
+    for _, row in _raw_rows(Path(path)):
+        if "text" in row and isinstance(row["text"], str) and "instruction" not in row and "output" not in row:
+            texts.append(row["text"])
+        else:
+            return None
+    return texts
+
+
+def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
+    from kotune.models import lora_targets, module_names, read_run_info, resolve_base
+    from kotune.models import load_tokenizer
+    from kotune.records import read_records
+    from kotune.templates import IGNORE_INDEX, encode_example, get_template, Template
+
+    run = read_run_info(setup.run_dir) if setup.run_dir else None
+    if setup.run_dir and run is None:
+        raise KotuneError("not a kotune output (no kotune.json)", path=setup.run_dir)
+    base = setup.base_model or (run or {}).get("base_model")
+    if not base:
+        raise KotuneError("give --base-model or a kotune output folder")
+    template = Template.from_dict(run["template"]) if run and not setup.template else get_template(setup.template or "kotune")
+    data = setup.data or ((run or {}).get("data") or {}).get("path")
+    max_length = setup.max_length or ((run or {}).get("config") or {}).get("max_length") or 1024
+    base_path = resolve_base(base, log=log)
+    tokenizer = load_tokenizer(setup.run_dir or base_path)
+    model = _meta_model(base_path)
+    findings: list[Finding] = []
+
+    # pad == eos: the collator masks pad positions out of the loss, EOS among them.
+    pad_id = tokenizer.eos_token_id if setup.pad_token == "eos" else tokenizer.pad_token_id
+    if pad_id is None or pad_id == tokenizer.eos_token_id:
+        findings.append(Finding("pad_is_eos", False,
+                                f"pad token is the EOS token ({tokenizer.eos_token!r}) or unset: padding masks EOS out of the labels",
+                                "use a distinct pad token (kotune adds '<|pad|>' when the tokenizer has none)"))
+    else:
+        findings.append(Finding("pad_is_eos", True, f"pad token {tokenizer.convert_ids_to_tokens(pad_id)!r} differs from EOS"))
+
+    # LoRA targets that do not exist in this architecture.
+    names = module_names(model)
+    targets = setup.lora_targets or (((run or {}).get("config") or {}).get("lora_targets")) or lora_targets(model)
+    missing = [t for t in targets if t not in names]
+    linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if m.__class__.__name__ in ("Linear", "Conv1D", "Linear4bit")})
+    if missing:
+        findings.append(Finding("lora_targets", False,
+                                f"LoRA targets not in this {model.config.model_type} model: {', '.join(missing)}",
+                                f"use {', '.join(lora_targets(model))} (linear layers here: {', '.join(linear)})"))
+    else:
+        findings.append(Finding("lora_targets", True, f"LoRA targets exist: {', '.join(targets)}"))
+
+    # Tokenizer outputs the model's forward() does not take.
+    params = inspect.signature(model.forward).parameters
+    if "token_type_ids" in tokenizer("가나다") and "token_type_ids" not in params:
+        findings.append(Finding("token_type_ids", False,
+                                "the tokenizer returns token_type_ids, which this model's forward() does not take "
+                                "(generate() fails or silently misbehaves)",
+                                "tokenize with return_token_type_ids=False or drop 'token_type_ids' from "
+                                "tokenizer.model_input_names (kotune does)"))
+    else:
+        findings.append(Finding("token_type_ids", True, "tokenizer outputs match the model's inputs"))
+
+    # Inference template differing from training.
+    if setup.inference_template and setup.inference_template != template.name:
+        findings.append(Finding("template_mismatch", False,
+                                f"trained with template {template.name!r} but queried with {setup.inference_template!r}",
+                                "use the training template at inference (kotune reads it from OUT/kotune.json)"))
+    else:
+        findings.append(Finding("template_mismatch", True, f"inference uses the training template {template.name!r}"))
+
+    if data:
+        texts = _raw_texts(data)
+        if texts is not None:
+            # Raw strings fed whole to the trainer: labels = input_ids.
+            eos = tokenizer.eos_token
+            no_eos = sum(1 for t in texts if not t.rstrip().endswith(eos))
+            findings.append(Finding("eos_in_labels", no_eos == 0,
+                                    f"{no_eos} of {len(texts)} samples do not end with EOS {eos!r}: the model never learns to stop"
+                                    if no_eos else "every sample ends with EOS",
+                                    "append the EOS token to every answer (kotune's encoder always does)"))
+            findings.append(Finding("prompt_in_loss", False,
+                                    "raw text samples are trained whole: the prompt tokens are in the loss",
+                                    "train on prompt/answer records; kotune masks the prompt with -100"))
+            lengths = [len(tokenizer(t)["input_ids"]) for t in texts]
+        else:
+            records = [r for r in read_records(data) if r.instruction and r.output]
+            if not records:
+                raise KotuneError("no usable records", path=data)
+            encoded = [encode_example(tokenizer, template, r, max_length=10**9) for r in records]
+            no_eos = sum(1 for e in encoded if tokenizer.eos_token_id not in e["labels"])
+            findings.append(Finding("eos_in_labels", no_eos == 0,
+                                    "EOS is in every sample's labels" if no_eos == 0 else f"{no_eos} samples lack EOS in labels",
+                                    "append the EOS token to every answer"))
+            if setup.loss_on == "full":
+                findings.append(Finding("prompt_in_loss", False, "labels = input_ids: the prompt tokens are in the loss",
+                                        "mask prompt tokens with -100 (kotune does; TRL: prompt/completion data)"))
+            else:
+                leaked = sum(1 for e in encoded if e["labels"][0] != IGNORE_INDEX)
+                findings.append(Finding("prompt_in_loss", leaked == 0,
+                                        "prompt tokens carry label -100" if leaked == 0 else f"{leaked} samples score prompt tokens",
+                                        "mask prompt tokens with -100"))
+            lengths = [len(e["input_ids"]) for e in encoded]
+        over = sum(1 for n in lengths if n > max_length)
+        findings.append(Finding("truncation", over == 0,
+                                f"{over} of {len(lengths)} samples are longer than max_length {max_length} "
+                                f"(longest {max(lengths)} tokens) and would be truncated" if over
+                                else f"all {len(lengths)} samples fit in max_length {max_length} (longest {max(lengths)})",
+                                f"raise --max-length to {max(lengths)} or shorten the inputs", severity="warning"))
+    return findings
