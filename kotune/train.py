@@ -150,7 +150,8 @@ def prepare_output_dir(out: Path, config: TrainConfig, *, resume: bool, overwrit
 
 
 def last_checkpoint(out: Path) -> Path | None:
-    ckpts = sorted((p for p in (out / "checkpoints").glob("checkpoint-*") if p.is_dir()),
+    # trainer_state.json is written last: a checkpoint without it was cut off mid-save.
+    ckpts = sorted((p for p in (out / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").exists()),
                    key=lambda p: int(p.name.split("-")[-1]))
     return ckpts[-1] if ckpts else None
 

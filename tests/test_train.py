@@ -1,0 +1,157 @@
+"""`kotune train`: outputs, methods, resume after SIGKILL, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, _subprocess_env, call_cli, read_jsonl
+
+
+def test_output_folder_holds_adapter_tokenizer_and_run_info(trained_run, sample_split):
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json", "kotune.json"):
+        assert (trained_run / name).is_file(), name
+    info = json.loads((trained_run / "kotune.json").read_text(encoding="utf-8"))
+    assert info["status"] == "complete"
+    assert info["base_model"] == "builtin:tiny-ko"
+    assert info["method"] == "lora"
+    assert info["template"]["name"] == "kotune"
+    assert len(info["data"]["sha256"]) == 64
+    assert info["final"]["train_loss"] > 0 and info["final"]["eval_loss"] > 0
+    assert info["config"]["preset"] == "balanced"
+    assert info["eos_token_ids"] == [0]
+
+
+def test_adapter_loads_with_plain_peft(trained_run, tiny_model):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    model = PeftModel.from_pretrained(base, trained_run).eval()
+    tok = AutoTokenizer.from_pretrained(trained_run)
+    ids = tok("### 지시\n국가센터란 무엇인가요?\n\n### 출력\n", return_tensors="pt")
+    with torch.no_grad():
+        assert model(**ids).logits.shape[-1] == base.config.vocab_size
+
+
+@pytest.mark.parametrize("method", ["qlora", "full"])
+def test_qlora_and_full_train_and_save_on_cpu(method, sample_split, tmp_path, tiny_model):
+    out = tmp_path / method
+    res = call_cli(["train", "--data", sample_split[0], "--output-dir", out, "--method", method,
+                    "--max-steps", "3", "--report-to", "none"])
+    assert res.code == 0, res.err
+    info = json.loads((out / "kotune.json").read_text(encoding="utf-8"))
+    assert info["status"] == "complete" and info["method"] == method
+    if method == "qlora":
+        assert (out / "adapter_model.safetensors").is_file()
+        cfg = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
+        assert cfg["r"] == 16 and cfg["target_modules"]
+    else:
+        assert (out / "model.safetensors").is_file()
+        assert not (out / "adapter_config.json").exists()
+
+
+def _train_cmd(data, out, *extra):
+    return [sys.executable, "-m", "kotune", "train", "--data", str(data), "--output-dir", str(out),
+            "--max-steps", "16", "--save-steps", "4", "--report-to", "none", "--seed", "7", *extra]
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(sample_split, tmp_path, tiny_model):
+    env = _subprocess_env()
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cmd(sample_split[0], straight), cwd=REPO, env=env, check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(sample_split[0], killed), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    first = killed / "checkpoints" / "checkpoint-4" / "trainer_state.json"
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert first.exists(), "no first checkpoint"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    info = json.loads((killed / "kotune.json").read_text(encoding="utf-8"))
+    assert info["status"] == "running"  # it really died before finishing
+
+    # Without --resume the folder is protected.
+    res = call_cli(["train", "--data", sample_split[0], "--output-dir", killed, "--max-steps", "16"])
+    assert res.code == 2 and "--resume" in res.err
+
+    done = subprocess.run(_train_cmd(sample_split[0], killed, "--resume"), cwd=REPO, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    a = json.loads((straight / "kotune.json").read_text(encoding="utf-8"))["final"]
+    b = json.loads((killed / "kotune.json").read_text(encoding="utf-8"))["final"]
+    assert b["steps"] == a["steps"] == 16
+    assert abs(a["eval_loss"] - b["eval_loss"]) <= 0.01 * a["eval_loss"]
+
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(straight / "adapter_model.safetensors"), load_file(killed / "adapter_model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-3
+
+
+# ---------------------------------------------------------------- bad input: exit 2, one line, nothing overwritten
+def _one_error_line(res, *needles):
+    assert res.code == 2, (res.code, res.err)
+    lines = [l for l in res.err.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.err
+    assert "Traceback" not in res.err
+    for n in needles:
+        assert n in lines[0]
+
+
+def test_missing_data_file(tmp_path):
+    res = call_cli(["train", "--data", tmp_path / "nope.jsonl", "--output-dir", tmp_path / "out"])
+    _one_error_line(res, "nope.jsonl")
+    assert not (tmp_path / "out").exists()
+
+
+def test_zero_usable_records(tmp_path):
+    data = tmp_path / "empty_answers.jsonl"
+    data.write_text('{"instruction": "질문입니다", "output": ""}\n{"instruction": "", "output": "답입니다."}\n', encoding="utf-8")
+    res = call_cli(["train", "--data", data, "--output-dir", tmp_path / "out"])
+    _one_error_line(res, "empty_answers.jsonl", "no usable records")
+    assert not (tmp_path / "out").exists()
+
+
+def test_template_field_missing_from_data(sample_split, tmp_path):
+    res = call_cli(["train", "--data", sample_split[0], "--output-dir", tmp_path / "out", "--template", "rag"])
+    _one_error_line(res, "input")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_preset(sample_split, tmp_path):
+    res = call_cli(["train", "--data", sample_split[0], "--output-dir", tmp_path / "out", "--preset", "turbo"])
+    _one_error_line(res, "turbo", "balanced")
+
+
+def test_output_dir_with_another_run_is_not_overwritten(trained_run, sample_split, tmp_path):
+    before = (trained_run / "kotune.json").read_bytes()
+    weights = (trained_run / "adapter_model.safetensors").read_bytes()
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in read_jsonl(sample_split[1])), encoding="utf-8")
+    res = call_cli(["train", "--data", other, "--output-dir", trained_run])
+    _one_error_line(res, "--resume", "--overwrite")
+    res = call_cli(["train", "--data", other, "--output-dir", trained_run, "--resume"])
+    _one_error_line(res, "different run")
+    assert (trained_run / "kotune.json").read_bytes() == before
+    assert (trained_run / "adapter_model.safetensors").read_bytes() == weights
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_kotune_run(sample_split, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me", encoding="utf-8")
+    res = call_cli(["train", "--data", sample_split[0], "--output-dir", precious, "--overwrite"])
+    _one_error_line(res, "not a kotune output")
+    assert (precious / "notes.txt").read_text(encoding="utf-8") == "keep me"
