@@ -192,6 +192,7 @@ def train(
     eval_split: float = typer.Option(0.1, "--eval-split", help="Share of --data held out for eval loss when no --eval-data."),
     early_stopping: Optional[int] = typer.Option(None, "--early-stopping", help="Stop after N evaluations without improvement."),
     save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every N steps."),
+    logging_steps: int = typer.Option(5, "--logging-steps", help="Log loss every N steps (TensorBoard, kotune.json history)."),
     max_steps: int = typer.Option(-1, "--max-steps", help="Stop after N optimizer steps (overrides epochs)."),
     batching: str = typer.Option("auto", "--batching", help="auto | group_by_length | padding_free."),
     report_to: str = typer.Option("tensorboard", "--report-to", help="tensorboard | wandb | mlflow | none."),
@@ -205,6 +206,7 @@ def train(
 
     from kotune.train import TrainConfig, train as run_train
 
+    _quiet_libraries()
     prompts = {}
     if system_prompts:
         from kotune.io import read_text_file
@@ -220,7 +222,7 @@ def train(
         lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
         lora_mlp=lora_mlp, scheduler=scheduler, warmup_ratio=warmup_ratio, neftune_alpha=neftune_alpha,
         gradient_checkpointing=gradient_checkpointing, eval_data=str(eval_data) if eval_data else None,
-        eval_split=eval_split, early_stopping=early_stopping, save_steps=save_steps, max_steps=max_steps,
+        eval_split=eval_split, early_stopping=early_stopping, save_steps=save_steps, logging_steps=logging_steps, max_steps=max_steps,
         batching=batching, report_to=report_to, seed=seed, trust_remote_code=trust_remote_code,
     )
     info = run_train(config, resume=resume, overwrite=overwrite, log=lambda m: console.print(m, markup=False))
@@ -275,6 +277,23 @@ def doctor(
         console.print(f"[red]{len(problems)} problem(s)[/red]: {', '.join(f.code for f in problems)}")
         raise typer.Exit(1)
     done("no pitfalls found" + (f" ({len(warnings)} warning(s))" if warnings else ""))
+
+
+def _quiet_libraries() -> None:
+    """Library deprecation chatter is not for users; --debug shows it."""
+    if _DEBUG:
+        return
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(transformers|peft|trl|torch|bitsandbytes)")
+    for name in ("bitsandbytes", "transformers", "peft", "trl", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 # ---------------------------------------------------------------- entry point

@@ -190,7 +190,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     from kotune.models import builtin_info
 
-    state = PartialState()
+    # cpu=True makes a CPU-only machine join the torchrun/accelerate process group
+    # over gloo (DDP) instead of each process training alone.
+    state = PartialState(cpu=pick_device() == "cpu")
     base_path = resolve_base(config.base_model, log=log if state.is_main_process else (lambda *_: None))
     config = config.resolved(lr_scale=builtin_info(base_path).get("learning_rate_scale", 1.0))
     main = state.is_main_process
@@ -315,6 +317,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                  "eval_records": len(eval_records or []), "truncated": truncated,
                  "train_tokens": tokens, "supervised_tokens": supervised},
         "device": device,
+        "processes": state.num_processes,
         "batching": batching,
         "trainable_parameters": trainable,
     }
@@ -322,12 +325,15 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         est = estimate(len(records), tokens, config, trainer.model, trainable, _time_one_step(trainer, train_ds))
         info["estimate"] = est
         log(f"training {config.method} on {len(records)} records ({tokens} tokens, {supervised} supervised), "
-            f"eval {len(eval_records or [])}; {trainable / 1e6:.2f}M trainable parameters; device {device}, "
+            f"eval {len(eval_records or [])}; {trainable / 1e6:.2f}M trainable parameters; device {device}"
+            f"{f' x{state.num_processes} processes' if state.num_processes > 1 else ''}, "
             f"{'bf16' if use_bf16 else 'fp32'}, batching {batching}")
         log(f"estimate: {est['steps']} optimizer steps, ~{est['seconds'] or '?'} s, ~{est['memory_gb']} GB memory")
         out.mkdir(parents=True, exist_ok=True)
         write_run_info(out, info)
 
+    # The untuned model's eval loss, so the run reports what tuning changed.
+    initial_eval = trainer.evaluate()["eval_loss"] if eval_ds is not None and resume_from is None and not resume else None
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     elapsed = time.time() - t0
@@ -341,6 +347,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             "status": "complete",
             "final": {"train_loss": round(result.training_loss, 4),
                       "eval_loss": round(final_eval["eval_loss"], 4) if "eval_loss" in final_eval else None,
+                      "initial_eval_loss": round(initial_eval, 4) if initial_eval is not None else None,
                       "steps": trainer.state.global_step, "seconds": round(elapsed, 1),
                       "tokens_per_second": round(trainer.state.num_input_tokens_seen / max(elapsed, 1e-9), 1)},
             "history": history,

@@ -155,3 +155,20 @@ def test_overwrite_refuses_a_folder_that_is_not_a_kotune_run(sample_split, tmp_p
     res = call_cli(["train", "--data", sample_split[0], "--output-dir", precious, "--overwrite"])
     _one_error_line(res, "not a kotune output")
     assert (precious / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_two_process_ddp_on_cpu_trains(sample_split, tmp_path, tiny_model):
+    """`accelerate launch --multi_gpu --num_processes 2` on a CPU-only machine: DDP over gloo."""
+    out = tmp_path / "ddp"
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "kotune", "train",
+           "--data", str(sample_split[0]), "--output-dir", str(out), "--max-steps", "12", "--report-to", "none",
+           "--logging-steps", "2"]
+    res = subprocess.run(cmd, cwd=REPO, env=_subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = json.loads((out / "kotune.json").read_text(encoding="utf-8"))
+    assert info["status"] == "complete" and info["processes"] == 2
+    assert info["final"]["steps"] == 12
+    assert info["final"]["eval_loss"] < info["final"]["initial_eval_loss"]
+    assert res.stderr.count("training lora on") == 1  # only rank 0 reports
