@@ -34,7 +34,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "memory_efficient": {"epochs": 3, "learning_rate": 2e-4, "batch_size": 1, "grad_accum": 8, "lora_r": 8, "lora_alpha": 16,
                          "gradient_checkpointing": True},
 }
-FULL_LR_SCALE = 0.1  # full fine-tuning wants ~10x smaller steps than LoRA
+FULL_LR_SCALE = 0.1
+_USER_TB_DIR = os.environ.get("TENSORBOARD_LOGGING_DIR")  # full fine-tuning wants ~10x smaller steps than LoRA
 
 
 @dataclass
@@ -197,6 +198,16 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     config = config.resolved(lr_scale=builtin_info(base_path).get("learning_rate_scale", 1.0))
     main = state.is_main_process
     out = Path(config.output_dir)
+    if config.report_to not in ("none", ""):
+        import importlib.util
+
+        module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}.get(config.report_to)
+        if module is None:
+            raise KotuneError(f"unknown --report-to {config.report_to!r}; one of tensorboard, wandb, mlflow, none")
+        if importlib.util.find_spec(module) is None:
+            raise KotuneError(f"--report-to {config.report_to}: the {module} package is not installed (pip install {module})")
+        # OUT/logs unless the user chose a folder (read once: in-process runs must not inherit the last OUT).
+        os.environ["TENSORBOARD_LOGGING_DIR"] = _USER_TB_DIR or str(out / "logs")
     data_path = Path(config.data)
     if not data_path.exists():
         raise KotuneError("no such file", path=data_path)
@@ -258,6 +269,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     datasets.disable_progress_bars()
 
     use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+    early = bool(config.early_stopping and eval_ds is not None)
     args = SFTConfig(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=config.epochs,
@@ -277,11 +289,12 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         padding_free=batching == "padding_free",
         train_sampling_strategy="group_by_length" if batching == "group_by_length" else "random",
         eval_strategy="epoch" if eval_ds is not None else "no",
-        save_strategy="steps",
+        # Best-model tracking (early stopping) needs saves aligned with evaluations.
+        save_strategy="epoch" if early else "steps",
         save_steps=config.save_steps,
         save_total_limit=2,
-        load_best_model_at_end=bool(config.early_stopping and eval_ds is not None),
-        metric_for_best_model="eval_loss" if config.early_stopping else None,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
         save_only_model=False,
         logging_steps=config.logging_steps,
         report_to=[] if config.report_to in ("none", "") else [config.report_to],
@@ -293,9 +306,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         dataset_num_proc=None,
         use_cpu=device == "cpu",
     )
-    if config.early_stopping and eval_ds is not None:
-        args.save_strategy = "epoch"  # best-model tracking needs saves aligned with evaluations
-    callbacks = [EarlyStoppingCallback(config.early_stopping)] if config.early_stopping and eval_ds is not None else []
+    callbacks = [EarlyStoppingCallback(config.early_stopping)] if early else []
     if main:
         callbacks.append(rich_training_progress())
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
