@@ -73,7 +73,10 @@ class TrainConfig:
     trust_remote_code: bool = False
     max_steps: int = -1
 
-    def resolved(self, lr_scale: float = 1.0) -> "TrainConfig":
+    def resolved(self, lr_scale: float = 1.0, lora_mlp: bool = False) -> "TrainConfig":
+        """Fill preset values. ``lr_scale`` and ``lora_mlp`` come from the base model's
+        ``kotune_builtin.json`` (tiny models need larger steps and MLP adapters); they
+        apply only where the user gave no learning rate / explicit LoRA targets."""
         if self.preset not in PRESETS:
             raise KotuneError(f"unknown preset {self.preset!r}; one of {', '.join(PRESETS)}")
         if self.method not in ("lora", "qlora", "full"):
@@ -84,6 +87,8 @@ class TrainConfig:
                 setattr(c, k, v)
         if self.learning_rate is None:
             c.learning_rate = c.learning_rate * lr_scale * (FULL_LR_SCALE if self.method == "full" else 1.0)
+        if lora_mlp and not self.lora_targets:
+            c.lora_mlp = True
         if c.gradient_checkpointing is None:
             c.gradient_checkpointing = False
         return c
@@ -195,7 +200,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     # over gloo (DDP) instead of each process training alone.
     state = PartialState(cpu=pick_device() == "cpu")
     base_path = resolve_base(config.base_model, log=log if state.is_main_process else (lambda *_: None))
-    config = config.resolved(lr_scale=builtin_info(base_path).get("learning_rate_scale", 1.0))
+    base_info = builtin_info(base_path)
+    config = config.resolved(lr_scale=base_info.get("learning_rate_scale", 1.0),
+                             lora_mlp=bool(base_info.get("lora_mlp", False)))
     main = state.is_main_process
     out = Path(config.output_dir)
     if config.report_to not in ("none", ""):
@@ -344,7 +351,10 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         write_run_info(out, info)
 
     # The untuned model's eval loss, so the run reports what tuning changed.
-    initial_eval = trainer.evaluate()["eval_loss"] if eval_ds is not None and resume_from is None and not resume else None
+    # Skipped for 4-bit models: an evaluation pass before training leaves bitsandbytes'
+    # CPU matmul_4bit unable to backprop ("a view of a leaf Variable ... in-place").
+    initial_eval = (trainer.evaluate()["eval_loss"]
+                    if eval_ds is not None and not resume and config.method != "qlora" else None)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     elapsed = time.time() - t0

@@ -136,8 +136,12 @@ def tiny_model() -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, sample_split, tiny_model) -> Path:
     """`kotune train` with the default preset on the sample train split."""
+    import time
+
     out = tmp_path_factory.mktemp("run") / "out"
+    t0 = time.monotonic()
     res = call_cli(["train", "--base-model", "builtin:tiny-ko", "--data", sample_split[0], "--output-dir", out,
                     "--report-to", "none"])
     assert res.code == 0, res.err
+    (out.parent / "wall_seconds.txt").write_text(f"{time.monotonic() - t0:.1f}", encoding="utf-8")
     return out

@@ -1,10 +1,12 @@
 """`make demo`'s job (scripts/demo.sh): the bundled sample through the dataset
-stage, as real processes, in under two minutes on two cores."""
+stage in under two minutes, then LoRA on builtin:tiny-ko and a clean doctor report,
+as real processes on two cores."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,7 +30,7 @@ def _kotune_executable() -> str:
 
 
 @pytest.mark.slow
-def test_demo_builds_the_dataset_in_under_two_minutes(tmp_path: Path) -> None:
+def test_demo_builds_the_dataset_and_trains(tmp_path: Path, tiny_model) -> None:
     out = tmp_path / "demo"
     env = dict(os.environ, KOTUNE=_kotune_executable())
     env.pop("KOTUNE_DEBUG", None)
@@ -39,10 +41,15 @@ def test_demo_builds_the_dataset_in_under_two_minutes(tmp_path: Path) -> None:
     elapsed = time.monotonic() - start
 
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert elapsed < 120, f"demo took {elapsed:.0f} s"
+    data_s = int(re.search(r"dataset ready in (\d+) s", proc.stdout).group(1))
+    assert data_s < 120, f"dataset stage took {data_s} s"
+    assert elapsed < 300, f"demo took {elapsed:.0f} s"
     for name in DEMO_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert sorted(p.name for p in out.iterdir()) == sorted(DEMO_FILES)  # no journal or temp files left
+    assert sorted(p.name for p in out.iterdir()) == sorted(DEMO_FILES + ("model",))  # no journal or temp files left
+    run = json.loads((out / "model" / "kotune.json").read_text(encoding="utf-8"))
+    assert run["status"] == "complete" and (out / "model" / "adapter_model.safetensors").is_file()
+    assert "no pitfalls found" in proc.stderr
 
     chunks = read_jsonl(out / "chunks.jsonl")
     qa = read_jsonl(out / "qa.jsonl")
