@@ -279,6 +279,122 @@ def doctor(
     done("no pitfalls found" + (f" ({len(warnings)} warning(s))" if warnings else ""))
 
 
+# ---------------------------------------------------------------- evaluation and use
+def _stop_list(stop: Optional[List[str]]) -> tuple[str, ...]:
+    # Shell users type a newline in a stop sequence as "\\n".
+    return tuple(s.replace("\\n", "\n") for s in (stop or []))
+
+
+@app.command("eval")
+def eval_(
+    questions: Path = typer.Option(..., "--questions", "--questions_file", "--questions-file", help="Questions: .txt (one per line) or .jsonl/.csv with question, reference, keywords, category."),
+    models: List[str] = typer.Option(..., "--models", "--model_paths", "--model-paths", help="Models to compare: HF id, folder, kotune output, builtin:tiny-ko; NAME=SPEC to name one. Repeat or list."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for responses.jsonl, metrics.json, report.md, report.html."),
+    context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL: retrieve top-k chunks per question (BM25 over Kiwi morphemes)."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Chunks retrieved per question with --context."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", "--max_new_tokens", min=1, help="Answer length limit."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling."),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.5, help="e.g. 1.2 as the insurance seed."),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable); trimmed from answers."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions per generation batch."),
+    template: Optional[str] = typer.Option(None, "--template", help="Template for base models (default: the tuned model's)."),
+) -> None:
+    """Answer the same questions with every model; Korean-correct metrics, error types and an HTML report."""
+    from kotune.evaluate import EvalSettings, evaluate, load_questions, parse_model_args
+
+    _quiet_libraries()
+    specs = [m for item in models for m in item.split()]
+    qs = load_questions(questions)
+    if context is not None and not context.exists():
+        raise KotuneError("no such file", path=context)
+    settings = EvalSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                            repetition_penalty=repetition_penalty, stop=_stop_list(stop), batch_size=batch_size,
+                            top_k=top_k, template=template)
+    pairs = parse_model_args(specs)
+    with progress() as bar:
+        task = bar.add_task(f"answering {len(qs)} questions × {len(pairs)} models", total=len(qs) * len(pairs))
+        metrics = evaluate(qs, pairs, output, settings=settings, chunks_path=str(context) if context else None,
+                           log=lambda m: console.print(m, markup=False), on_progress=lambda name, n: bar.advance(task, n))
+    _print_metrics(metrics)
+    done(f"{len(qs)} questions × {len(pairs)} models → {output}/ (responses.jsonl, metrics.json, report.md, report.html)")
+
+
+def _print_metrics(metrics: dict) -> None:
+    from rich.table import Table
+
+    keys = ["rougeL", "bleu", "chrf", "keyword_coverage", "eos_rate", "repetition", "unsupported_rate"]
+    table = Table(title=f"metrics ({metrics.get('tokenization', '')})")
+    table.add_column("model")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name, m in metrics["models"].items():
+        o = m.get("overall", {})
+        table.add_row(name, *["–" if o.get(k) is None else str(o.get(k)) for k in keys])
+    console.print(table)
+    if metrics.get("bleu_signature"):
+        console.print(f"BLEU signature: {metrics['bleu_signature']}", markup=False)
+    for name, m in metrics["models"].items():
+        for item in m.get("skipped", []):
+            warn(f"{name}: {item}")
+
+
+@app.command()
+def score(
+    predictions: Path = typer.Argument(..., help="JSONL rows with answer (or prediction/output), reference, keywords, category, context, finish_reason, model."),
+    output: Path = typer.Option(..., "--output", "-o", help="Scores JSON (metrics.json format)."),
+) -> None:
+    """Metrics on existing predictions (grouped by their 'model' field)."""
+    from kotune.io import read_jsonl, write_json
+    from kotune.metrics import TOKENIZATION, score_rows
+
+    groups: dict[str, list[dict]] = {}
+    for lineno, row in read_jsonl(predictions):
+        answer = row.get("answer", row.get("prediction", row.get("output")))
+        if not isinstance(answer, str):
+            raise KotuneError('missing "answer" (or "prediction"/"output")', path=predictions, line=lineno)
+        row = {**row, "answer": answer}
+        groups.setdefault(str(row.get("model") or "model"), []).append(row)
+    if not groups:
+        raise KotuneError("no predictions found", path=predictions)
+    metrics: dict = {"models": {}, "tokenization": TOKENIZATION}
+    for name, rows in groups.items():
+        scored = score_rows(rows)
+        scored.pop("per_row", None)
+        metrics["models"][name] = scored
+        metrics["bleu_signature"] = scored.get("bleu_signature")
+    computable = [m for m in metrics["models"].values() if m.get("overall")]
+    if not computable:
+        raise KotuneError("no metric could be computed from these predictions", path=predictions)
+    write_json(output, metrics)
+    _print_metrics(metrics)
+    done(f"scores for {sum(len(r) for r in groups.values())} predictions → {output}")
+
+
+@app.command()
+def chat(
+    model: str = typer.Option(..., "--model", help="kotune output, HF id, folder or builtin:tiny-ko."),
+    context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL for retrieval (toggle with /context on|off)."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Chunks retrieved per question."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
+    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.5),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Template for a base model (a kotune output uses its own)."),
+    category: str = typer.Option("", "--category", help="Category for per-category system prompts (chat template)."),
+) -> None:
+    """Interactive terminal chat with streaming. Commands: /reset, /context on|off, /settings, /exit."""
+    from kotune.chat import run_chat
+
+    _quiet_libraries()
+    if context is not None and not context.exists():
+        raise KotuneError("no such file", path=context)
+    run_chat(model, context=str(context) if context else None, top_k=top_k, template=template, category=category,
+             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+             repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)))
+
+
 def _quiet_libraries() -> None:
     """Library deprecation chatter is not for users; --debug shows it."""
     if _DEBUG:

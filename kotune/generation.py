@@ -98,6 +98,85 @@ class Generator:
         out = [results[i] for i in range(len(prompts))]
         return out
 
+    def stream(self, prompt: str, settings: GenerationSettings | None = None):
+        """Yield text pieces of one answer as they are generated, then the final Answer.
+
+        Pieces never end inside a Hangul syllable: byte-level BPE tokens can split
+        a UTF-8 character, so text is held back while it decodes to U+FFFD.
+        """
+        import threading
+
+        import torch
+        from transformers.generation.streamers import BaseStreamer
+
+        settings = settings or GenerationSettings()
+        ids = encode_prompt(self.tokenizer, prompt, self.template)
+        q: "queue.Queue[list[int] | None]" = __import__("queue").Queue()
+
+        class _Collect(BaseStreamer):
+            first = True
+
+            def put(self, value):
+                if self.first:  # the prompt itself
+                    self.first = False
+                    return
+                q.put(value.reshape(-1).tolist())
+
+            def end(self):
+                q.put(None)
+
+        kwargs: dict[str, Any] = dict(
+            input_ids=torch.tensor([ids], device=self.model.device), attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.model.device),
+            max_new_tokens=settings.max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id,
+            repetition_penalty=settings.repetition_penalty, streamer=_Collect(),
+        )
+        if settings.temperature > 0:
+            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if settings.stop:
+            kwargs.update(stop_strings=settings.stop, tokenizer=self.tokenizer)
+        errors: list[BaseException] = []
+
+        def run():
+            try:
+                with torch.no_grad():
+                    self.model.generate(**kwargs)
+            except BaseException as e:  # surfaced in the caller's thread
+                errors.append(e)
+                q.put(None)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        tokens: list[int] = []
+        shown = ""
+        while True:
+            item = q.get()
+            if item is None:
+                break
+            tokens.extend(item)
+            if any(t in self.eos_ids for t in item):
+                break
+            text = self.tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=True)
+            if text.endswith("\ufffd"):
+                continue
+            hold = max((len(s) - 1 for s in settings.stop), default=0)  # a stop string may be forming
+            visible = text[: len(text) - hold] if hold else text
+            for s in settings.stop:
+                k = text.find(s)
+                if k >= 0:
+                    visible = text[:k]
+            if len(visible) > len(shown) and visible.startswith(shown):
+                yield visible[len(shown):]
+                shown = visible
+        thread.join()
+        if errors:
+            raise errors[0]
+        answer = self._decode(tokens, len(ids), settings)
+        if answer.text.startswith(shown) and len(answer.text) > len(shown):
+            yield answer.text[len(shown):]
+        yield answer
+
     def _decode(self, tokens: list[int], prompt_len: int, settings: GenerationSettings) -> Answer:
         pad = self.tokenizer.pad_token_id
         finish = "length"

@@ -1,0 +1,198 @@
+"""Compare models on the same questions: answers, Korean-correct metrics, error types, report.
+
+Every model answers with its own training template (from ``kotune.json``); a
+plain base model answers in the template of the first tuned model being
+compared, so base and tuned see the same prompt.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from kotune.errors import KotuneError
+from kotune.io import decode_bytes, check_input_file
+
+
+# ---------------------------------------------------------------- questions
+def _keywords(value: Any) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, list):
+        return [str(v).strip() for v in value if str(v).strip()]
+    sep = "|" if "|" in str(value) else ","
+    return [v.strip() for v in str(value).split(sep) if v.strip()]
+
+
+def _question_row(raw: dict[str, Any], i: int) -> dict[str, Any]:
+    q = raw.get("question") or raw.get("instruction") or raw.get("query") or raw.get("prompt") or ""
+    ref = raw.get("reference") or raw.get("answer") or raw.get("output") or ""
+    return {
+        "id": str(raw.get("id") or f"q{i:04d}"),
+        "question": str(q).strip(),
+        "input": str(raw.get("input") or "").strip(),
+        "reference": str(ref).strip(),
+        "keywords": _keywords(raw.get("keywords")),
+        "category": str(raw.get("category") or "").strip(),
+        "context": str(raw.get("context") or "").strip(),
+    }
+
+
+def load_questions(path: str | Path) -> list[dict[str, Any]]:
+    """Questions from .txt (one per line), .jsonl/.json or .csv (``question`` or record fields)."""
+    path = check_input_file(path)
+    data = path.read_bytes()
+    if not data.strip():
+        raise KotuneError("file is empty", path=path)
+    text, _ = decode_bytes(data, path)
+    suffix = path.suffix.lower()
+    rows: list[dict[str, Any]] = []
+    if suffix == ".txt":
+        lines = [l.strip() for l in text.splitlines()]
+        rows = [_question_row({"question": l}, i) for i, l in enumerate((l for l in lines if l and not l.startswith("#")), 1)]
+    elif suffix == ".jsonl":
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise KotuneError(f"invalid JSON ({e.msg})", path=path, line=lineno) from None
+            if not isinstance(obj, dict):
+                raise KotuneError("expected a JSON object", path=path, line=lineno)
+            rows.append(_question_row(obj, len(rows) + 1))
+    elif suffix == ".json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise KotuneError(f"invalid JSON ({e.msg})", path=path, line=e.lineno) from None
+        items = obj if isinstance(obj, list) else obj.get("questions", []) if isinstance(obj, dict) else []
+        rows = [_question_row(o, i) for i, o in enumerate(items, 1) if isinstance(o, dict)]
+    elif suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        rows = [_question_row({k.strip().lstrip("\ufeff"): v for k, v in r.items() if k}, i) for i, r in enumerate(reader, 1)]
+    else:
+        raise KotuneError(f"unsupported questions format {suffix!r}; use .txt, .jsonl, .json or .csv", path=path)
+    rows = [r for r in rows if r["question"]]
+    if not rows:
+        raise KotuneError("no questions found (need a 'question' or 'instruction' field, or one per line in .txt)", path=path)
+    return rows
+
+
+# ---------------------------------------------------------------- models
+def parse_model_args(specs: list[str]) -> list[tuple[str, str]]:
+    """``["base=builtin:tiny-ko", "runs/x"]`` → ``[("base", "builtin:tiny-ko"), ("x", "runs/x")]``."""
+    out: list[tuple[str, str]] = []
+    for spec in specs:
+        name, sep, target = spec.partition("=")
+        if sep and name and not Path(spec).exists():
+            out.append((name, target))
+        else:
+            out.append((Path(spec.rstrip("/")).name if Path(spec).exists() else spec, spec))
+    names = [n for n, _ in out]
+    for n in set(names):
+        if names.count(n) > 1:
+            k = 0
+            for i, (m, s) in enumerate(out):
+                if m == n:
+                    k += 1
+                    out[i] = (f"{m}#{k}", s)
+    return out
+
+
+@dataclass
+class EvalSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = ()
+    batch_size: int = 16
+    top_k: int = 3
+    template: str | None = None
+
+
+def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out_dir: str | Path, *,
+             settings: EvalSettings | None = None, chunks_path: str | None = None,
+             log: Callable[[str], None] = print, on_progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
+    """Answer every question with every model; write responses.jsonl, metrics.json, report.md/html."""
+    from kotune.generation import GenerationSettings, Generator
+    from kotune.io import atomic_writer, dumps, write_json
+    from kotune.metrics import score_rows
+    from kotune.models import read_run_info, resolve_model
+    from kotune.report import render_html, render_markdown
+
+    settings = settings or EvalSettings()
+    out = Path(out_dir)
+    # Resolve every model before any work, so a bad path fails fast.
+    refs = {name: resolve_model(spec, log=log) for name, spec in models}
+    shared_template = settings.template or next((r.run["template"]["name"] for r in refs.values() if r.run), None)
+
+    retriever = None
+    if chunks_path:
+        from kotune.retrieval import Retriever, format_context
+
+        retriever = Retriever.from_file(chunks_path)
+    contexts: list[tuple[str, list[str]]] = []
+    for q in questions:
+        if retriever is not None and not q["context"]:
+            hits = retriever.search(q["question"], k=settings.top_k)
+            contexts.append((format_context(hits), [h[0]["chunk_id"] for h in hits]))
+        else:
+            contexts.append((q["context"], []))
+
+    gen_settings = GenerationSettings(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                                      top_p=settings.top_p, repetition_penalty=settings.repetition_penalty,
+                                      stop=list(settings.stop))
+    answers: dict[str, list[Any]] = {}
+    timing: dict[str, float] = {}
+    for name, spec in models:
+        ref = refs[name]
+        gen = Generator(spec, template=None if ref.run else (shared_template or "kotune"), log=log)
+        prompts = [gen.prompt(q["question"], q["input"], category=q["category"], context=ctx or None)
+                   for q, (ctx, _) in zip(questions, contexts)]
+        t0 = time.time()
+        answers[name] = gen.generate(prompts, gen_settings, batch_size=settings.batch_size)
+        timing[name] = time.time() - t0
+        if on_progress:
+            on_progress(name, len(prompts))
+        del gen
+
+    metrics: dict[str, Any] = {"models": {}, "settings": {**settings.__dict__, "stop": list(settings.stop)},
+                               "questions": len(questions), "context": chunks_path}
+    responses: list[dict[str, Any]] = []
+    per_model_rows: dict[str, list[dict[str, Any]]] = {}
+    for name, _ in models:
+        rows = []
+        for q, (ctx, ids), a in zip(questions, contexts, answers[name]):
+            rows.append({"answer": a.text, "reference": q["reference"] or None, "keywords": q["keywords"],
+                         "category": q["category"], "context": ctx, "finish_reason": a.finish_reason})
+        scored = score_rows(rows)
+        per_model_rows[name] = scored.pop("per_row")
+        scored["answers_per_second"] = round(len(questions) / max(timing[name], 1e-9), 3)
+        metrics["models"][name] = scored
+        metrics["tokenization"] = scored.get("tokenization")
+        metrics["bleu_signature"] = scored.get("bleu_signature")
+    with atomic_writer(out / "responses.jsonl") as f:
+        for i, (q, (ctx, ids)) in enumerate(zip(questions, contexts)):
+            entry = {"id": q["id"], "question": q["question"], "category": q["category"], "reference": q["reference"],
+                     "keywords": q["keywords"], "answers": {}}
+            for name, _ in models:
+                a = answers[name][i]
+                row = per_model_rows[name][i]
+                entry["answers"][name] = {"text": a.text, "finish_reason": a.finish_reason, "errors": row.get("errors", []),
+                                          "retrieved": ids, "completion_tokens": a.completion_tokens,
+                                          **{k: v for k, v in row.items() if k not in ("errors",)}}
+            responses.append(entry)
+            f.write(dumps(entry) + "\n")
+    write_json(out / "metrics.json", metrics)
+    with atomic_writer(out / "report.md") as f:
+        f.write(render_markdown(metrics, responses))
+    with atomic_writer(out / "report.html") as f:
+        f.write(render_html(metrics, responses))
+    return metrics
