@@ -299,6 +299,9 @@ def eval_(
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable); trimmed from answers."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions per generation batch."),
     template: Optional[str] = typer.Option(None, "--template", help="Template for base models (default: the tuned model's)."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="OpenAI-compatible URL of an LLM judge (pairs judged in both orders)."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name at the judge endpoint."),
+    judge_api_key_env: Optional[str] = typer.Option(None, "--judge-api-key-env", help="Environment variable holding the judge's API key."),
 ) -> None:
     """Answer the same questions with every model; Korean-correct metrics, error types and an HTML report."""
     from kotune.evaluate import EvalSettings, evaluate, load_questions, parse_model_args
@@ -310,13 +313,17 @@ def eval_(
         raise KotuneError("no such file", path=context)
     settings = EvalSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                             repetition_penalty=repetition_penalty, stop=_stop_list(stop), batch_size=batch_size,
-                            top_k=top_k, template=template)
+                            top_k=top_k, template=template, judge_url=judge, judge_model=judge_model,
+                            judge_api_key_env=judge_api_key_env)
     pairs = parse_model_args(specs)
     with progress() as bar:
         task = bar.add_task(f"answering {len(qs)} questions × {len(pairs)} models", total=len(qs) * len(pairs))
         metrics = evaluate(qs, pairs, output, settings=settings, chunks_path=str(context) if context else None,
                            log=lambda m: console.print(m, markup=False), on_progress=lambda name, n: bar.advance(task, n))
     _print_metrics(metrics)
+    for other, r in (metrics.get("judge") or {}).get("pairs", {}).items():
+        console.print(f"judge: {other} vs {metrics['judge']['baseline']}: win {r['win_rate']:.0%}, "
+                      f"loss {r['loss_rate']:.0%}, tie {r['tie_rate']:.0%} (orders disagreed {r['order_disagreement']:.0%})")
     done(f"{len(qs)} questions × {len(pairs)} models → {output}/ (responses.jsonl, metrics.json, report.md, report.html)")
 
 

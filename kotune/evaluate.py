@@ -115,6 +115,9 @@ class EvalSettings:
     batch_size: int = 16
     top_k: int = 3
     template: str | None = None
+    judge_url: str | None = None          # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
+    judge_model: str | None = None
+    judge_api_key_env: str | None = None
 
 
 def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out_dir: str | Path, *,
@@ -190,6 +193,13 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
                                           **{k: v for k, v in row.items() if k not in ("errors",)}}
             responses.append(entry)
             f.write(dumps(entry) + "\n")
+    if settings.judge_url:
+        from kotune.judge import judge_pairs
+
+        if len(models) < 2:
+            raise KotuneError("--judge compares models: give at least two")
+        metrics["judge"] = judge_pairs(responses, [n for n, _ in models], url=settings.judge_url,
+                                       judge_model=settings.judge_model or "judge", api_key_env=settings.judge_api_key_env)
     write_json(out / "metrics.json", metrics)
     with atomic_writer(out / "report.md") as f:
         f.write(render_markdown(metrics, responses))

@@ -1,0 +1,125 @@
+"""BM25 over Kiwi morphemes, for RAG-style prompts (``kotune eval --context CHUNKS``).
+
+Scoring is the ``bm25s`` library (Lucene BM25, k1=1.5, b=0.75); tokenisation is
+ours, because whitespace tokens fail on Korean: "국가센터의", "국가센터로서" and
+"국가센터란" are three different words to a whitespace tokenizer and one noun
+plus particles to Kiwi.
+
+Tokens (see :func:`tokens`):
+
+* every content morpheme (:func:`kotune.korean.content_morphemes`: nouns, verb
+  and adjective stems in dictionary form, numbers, foreign words), lower-cased,
+  so particles and endings never decide a match (했다/합니다/하는 → 하);
+* plus a bigram for each pair of content morphemes that stand next to each
+  other with no particle or ending between them — the parts of a compound.
+  Kiwi splits "국가센터" into 국가 + 센터 and "전문센터" into 전문 + 센터; the
+  bigrams 국가_센터 / 전문_센터 keep the two apart.
+
+A chunk is indexed with its breadcrumbs (section headings), because a chunk
+often starts with the tail of the previous section and a question names the
+section ("기관별 역할", "추진 경과").
+
+Why this one: on the bundled sample (14 chunks) and the 94 questions the rule
+teacher writes for it, hit@3 / MRR were: content morphemes 0.87 / 0.75, all
+morphemes minus particles, endings and punctuation 0.85 / 0.76, content
+morphemes + breadcrumbs 0.90 / 0.79, content morphemes + compound bigrams +
+breadcrumbs (this) 0.93 / 0.85; and 24 of 24 hand-written questions in inflected
+forms found their chunk in the top 3 (23 of 24 without the bigrams).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from kotune.korean import CONTENT_TAGS, morphemes
+
+__all__ = ["Retriever", "format_context", "tokens"]
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-cased content morphemes plus bigrams of adjacent ones (compound parts)."""
+    out: list[str] = []
+    prev: str | None = None
+    for form, tag in morphemes(text or ""):
+        if tag in CONTENT_TAGS:
+            form = form.lower()
+            out.append(form)
+            if prev is not None:
+                out.append(prev + "_" + form)
+            prev = form
+        else:
+            prev = None
+    return out
+
+
+def _as_dict(chunk: Any) -> dict[str, Any]:
+    if isinstance(chunk, dict):
+        return chunk
+    if hasattr(chunk, "to_dict"):  # kotune.data.chunk.Chunk
+        return chunk.to_dict()
+    raise TypeError(f"not a chunk: {chunk!r}")
+
+
+def _breadcrumbs(chunk: dict[str, Any]) -> str:
+    meta = chunk.get("metadata") or {}
+    return str(meta.get("breadcrumbs") or "").strip()
+
+
+class Retriever:
+    """BM25 index over chunks (dicts as in chunks.jsonl: ``chunk_id``, ``text``, ``metadata``)."""
+
+    def __init__(self, chunks: Iterable[dict[str, Any]]):
+        import bm25s
+
+        self.chunks: list[dict[str, Any]] = [_as_dict(c) for c in chunks]
+        docs = [tokens(f"{c.get('text') or ''}\n{_breadcrumbs(c)}") for c in self.chunks]
+        # A sorted vocabulary (bm25s would build one from a set, whose order
+        # changes with PYTHONHASHSEED) keeps the index identical across runs.
+        self.vocab: dict[str, int] = {t: i for i, t in enumerate(sorted({t for d in docs for t in d}))}
+        self._bm25 = None
+        if self.vocab:
+            self._bm25 = bm25s.BM25()
+            ids = [[self.vocab[t] for t in d] for d in docs]
+            self._bm25.index((ids, dict(self.vocab)), create_empty_token=False, show_progress=False)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Retriever":
+        """Index a chunks.jsonl written by ``kotune prepare``."""
+        from kotune.data.generate import load_chunks
+
+        return cls(load_chunks(path))
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def scores(self, query: str) -> list[float]:
+        """BM25 score of every chunk for ``query`` (all 0.0 when nothing matches)."""
+        ids = [self.vocab[t] for t in tokens(query) if t in self.vocab] if self._bm25 is not None else []
+        if not ids:
+            return [0.0] * len(self.chunks)
+        return [float(s) for s in self._bm25.get_scores_from_ids(ids)]
+
+    def search(self, query: str, k: int = 3) -> list[tuple[dict[str, Any], float]]:
+        """Up to ``k`` ``(chunk, score)`` pairs, best first; ties go to the earlier chunk.
+
+        Only chunks sharing at least one token with the query are returned, so an
+        empty or unmatched query gives ``[]``.
+        """
+        if k <= 0 or not query or not query.strip():
+            return []
+        scores = self.scores(query)
+        order = sorted((i for i, s in enumerate(scores) if s > 0.0), key=lambda i: (-scores[i], i))
+        return [(self.chunks[i], scores[i]) for i in order[:k]]
+
+
+def format_context(hits: Iterable[tuple[dict[str, Any], float]]) -> str:
+    """Chunks for a RAG prompt: ``[문서 i] (breadcrumbs)`` then the text, blank line between."""
+    parts = []
+    for i, (chunk, _score) in enumerate(hits, 1):
+        chunk = _as_dict(chunk)
+        meta = chunk.get("metadata") or {}
+        where = _breadcrumbs(chunk) or str(meta.get("title") or "").strip()
+        head = f"[문서 {i}] ({where})" if where else f"[문서 {i}]"
+        parts.append(f"{head}\n{str(chunk.get('text') or '').strip()}")
+    return "\n\n".join(parts)
