@@ -1,0 +1,121 @@
+"""Evaluation throughput: kotune's batched generation vs one question at a time.
+
+Side by side in one run, same model, same 64 questions, same greedy settings:
+  (a) the insurance seed's evaluate loop: transformers.pipeline("text-generation"), one prompt per call;
+  (b) kotune Generator with batch_size=1;
+  (c) kotune Generator batched (left padding, length-sorted batches).
+Checks that (b) and (c) give identical greedy answers, and writes a section of
+benchmarks/RESULTS.md between markers.
+
+    python benchmarks/bench_generate.py --model builtin:tiny-ko --write benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def questions(n: int) -> list[str]:
+    """Questions from the bundled sample through kotune's own prepare + rule teacher."""
+    from kotune.data.chunk import prepare
+    from kotune.data.generate import RuleTeacher
+
+    chunks = prepare([REPO / "recipes" / "data" / "policy" / "policy_plan.txt"])
+    teacher = RuleTeacher()
+    qs = [r.instruction for c in chunks for r in teacher.generate(c.to_dict(), 8)]
+    return (qs * (n // max(len(qs), 1) + 1))[:n]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="builtin:tiny-ko")
+    ap.add_argument("--questions", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--write", type=Path, default=None)
+    args = ap.parse_args()
+
+    import torch
+    import transformers
+    from transformers import pipeline
+
+    from kotune.generation import GenerationSettings, Generator
+
+    gen = Generator(args.model, template="kotune", log=lambda *_: None)
+    qs = questions(args.questions)
+    prompts = [gen.prompt(q) for q in qs]
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    pipe = pipeline("text-generation", model=gen.model, tokenizer=gen.tokenizer, device=-1)
+
+    def seed_loop():
+        out = []
+        for p in prompts:  # one prompt per call, as the seed's evaluate_v2.py
+            r = pipe(p, max_new_tokens=args.max_new_tokens, do_sample=False, return_full_text=False,
+                     pad_token_id=gen.tokenizer.pad_token_id, eos_token_id=gen.eos_ids)
+            out.append(r[0]["generated_text"])
+        return out
+
+    def kotune_alone():
+        return [gen.generate([p], settings, batch_size=1)[0].text for p in prompts]
+
+    def kotune_batched():
+        return [a.text for a in gen.generate(prompts, settings, batch_size=args.batch_size)]
+
+    variants = {"seed loop (pipeline, one at a time)": seed_loop, "kotune batch_size=1": kotune_alone,
+                f"kotune batched (batch_size={args.batch_size})": kotune_batched}
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    outputs: dict[str, list[str]] = {}
+    for _ in range(args.repeats):
+        for name, fn in variants.items():
+            t = time.perf_counter()
+            outputs[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["seed loop (pipeline, one at a time)"]
+    names = list(variants)
+    identical = outputs[names[1]] == outputs[names[2]]
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
+    cmd = "python benchmarks/bench_generate.py " + " ".join(sys.argv[1:])
+    lines = [
+        "<!-- bench_generate:start -->",
+        "## Evaluation throughput: batched generation vs one question at a time",
+        "",
+        f"- command: `{cmd}`",
+        f"- date: {date.today()}, machine: {cpu}, {torch.get_num_threads()} threads; torch {torch.__version__}, transformers {transformers.__version__}",
+        f"- model: `{args.model}`, {len(prompts)} questions, greedy, max_new_tokens {args.max_new_tokens}, median of {args.repeats} runs",
+        "",
+        "| variant | seconds | answers/s | speed-up vs seed loop |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name in names:
+        lines.append(f"| {name} | {med[name]:.2f} | {len(prompts) / med[name]:.2f} | {base / med[name]:.2f}× |")
+    lines += ["", f"Greedy answers identical between kotune batch_size=1 and batched: **{identical}**.",
+              "<!-- bench_generate:end -->", ""]
+    section = "\n".join(lines)
+    print(section)
+    if args.write:
+        text = args.write.read_text(encoding="utf-8") if args.write.exists() else "# Benchmark results\n\n"
+        if "<!-- bench_generate:start -->" in text:
+            text = re.sub(r"<!-- bench_generate:start -->.*?<!-- bench_generate:end -->\n?", section, text, flags=re.S)
+        else:
+            text = text.rstrip("\n") + "\n\n" + section
+        args.write.write_text(text, encoding="utf-8")
+    if not identical:
+        sys.exit("batched and one-at-a-time greedy answers differ")
+
+
+if __name__ == "__main__":
+    main()
