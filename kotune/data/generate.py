@@ -123,6 +123,22 @@ def _focus(sentence: str, avoid: str = "") -> str:
     return max((p for p, _, _ in runs), key=len, default="")
 
 
+def _keywords(answer: str, limit: int = 3) -> list[str]:
+    """Expected keywords for evaluation (the policy seed's 키워드 반영률): quantities
+    first ("2030년", "600페타플롭스"), then the longest noun phrases of the answer."""
+    found: list[str] = []
+    for m in _QUANTITY.finditer(answer):
+        q = m.group(0).strip()
+        if q not in found:
+            found.append(q)
+    phrases = sorted({p for p, _, _ in _noun_runs(answer) if len(p) >= 3 and p not in _ROUTINE_NOUNS},
+                     key=lambda p: (-len(p), answer.find(p)))
+    for p in phrases:
+        if all(p not in f and f not in p for f in found):
+            found.append(p)
+    return found[:limit]
+
+
 @dataclass
 class _Candidate:
     rule: str
@@ -239,7 +255,7 @@ class RuleTeacher(Teacher):
                 difficulty=c.difficulty,
                 source=meta.get("source", ""),
                 chunk_id=chunk["chunk_id"],
-                extra={"generator": f"rule:{c.rule}"},
+                extra={"generator": f"rule:{c.rule}", "keywords": _keywords(c.answer)},
             )
             for c in picked
         ]
