@@ -343,7 +343,12 @@ def _print_metrics(metrics: dict) -> None:
         console.print(f"BLEU signature: {metrics['bleu_signature']}", markup=False)
     for name, m in metrics["models"].items():
         for item in m.get("skipped", []):
-            warn(f"{name}: {item}")
+            if isinstance(item, dict):
+                warn(f"{name}: {item.get('metric')} skipped — {item.get('reason')}")
+            else:
+                warn(f"{name}: {item}")
+        for note in m.get("notes", []):
+            warn(f"{name}: {note}")
 
 
 @app.command()
@@ -427,10 +432,32 @@ def _error(message: str) -> None:
     console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
+_VARIADIC = ("--models", "--model_paths", "--model-paths", "--adapter")
+
+
+def _expand_variadic(argv: list[str]) -> list[str]:
+    """``--models A B C`` → ``--models A --models B --models C`` (the seed's
+    ``--model_paths base tuned`` style; click options take one value each)."""
+    out: list[str] = []
+    current = None
+    for arg in argv:
+        if arg in _VARIADIC:
+            current = arg
+            out.append(arg)
+            continue
+        if current and not arg.startswith("-") and out and out[-1] != current:
+            out += [current, arg]
+            continue
+        if arg.startswith("-"):
+            current = None
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user mistakes print one ``error:`` line and exit 2."""
     global _DEBUG
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _expand_variadic(list(sys.argv[1:] if argv is None else argv))
     _DEBUG = "--debug" in argv or os.environ.get("KOTUNE_DEBUG") == "1"
     if "--debug" in argv[1:]:  # accepted after the command too: kotune prepare x.txt -o y --debug
         argv = ["--debug"] + [a for a in argv if a != "--debug"]
