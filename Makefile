@@ -21,8 +21,13 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	bash scripts/demo.sh $(DEMO_OUT)
 
+# The report test renders HTML in headless Chromium with a Korean font (Debian packages).
 test: install
+	bash scripts/install-system-deps.sh
 	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/bench_train.py --write benchmarks/RESULTS.md
 
 clean:
 	rm -rf runs .pytest_cache
