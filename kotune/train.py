@@ -73,10 +73,11 @@ class TrainConfig:
     trust_remote_code: bool = False
     max_steps: int = -1
 
-    def resolved(self, lr_scale: float = 1.0, lora_mlp: bool = False) -> "TrainConfig":
-        """Fill preset values. ``lr_scale`` and ``lora_mlp`` come from the base model's
-        ``kotune_builtin.json`` (tiny models need larger steps and MLP adapters); they
-        apply only where the user gave no learning rate / explicit LoRA targets."""
+    def resolved(self, hints: dict[str, Any] | None = None) -> "TrainConfig":
+        """Fill preset values. ``hints`` (``models.training_hints``: the builtin toy model
+        needs larger steps, MLP adapters and more passes) apply only where the user
+        gave no learning rate / epochs / explicit LoRA targets."""
+        hints = hints or {}
         if self.preset not in PRESETS:
             raise KotuneError(f"unknown preset {self.preset!r}; one of {', '.join(PRESETS)}")
         if self.method not in ("lora", "qlora", "full"):
@@ -86,8 +87,11 @@ class TrainConfig:
             if getattr(c, k) is None:
                 setattr(c, k, v)
         if self.learning_rate is None:
-            c.learning_rate = c.learning_rate * lr_scale * (FULL_LR_SCALE if self.method == "full" else 1.0)
-        if lora_mlp and not self.lora_targets:
+            c.learning_rate = (c.learning_rate * hints.get("learning_rate_scale", 1.0)
+                               * (FULL_LR_SCALE if self.method == "full" else 1.0))
+        if self.epochs is None:
+            c.epochs = c.epochs * hints.get("epochs_scale", 1.0)
+        if hints.get("lora_mlp") and not self.lora_targets:
             c.lora_mlp = True
         if c.gradient_checkpointing is None:
             c.gradient_checkpointing = False
@@ -194,15 +198,13 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                                pick_device, resolve_base)
     from kotune.templates import eos_ids, get_template
 
-    from kotune.models import builtin_info
+    from kotune.models import training_hints
 
     # cpu=True makes a CPU-only machine join the torchrun/accelerate process group
     # over gloo (DDP) instead of each process training alone.
     state = PartialState(cpu=pick_device() == "cpu")
     base_path = resolve_base(config.base_model, log=log if state.is_main_process else (lambda *_: None))
-    base_info = builtin_info(base_path)
-    config = config.resolved(lr_scale=base_info.get("learning_rate_scale", 1.0),
-                             lora_mlp=bool(base_info.get("lora_mlp", False)))
+    config = config.resolved(training_hints(config.base_model))
     main = state.is_main_process
     out = Path(config.output_dir)
     if config.report_to not in ("none", ""):
