@@ -46,7 +46,12 @@ def test_demo_builds_the_dataset_and_trains(tmp_path: Path, tiny_model) -> None:
     assert elapsed < 300, f"demo took {elapsed:.0f} s"
     for name in DEMO_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert sorted(p.name for p in out.iterdir()) == sorted(DEMO_FILES + ("model",))  # no journal or temp files left
+    assert sorted(p.name for p in out.iterdir()) == sorted(DEMO_FILES + ("model", "eval", "eval-train", "train_questions.jsonl"))
+    for ev in ("eval", "eval-train"):
+        assert {p.name for p in (out / ev).iterdir()} == {"responses.jsonl", "metrics.json", "report.md", "report.html"}
+    m = json.loads((out / "eval-train" / "metrics.json").read_text(encoding="utf-8"))["models"]
+    assert m["tuned"]["overall"]["rougeL"] > m["base"]["overall"]["rougeL"]
+    assert m["tuned"]["overall"]["eos_rate"] > m["base"]["overall"]["eos_rate"]
     run = json.loads((out / "model" / "kotune.json").read_text(encoding="utf-8"))
     assert run["status"] == "complete" and (out / "model" / "adapter_model.safetensors").is_file()
     assert "no pitfalls found" in proc.stderr
