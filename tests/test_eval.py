@@ -78,7 +78,8 @@ def test_eval_with_context_records_retrieved_chunks(trained_run, sample_chunks, 
     chunk_ids = {c["chunk_id"] for c in read_jsonl(sample_chunks)}
     for r in read_jsonl(out / "responses.jsonl"):
         (a,) = r["answers"].values()
-        assert len(a["retrieved"]) == 2 and set(a["retrieved"]) <= chunk_ids
+        # BM25 returns only chunks that share a morpheme with the question, at most top-k.
+        assert 1 <= len(a["retrieved"]) <= 2 and set(a["retrieved"]) <= chunk_ids
 
 
 def test_score_skips_reference_metrics_without_references(tmp_path):
