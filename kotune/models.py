@@ -202,7 +202,7 @@ def resolve_model(spec: str, log=print) -> ModelRef:
         if run is not None:
             base = resolve_base(run["base_model"], log)
             adapter = str(path) if (path / "adapter_config.json").exists() else None
-            if adapter is None and run.get("method") == "full":
+            if adapter is None and run.get("method") in ("full", "merged"):
                 return ModelRef(spec, str(path), None, run)
             return ModelRef(spec, base, adapter, run)
         if (path / "adapter_config.json").exists():
