@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import socket
@@ -201,14 +200,16 @@ def test_workers_run_concurrently_and_model_defaults_to_the_servers(tmp_path: Pa
     for c in chunks[:8]:  # Kiwi's first pass over a text is slow; time the requests, not the warm-up
         content_morphemes(c["text"])
     out = tmp_path / "qa.jsonl"
-    with FakeOpenAI(chunks[:8], latency=0.3) as server:
+    with FakeOpenAI(chunks[:8], latency=0.5) as server:
         teacher = OpenAITeacher(server.url, None, workers=8)
         t0 = time.monotonic()
         records = generate_file(chunks[:8], teacher, out, per_chunk=1)
         wall = time.monotonic() - t0
+        one = teacher.generate(chunks[1], 2)  # the plain Teacher interface works too
     assert len(records) == 8 and teacher.model == "fake-model"
     assert all(r.extra["generator"] == "teacher:fake-model" for r in records)
-    assert wall < 8 * 0.3 * 0.6, wall  # sequential would take 2.4 s
+    assert wall < 8 * 0.5 * 0.6, wall  # one at a time would take 4 s
+    assert len(one) == 2 and all(r.chunk_id == chunks[1]["chunk_id"] for r in one)
 
 
 # ------------------------------------------------------------------ (b) 429s and dropped connections
@@ -257,7 +258,7 @@ def test_a_rejected_key_stops_the_run_with_one_line(tmp_path: Path, cli, chunks:
     assert res.code == 2 and len(res.err_lines) == 1
     assert "HTTP 401" in res.err_lines[0] and "API key" in res.err_lines[0]
     assert len(server.log) <= 4  # no retries of a rejected key
-    assert not out.exists()
+    assert not out.exists() and not journal_path(out).exists()  # nothing finished, nothing to --resume
 
 
 # ------------------------------------------------------------------ (c) SIGKILL mid-run, then --resume
@@ -347,7 +348,7 @@ def test_rpm_spreads_over_keys(tmp_path: Path, chunks: list[dict]) -> None:
         generate_file(chunks[:6], teacher, tmp_path / "qa.jsonl", per_chunk=1)
         wall = time.monotonic() - t0
     assert Counter(e["auth"] for e in server.log) == Counter({"Bearer k1": 3, "Bearer k2": 3})
-    assert 0.35 <= wall < 3, wall  # 3 requests per key at 5/s: at least 0.4 s
+    assert 0.35 <= wall < 10, wall  # 3 requests per key at 5/s: at least 0.4 s
 
 
 # ------------------------------------------------------------------ (e) shards
@@ -474,13 +475,13 @@ def test_teacher_specs() -> None:
 # ------------------------------------------------------------------ local model teacher
 def test_local_model_teacher_runs_end_to_end(tmp_path: Path, cli, tiny_model: Path, chunks: list[dict]) -> None:
     few = tmp_path / "chunks.jsonl"
-    shortest = sorted(chunks, key=lambda c: len(c["text"]))[:2]  # a CPU-sized run: short prompts, short replies
+    shortest = sorted(chunks, key=lambda c: len(c["text"]))[:1]  # a CPU-sized run: short prompt, short replies
     few.write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in shortest), encoding="utf-8")
     out = tmp_path / "qa.jsonl"
     res = cli(["generate", few, "-o", out, "--teacher", "hf:builtin:tiny-ko", "--per-chunk", "1", "--workers", "2",
-               "--max-new-tokens", "32"])
+               "--max-new-tokens", "16"])
     assert res.code == 0, res.err
-    assert re.search(r"\d+ records from 2 chunks", res.err)
+    assert re.search(r"\d+ records from 1 chunks", res.err)
     assert re.search(r"teacher:builtin:tiny-ko: \d+ requests", res.err)
     assert out.exists() and not journal_path(out).exists()
     for r in read_jsonl(out):  # tiny-ko mostly writes junk; whatever passed is grounded and complete

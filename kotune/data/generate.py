@@ -4,23 +4,28 @@ A teacher turns one chunk into records. ``RuleTeacher`` (the default) needs no
 model: it mines definition, number/goal, agency-role, law, industry and
 heading questions whose answers are sentences of the chunk, so the whole
 pipeline runs offline and every answer is grounded by construction. LLM
-teachers (a local model, an OpenAI-compatible server) implement the same
-``Teacher`` interface.
+teachers (a local model, an OpenAI-compatible server: ``kotune.data.teachers``)
+implement the same ``Teacher`` interface; a teacher that talks to a server is an
+``AsyncTeacher`` and runs many chunks at once.
 
 Every finished chunk is appended to a journal (one JSON line, flushed and
-fsynced) before the final output is written atomically, so a crash loses at
-most the chunk in flight and ``--resume`` skips finished chunks.
+fsynced, by one writer) before the final output is written atomically, so a
+crash loses at most the chunks in flight and ``--resume`` skips finished
+chunks. Whatever order chunks finish in, the output is in chunk order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
+import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable
 
 from kotune.data.chunk import match_heading
 from kotune.errors import KotuneError
@@ -29,14 +34,94 @@ from kotune.korean import kiwi, split_sentences
 from kotune.records import Record, normalize, write_records
 
 
+@dataclass
+class TeacherStats:
+    """Live counters of an LLM teacher, shown on the progress bar and in the summary.
+
+    ``errors`` counts failed requests (HTTP errors, dropped connections,
+    timeouts, malformed replies); ``retries`` counts requests sent again after
+    one; ``rejected`` counts generated answers that failed validation, by reason.
+    """
+
+    requests: int = 0
+    retries: int = 0
+    errors: int = 0
+    reasks: int = 0
+    accepted: int = 0
+    failed_chunks: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    on_change: Callable[["TeacherStats"], None] | None = field(default=None, repr=False, compare=False)
+
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def bump(self, name: str, n: int = 1) -> None:
+        with self._lock:  # validation runs in worker threads
+            setattr(self, name, getattr(self, name) + n)
+        if self.on_change:
+            self.on_change(self)
+
+    def reject(self, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self.rejected[reason] += n
+        if self.on_change:
+            self.on_change(self)
+
+    def summary(self) -> str:
+        parts = [f"{self.requests} requests", f"{self.retries} retries", f"{self.errors} errors"]
+        if self.reasks:
+            parts.append(f"{self.reasks} re-asks")
+        line = ", ".join(parts) + f"; {self.accepted} answers accepted"
+        if self.rejected:
+            line += ", rejected: " + ", ".join(f"{k} {v}" for k, v in self.rejected.most_common())
+        return line
+
+
 class Teacher(ABC):
     """Turns one chunk (``{"chunk_id", "text", "metadata"}``) into QA records."""
 
     name: str = "teacher"
+    batch_size: int = 1                 # chunks handed to generate_batch at once
+    stats: TeacherStats | None = None   # LLM teachers count requests, retries, rejections
 
     @abstractmethod
     def generate(self, chunk: dict[str, Any], n: int) -> list[Record]:
         """At most ``n`` records for ``chunk``; each keeps ``chunk_id`` and ``source``."""
+
+    def generate_batch(self, chunks: list[dict[str, Any]], n: int) -> list[list[Record]]:
+        """Records for several chunks at once (a local model batches its prompts)."""
+        return [self.generate(c, n) for c in chunks]
+
+
+class ChunkFailed(Exception):
+    """A chunk the teacher could not finish (requests kept failing); it stays
+    out of the journal so ``--resume`` tries it again."""
+
+
+class AsyncTeacher(Teacher):
+    """A teacher that waits on a server: ``workers`` chunks are generated at once."""
+
+    workers: int = 1
+
+    def running(self) -> Any:
+        """Async context manager around a whole run (opens the HTTP client)."""
+        from contextlib import asynccontextmanager
+
+        @asynccontextmanager
+        async def _noop() -> AsyncIterator[None]:
+            yield
+
+        return _noop()
+
+    @abstractmethod
+    async def agenerate(self, chunk: dict[str, Any], n: int) -> list[Record]:
+        """Like ``generate``; raises ``ChunkFailed`` when the chunk cannot be finished now."""
+
+    def generate(self, chunk: dict[str, Any], n: int) -> list[Record]:
+        async def one() -> list[Record]:
+            async with self.running():
+                return await self.agenerate(chunk, n)
+
+        return asyncio.run(one())
 
 
 # ---------------------------------------------------------------- Korean josa
@@ -261,13 +346,46 @@ class RuleTeacher(Teacher):
         ]
 
 
-def make_teacher(spec: str, model: str | None = None) -> Teacher:
-    """``rule`` now; ``hf:PATH`` and ``http(s)://...`` teachers plug in here."""
+def make_teacher(spec: str, model: str | None = None, **options: Any) -> Teacher:
+    """``rule``; ``hf:PATH`` (a local model); ``http(s)://...`` (an OpenAI-compatible server).
+
+    ``options`` go to the LLM teachers: ``workers``, ``api_keys``, ``max_retries``,
+    ``rpm``, ``timeout``, ``max_tokens`` (``kotune.data.teachers.OpenAITeacher``);
+    ``workers`` (batch size) and ``max_tokens`` (``LocalTeacher``).
+    """
     if spec == "rule":
         return RuleTeacher()
-    if spec.startswith("hf:") or spec.startswith(("http://", "https://")):
-        raise KotuneError(f"teacher {spec!r} is not available in this version; use --teacher rule")
+    if spec.startswith("hf:"):
+        from kotune.data.teachers import LocalTeacher
+
+        path = spec[3:].strip()
+        if not path:
+            raise KotuneError("--teacher hf:PATH needs a model, e.g. hf:builtin:tiny-ko or hf:beomi/Llama-3-Open-Ko-8B")
+        return LocalTeacher(path, batch_size=options.get("workers") or 8, max_new_tokens=options.get("max_tokens"))
+    if spec.startswith(("http://", "https://")):
+        from kotune.data.teachers import OpenAITeacher
+
+        return OpenAITeacher(spec, model, **options)
     raise KotuneError(f"unknown teacher {spec!r}; use rule, hf:PATH or an OpenAI-compatible URL")
+
+
+def parse_shard(spec: str | None) -> tuple[int, int] | None:
+    """``"2/4"`` → ``(2, 4)``; shard i of n takes the chunks whose index % n == i-1."""
+    if not spec:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+    if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+        raise KotuneError(f"--shard expects I/N with 1 <= I <= N (e.g. 1/4), got {spec!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_chunks(chunks: list[dict[str, Any]], shard: tuple[int, int] | None) -> list[dict[str, Any]]:
+    """Every n-th chunk starting at i-1: shards are disjoint, cover all chunks, and do
+    not depend on anything but the chunk order."""
+    if shard is None:
+        return chunks
+    i, n = shard
+    return [c for k, c in enumerate(chunks) if k % n == i - 1]
 
 
 # ---------------------------------------------------------------- journal
@@ -312,8 +430,14 @@ def generate_file(
     resume: bool = False,
     overwrite: bool = False,
     on_chunk: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> list[Record]:
-    """Run ``teacher`` over ``chunks`` into ``out`` with a resumable journal."""
+    """Run ``teacher`` over ``chunks`` into ``out`` with a resumable journal.
+
+    ``on_start(k)`` is told how many chunks the journal already holds (they are
+    skipped, and reported to ``on_chunk`` at once); ``on_chunk(1)`` then follows
+    every chunk as it finishes.
+    """
     jpath = journal_path(out)
     if jpath.exists() and not (resume or overwrite):
         raise KotuneError(f"an unfinished run left {jpath.name}; pass --resume to continue it or --overwrite to start over", path=out)
@@ -328,18 +452,101 @@ def generate_file(
         if torn:  # end the torn line, or the next entry would be glued onto it and lost
             with open(jpath, "a", encoding="utf-8") as f:
                 f.write("\n")
-    with open(jpath, "a", encoding="utf-8") as journal:
-        for chunk in chunks:
-            if chunk["chunk_id"] not in done:
-                recs = [r.to_dict() for r in teacher.generate(chunk, per_chunk)]
-                journal.write(dumps({"chunk_id": chunk["chunk_id"], "records": recs}) + "\n")
+    failures: list[tuple[dict[str, Any], BaseException]] = []
+    try:
+        with open(jpath, "a", encoding="utf-8") as journal:
+
+            def finish(chunk: dict[str, Any], recs: list[Record]) -> None:
+                """The one writer: a chunk is finished once its line is on disk."""
+                rows = [r.to_dict() for r in recs]
+                journal.write(dumps({"chunk_id": chunk["chunk_id"], "records": rows}) + "\n")
                 journal.flush()
                 os.fsync(journal.fileno())
-                done[chunk["chunk_id"]] = recs
-            if on_chunk:
-                on_chunk(1)
+                done[chunk["chunk_id"]] = rows
+                if on_chunk:
+                    on_chunk(1)
+
+            todo = [c for c in chunks if c["chunk_id"] not in done]
+            if on_start:
+                on_start(len(chunks) - len(todo))
+            if on_chunk and len(todo) < len(chunks):
+                on_chunk(len(chunks) - len(todo))
+            if isinstance(teacher, AsyncTeacher):
+                if todo:  # a finished run resumes without asking the server anything
+                    asyncio.run(_run_async(todo, teacher, per_chunk, finish, failures))
+            else:
+                size = max(1, int(teacher.batch_size or 1))
+                for start in range(0, len(todo), size):
+                    batch = todo[start:start + size]
+                    for chunk, recs in zip(batch, teacher.generate_batch(batch, per_chunk)):
+                        finish(chunk, recs)
+    except BaseException:
+        if jpath.exists() and jpath.stat().st_size == 0:
+            jpath.unlink()  # nothing finished: no journal to --resume from
+        raise
+    if failures:
+        msg = f"{len(failures)} of {len(chunks)} chunks failed (last error: {failures[-1][1]})"
+        if jpath.stat().st_size == 0:
+            jpath.unlink()
+            raise KotuneError(msg + "; nothing was finished", path=out)
+        raise KotuneError(msg + f"; the {len(done)} finished chunks are kept in {jpath.name}: "
+                          "run the same command with --resume to retry the rest", path=out)
     # Output in chunk order, whatever order the journal was written in.
     records = [normalize(d) for c in chunks for d in done.get(c["chunk_id"], [])]
     write_records(out, records)
     jpath.unlink()
     return records
+
+
+async def _run_async(
+    todo: list[dict[str, Any]],
+    teacher: AsyncTeacher,
+    per_chunk: int,
+    finish: Callable[[dict[str, Any], list[Record]], None],
+    failures: list[tuple[dict[str, Any], BaseException]],
+) -> None:
+    """``teacher.workers`` tasks take chunks from a queue; finished chunks go through
+    a second queue to the single journal writer. A fatal error (bad key, unknown
+    model) stops the workers, but the writer still journals what had finished."""
+    pending: asyncio.Queue = asyncio.Queue()
+    for c in todo:
+        pending.put_nowait(c)
+    results: asyncio.Queue = asyncio.Queue()
+
+    async def worker() -> None:
+        while not writing.done():  # a writer that died (disk full) stops the run
+            try:
+                chunk = pending.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                recs = await teacher.agenerate(chunk, per_chunk)
+            except ChunkFailed as e:
+                failures.append((chunk, e))
+                if teacher.stats is not None:
+                    teacher.stats.bump("failed_chunks")
+                continue
+            await results.put((chunk, recs))
+
+    async def writer() -> None:
+        while True:
+            item = await results.get()
+            if item is None:
+                return
+            finish(*item)
+
+    writing = asyncio.create_task(writer())
+    try:
+        async with teacher.running():
+            async with asyncio.TaskGroup() as group:
+                for _ in range(max(1, min(int(teacher.workers or 1), len(todo) or 1))):
+                    group.create_task(worker())
+    except BaseExceptionGroup as eg:
+        # Surface the first real error (a KotuneError prints as one line).
+        first = eg.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    finally:
+        await results.put(None)
+        await writing
