@@ -74,24 +74,77 @@ def prepare(
 def generate(
     chunks_file: Path = typer.Argument(..., metavar="CHUNKS", help="Chunks JSONL from `kotune prepare`."),
     output: Path = typer.Option(..., "--output", "-o", help="QA records file to write (JSONL)."),
-    teacher: str = typer.Option("rule", "--teacher", help="rule (offline, default), hf:PATH or an OpenAI-compatible URL."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name for an LLM teacher."),
+    teacher: str = typer.Option("rule", "--teacher", help="rule (offline, default), hf:PATH (local model, e.g. hf:builtin:tiny-ko) or an OpenAI-compatible URL."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name for a URL teacher (default: the server's first model)."),
     per_chunk: int = typer.Option(8, "--per-chunk", "--per_chunk", min=1, help="At most this many records per chunk."),
+    workers: int = typer.Option(8, "--workers", min=1, help="Concurrent requests (URL teacher) or chunks per batch (hf teacher)."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable(s) holding API keys, comma-separated (A,B,C); requests take them in turn."),
+    max_retries: int = typer.Option(6, "--max-retries", min=0, help="Retries per request on 429/5xx, dropped connections and timeouts."),
+    rpm: Optional[float] = typer.Option(None, "--rpm", min=0.001, help="At most this many requests per minute per API key."),
+    timeout: float = typer.Option(120.0, "--timeout", min=0.1, help="Seconds to wait for one teacher response."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "--max_new_tokens", min=16, help="Token budget of one teacher reply (default: grows with --per-chunk)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only chunks whose index % N == I-1 (merge shards with `kotune validate`)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its journal."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an interrupted run's journal and start over."),
 ) -> None:
     """Chunks → QA records (instruction/output), every record tied to its chunk_id and source."""
-    from kotune.data.generate import generate_file, load_chunks, make_teacher
+    import time
 
-    chunks = load_chunks(chunks_file)
-    t = make_teacher(teacher, model)
+    from rich.progress import TextColumn
+
+    from kotune.data.generate import generate_file, load_chunks, make_teacher, parse_shard, shard_chunks
+
+    is_url = teacher.startswith(("http://", "https://"))
+    options: dict = {"workers": workers, "max_tokens": max_new_tokens}
+    if is_url:
+        from kotune.data.teachers import read_api_keys
+
+        options.update(api_keys=read_api_keys(api_key_env), max_retries=max_retries, rpm=rpm, timeout=timeout)
+    elif api_key_env or rpm:
+        warn("--api-key-env and --rpm only apply to a URL teacher; ignored")
+    every = load_chunks(chunks_file)
+    sh = parse_shard(shard)
+    chunks = shard_chunks(every, sh)
+    t = make_teacher(teacher, model, **options)
+    if not chunks:
+        raise KotuneError(f"shard {shard} of {len(every)} chunks is empty")
+    stats = t.stats
     with progress() as bar:
-        task = bar.add_task(f"generating ({t.name})", total=len(chunks))
+        # A model name ("teacher:m:7b", "[org]/x") is plain text, neither markup nor an :emoji: code.
+        bar.columns = (*(TextColumn("{task.description}", style="bold", markup=False)
+                         if isinstance(c, TextColumn) and "task.description" in c.text_format else c for c in bar.columns),
+                       TextColumn("{task.fields[info]}", markup=False))
+        task = bar.add_task(f"generating ({t.name})", total=len(chunks), info="")
+        started, finished = time.monotonic(), [0, 0]  # chunks done at start (resumed), chunks done
+
+        def refresh(*_: object) -> None:
+            rate = (finished[1] - finished[0]) / max(time.monotonic() - started, 1e-6)
+            info = f"{rate:.2f} chunks/s"
+            if stats is not None:
+                info += f" · {stats.accepted} QA · retries {stats.retries} · errors {stats.errors}"
+                if stats.rejected:
+                    info += f" · rejected {sum(stats.rejected.values())}"
+            bar.update(task, info=info)
+
+        def skipped(n: int) -> None:
+            finished[0] = n  # chunks taken from the journal do not count toward the rate
+
+        def advance(n: int) -> None:
+            finished[1] += n
+            bar.advance(task, n)
+            refresh()
+
+        if stats is not None:
+            stats.on_change = refresh
         records = generate_file(chunks, t, output, per_chunk=per_chunk, resume=resume, overwrite=overwrite,
-                                on_chunk=lambda n: bar.advance(task, n))
+                                on_chunk=advance, on_start=skipped)
+    if stats is not None:
+        stats.on_change = None
+        console.print(f"{t.name}: {stats.summary()}", markup=False, emoji=False)
     if not records:
         warn("the teacher produced no records from these chunks")
-    done(f"{len(records)} records from {len(chunks)} chunks → {output}")
+    where = f" (shard {sh[0]}/{sh[1]} of {len(every)})" if sh else ""
+    done(f"{len(records)} records from {len(chunks)} chunks{where} → {output}")
 
 
 @app.command()
@@ -405,6 +458,56 @@ def chat(
     run_chat(model, context=str(context) if context else None, top_k=top_k, template=template, category=category,
              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
              repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)))
+
+
+@app.command()
+def serve(
+    model: str = typer.Option(..., "--model", help="Base: HF id, folder, builtin:tiny-ko or a kotune output (served under this name and 'base')."),
+    adapter: Optional[List[str]] = typer.Option(None, "--adapter", help="NAME=PATH of a kotune LoRA output on the same base; repeat or list."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
+    template: Optional[str] = typer.Option(None, "--template", help="Template for the plain base (default: the first adapter's)."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable holding the API key clients must send as 'Authorization: Bearer KEY'."),
+    max_tokens_limit: int = typer.Option(1024, "--max-tokens-limit", min=1, help="Largest max_tokens a request may ask for."),
+    default_max_tokens: int = typer.Option(256, "--default-max-tokens", min=1, help="max_tokens when a request gives none."),
+    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", min=1, help="Largest request body accepted (413 above)."),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most prompts answered in one batched generate."),
+    batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", min=0.0, help="How long to collect concurrent requests into one batch."),
+    context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL: retrieve top-k chunks for every question (RAG)."),
+    top_k: int = typer.Option(3, "--top-k", min=1, help="Chunks retrieved per question with --context."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request line (never keys or headers)."),
+) -> None:
+    """OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models, /health) over a base and its adapters."""
+    from kotune.serve import ServeOptions, api_key_from_env, parse_adapter_args, serve as run_serve
+
+    _quiet_libraries()
+    options = ServeOptions(api_key=api_key_from_env(api_key_env), max_tokens_limit=max_tokens_limit,
+                           default_max_tokens=min(default_max_tokens, max_tokens_limit), max_body_bytes=max_body_bytes,
+                           max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                           context=str(context) if context else None, top_k=top_k)
+    run_serve(model, parse_adapter_args(adapter), host=host, port=port, template=template, options=options,
+              access_log=access_log, log=lambda m: console.print(m, markup=False))
+
+
+@app.command()
+def export(
+    model: Path = typer.Option(..., "--model", help="A kotune output folder (LoRA, QLoRA or full)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the merged model (needed with --merge)."),
+    merge: bool = typer.Option(True, "--merge/--no-merge", help="Merge the adapter into the base (default) or print the vLLM LoRA command."),
+    name: Optional[str] = typer.Option(None, "--name", help="Adapter name for --no-merge (default: the folder name)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (the base's) | float32 | bfloat16 | float16 for the merged weights."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+) -> None:
+    """A merged, standalone model (safetensors + tokenizer + generation_config + kotune.json) for vLLM and plain transformers."""
+    from kotune.export import export as run_export
+
+    _quiet_libraries()
+    result = run_export(model, output, merge=merge, name=name, dtype=dtype, overwrite=overwrite,
+                        log=lambda m: console.print(m, markup=False))
+    if result["kind"] in ("merged", "copied"):
+        done(f"{result['kind']} model → {result['output']}")
+    console.print("serve it with vLLM:", markup=False)
+    typer.echo(result["command"])  # stdout: the one line a script wants
 
 
 def _quiet_libraries() -> None:

@@ -80,7 +80,6 @@ def test_generation_config_template_and_run_info(merged, trained_run, run_info, 
     assert not (merged / "adapter_config.json").exists() and not (merged / "checkpoints").exists()
     assert list(merged.glob("*.safetensors"))
     # vLLM's chat endpoint applies the tokenizer's chat template: it renders the training format.
-    from kotune.records import read_records  # noqa: F401 - same questions as `prompts`
     from kotune.templates import Template
 
     template = Template.from_dict(run_info["template"])

@@ -289,3 +289,18 @@ def test_serve_start_up_errors_are_one_line(trained_run, tmp_path, monkeypatch):
     assert res.code == 2 and "no such adapter folder" in res.err
     res = call_cli(["serve", "--model", BASE, "--adapter", f"base={trained_run}"])
     assert res.code == 2 and "taken" in res.err
+
+
+def test_engine_holds_several_adapters_on_one_base(trained_run, questions):
+    from kotune.generation import GenerationSettings, Generator
+    from kotune.serve import Engine
+
+    engine = Engine(BASE, [("p1", str(trained_run)), ("p2", str(trained_run))], log=lambda *_: None)
+    assert engine.names == [BASE, "p1", "p2"] and engine.get("base") is engine.served[BASE]
+    tuned = Generator(str(trained_run), log=lambda *_: None)
+    settings = GenerationSettings(max_new_tokens=24)
+    prompts = [tuned.prompt(q) for q in questions[:2]]
+    want = [a.text for a in tuned.generate(prompts, settings)]
+    for name in ("p1", BASE, "p2"):  # switching back and forth
+        got = [a.text for a in engine.generate(name, prompts, settings)]
+        assert (got == want) == (name != BASE)

@@ -1,0 +1,268 @@
+"""``kotune export``: a standalone model for vLLM and plain ``transformers``.
+
+``--merge`` (default) folds a LoRA/QLoRA adapter into its base
+(``merge_and_unload``) and saves safetensors, the run's tokenizer, a
+``generation_config.json`` whose ``eos_token_id`` is the run's EOS ids (so
+``generate()`` and vLLM stop where training taught the model to stop), and a
+copy of ``kotune.json`` (method ``merged``, template kept) so kotune chat, eval
+and serve keep prompting in the training format. For instruction templates the
+tokenizer's chat template is replaced by one that renders that same format,
+so ``vllm serve DIR`` chat requests see the prompts the model was trained on.
+
+``--no-merge`` writes nothing (except, with ``-o``, that chat template file)
+and prints the ``vllm serve BASE --enable-lora --lora-modules NAME=OUT`` command.
+A full fine-tune is copied (model files only, no checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from kotune.errors import KotuneError
+from kotune.models import load_tokenizer, read_run_info, resolve_base
+from kotune.templates import Template, eos_ids, get_template
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+SKIP_DIRS = {"checkpoints", "logs", "runs"}
+
+
+def instruction_chat_template(template: Template, tokenizer: Any) -> str | None:
+    """A Jinja chat template rendering the last user message in an instruction
+    template's format (what vLLM's chat endpoint applies); None for chat/rag."""
+    if template.name in ("chat", "rag"):
+        return None
+    marker = "\u0000QUESTION\u0000"
+    pre, _, post = template.prompt(marker).partition(marker)
+    with_special = tokenizer("가", add_special_tokens=True)["input_ids"]
+    without = tokenizer("가", add_special_tokens=False)["input_ids"]
+    bos = ("{{ bos_token }}" if len(with_special) > len(without) and tokenizer.bos_token_id is not None
+           and with_special[0] == tokenizer.bos_token_id else "")
+    lit = lambda s: "{{ " + json.dumps(s, ensure_ascii=True) + " }}"  # noqa: E731 - escapes, no Jinja syntax
+    return ("{%- set ns = namespace(q='') -%}"
+            "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.q = m['content'] -%}{%- endif -%}{%- endfor -%}"
+            + bos + lit(pre) + "{{ ns.q }}" + lit(post))
+
+
+def _check_output(output: Path, source: Path, overwrite: bool) -> None:
+    if output.resolve() == source.resolve():
+        raise KotuneError("the output folder is the run folder itself; choose another -o", path=output)
+    if output.exists():
+        if not output.is_dir():
+            raise KotuneError("exists and is not a folder", path=output)
+        if any(output.iterdir()):
+            if not overwrite:
+                raise KotuneError("output folder is not empty (use --overwrite to replace it)", path=output)
+            if not ((output / "config.json").exists() or (output / "kotune.json").exists()
+                    or (output / "chat_template.jinja").exists()):
+                raise KotuneError("--overwrite replaces only an earlier export; this folder holds something else",
+                                  path=output)
+
+
+def _replace_dir(tmp: Path, output: Path) -> None:
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(tmp, output)
+
+
+def _generation_eos(eos: list[int]) -> int | list[int]:
+    return eos[0] if len(eos) == 1 else list(eos)
+
+
+def _torch_dtype(dtype: str, base_path: str):
+    import torch
+
+    if dtype not in DTYPES:
+        raise KotuneError(f"unknown --dtype {dtype!r}; one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    cfg_file = Path(base_path) / "config.json"
+    name = None
+    if cfg_file.exists():
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+        name = cfg.get("dtype") or cfg.get("torch_dtype")
+    else:
+        try:
+            from transformers import AutoConfig
+
+            cfg = AutoConfig.from_pretrained(base_path)
+            name = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+        except (OSError, ValueError):
+            name = None
+    if isinstance(name, str) and name in DTYPES[1:]:
+        return getattr(torch, name)
+    if name is not None and not isinstance(name, str):
+        return name
+    return torch.float32
+
+
+def export(model_dir: str | Path, output: str | Path | None = None, *, merge: bool = True, name: str | None = None,
+           dtype: str = "auto", overwrite: bool = False, log=print) -> dict[str, Any]:
+    """Export a kotune output. Returns ``{"kind", "output", "command"}`` (output None when nothing was written)."""
+    src = Path(model_dir)
+    if not src.exists():
+        raise KotuneError("no such folder", path=src)
+    if not src.is_dir():
+        raise KotuneError("not a folder (give a kotune output folder)", path=src)
+    run = read_run_info(src)
+    if run is None:
+        raise KotuneError("not a kotune output (no kotune.json)", path=src)
+    if run.get("status", "complete") != "complete":
+        raise KotuneError(f"training has not finished (status {run.get('status')!r}); finish or --resume it first",
+                          path=src)
+    is_adapter = (src / "adapter_config.json").exists()
+    is_model = (src / "config.json").exists()
+    if not is_adapter and not is_model:
+        raise KotuneError("holds no adapter (adapter_config.json) and no model (config.json)", path=src)
+    if dtype not in DTYPES:
+        raise KotuneError(f"unknown --dtype {dtype!r}; one of {', '.join(DTYPES)}")
+    out = Path(output) if output is not None else None
+    template = Template.from_dict(run["template"]) if run.get("template") else get_template("kotune")
+
+    if not merge:
+        return _no_merge(src, out, run, template, is_adapter, name=name, overwrite=overwrite, log=log)
+    if out is None:
+        raise KotuneError("give -o/--output DIR for the merged model (or --no-merge for a vLLM LoRA command)")
+    _check_output(out, src, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        if is_adapter:
+            info = _merge(src, tmp, run, template, dtype, log=log)
+            kind = "merged"
+        else:
+            info = _copy_full(src, tmp, run, template, log=log)
+            kind = "copied"
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    command = f"vllm serve {shlex.quote(str(out.resolve()))}"
+    log(f"eos_token_id {info['eos']}, pad_token_id {info['pad']}, template {template.name}")
+    return {"kind": kind, "output": str(out), "command": command}
+
+
+def _no_merge(src: Path, out: Path | None, run: dict[str, Any], template: Template, is_adapter: bool, *,
+              name: str | None, overwrite: bool, log) -> dict[str, Any]:
+    if not is_adapter:
+        log("a full fine-tune has no adapter: vLLM serves the folder itself")
+        return {"kind": "full", "output": None, "command": f"vllm serve {shlex.quote(str(src.resolve()))}"}
+    cfg = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
+    base = resolve_base(run.get("base_model") or cfg.get("base_model_name_or_path") or "", log=log)
+    lora_name = name or src.resolve().name
+    if not lora_name or any(c.isspace() or c == "=" for c in lora_name):
+        raise KotuneError(f"--name {lora_name!r}: an adapter name has no spaces or '='")
+    parts = ["vllm serve", shlex.quote(base), "--enable-lora", "--lora-modules",
+             shlex.quote(f"{lora_name}={src.resolve()}")]
+    rank = int(cfg.get("r") or 0)
+    if rank > 16:  # vLLM's default --max-lora-rank is 16
+        parts += ["--max-lora-rank", str(rank)]
+    if cfg.get("modules_to_save"):
+        log(f"warning: the adapter also trains {', '.join(cfg['modules_to_save'])} (modules_to_save), which vLLM's "
+            "LoRA serving does not load; export with --merge instead")
+    written = None
+    tokenizer = load_tokenizer(str(src))
+    jinja = instruction_chat_template(template, tokenizer)
+    if jinja is not None:
+        if out is not None:
+            if out.exists() and not out.is_dir():
+                raise KotuneError("exists and is not a folder", path=out)
+            target = out / "chat_template.jinja"
+            if target.exists() and not overwrite:
+                raise KotuneError("already exists (use --overwrite)", path=target)
+            out.mkdir(parents=True, exist_ok=True)
+            target.write_text(jinja, encoding="utf-8")
+            parts += ["--chat-template", shlex.quote(str(target.resolve()))]
+            written = str(target)
+            log(f"chat template for the {template.name} format → {target}")
+        else:
+            log(f"note: the run was trained with the {template.name} template; vLLM's chat endpoint would use the base "
+                "tokenizer's chat template instead. Give -o DIR to write a matching --chat-template file, or send "
+                "/v1/completions with prompts in the training format.")
+    return {"kind": "lora", "output": written, "command": " ".join(parts)}
+
+
+def _save_generation_config(model, eos: list[int], pad: int | None) -> None:
+    gc = model.generation_config
+    gc.eos_token_id = _generation_eos(eos)
+    if pad is not None:
+        gc.pad_token_id = pad
+        model.config.pad_token_id = pad
+
+
+def _finish_tokenizer(tokenizer, template: Template) -> None:
+    jinja = instruction_chat_template(template, tokenizer)
+    if jinja is not None:
+        tokenizer.chat_template = jinja
+
+
+def _write_run_info(dest: Path, run: dict[str, Any], src: Path, method: str, eos: list[int], pad: int | None) -> None:
+    info = dict(run)
+    info["method"] = method
+    info["eos_token_ids"] = list(eos)
+    info["generation"] = {"eos_token_id": list(eos), "pad_token_id": pad}
+    info["exported_from"] = {"run": str(src.resolve()), "method": run.get("method"), "base_model": run.get("base_model")}
+    (dest / "kotune.json").write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+
+
+def _merge(src: Path, dest: Path, run: dict[str, Any], template: Template, dtype: str, log) -> dict[str, Any]:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
+    base = resolve_base(run.get("base_model") or cfg.get("base_model_name_or_path") or "", log=log)
+    tokenizer = load_tokenizer(str(src))
+    torch_dtype = _torch_dtype(dtype, base)
+    log(f"merging {src} into {run.get('base_model') or base} ({str(torch_dtype).replace('torch.', '')}) ...")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+    except OSError as e:
+        raise KotuneError(f"cannot load the base model: {str(e).splitlines()[0]}", path=base) from None
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    with torch.no_grad():
+        model = PeftModel.from_pretrained(model, str(src)).merge_and_unload()
+    model.eval()
+    eos = list(run.get("eos_token_ids") or eos_ids(tokenizer))
+    pad = tokenizer.pad_token_id
+    _save_generation_config(model, eos, pad)
+    model.save_pretrained(str(dest))
+    _finish_tokenizer(tokenizer, template)
+    tokenizer.save_pretrained(str(dest))
+    _write_run_info(dest, run, src, "merged", eos, pad)
+    return {"eos": eos, "pad": pad}
+
+
+def _copy_full(src: Path, dest: Path, run: dict[str, Any], template: Template, log) -> dict[str, Any]:
+    """A full fine-tune (or an earlier export): model files copied, generation config and template set."""
+    from transformers import GenerationConfig
+
+    log(f"copying the full model in {src} ...")
+    for item in sorted(src.iterdir()):
+        if item.is_dir() and (item.name in SKIP_DIRS or item.name.startswith(".")):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, dest / item.name)
+        else:
+            shutil.copy2(item, dest / item.name)
+    tokenizer = load_tokenizer(str(src))
+    eos = list(run.get("eos_token_ids") or eos_ids(tokenizer))
+    pad = tokenizer.pad_token_id
+    try:
+        gc = GenerationConfig.from_pretrained(str(src))
+    except OSError:
+        gc = GenerationConfig()
+    gc.eos_token_id = _generation_eos(eos)
+    if pad is not None:
+        gc.pad_token_id = pad
+    gc.save_pretrained(str(dest))
+    _finish_tokenizer(tokenizer, template)
+    tokenizer.save_pretrained(str(dest))
+    _write_run_info(dest, run, src, run.get("method") or "full", eos, pad)
+    return {"eos": eos, "pad": pad}
