@@ -84,6 +84,7 @@ def generate(
     timeout: float = typer.Option(120.0, "--timeout", min=0.1, help="Seconds to wait for one teacher response."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "--max_new_tokens", min=16, help="Token budget of one teacher reply (default: grows with --per-chunk)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only chunks whose index % N == I-1 (merge shards with `kotune validate`)."),
+    input_context: bool = typer.Option(False, "--input-context", help="Store the source chunk as each record's input (RAG-style training with --template rag)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its journal."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an interrupted run's journal and start over."),
 ) -> None:
@@ -137,7 +138,7 @@ def generate(
         if stats is not None:
             stats.on_change = refresh
         records = generate_file(chunks, t, output, per_chunk=per_chunk, resume=resume, overwrite=overwrite,
-                                on_chunk=advance, on_start=skipped)
+                                on_chunk=advance, on_start=skipped, input_context=input_context)
     if stats is not None:
         stats.on_change = None
         console.print(f"{t.name}: {stats.summary()}", markup=False, emoji=False)
@@ -158,6 +159,7 @@ def validate(
     near_dup: float = typer.Option(0.85, "--near-dup-threshold", min=0.0, max=1.0, help="MinHash Jaccard at which records are near-duplicates."),
     min_grounding: float = typer.Option(0.5, "--min-grounding", min=0.0, max=1.0, help="Share of answer content morphemes that must occur in the source chunk."),
     grounding: bool = typer.Option(True, "--grounding/--no-grounding", help="Check answers against their chunk or input."),
+    one_answer: bool = typer.Option(True, "--one-answer-per-prompt/--many-answers-per-prompt", help="Whether the same instruction + input twice is a duplicate (QA) or several references per input are kept (question generation)."),
 ) -> None:
     """Merge QA files; drop missing, duplicate, near-duplicate, short, incomplete, evasive and ungrounded records."""
     from kotune.data.generate import load_chunks
@@ -173,7 +175,7 @@ def validate(
             records.append(r)
     chunks = {c["chunk_id"]: c["text"] for c in load_chunks(chunks_file)} if chunks_file else None
     config = ValidateConfig(min_answer_chars=min_answer_chars, near_dup_threshold=near_dup,
-                            min_grounding=min_grounding, check_grounding=grounding)
+                            min_grounding=min_grounding, check_grounding=grounding, one_answer_per_prompt=one_answer)
     with console.status(f"validating {len(records)} records"):
         result = validate_records(records, chunks, config)
     for table in render_tables(result):
@@ -196,6 +198,7 @@ def split(
     seed: int = typer.Option(42, "--seed", help="Random seed; the same seed gives the same split."),
     augment_n: int = typer.Option(0, "--augment", min=0, help="Add N paraphrased-instruction variants per train record."),
     augment_test: bool = typer.Option(False, "--augment-test", help="Augment the test file too (variants stay on their original's side)."),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help="Keep records that share this field (e.g. input, chunk_id) on the same side."),
     mapping: Optional[List[str]] = typer.Option(None, "--map", help="Column mapping SOURCE=FIELD."),
 ) -> None:
     """Stratified, deterministic train/test split; optional instruction augmentation without leakage."""
@@ -207,7 +210,7 @@ def split(
     records = read_records(data, parse_mapping(mapping))
     if len(records) < 2:
         raise KotuneError("need at least two records to split", path=data)
-    tr, te = stratified_split(records, test_size=test_size, stratify=stratify or None, seed=seed)
+    tr, te = stratified_split(records, test_size=test_size, stratify=stratify or None, seed=seed, group_by=group_by)
     if augment_n:
         tr = augment(tr, augment_n, seed=seed)
         if augment_test:
@@ -351,6 +354,7 @@ def eval_(
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.5, help="e.g. 1.2 as the insurance seed."),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable); trimmed from answers."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions per generation batch."),
+    seed: int = typer.Option(42, "--seed", help="Sampling seed (with --temperature > 0): the same seed gives the same answers."),
     template: Optional[str] = typer.Option(None, "--template", help="Template for base models (default: the tuned model's)."),
     judge: Optional[str] = typer.Option(None, "--judge", help="OpenAI-compatible URL of an LLM judge (pairs judged in both orders)."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name at the judge endpoint."),
@@ -365,7 +369,7 @@ def eval_(
     if context is not None and not context.exists():
         raise KotuneError("no such file", path=context)
     settings = EvalSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            repetition_penalty=repetition_penalty, stop=_stop_list(stop), batch_size=batch_size,
+                            repetition_penalty=repetition_penalty, stop=_stop_list(stop), seed=seed, batch_size=batch_size,
                             top_k=top_k, template=template, judge_url=judge, judge_model=judge_model,
                             judge_api_key_env=judge_api_key_env)
     pairs = parse_model_args(specs)
@@ -508,6 +512,65 @@ def export(
         done(f"{result['kind']} model → {result['output']}")
     console.print("serve it with vLLM:", markup=False)
     typer.echo(result["command"])  # stdout: the one line a script wants
+
+
+@app.command()
+def run(
+    recipe: Path = typer.Argument(..., metavar="RECIPE.yaml", help="A recipe: name, base_model and steps (see recipes/)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default: runs/<recipe name>)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe field: KEY=VALUE with a dotted key, e.g. steps.train.epochs=2 (repeatable)."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", "--base_model", help="Override base_model (e.g. EleutherAI/polyglot-ko-1.3b)."),
+    method: Optional[str] = typer.Option(None, "--method", help="Override steps.train.method (lora | qlora | full)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Override steps.train.preset."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="Override steps.train.epochs."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override steps.train.max_steps."),
+    force: bool = typer.Option(False, "--force", help="Run every step, even those that are up to date."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check the recipe and print each step's command; run nothing."),
+) -> None:
+    """Run a recipe's steps (prepare → generate → validate → split → train → doctor → eval), skipping up-to-date ones."""
+    import shlex
+
+    from rich.table import Table
+
+    from kotune.recipe import headline, load_recipe, run_recipe
+
+    overrides = list(set_ or [])
+    for key, value in (("base_model", base_model), ("steps.train.method", method), ("steps.train.preset", preset),
+                       ("steps.train.epochs", epochs), ("steps.train.max_steps", max_steps)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    plan = load_recipe(recipe, overrides)
+    out = output or Path("runs") / plan.recipe.name
+    calls = plan.calls(out)  # every input checked before any work starts
+    if dry_run:
+        for call in calls:
+            typer.echo("kotune " + shlex.join(call.args))
+        return
+
+    def invoke(argv: list[str]) -> int | None:
+        return app(args=argv, prog_name="kotune", standalone_mode=False)
+
+    console.rule(f"kotune run {plan.recipe.name} → {out}", style="bold")
+    results = run_recipe(plan, out, invoke=invoke, force=force,
+                         header=lambda m: console.print(m, style="bold cyan", markup=False, highlight=False,
+                                                        soft_wrap=True))  # a whole command line, copyable
+    table = Table(title=f"recipe {plan.recipe.name}")
+    for col in ("step", "status", "seconds"):
+        table.add_column(col, justify="right" if col == "seconds" else "left")
+    for r in results:
+        table.add_row(r.label, r.status, f"{r.seconds:.1f}" if r.status != "skipped" else "–")
+    console.print(table)
+    h = headline(plan, out)
+    if h and "tuned_better" in h:
+        v = h["values"]
+        verdict = "tuned is better" if h["tuned_better"] else "tuned is NOT better"
+        console.print(f"headline {h['metric']}{' (lower is better)' if h['lower_is_better'] else ''}: "
+                      f"base {v['base']} → tuned {v['tuned']}: {verdict}", markup=False, soft_wrap=True)
+    if all(r.status == "skipped" for r in results):
+        done(f"nothing to do: all {len(results)} steps are up to date in {out} (--force reruns them)")
+    else:
+        ran = sum(r.status != "skipped" for r in results)
+        done(f"{ran} step(s) run, {len(results) - ran} up to date → {out}")
 
 
 def _quiet_libraries() -> None:

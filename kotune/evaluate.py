@@ -112,6 +112,7 @@ class EvalSettings:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = ()
+    seed: int = 42                        # sampling seed (temperature > 0)
     batch_size: int = 16
     top_k: int = 3
     template: str | None = None
@@ -151,7 +152,7 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
 
     gen_settings = GenerationSettings(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                                       top_p=settings.top_p, repetition_penalty=settings.repetition_penalty,
-                                      stop=list(settings.stop))
+                                      stop=list(settings.stop), seed=settings.seed)
     answers: dict[str, list[Any]] = {}
     timing: dict[str, float] = {}
     for name, spec in models:

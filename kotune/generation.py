@@ -22,6 +22,7 @@ class GenerationSettings:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     stop: list[str] = field(default_factory=list)
+    seed: int | None = None           # sampling seed (temperature > 0), for reproducible answers
 
 
 @dataclass
@@ -70,6 +71,8 @@ class Generator:
         import torch
 
         settings = settings or GenerationSettings()
+        if settings.temperature > 0 and settings.seed is not None:
+            torch.manual_seed(settings.seed)
         out: list[Answer] = []
         # Sorting by length keeps batches tight (less left padding).
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

@@ -239,6 +239,13 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     tokenizer = load_tokenizer(base_path, config.trust_remote_code)
     model = load_causal_lm(base_path, device=device if state.num_processes == 1 else "cpu",
                            quantize_4bit=config.method == "qlora", trust_remote_code=config.trust_remote_code)
+    if config.method == "qlora" and device == "cpu":
+        # bitsandbytes repacks 4-bit weights into an inference-only layout on the first
+        # no-grad forward on CPUs with AVX512-BF16 (an eval pass) and never unpacks them,
+        # so the next training step fails ("a view of a leaf Variable ... in-place").
+        for m in model.modules():
+            if hasattr(m, "support_avx512bf16_for_cpu"):
+                m.support_avx512bf16_for_cpu = False
     added_pad = ensure_pad_token(tokenizer, model)
     if tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise KotuneError("pad token equals EOS after setup; EOS would be masked out of the loss")
@@ -353,10 +360,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         write_run_info(out, info)
 
     # The untuned model's eval loss, so the run reports what tuning changed.
-    # Skipped for 4-bit models: an evaluation pass before training leaves bitsandbytes'
-    # CPU matmul_4bit unable to backprop ("a view of a leaf Variable ... in-place").
-    initial_eval = (trainer.evaluate()["eval_loss"]
-                    if eval_ds is not None and not resume and config.method != "qlora" else None)
+    initial_eval = trainer.evaluate()["eval_loss"] if eval_ds is not None and not resume else None
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     elapsed = time.time() - t0

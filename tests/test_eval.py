@@ -187,3 +187,18 @@ def test_chat_streams_hangul_and_handles_commands(trained_run):
     assert "[eos," in out or "[length," in out
     assert "template=kotune" in out and "(no --context chunks were given)" in out and "(conversation reset)" in out
     assert "\ufffd" not in out
+
+
+def test_sampled_answers_repeat_with_the_same_seed(trained_run, train_questions):
+    # The insurance seed's settings sample (temperature 0.1, top_p 0.9): --seed makes a run reproducible.
+    from kotune.generation import GenerationSettings, Generator
+
+    gen = Generator(str(trained_run), log=lambda *_: None)
+    prompts = [gen.prompt(r["question"]) for r in read_jsonl(train_questions)[:4]]
+
+    def answers(seed):
+        s = GenerationSettings(max_new_tokens=24, temperature=1.5, top_p=0.95, seed=seed)
+        return [a.text for a in gen.generate(prompts, s)]
+
+    assert answers(1) == answers(1)
+    assert answers(1) != answers(2)

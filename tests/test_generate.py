@@ -266,3 +266,17 @@ def test_unknown_teacher_is_an_error(tmp_path: Path, cli, sample_chunks: Path) -
     res = cli(["generate", sample_chunks, "-o", out, "--teacher", "gpt-9"])
     assert res.code == 2 and "unknown teacher" in res.err_lines[0]
     assert not out.exists() and not journal_path(out).exists()
+
+
+def test_input_context_stores_the_chunk_as_retrieval_formats_it(tmp_path: Path, cli, sample_chunks: Path,
+                                                                sample_qa: Path) -> None:
+    from kotune.retrieval import format_context
+
+    out = tmp_path / "rag.jsonl"
+    res = cli(["generate", sample_chunks, "-o", out, "--input-context"])
+    assert res.code == 0, res.err
+    chunks = {c["chunk_id"]: c for c in read_jsonl(sample_chunks)}
+    rows, plain = read_jsonl(out), read_jsonl(sample_qa)
+    assert [(r["instruction"], r["output"]) for r in rows] == [(r["instruction"], r["output"]) for r in plain]
+    assert all(r["input"] == format_context([(chunks[r["chunk_id"]], 0.0)]) for r in rows)
+    assert all(r["input"].startswith("[문서 1]") for r in rows)

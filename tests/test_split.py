@@ -138,3 +138,15 @@ def test_a_single_record_cannot_be_split(tmp_path: Path, cli) -> None:
     write_records(data, make_records()[:1])
     res = cli(["split", data, "--train", tmp_path / "tr.jsonl", "--test", tmp_path / "te.jsonl"])
     assert res.code == 2 and res.err_lines == [f"error: {data}: need at least two records to split"]
+
+
+def test_group_by_keeps_records_sharing_a_field_on_one_side() -> None:
+    # Three questions about each of 12 paragraphs (question generation): a paragraph never straddles.
+    records = [Record(instruction="문단을 읽고 질문을 만드세요.", input=f"문단 {p}: 내용 {p}.", output=f"문단 {p}의 질문 {k}은 무엇인가?",
+                      category="역사" if p % 2 else "과학", id=f"p{p}q{k}") for p in range(12) for k in range(3)]
+    train, test = stratified_split(records, test_size=0.25, seed=7, group_by="input")
+    assert train and test and len(train) + len(test) == len(records)
+    assert not {r.input for r in train} & {r.input for r in test}
+    assert all(sum(r.input == t.input for r in test) == 3 for t in test)
+    plain_train, plain_test = stratified_split(records, test_size=0.25, seed=7)
+    assert {r.input for r in plain_train} & {r.input for r in plain_test}  # without it, paragraphs leak

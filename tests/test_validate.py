@@ -299,3 +299,16 @@ def test_tables_render(result):
     for reason in REASONS:
         assert reason in text and REASON_LABELS[reason] in text
     assert "Fact" in text and "66.7%" in text
+
+
+def test_several_references_per_input_are_kept_when_asked():
+    # Question generation: one paragraph, several different questions; a repeated one is still a duplicate.
+    para = "훈민정음은 세종대왕이 1443년에 창제하고 1446년에 반포한 문자 체계이다. 백성이 쉽게 익혀 쓰도록 만들었다."
+    ins = "다음 문단을 읽고 질문을 하나 만드세요."
+    recs = [R("q1", ins, "훈민정음을 창제한 사람은 누구인가?", inp=para),
+            R("q2", ins, "훈민정음이 반포된 해는 언제인가?", inp=para),
+            R("q3", ins, "훈민정음이 반포된 해는 언제인가?", inp=para)]
+    many = validate_records(recs, {}, ValidateConfig(min_answer_chars=8, check_grounding=False, one_answer_per_prompt=False))
+    assert [r.id for r in many.kept] == ["q1", "q2"] and reasons_by_id(many) == {"q3": "duplicate"}
+    one = validate_records(recs, {}, ValidateConfig(min_answer_chars=8, check_grounding=False))
+    assert [r.id for r in one.kept] == ["q1"]

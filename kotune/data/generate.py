@@ -431,12 +431,15 @@ def generate_file(
     overwrite: bool = False,
     on_chunk: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    input_context: bool = False,
 ) -> list[Record]:
     """Run ``teacher`` over ``chunks`` into ``out`` with a resumable journal.
 
     ``on_start(k)`` is told how many chunks the journal already holds (they are
     skipped, and reported to ``on_chunk`` at once); ``on_chunk(1)`` then follows
-    every chunk as it finishes.
+    every chunk as it finishes. ``input_context`` stores the source chunk as each
+    record's ``input``, formatted exactly as retrieval formats it at inference
+    (``--template rag`` then trains on the prompts eval and serve will build).
     """
     jpath = journal_path(out)
     if jpath.exists() and not (resume or overwrite):
@@ -458,6 +461,12 @@ def generate_file(
 
             def finish(chunk: dict[str, Any], recs: list[Record]) -> None:
                 """The one writer: a chunk is finished once its line is on disk."""
+                if input_context:
+                    from kotune.retrieval import format_context
+
+                    context = format_context([(chunk, 0.0)])
+                    for r in recs:
+                        r.input = r.input or context
                 rows = [r.to_dict() for r in recs]
                 journal.write(dumps({"chunk_id": chunk["chunk_id"], "records": rows}) + "\n")
                 journal.flush()

@@ -69,18 +69,30 @@ def stratified_split(
     test_size: float = 0.1,
     stratify: str | None = "category",
     seed: int = 42,
+    group_by: str | None = None,
 ) -> tuple[list[Record], list[Record]]:
     """Split by group, stratified by ``stratify`` (a field or extra key).
 
-    Each stratum gives round(test_size × its groups) to test (at least one when
-    it has two or more groups), so small categories are still evaluated.
-    Output keeps input order within train and test.
+    A group is a record and its augmented variants; ``group_by`` (a field or
+    extra key, e.g. ``input`` or ``chunk_id``) also keeps records sharing that
+    value together, so several questions about one paragraph never straddle
+    train and test. Each stratum gives round(test_size × its groups) to test (at
+    least one when it has two or more groups), so small categories are still
+    evaluated. Output keeps input order within train and test.
     """
     if not 0 < test_size < 1:
         raise ValueError("test_size must be between 0 and 1")
+
+    def group_of(r: Record) -> str:
+        if group_by:
+            value = getattr(r, group_by, None) or r.extra.get(group_by)
+            if value:
+                return f"{group_by}={value}"
+        return r.group
+
     groups: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(records):
-        groups[r.group].append(i)
+        groups[group_of(r)].append(i)
     strata: dict[str, list[str]] = defaultdict(list)
     for g, idx in groups.items():
         first = records[idx[0]]
@@ -101,6 +113,6 @@ def stratified_split(
         gs = sorted(groups)
         rng.shuffle(gs)
         test_groups.update(gs[: min(max(1, round(len(gs) * test_size)), len(gs) - 1)])
-    train = [r for r in records if r.group not in test_groups]
-    test = [r for r in records if r.group in test_groups]
+    train = [r for r in records if group_of(r) not in test_groups]
+    test = [r for r in records if group_of(r) in test_groups]
     return train, test

@@ -76,6 +76,8 @@ class ValidateConfig:
     num_perm: int = 128
     min_grounding: float = 0.5          # share of the answer's unique content morphemes found in the source
     check_grounding: bool = True
+    one_answer_per_prompt: bool = True  # same instruction + input twice is a duplicate (QA);
+                                        # off for tasks with several references per input (QG)
     evasive_phrases: tuple[str, ...] = DEFAULT_EVASIVE_PHRASES
     seed: int = 1                       # MinHash permutation seed (fixed → reproducible)
 
@@ -307,7 +309,10 @@ def validate_records(
         q = normalize_text(rec.instruction)
         a = normalize_text(rec.output)
         ctx = normalize_text(rec.input)
-        first = seen_pair.get((q, a)) or seen_question.get((q, ctx))
+        # Several references per input (question generation): only the same prompt with
+        # the same answer is a duplicate. Otherwise the same prompt twice is one too.
+        pair = (q, a) if cfg.one_answer_per_prompt else (q + "\n" + ctx, a)
+        first = seen_pair.get(pair) or (seen_question.get((q, ctx)) if cfg.one_answer_per_prompt else None)
         if first is not None:
             reason_of[i] = "duplicate"
             rec.extra["duplicate_of"] = first
@@ -327,7 +332,7 @@ def validate_records(
         key = str(i)
         lsh.insert(key, m)
         sketches[key] = m
-        seen_pair[(q, a)] = rec.id
+        seen_pair[pair] = rec.id
         seen_question[(q, ctx)] = rec.id
 
     kept = [rec for i, rec in enumerate(records) if i not in reason_of]

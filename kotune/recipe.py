@@ -1,0 +1,610 @@
+"""``kotune run RECIPE.yaml``: a whole pipeline from one YAML file.
+
+A recipe is data (as in torchtune): which steps to run and their settings. Every
+step is an ordinary ``kotune`` command — ``run`` builds its command line, prints
+it (so a user can rerun or adapt one step by hand) and calls it in-process:
+
+    prepare → generate → validate → split → train → doctor → eval
+
+Each step reads the previous step's file in ``OUT`` (or a file the recipe names)
+and writes its own there::
+
+    OUT/chunks.jsonl  qa.jsonl  clean.jsonl validation.json  train.jsonl test.jsonl
+    OUT/model/        eval/ (eval-train/)    run.json (what ran, with which inputs)
+
+A step is skipped when its key — the command line with every input file replaced
+by its content hash, plus the kotune version — matches the last finished run and
+its outputs are still there. Steps write deterministic outputs, so changing an
+eval setting reruns only eval. A step that was cut off (crash, SIGKILL) resumes:
+``generate`` from its journal, ``train`` from its last checkpoint.
+
+A recipe is checked whole before any work starts: unknown steps and keys, wrong
+types, missing input files and steps whose input nothing provides are reported
+with the field's path (``steps.train.epochs``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from kotune import __version__
+from kotune.errors import KotuneError
+
+STEP_ORDER = ("prepare", "generate", "validate", "split", "train", "doctor", "eval")
+METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "keyword_coverage", "eos_rate", "repetition", "unsupported_rate")
+LOWER_IS_BETTER = ("repetition", "unsupported_rate")
+
+
+# ---------------------------------------------------------------- schema
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PrepareStep(_Strict):
+    """Documents → ``OUT/chunks.jsonl``."""
+
+    inputs: list[str] = Field(min_length=1)
+    chunk_chars: int = Field(1000, ge=50)
+    overlap: int = Field(100, ge=0)
+
+
+class GenerateStep(_Strict):
+    """Chunks → ``OUT/qa.jsonl``."""
+
+    chunks: Optional[str] = None            # default: OUT/chunks.jsonl from prepare
+    teacher: str = "rule"
+    model: Optional[str] = None
+    per_chunk: int = Field(8, ge=1)
+    workers: int = Field(8, ge=1)
+    api_key_env: Optional[str] = None
+    rpm: Optional[float] = Field(None, gt=0)
+    max_new_tokens: Optional[int] = Field(None, ge=16)
+    input_context: bool = False             # the source chunk as each record's input (RAG training)
+
+
+class ValidateStep(_Strict):
+    """Generated QA plus ``data`` files → ``OUT/clean.jsonl``, ``OUT/validation.json``."""
+
+    data: list[str] = Field(default_factory=list)
+    map: dict[str, str] = Field(default_factory=dict)
+    min_answer_chars: int = Field(10, ge=0)
+    near_dup_threshold: float = Field(0.85, ge=0, le=1)
+    min_grounding: float = Field(0.5, ge=0, le=1)
+    grounding: bool = True
+    one_answer_per_prompt: bool = True
+
+
+class SplitStep(_Strict):
+    """Records → ``OUT/train.jsonl``, ``OUT/test.jsonl``."""
+
+    data: Optional[str] = None
+    map: dict[str, str] = Field(default_factory=dict)
+    test_size: float = Field(0.15, gt=0, lt=1)
+    stratify: str = "category"
+    seed: int = 42
+    augment: int = Field(0, ge=0)
+    augment_test: bool = False
+    group_by: Optional[str] = None
+
+
+class TrainStep(_Strict):
+    """``OUT/train.jsonl`` → ``OUT/model/``; fields are ``kotune train``'s options."""
+
+    data: Optional[str] = None
+    method: Literal["lora", "qlora", "full"] = "lora"
+    preset: Literal["fast", "balanced", "quality", "memory_efficient"] = "balanced"
+    template: Literal["kotune", "alpaca", "koalpaca", "rag", "chat"] = "kotune"
+    system_prompts: dict[str, str] = Field(default_factory=dict)
+    epochs: Optional[float] = Field(None, gt=0)
+    learning_rate: Optional[float] = Field(None, gt=0)
+    batch_size: Optional[int] = Field(None, ge=1)
+    grad_accum: Optional[int] = Field(None, ge=1)
+    max_length: int = Field(1024, ge=16)
+    lora_r: Optional[int] = Field(None, ge=1)
+    lora_alpha: Optional[int] = Field(None, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    lora_targets: Optional[list[str]] = None
+    lora_mlp: bool = False
+    scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    neftune_alpha: Optional[float] = Field(None, gt=0)
+    gradient_checkpointing: Optional[bool] = None
+    eval_split: float = Field(0.1, ge=0, lt=1)
+    early_stopping: Optional[int] = Field(None, ge=1)
+    save_steps: int = Field(50, ge=1)
+    logging_steps: int = Field(5, ge=1)
+    max_steps: int = -1
+    batching: Literal["auto", "group_by_length", "padding_free"] = "auto"
+    report_to: Literal["tensorboard", "wandb", "mlflow", "none"] = "tensorboard"
+    seed: int = 42
+
+
+class DoctorStep(_Strict):
+    """Pitfall check of ``OUT/model`` (no settings)."""
+
+
+class EvalStep(_Strict):
+    """Base vs tuned on the test split → ``OUT/eval/``; ``train_sample: N`` adds
+    ``OUT/eval-train/`` on the first N training records (did tuning take?)."""
+
+    questions: str = "test"                  # test | train | a questions file
+    limit: Optional[int] = Field(None, ge=1)  # first N questions
+    train_sample: Optional[int] = Field(None, ge=1)
+    models: Optional[list[str]] = None       # default: base=<base_model> tuned=OUT/model
+    context: Union[bool, str] = False        # true: retrieve from OUT/chunks.jsonl
+    top_k: int = Field(3, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, ge=0, le=1)
+    repetition_penalty: float = Field(1.0, ge=0.5)
+    stop: list[str] = Field(default_factory=list)
+    batch_size: int = Field(16, ge=1)
+    seed: int = 42
+    headline: Literal[METRICS] = "rougeL"  # type: ignore[valid-type]
+
+
+class Steps(_Strict):
+    prepare: Optional[PrepareStep] = None
+    generate: Optional[GenerateStep] = None
+    validate_: Optional[ValidateStep] = Field(None, alias="validate")
+    split: Optional[SplitStep] = None
+    train: Optional[TrainStep] = None
+    doctor: Optional[DoctorStep] = None
+    eval: Optional[EvalStep] = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def get(self, name: str) -> Any:
+        return getattr(self, "validate_" if name == "validate" else name)
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    base_model: str = "builtin:tiny-ko"
+    steps: Steps
+
+
+_STEP_MODELS = {"prepare": PrepareStep, "generate": GenerateStep, "validate": ValidateStep, "split": SplitStep,
+                "train": TrainStep, "doctor": DoctorStep, "eval": EvalStep}
+
+
+# ---------------------------------------------------------------- loading
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("validate_",):
+            out += ".validate" if out else "validate"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _known_keys(loc: tuple) -> list[str]:
+    """The keys allowed where an unknown key was found."""
+    if len(loc) == 1:
+        return list(Recipe.model_fields)
+    if len(loc) == 2 and loc[0] == "steps":
+        return list(STEP_ORDER)
+    if len(loc) == 3 and loc[0] == "steps" and loc[1] in _STEP_MODELS:
+        return list(_STEP_MODELS[loc[1]].model_fields)
+    return []
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = tuple("validate" if p == "validate_" else p for p in err["loc"])
+    where = _loc(loc)
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(loc)
+        what = "unknown step" if len(loc) == 2 and loc[0] == "steps" else "unknown key"
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{where}: {what}{hint}; expected one of {', '.join(known)}"
+    if err["type"] == "missing":
+        return f"{where}: required field missing"
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
+    return f"{where}: {err['msg']}{shown}"
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``steps.train.epochs=2`` → ``(["steps", "train", "epochs"], 2)``; the value is YAML."""
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise KotuneError(f"--set takes KEY=VALUE (e.g. steps.train.epochs=2), got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return [k for k in key.strip().split(".") if k], value
+
+
+def _apply(data: dict[str, Any], path: list[str], value: Any) -> None:
+    node = data
+    for k in path[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[path[-1]] = value
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> "Plan":
+    """Read, override, validate and resolve a recipe; raises KotuneError naming the field."""
+    import yaml
+
+    from kotune.io import check_input_file, read_text_file
+
+    src = check_input_file(path)
+    try:
+        data = yaml.safe_load(read_text_file(src))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise KotuneError(f"invalid YAML ({getattr(e, 'problem', None) or e})", path=src,
+                          line=mark.line + 1 if mark is not None else None) from None
+    if not isinstance(data, dict):
+        raise KotuneError("a recipe is a YAML mapping with name, base_model and steps", path=src)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        _apply(data, keys, value)
+    steps = data.get("steps")
+    if isinstance(steps, dict):  # "doctor:" with nothing after it means the step with its defaults
+        data["steps"] = {k: ({} if v is None else v) for k, v in steps.items()}
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise KotuneError(_first_error(e), path=src) from None
+    if not any(recipe.steps.get(s) is not None for s in STEP_ORDER):
+        raise KotuneError("steps: no steps to run", path=src)
+    return Plan(recipe, src)
+
+
+# ---------------------------------------------------------------- plan
+@dataclass
+class StepCall:
+    name: str
+    args: list[str]                       # the kotune command line (without resume flags)
+    inputs: list[Path]                    # files (or model folders) whose content decides the key
+    outputs: list[Path]
+    label: str = ""                       # state key (eval and eval-train are two calls of one step)
+    sample: Optional[tuple[Path, Path, int]] = None  # (records, questions file, n): first n records as questions
+    anchors: tuple[tuple[str, str], ...] = ()         # (path prefix, placeholder): keys survive a moved folder
+
+    def _portable(self, text: str) -> str:
+        for prefix, name in self.anchors:  # also inside "tuned=OUT/model"
+            text = re.sub(re.escape(prefix) + r"(?=/|$)", name, text)
+        return text
+
+    @property
+    def key(self) -> str:
+        """Command line and input contents, with OUT and the recipe's folder as placeholders."""
+        h = hashlib.sha256()
+        args = [self._portable(a) for a in self.args]
+        h.update(json.dumps({"kotune": __version__, "step": self.label or self.name, "args": args},
+                            ensure_ascii=False).encode("utf-8"))
+        for p in self.inputs:
+            h.update(self._portable(str(p)).encode("utf-8"))
+            h.update(_content_hash(p).encode("ascii"))
+        return h.hexdigest()
+
+
+def _content_hash(p: Path) -> str:
+    from kotune.io import sha256_file
+
+    if p.is_dir():  # a model folder: its kotune.json changes with every training run
+        info = p / "kotune.json"
+        return sha256_file(info) if info.exists() else "missing"
+    if p.is_file():
+        return sha256_file(p)
+    return "missing"
+
+
+class Plan:
+    """A validated recipe with every path resolved: which commands run, reading and writing what."""
+
+    def __init__(self, recipe: Recipe, path: Path):
+        self.recipe = recipe
+        self.path = path
+        self.root = path.parent
+
+    def rel(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.root / p
+
+    def present(self) -> list[str]:
+        return [s for s in STEP_ORDER if self.recipe.steps.get(s) is not None]
+
+    def _need(self, field_path: str, path: Path) -> Path:
+        if not path.exists():
+            raise KotuneError(f"{field_path}: no such file: {path}", path=self.path)
+        return path
+
+    def calls(self, out: Path) -> list[StepCall]:
+        """Every step's command, in order; checks inputs exist and that each step's input is provided."""
+        s = self.recipe.steps
+        calls: list[StepCall] = []
+        chunks = out / "chunks.jsonl"
+        produced: dict[str, Path | None] = {"chunks": None, "qa": None, "clean": None, "train": None, "test": None,
+                                            "model": None}
+
+        if s.prepare:
+            inputs = [self._need(f"steps.prepare.inputs[{i}]", self.rel(v)) for i, v in enumerate(s.prepare.inputs)]
+            files = sorted(f for p in inputs for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file())
+            calls.append(StepCall("prepare", ["prepare", *map(str, inputs), "-o", str(chunks),
+                                              *_flags(s.prepare, {"inputs"})], files, [chunks]))
+            produced["chunks"] = chunks
+        if s.generate:
+            g = s.generate
+            src = self._need("steps.generate.chunks", self.rel(g.chunks)) if g.chunks else produced["chunks"]
+            if src is None:
+                raise KotuneError("steps.generate: needs chunks: add a prepare step or set steps.generate.chunks",
+                                  path=self.path)
+            qa = out / "qa.jsonl"
+            args = ["generate", str(src), "-o", str(qa), *_flags(g, {"chunks"})]
+            calls.append(StepCall("generate", args, [src], [qa]))
+            produced["qa"] = qa
+            produced["chunks"] = produced["chunks"] or src
+        records_in: Path | None = produced["qa"]
+        if s.validate_:
+            v = s.validate_
+            data = [self._need(f"steps.validate.data[{i}]", self.rel(d)) for i, d in enumerate(v.data)]
+            sources = ([produced["qa"]] if produced["qa"] else []) + data
+            if not sources:
+                raise KotuneError("steps.validate: nothing to validate: add a generate step or steps.validate.data",
+                                  path=self.path)
+            clean, report = out / "clean.jsonl", out / "validation.json"
+            args = ["validate", *map(str, sources), "-o", str(clean), "--report", str(report), *_flags(v, {"data"})]
+            if produced["qa"] and produced["chunks"] and v.grounding:
+                args += ["--chunks", str(produced["chunks"])]
+            ins = sources + ([produced["chunks"]] if "--chunks" in args else [])
+            calls.append(StepCall("validate", args, ins, [clean, report]))
+            records_in = clean
+        if s.split:
+            sp = s.split
+            src = self._need("steps.split.data", self.rel(sp.data)) if sp.data else records_in
+            if src is None:
+                raise KotuneError("steps.split: needs records: add a validate step or set steps.split.data",
+                                  path=self.path)
+            train, test = out / "train.jsonl", out / "test.jsonl"
+            args = ["split", str(src), "--train", str(train), "--test", str(test), *_flags(sp, {"data"})]
+            calls.append(StepCall("split", args, [src], [train, test]))
+            produced["train"], produced["test"] = train, test
+        if s.train:
+            t = s.train
+            src = self._need("steps.train.data", self.rel(t.data)) if t.data else produced["train"] or records_in
+            if src is None:
+                raise KotuneError("steps.train: needs training data: add a split step or set steps.train.data",
+                                  path=self.path)
+            model = out / "model"
+            args = ["train", "--base-model", self.recipe.base_model, "--data", str(src), "--output-dir", str(model)]
+            args += _flags(t, {"data", "system_prompts"})
+            ins = [src]
+            if t.system_prompts:  # written into OUT by run_recipe before the step runs
+                args += ["--system-prompts", str(out / "system_prompts.json")]
+                ins.append(out / "system_prompts.json")
+            calls.append(StepCall("train", args, ins, [model / "kotune.json"]))
+            produced["model"] = model
+        if s.doctor:
+            if produced["model"] is None:
+                raise KotuneError("steps.doctor: needs a train step", path=self.path)
+            calls.append(StepCall("doctor", ["doctor", str(produced["model"])], [produced["model"]], []))
+        if s.eval:
+            e = s.eval
+            if e.models:
+                models = list(e.models)
+            elif produced["model"] is not None:
+                models = [f"base={self.recipe.base_model}", f"tuned={produced['model']}"]
+            else:
+                raise KotuneError("steps.eval.models: needed when there is no train step", path=self.path)
+            model_inputs = [produced["model"]] if produced["model"] is not None else []
+            if e.context is True:
+                if produced["chunks"] is None:
+                    raise KotuneError("steps.eval.context: true needs chunks from a prepare step; give a file instead",
+                                      path=self.path)
+                context: Path | None = produced["chunks"]
+            elif isinstance(e.context, str):
+                context = self._need("steps.eval.context", self.rel(e.context))
+            else:
+                context = None
+            sets: list[tuple[str, str, Path, Optional[int]]] = []
+            if e.questions in ("test", "train"):
+                q = produced[e.questions]
+                if q is None:
+                    raise KotuneError(f"steps.eval.questions: {e.questions!r} needs a split step; give a questions file",
+                                      path=self.path)
+                sets.append(("eval", "eval", q, e.limit))
+            else:
+                sets.append(("eval", "eval", self._need("steps.eval.questions", self.rel(e.questions)), e.limit))
+            if e.train_sample:
+                if produced["train"] is None:
+                    raise KotuneError("steps.eval.train_sample: needs a split step", path=self.path)
+                sets.append(("eval-train", "eval-train", produced["train"], e.train_sample))
+            for label, folder, questions, limit in sets:
+                qfile = questions
+                if limit:
+                    qfile = out / f"{folder}-questions.jsonl"
+                dest = out / folder
+                args = ["eval", "--questions", str(qfile), "-o", str(dest),
+                        *_flags(e, {"questions", "limit", "train_sample", "models", "context", "headline"})]
+                if context is not None:
+                    args += ["--context", str(context)]
+                for m in models:
+                    args += ["--models", m]
+                ins = [questions] + model_inputs + ([context] if context is not None else [])
+                calls.append(StepCall("eval", args, ins, [dest / "metrics.json", dest / "report.html"], label=label,
+                                      sample=(questions, qfile, limit) if limit else None))
+        anchors = ((str(out), "$OUT"), (str(self.root), "$RECIPE"))
+        for call in calls:
+            call.anchors = anchors
+        return calls
+
+
+def _flags(step: BaseModel, skip: set[str]) -> list[str]:
+    """The command-line options for the fields a recipe sets (the rest keep the
+    command's own defaults): ``epochs: 2`` → ``--epochs 2``, ``lora_mlp: true`` →
+    ``--lora-mlp``, lists repeat the option (``stop``) or join with commas
+    (``lora_targets``), mappings become ``--map K=V``."""
+    args: list[str] = []
+    for name in sorted(step.model_fields_set - skip, key=list(type(step).model_fields).index):
+        value = getattr(step, name)
+        flag = "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            if name in _SWITCHES:
+                args.append(_SWITCHES[name][0 if value else 1])
+            elif name in _NEGATABLE:
+                args.append(flag if value else f"--no-{flag[2:]}")
+            elif value:
+                args.append(flag)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                args += [flag, f"{k}={v}"]
+        elif isinstance(value, list):
+            if name in _JOINED:
+                args += [flag, ",".join(map(str, value))]
+            else:
+                for v in value:
+                    args += [flag, str(v)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+_NEGATABLE = {"grounding", "gradient_checkpointing"}   # --x/--no-x options
+_SWITCHES = {"one_answer_per_prompt": ("--one-answer-per-prompt", "--many-answers-per-prompt")}
+_JOINED = {"lora_targets"}                             # comma-separated options
+
+
+# ---------------------------------------------------------------- state
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) and isinstance(data.get("steps"), dict) else {"steps": {}}
+    except (OSError, ValueError):
+        return {"steps": {}}
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    from kotune.io import write_json
+
+    write_json(path, state)
+
+
+@dataclass
+class StepResult:
+    label: str
+    status: str              # ran | resumed | skipped
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- running
+def run_recipe(plan: Plan, out: Path, *, invoke: Callable[[list[str]], int | None], force: bool = False,
+               log: Callable[[str], None] = print, header: Callable[[str], None] | None = None) -> list[StepResult]:
+    """Run every step not up to date. ``invoke(argv)`` runs one kotune command (the CLI)."""
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "run.json"
+    state = _read_state(state_path)
+    state.update({"recipe": str(plan.path), "name": plan.recipe.name, "base_model": plan.recipe.base_model})
+    header = header or log
+    calls = plan.calls(out)
+    if plan.recipe.steps.train and plan.recipe.steps.train.system_prompts:
+        from kotune.io import write_json
+
+        write_json(out / "system_prompts.json", plan.recipe.steps.train.system_prompts)
+    results: list[StepResult] = []
+    for i, call in enumerate(calls, 1):
+        label = call.label or call.name
+        if call.sample:
+            _write_first(*call.sample)
+        key = call.key
+        prev = state["steps"].get(label) or {}
+        if (not force and prev.get("status") == "done" and prev.get("key") == key
+                and all(p.exists() for p in call.outputs)):
+            header(f"[{i}/{len(calls)}] {label}: up to date, skipped")
+            results.append(StepResult(label, "skipped", 0.0, [str(p) for p in call.outputs]))
+            continue
+        argv = list(call.args)
+        resumed = False
+        if call.name == "generate":
+            journal = Path(str(call.outputs[0]) + ".journal")
+            resumed = journal.exists() and prev.get("status") == "started" and prev.get("key") == key and not force
+            argv.append("--resume" if resumed else "--overwrite")
+        elif call.name == "train":
+            model_dir = call.outputs[0].parent
+            info = _run_info(model_dir)
+            resumed = (info is not None and info.get("status") == "running" and prev.get("status") == "started"
+                       and prev.get("key") == key and not force)
+            if resumed:
+                argv.append("--resume")
+            elif model_dir.exists() and any(model_dir.iterdir()):
+                argv.append("--overwrite")
+        header(f"[{i}/{len(calls)}] {label}{' (resuming)' if resumed else ''}: kotune {shlex.join(argv)}")
+        state["steps"][label] = {"key": key, "status": "started", "started": _now()}
+        _write_state(state_path, state)
+        t0 = time.monotonic()
+        rc = invoke(argv)
+        if rc not in (None, 0):
+            raise KotuneError(f"step {label} failed (exit code {rc}); fix it and run the recipe again")
+        seconds = round(time.monotonic() - t0, 1)
+        state["steps"][label] = {"key": key, "status": "done", "finished": _now(), "seconds": seconds}
+        _write_state(state_path, state)
+        results.append(StepResult(label, "resumed" if resumed else "ran", seconds, [str(p) for p in call.outputs]))
+    return results
+
+
+def _run_info(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / "kotune.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_first(src: Path, dest: Path, n: int) -> None:
+    """The first ``n`` records of ``src`` as JSONL (questions for a quick eval)."""
+    from kotune.io import dumps, atomic_writer
+    from kotune.records import read_records, record_out
+
+    rows = [dumps(record_out(r)) + "\n" for r in read_records(src)[:n]]
+    text = "".join(rows)
+    if dest.exists() and dest.read_text(encoding="utf-8") == text:
+        return  # unchanged: keep its content hash (and the eval step up to date)
+    with atomic_writer(dest) as f:
+        f.write(text)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def headline(plan: Plan, out: Path) -> dict[str, Any] | None:
+    """The recipe's headline metric for base and tuned from ``OUT/eval/metrics.json``."""
+    e = plan.recipe.steps.eval
+    if e is None:
+        return None
+    try:
+        metrics = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))["models"]
+    except (OSError, ValueError, KeyError):
+        return None
+    values = {name: (m.get("overall") or {}).get(e.headline) for name, m in metrics.items()}
+    result: dict[str, Any] = {"metric": e.headline, "values": values,
+                              "lower_is_better": e.headline in LOWER_IS_BETTER}
+    if values.get("base") is not None and values.get("tuned") is not None:
+        b, t = values["base"], values["tuned"]
+        result["tuned_better"] = t < b if result["lower_is_better"] else t > b
+    return result
