@@ -82,6 +82,7 @@ def generate(
     max_retries: int = typer.Option(6, "--max-retries", min=0, help="Retries per request on 429/5xx, dropped connections and timeouts."),
     rpm: Optional[float] = typer.Option(None, "--rpm", min=0.001, help="At most this many requests per minute per API key."),
     timeout: float = typer.Option(120.0, "--timeout", min=0.1, help="Seconds to wait for one teacher response."),
+    temperature: float = typer.Option(0.7, "--temperature", min=0.0, max=2.0, help="Sampling temperature of a URL teacher (0 = greedy)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "--max_new_tokens", min=16, help="Token budget of one teacher reply (default: grows with --per-chunk)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only chunks whose index % N == I-1 (merge shards with `kotune validate`)."),
     input_context: bool = typer.Option(False, "--input-context", help="Store the source chunk as each record's input (RAG-style training with --template rag)."),
@@ -100,7 +101,8 @@ def generate(
     if is_url:
         from kotune.data.teachers import read_api_keys
 
-        options.update(api_keys=read_api_keys(api_key_env), max_retries=max_retries, rpm=rpm, timeout=timeout)
+        options.update(api_keys=read_api_keys(api_key_env), max_retries=max_retries, rpm=rpm, timeout=timeout,
+                       temperature=temperature)
     elif api_key_env or rpm:
         warn("--api-key-env and --rpm only apply to a URL teacher; ignored")
     every = load_chunks(chunks_file)

@@ -69,6 +69,7 @@ class GenerateStep(_Strict):
     api_key_env: Optional[str] = None
     rpm: Optional[float] = Field(None, gt=0)
     max_new_tokens: Optional[int] = Field(None, ge=16)
+    temperature: Optional[float] = Field(None, ge=0, le=2)
     input_context: bool = False             # the source chunk as each record's input (RAG training)
 
 

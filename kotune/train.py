@@ -5,14 +5,17 @@ What kotune adds on top of TRL/PEFT, and why:
   EOS appended and trained, pad distinct from EOS) and handed to SFTTrainer
   pre-tokenized, so the loss is right whatever TRL's defaults are;
 - per-device defaults: fp32 and no gradient checkpointing on CPU (TRL 1.x turns
-  on bf16 and checkpointing, 2x slower on a CPU without AMX), length-grouped
-  dynamic padding on CPU, padding-free batches on GPUs with flash attention;
+  on bf16 and checkpointing, 2x slower on a CPU without AMX), bf16 on GPUs;
+- padding-free batches everywhere, with attention that keeps the packed samples
+  apart and costs Σ len² (flash-attn, or ``kotune.packing`` where it is missing:
+  transformers' fallback masks the whole packed row);
 - ``OUT/kotune.json`` records base model, method, template and data hash, which
   every later step reads back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -272,10 +275,10 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     batching = config.batching
     if batching == "auto":
-        # Measured on CPU (benchmarks/RESULTS.md): padding-free packing attends over the
-        # whole packed row, so length grouping wins there; with flash attention on a
-        # GPU, padding-free costs nothing extra and wastes no compute on pads.
-        batching = "padding_free" if device == "cuda" and _has_flash_attn() else "group_by_length"
+        # Padding-free on every device: no compute spent on pads, and attention per packed
+        # sample (flash-attn, or kotune.packing's per-sample SDPA). Measured against length
+        # grouping and the alternatives in benchmarks/RESULTS.md (bench_train.py).
+        batching = "padding_free"
 
     import datasets
     from transformers import EarlyStoppingCallback
@@ -301,7 +304,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         gradient_checkpointing=bool(config.gradient_checkpointing),
         bf16=use_bf16,
         fp16=False,
-        max_length=config.max_length,
+        # Samples are already cut to max_length by encode_example (answer and EOS kept);
+        # TRL's padding-free collator wants max_length=None (no truncation of its own).
+        max_length=None if batching == "padding_free" else config.max_length,
         padding_free=batching == "padding_free",
         train_sampling_strategy="group_by_length" if batching == "group_by_length" else "random",
         eval_strategy="epoch" if eval_ds is not None else "no",
@@ -322,6 +327,14 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         dataset_num_proc=None,
         use_cpu=device == "cpu",
     )
+    # Padding-free rows need attention that keeps their samples apart; restored after
+    # training, before anything is saved (the model is not used past this function).
+    attention_switch = contextlib.ExitStack()
+    attention = model.config._attn_implementation
+    if batching == "padding_free":
+        from kotune.packing import padding_free_attention
+
+        attention = attention_switch.enter_context(padding_free_attention(model, device))
     callbacks = [EarlyStoppingCallback(config.early_stopping)] if early else []
     if main:
         callbacks.append(rich_training_progress())
@@ -346,6 +359,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         "device": device,
         "processes": state.num_processes,
         "batching": batching,
+        "attention": attention,
         "trainable_parameters": trainable,
     }
     if main:
@@ -354,7 +368,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         log(f"training {config.method} on {len(records)} records ({tokens} tokens, {supervised} supervised), "
             f"eval {len(eval_records or [])}; {trainable / 1e6:.2f}M trainable parameters; device {device}"
             f"{f' x{state.num_processes} processes' if state.num_processes > 1 else ''}, "
-            f"{'bf16' if use_bf16 else 'fp32'}, batching {batching}")
+            f"{'bf16' if use_bf16 else 'fp32'}, batching {batching}, attention {attention}")
         log(f"estimate: {est['steps']} optimizer steps, ~{est['seconds'] or '?'} s, ~{est['memory_gb']} GB memory")
         out.mkdir(parents=True, exist_ok=True)
         write_run_info(out, info)
@@ -365,6 +379,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     elapsed = time.time() - t0
     final_eval = trainer.evaluate() if eval_ds is not None else {}
+    attention_switch.close()
 
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(str(out))
@@ -383,14 +398,6 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         write_run_info(out, info)
     state.wait_for_everyone()
     return info
-
-
-def _has_flash_attn() -> bool:
-    try:
-        import flash_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _time_one_step(trainer, ds) -> float | None:

@@ -1,0 +1,84 @@
+"""Padding-free batches: each packed sample attends only to itself, and the loss and
+gradients equal those of an ordinary padded batch of the same samples."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import call_cli
+
+KEYS = ("input_ids", "attention_mask", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
+        "max_length_q", "max_length_k")
+
+
+@pytest.fixture(scope="module")
+def batches(tiny_model, sample_split):
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    from kotune.models import load_tokenizer
+    from kotune.records import read_records
+    from kotune.templates import encode_example, get_template
+
+    tok = load_tokenizer(str(tiny_model))
+    rows = [encode_example(tok, get_template("kotune"), r, 1024) for r in read_records(sample_split[0])[:8]]
+    for r in rows:
+        r.pop("truncated")
+    packed = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(rows)
+    padded = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)(rows)
+    assert packed["input_ids"].shape[0] == 1 and padded["input_ids"].shape[0] == 8
+    return packed, padded
+
+
+def _loss_and_grad(model, batch):
+    model.zero_grad()
+    out = model(**{k: v for k, v in batch.items() if k in KEYS}, use_cache=False)
+    out.loss.backward()
+    grad = model.gpt_neox.layers[0].attention.query_key_value.weight.grad.clone()
+    return out.loss.item(), grad
+
+
+def test_varlen_attention_matches_a_padded_batch(tiny_model, batches):
+    import torch
+
+    from kotune.models import load_causal_lm
+    from kotune.packing import NAME, padding_free_attention
+
+    packed, padded = batches
+    torch.manual_seed(0)
+    model = load_causal_lm(str(tiny_model), device="cpu").train()
+    model.config.attention_dropout = 0.0
+    want_loss, want_grad = _loss_and_grad(model, padded)
+    with padding_free_attention(model, "cpu") as name:
+        assert name == NAME and model.config._attn_implementation == NAME
+        loss, grad = _loss_and_grad(model, packed)
+    assert model.config._attn_implementation == "sdpa"  # restored
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    assert torch.allclose(grad, want_grad, rtol=1e-4, atol=1e-7)
+    # Without keeping samples apart (one causal sequence over the packed row) the loss differs.
+    one_row = {k: v for k, v in packed.items() if k in ("input_ids", "labels")}
+    with padding_free_attention(model, "cpu"):
+        leaked = model(**one_row, use_cache=False).loss.item()
+    assert abs(leaked - want_loss) > 1e-3
+
+
+def test_varlen_attention_refuses_padded_batches(tiny_model, batches):
+    from kotune.models import load_causal_lm
+    from kotune.packing import padding_free_attention
+
+    _, padded = batches
+    model = load_causal_lm(str(tiny_model), device="cpu")
+    with padding_free_attention(model, "cpu"), pytest.raises(RuntimeError, match="one packed row"):
+        model(**{k: v for k, v in padded.items() if k in KEYS}, use_cache=False)
+
+
+def test_training_uses_padding_free_batches_and_saves_a_plain_config(sample_split, tmp_path, tiny_model):
+    out = tmp_path / "full"
+    res = call_cli(["train", "--data", sample_split[0], "--output-dir", out, "--method", "full", "--max-steps", "3",
+                    "--report-to", "none"])
+    assert res.code == 0, res.err
+    run = json.loads((out / "kotune.json").read_text(encoding="utf-8"))
+    assert run["batching"] == "padding_free" and run["attention"] == "kotune_varlen"
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert "kotune_varlen" not in json.dumps(config)
