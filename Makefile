@@ -26,8 +26,12 @@ test: install
 	bash scripts/install-system-deps.sh
 	$(BIN)/python -m pytest -q
 
+# Every benchmark, each replacing its own section of benchmarks/RESULTS.md (about an hour on 2 cores).
 bench: install
 	$(BIN)/python benchmarks/bench_train.py --write benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_generate.py --write benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_serve.py --write benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_recipes.py --write benchmarks/RESULTS.md
 
 clean:
 	rm -rf runs .pytest_cache

@@ -13,11 +13,7 @@ benchmarks/RESULTS.md between markers.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 from datetime import date
@@ -25,6 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import machine, write_section  # noqa: E402
 
 
 def questions(n: int) -> list[str]:
@@ -48,8 +46,6 @@ def main() -> None:
     ap.add_argument("--write", type=Path, default=None)
     args = ap.parse_args()
 
-    import torch
-    import transformers
     from transformers import pipeline
 
     from kotune.generation import GenerationSettings, Generator
@@ -87,32 +83,24 @@ def main() -> None:
     base = med["seed loop (pipeline, one at a time)"]
     names = list(variants)
     identical = outputs[names[1]] == outputs[names[2]]
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")), platform.processor())
     cmd = "python benchmarks/bench_generate.py " + " ".join(sys.argv[1:])
     lines = [
-        "<!-- bench_generate:start -->",
         "## Evaluation throughput: batched generation vs one question at a time",
         "",
-        f"- command: `{cmd}`",
-        f"- date: {date.today()}, machine: {cpu}, {torch.get_num_threads()} threads; torch {torch.__version__}, transformers {transformers.__version__}",
-        f"- model: `{args.model}`, {len(prompts)} questions, greedy, max_new_tokens {args.max_new_tokens}, median of {args.repeats} runs",
+        f"- Command: `{cmd}`",
+        f"- Date: {date.today()}; machine: {machine()}",
+        f"- Model: `{args.model}`, {len(prompts)} questions, greedy, max_new_tokens {args.max_new_tokens}, median of {args.repeats} runs",
         "",
         "| variant | seconds | answers/s | speed-up vs seed loop |",
         "| --- | ---: | ---: | ---: |",
     ]
     for name in names:
         lines.append(f"| {name} | {med[name]:.2f} | {len(prompts) / med[name]:.2f} | {base / med[name]:.2f}× |")
-    lines += ["", f"Greedy answers identical between kotune batch_size=1 and batched: **{identical}**.",
-              "<!-- bench_generate:end -->", ""]
-    section = "\n".join(lines)
+    lines += ["", f"Greedy answers identical between kotune batch_size=1 and batched: **{identical}**."]
+    section = "\n".join(lines) + "\n"
     print(section)
     if args.write:
-        text = args.write.read_text(encoding="utf-8") if args.write.exists() else "# Benchmark results\n\n"
-        if "<!-- bench_generate:start -->" in text:
-            text = re.sub(r"<!-- bench_generate:start -->.*?<!-- bench_generate:end -->\n?", section, text, flags=re.S)
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-        args.write.write_text(text, encoding="utf-8")
+        write_section(args.write, "bench_generate", section)
     if not identical:
         sys.exit("batched and one-at-a-time greedy answers differ")
 

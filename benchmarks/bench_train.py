@@ -8,9 +8,13 @@ alike, and reports the median of the repeats:
 
   a  seed-style: plain transformers.Trainer, text padded to max_length=512, pad = eos
   b  TRL SFTTrainer with its defaults (bf16 autocast, gradient checkpointing)
-  c  kotune default: kotune.train.train(), batching=group_by_length
+  c  kotune default: kotune.train.train() (padding-free, per-sample attention)
   d  TRL hand-tuned for CPU: fp32, no checkpointing, padding_free=True
-  e  kotune.train.train() with batching=padding_free
+  e  TRL hand-tuned for CPU: fp32, no checkpointing, group_by_length
+  f  kotune.train.train() with batching=group_by_length (ablation)
+
+Also measured: this machine's fp32 matmul peak (torch.mm, all threads), so each
+variant's model-FLOPs utilisation (MFU) is reported against it.
 
     python benchmarks/bench_train.py --quick                 # smoke run, ~2 min
     python benchmarks/bench_train.py --write benchmarks/RESULTS.md
@@ -24,7 +28,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import random
 import re
 import shlex
@@ -35,18 +38,20 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import cpu_model, load1, machine, write_section  # noqa: E402
 
 VARIANTS = {
     "a": "seed-style Trainer, pad to 512",
     "b": "TRL SFTTrainer defaults",
-    "c": "kotune default (group_by_length)",
-    "d": "TRL fp32, padding_free",
-    "e": "kotune padding_free",
+    "c": "kotune default (padding-free, per-sample attention)",
+    "d": "TRL hand-tuned: fp32, padding_free",
+    "e": "TRL hand-tuned: fp32, group_by_length",
+    "f": "kotune with group_by_length",
 }
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": ["query_key_value"]}
 SEED = 42
@@ -165,8 +170,46 @@ def prepare(work: Path, setup: Setup) -> None:
                     "p90": lengths[len(lengths) * 9 // 10], "max": lengths[-1], "total": sum(lengths)},
         "answer_tokens": sum(sum(1 for t in r["labels"] if t != -100) for r in rows),
         "with_context": sum(1 for r in records if r["input"]),
+        "useful_flops": useful_flops(model, [len(r["input_ids"]) for r in rows],
+                                     sum(sum(1 for t in r["labels"] if t != -100) for r in rows)),
     }
     (work / "setup.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
+def useful_flops(model, lengths: list[int], supervised: int) -> float:
+    """FLOPs one epoch of LoRA SFT needs, whoever runs it: the work on real tokens only.
+
+    Per token, the frozen linear layers cost 2·P forward and 2·P for the input
+    gradients (no weight gradients: the base is frozen), P = parameters of the
+    transformer layers; the LM head (2·h·V each way) is needed only where a label
+    is trained; causal attention costs 2·h·L² forward per layer for a sample of L
+    tokens (QKᵀ and AV, half the square) and twice that backward. LoRA's own
+    matmuls (<1% here) are left out. A variant that pads, scores the prompt or
+    attends across samples does more work than this; MFU counts only this.
+    """
+    cfg = model.config
+    h, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+    per_layer = sum(p.numel() for p in model.gpt_neox.layers[0].parameters() if p.dim() == 2)
+    linear = 4 * per_layer * layers * sum(lengths)
+    head = 4 * h * vocab * supervised
+    attention = 3 * 2 * h * layers * sum(n * n for n in lengths)
+    return float(linear + head + attention)
+
+
+def matmul_peak(seconds: float = 3.0) -> float:
+    """This machine's fp32 matmul throughput (GFLOP/s): best of repeated 2048² torch.mm, all threads."""
+    import torch
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    for _ in range(3):
+        torch.mm(a, b)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        for _ in range(4):
+            torch.mm(a, b)
+        best = max(best, 4 * 2 * 2048 ** 3 / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
 # ================================================================ one variant (--child)
@@ -262,8 +305,8 @@ def run_seed_style(work: Path, setup: Setup, out: Path) -> int:
     return kept
 
 
-def run_trl(work: Path, setup: Setup, out: Path, tuned: bool) -> None:
-    """(b) TRL defaults, or (d) TRL hand-tuned for CPU, on prompt/completion data."""
+def run_trl(work: Path, setup: Setup, out: Path, tuned: str | None) -> None:
+    """(b) TRL defaults, or TRL hand-tuned for CPU (tuned = padding_free | group_by_length), on prompt/completion data."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -273,9 +316,12 @@ def run_trl(work: Path, setup: Setup, out: Path, tuned: bool) -> None:
     common = dict(output_dir=str(out), per_device_train_batch_size=setup.batch_size, num_train_epochs=1,
                   learning_rate=setup.learning_rate, report_to=[], save_strategy="no", seed=SEED, disable_tqdm=True,
                   use_cpu=True)  # TRL's default bf16=True refuses to start on a CPU-only machine without use_cpu
-    if tuned:
+    if tuned == "padding_free":
         # max_length=None: TRL 1.x rejects padding_free without packing while max_length is set.
         args = SFTConfig(**common, bf16=False, gradient_checkpointing=False, padding_free=True, max_length=None)
+    elif tuned == "group_by_length":
+        args = SFTConfig(**common, bf16=False, gradient_checkpointing=False,
+                         train_sampling_strategy="group_by_length")
     else:
         args = SFTConfig(**common)
     # Model as a path, as TRL's docs do: TRL loads it (fp32) and applies the LoRA config itself.
@@ -283,28 +329,9 @@ def run_trl(work: Path, setup: Setup, out: Path, tuned: bool) -> None:
     trainer.train()
 
 
-def run_kotune(work: Path, setup: Setup, out: Path, batching: str) -> str | None:
-    """(c)/(e) kotune's own training entry point; returns a note if it needed a workaround."""
-    import trl
-
+def run_kotune(work: Path, setup: Setup, out: Path, batching: str) -> None:
+    """(c)/(f) kotune's own training entry point."""
     from kotune.train import TrainConfig, train
-
-    patched: list[int] = []
-
-    class PaddingFreeFixSFTConfig(trl.SFTConfig):
-        # TRL 1.x refuses padding_free without packing while max_length is set, and
-        # kotune.train passes max_length; its samples are already truncated by
-        # encode_example, so max_length=None changes nothing but lets it start.
-        def __post_init__(self):
-            if self.padding_free and not self.packing and self.max_length is not None:
-                patched.append(self.max_length)
-                self.max_length = None
-            super().__post_init__()
-
-    # Module-level name: the Trainer pickles its args into each checkpoint.
-    PaddingFreeFixSFTConfig.__qualname__ = PaddingFreeFixSFTConfig.__name__
-    globals()[PaddingFreeFixSFTConfig.__name__] = PaddingFreeFixSFTConfig
-    trl.SFTConfig = PaddingFreeFixSFTConfig  # train() does `from trl import SFTConfig` at call time
 
     config = TrainConfig(
         base_model=str(work / "model"), data=str(work / "data.jsonl"), output_dir=str(out), method="lora",
@@ -314,11 +341,6 @@ def run_kotune(work: Path, setup: Setup, out: Path, batching: str) -> str | None
         batching=batching, seed=SEED,
     )
     train(config, overwrite=True, log=lambda *a, **k: print(*a, **k, file=sys.stderr))
-    if patched:
-        return (f"kotune.train with batching=padding_free raises ValueError under trl {version('trl')} "
-                f"(padding_free without packing needs max_length=None; train.py passes {patched[0]}); "
-                "measured with SFTConfig.max_length forced to None, nothing else changed")
-    return None
 
 
 def peak_rss_mb() -> float:
@@ -342,10 +364,10 @@ def child(variant: str, work: Path, result: Path) -> None:
     answer_tokens = note = None
     if variant == "a":
         answer_tokens = run_seed_style(work, setup, out)
-    elif variant in ("b", "d"):
-        run_trl(work, setup, out, tuned=variant == "d")
-    elif variant in ("c", "e"):
-        note = run_kotune(work, setup, out, "group_by_length" if variant == "c" else "padding_free")
+    elif variant in ("b", "d", "e"):
+        run_trl(work, setup, out, tuned={"b": None, "d": "padding_free", "e": "group_by_length"}[variant])
+    elif variant in ("c", "f"):
+        run_kotune(work, setup, out, "auto" if variant == "c" else "group_by_length")
     shutil.rmtree(out, ignore_errors=True)
     res = {
         "variant": variant, "seconds": meter.seconds, "steps": meter.steps, "positions": meter.positions,
@@ -367,20 +389,6 @@ def run_sub(args: list[str], log: Path) -> None:
         raise RuntimeError(f"{' '.join(args[:2])} failed (exit {proc.returncode}); log {log}:\n{tail}")
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load1() -> float:
-    return os.getloadavg()[0]
-
-
 def median_row(runs: list[dict]) -> dict:
     m = {k: statistics.median(r[k] for r in runs) for k in ("seconds", "cpu_seconds", "peak_rss_mb", "train_loss")}
     for k in ("steps", "positions", "real_tokens", "supervised", "answer_tokens", "threads"):
@@ -396,14 +404,15 @@ def report(results: dict[str, list[dict]], info: dict, meta: dict) -> str:
     rows = {v: median_row(r) for v, r in results.items()}
     base = rows.get("a")
     s = info["setup"]
+    peak = meta.get("peak_gflops")
+    flops = info.get("useful_flops")
     lines = [
-        f"## {meta['date']}{' (quick smoke run)' if meta['quick'] else ''}",
+        f"## Training throughput: seed-style baseline, TRL and kotune{' (quick smoke run)' if meta['quick'] else ''}",
         "",
-        f"- Command: `{meta['command']}` (took {meta['elapsed'] / 60:.1f} min)",
-        f"- Machine: {meta['cpu']}, {os.cpu_count()} logical cores, torch threads {next(iter(rows.values()))['threads']}; "
-        f"load average (1 min) {meta['load_before']:.2f} before, {meta['load_after']:.2f} after",
-        f"- Python {platform.python_version()}, torch {version('torch')}, transformers {version('transformers')}, "
-        f"trl {version('trl')}, peft {version('peft')}",
+        f"- Command: `{meta['command']}` (took {meta['elapsed'] / 60:.1f} min), {meta['date']}",
+        f"- Machine: {machine()}; load average (1 min) {meta['load_before']:.2f} before, {meta['load_after']:.2f} after",
+        f"- fp32 matmul peak of this machine (torch.mm 2048², all threads): "
+        f"{f'{peak:.0f} GFLOP/s' if peak else 'not measured'}",
         f"- Model: GPT-NeoX, random weights, {info['parameters'] / 1e6:.1f}M parameters (hidden {s['hidden']}, "
         f"{s['layers']} layers, {s['heads']} heads, vocab {s['vocab']}; tokenizer {info['tokenizer_size']} tokens); "
         f"LoRA r={LORA['r']} alpha={LORA['lora_alpha']} on query_key_value",
@@ -413,15 +422,16 @@ def report(results: dict[str, list[dict]], info: dict, meta: dict) -> str:
         f"{info['answer_tokens']} answer tokens incl. EOS; batch {s['batch_size']}, 1 epoch, lr {s['learning_rate']}",
         f"- Median of {meta['repeats']} repeats, variants interleaved, each in a fresh process",
         "",
-        "| variant | answer tok/s | total tok/s (incl. pad) | padded share | peak RSS | wall time | answer tok/s vs (a) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| variant | answer tok/s | vs (a) | total tok/s (incl. pad) | padded share | MFU | peak RSS | wall time |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for v, m in rows.items():
         ratio = f"{m['answer_tps'] / base['answer_tps']:.2f}x" if base else "–"
         lo, hi = m["spread"]
         spread = f" ({lo:.1f}–{hi:.1f})" if meta["repeats"] > 1 else ""
-        lines.append(f"| ({v}) {VARIANTS[v]} | {m['answer_tps']:.0f} | {m['total_tps']:.0f} | {m['pad_share']:.0%} | "
-                     f"{m['peak_rss_mb'] / 1024:.2f} GB | {m['seconds']:.1f} s{spread} | {ratio} |")
+        mfu = f"{flops / m['seconds'] / 1e9 / peak:.0%}" if flops and peak else "–"
+        lines.append(f"| ({v}) {VARIANTS[v]} | {m['answer_tps']:.0f} | {ratio} | {m['total_tps']:.0f} | "
+                     f"{m['pad_share']:.0%} | {mfu} | {m['peak_rss_mb'] / 1024:.2f} GB | {m['seconds']:.1f} s{spread} |")
     lines += [
         "",
         "| variant | steps | positions computed | real tokens | labels trained | answer tokens trained | CPU time | train loss |",
@@ -430,21 +440,34 @@ def report(results: dict[str, list[dict]], info: dict, meta: dict) -> str:
     for v, m in rows.items():
         lines.append(f"| ({v}) | {m['steps']} | {m['positions']} | {m['real_tokens']} | {m['supervised']} | "
                      f"{m['answer_tokens']} | {m['cpu_seconds']:.0f} s | {m['train_loss']:.3f} |")
-    notes = {v: r[0]["note"] for v, r in results.items() if r[0].get("note")}
-    if notes:
-        lines += [""] + [f"Note ({v}): {n}." for v, n in notes.items()]
+    if "c" in rows:
+        c = rows["c"]
+        checks = []
+        for v, target, what in (("a", 3.0, "the seed-style baseline"), ("b", 5.0, "TRL defaults")):
+            if v in rows:
+                r = c["answer_tps"] / rows[v]["answer_tps"]
+                checks.append(f"- kotune vs {what} ({v}): **{r:.2f}×** (target ≥ {target:g}×: "
+                              f"{'met' if r >= target else f'missed by {target - r:.2f}×'})")
+        tuned = [v for v in ("d", "e") if v in rows]
+        if tuned:
+            best = max(tuned, key=lambda v: rows[v]["answer_tps"])
+            r = c["answer_tps"] / rows[best]["answer_tps"]
+            checks.append(f"- kotune vs the best hand-tuned TRL ({best}): **{r:.2f}×** (target ≥ 1.0×: "
+                          f"{'met' if r >= 1.0 else 'missed'})")
+        if base:
+            checks.append(f"- kotune peak RSS {c['peak_rss_mb'] / 1024:.2f} GB vs the baseline's "
+                          f"{base['peak_rss_mb'] / 1024:.2f} GB (target: no higher: "
+                          f"{'met' if c['peak_rss_mb'] <= base['peak_rss_mb'] else 'missed'})")
+        if flops and peak:
+            mfu = flops / c["seconds"] / 1e9 / peak
+            checks.append(f"- kotune MFU **{mfu:.0%}** of the measured fp32 peak (target ≥ 40%: "
+                          f"{'met' if mfu >= 0.4 else 'missed'})")
+        lines += ["", "Targets:", *checks]
+    lines += ["", "MFU counts the FLOPs the epoch needs on real tokens only (frozen linear layers forward and "
+              "input-gradient, LM head where a label is trained, causal attention per sample; `useful_flops` in "
+              "the script) over wall time and the measured peak; padding, prompt scoring and cross-sample "
+              "attention are extra work it does not credit."]
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: Path, section: str) -> None:
-    """Newest section first, under the file's title."""
-    title = "# Training throughput benchmarks\n\nWritten by `benchmarks/bench_train.py`; see `benchmarks/README.md`.\n"
-    old = path.read_text(encoding="utf-8") if path.exists() else title
-    head, sep, rest = old.partition("\n## ")
-    new = head.rstrip() + "\n\n" + section + ("\n## " + rest if sep else "")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(new, encoding="utf-8")
-    tmp.replace(path)
 
 
 def main() -> None:
@@ -452,15 +475,18 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=None, help="training samples (default 128; 16 with --quick)")
     p.add_argument("--repeats", type=int, default=None, help="runs per variant, median reported (default 3; 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny model and data: a smoke run of every variant")
-    p.add_argument("--variants", default="a,b,c,d,e", help="comma-separated subset of " + ",".join(VARIANTS))
+    p.add_argument("--variants", default="a,b,c,d,e,f", help="comma-separated subset of " + ",".join(VARIANTS))
     p.add_argument("--write", type=Path, help="add the results as a new section to this Markdown file")
     p.add_argument("--keep", action="store_true", help="keep the work folder (model, data, logs)")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     a = p.parse_args()
 
+    if a.peak:
+        return a.result.write_text(json.dumps({"gflops": matmul_peak()}))
     if a.prepare:
         return prepare(a.work, Setup(**json.loads(a.result.read_text())))
     if a.child:
@@ -483,6 +509,9 @@ def main() -> None:
         (work / "setup-in.json").write_text(json.dumps(asdict(setup)))
         run_sub(["--prepare", "--work", str(work), "--result", str(work / "setup-in.json")], work / "prepare.log")
         info = json.loads((work / "setup.json").read_text())
+        run_sub(["--peak", "--result", str(work / "peak.json")], work / "peak.log")
+        peak = json.loads((work / "peak.json").read_text())["gflops"]
+        print(f"fp32 matmul peak {peak:.0f} GFLOP/s", flush=True)
         print(f"model {info['parameters'] / 1e6:.1f}M parameters; lengths {info['lengths']}", flush=True)
         results: dict[str, list[dict]] = {v: [] for v in variants}
         for rep in range(repeats):
@@ -496,7 +525,7 @@ def main() -> None:
                       f"load {load1():.2f}", flush=True)
         meta = {"date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "quick": a.quick,
                 "command": command, "elapsed": time.time() - t0, "cpu": cpu_model(), "repeats": repeats,
-                "load_before": load_before, "load_after": load1()}
+                "load_before": load_before, "load_after": load1(), "peak_gflops": peak}
         section = report(results, info, meta)
     finally:
         if a.keep:
@@ -506,7 +535,7 @@ def main() -> None:
     print()
     print(section)
     if a.write:
-        write_section(a.write, section)
+        write_section(a.write, "bench_train", section)
         print(f"wrote {a.write}")
 
 

@@ -1,0 +1,186 @@
+"""`kotune serve` under load: concurrent chat requests, and teacher generation with 1 vs 8 workers.
+
+Starts a real `kotune serve` process on a loopback port (``builtin:tiny-ko``,
+plus ``--adapter NAME=PATH`` when given) and measures, in one run:
+
+1. **Chat**: the same N chat requests (default 32) sent one at a time and all at
+   once (asyncio + httpx): requests/s, completion tokens/s, p50/p95 latency, and
+   whether every request succeeded.
+2. **Teacher generation**: ``kotune generate --teacher URL`` (the real
+   ``OpenAITeacher``: journal, validation of every answer, re-asks) over the
+   bundled sample's chunks with ``--workers 1`` and ``--workers 8``: chunks/s and
+   requests/s. The server batches concurrent requests into one ``generate``, so
+   throughput grows with workers.
+
+    python benchmarks/bench_serve.py --write benchmarks/RESULTS.md
+    python benchmarks/bench_serve.py --adapter policy=runs/demo/model --model policy
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, load1, machine, write_section  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+QUESTIONS = ["국가초고성능컴퓨팅 육성 기본계획의 목표는 무엇인가요?", "국가센터의 역할은 무엇인가요?",
+             "전문인력 양성 계획을 설명해 주세요.", "총사업비는 얼마인가요?", "초고성능컴퓨팅이란 무엇인가요?",
+             "전문센터는 어떤 분야를 맡나요?", "2030년까지의 목표 성능은 얼마인가요?", "추진 체계를 설명해 주세요."]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(port: int, adapters: list[str], max_batch: int, log: Path) -> subprocess.Popen:
+    import httpx
+
+    cmd = [sys.executable, "-m", "kotune", "serve", "--model", "builtin:tiny-ko", "--port", str(port),
+           "--max-batch", str(max_batch)]
+    for a in adapters:
+        cmd += ["--adapter", a]
+    f = open(log, "w", encoding="utf-8")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"kotune serve exited ({proc.returncode}); see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise SystemExit(f"kotune serve did not start in 180 s; see {log}")
+
+
+async def chat_load(url: str, model: str, n: int, concurrent: bool, max_tokens: int) -> dict:
+    import httpx
+
+    async def one(client: httpx.AsyncClient, i: int) -> tuple[float, int, int]:
+        body = {"model": model, "max_tokens": max_tokens, "temperature": 0,
+                "messages": [{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)] + f" ({i + 1})"}]}
+        t0 = time.perf_counter()
+        r = await client.post(url + "/chat/completions", json=body)
+        dt_ = time.perf_counter() - t0
+        tokens = r.json().get("usage", {}).get("completion_tokens", 0) if r.status_code == 200 else 0
+        return dt_, r.status_code, tokens
+
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        t0 = time.perf_counter()
+        if concurrent:
+            results = await asyncio.gather(*(one(client, i) for i in range(n)))
+        else:
+            results = [await one(client, i) for i in range(n)]
+        wall = time.perf_counter() - t0
+    lat = sorted(r[0] for r in results)
+    return {"wall": wall, "ok": sum(r[1] == 200 for r in results), "n": n, "tokens": sum(r[2] for r in results),
+            "p50": statistics.median(lat), "p95": lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]}
+
+
+def teacher_run(url: str, model: str, workers: int, chunks: list[dict], max_tokens: int) -> dict:
+    from kotune.data.generate import generate_file
+    from kotune.data.teachers import OpenAITeacher
+
+    teacher = OpenAITeacher(url, model, workers=workers, max_tokens=max_tokens, temperature=0.0, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        records = generate_file(chunks, teacher, Path(tmp) / "qa.jsonl", per_chunk=1)
+        wall = time.perf_counter() - t0
+    s = teacher.stats
+    return {"workers": workers, "wall": wall, "chunks": len(chunks), "records": len(records), "requests": s.requests,
+            "errors": s.errors}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--adapter", action="append", default=[], help="NAME=PATH served beside the base (repeatable)")
+    ap.add_argument("--model", default="builtin:tiny-ko", help="served name the requests ask for")
+    ap.add_argument("--requests", type=int, default=32, help="chat requests per pass")
+    ap.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each chat request")
+    ap.add_argument("--chunks", type=int, default=24, help="chunks per teacher run (the sample's, cycled)")
+    ap.add_argument("--teacher-max-tokens", type=int, default=96)
+    ap.add_argument("--max-batch", type=int, default=32, help="kotune serve --max-batch")
+    ap.add_argument("--write", type=Path, help="replace this script's section of a Markdown file")
+    args = ap.parse_args()
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_teacher import sample_chunks
+    from kotune.korean import kiwi
+
+    kiwi().tokenize("워밍업 문장입니다.")  # Kiwi's first call takes seconds; keep it out of the timings
+    chunks = sample_chunks(args.chunks)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1"
+    load_before, started = load1(), time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_server(port, args.adapter, args.max_batch, Path(tmp) / "serve.log")
+        try:
+            asyncio.run(chat_load(url, args.model, 4, True, 8))  # warm-up: first batches allocate
+            seq = asyncio.run(chat_load(url, args.model, args.requests, False, args.max_tokens))
+            print(f"chat one at a time: {seq['wall']:.1f} s", flush=True)
+            con = asyncio.run(chat_load(url, args.model, args.requests, True, args.max_tokens))
+            print(f"chat {args.requests} at once: {con['wall']:.1f} s, {con['ok']} ok", flush=True)
+            teach = []
+            for w in (1, 8):
+                teach.append(teacher_run(url, args.model, w, chunks, args.teacher_max_tokens))
+                print(f"teacher workers={w}: {teach[-1]['wall']:.1f} s", flush=True)
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+    command = "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])
+    lines = ["## `kotune serve` under load: concurrent chat and teacher generation", "",
+             f"- Command: `{command.strip()}` ({(time.time() - started) / 60:.1f} min)",
+             f"- Date: {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; load average (1 min) {load_before:.2f} "
+             f"before, {load1():.2f} after",
+             f"- Machine: {machine()}",
+             f"- Server: `kotune serve --model builtin:tiny-ko --max-batch {args.max_batch}`"
+             + "".join(f" --adapter {a}" for a in args.adapter) + f", requests to `{args.model}`, greedy", "",
+             f"Chat: {args.requests} requests, max_tokens {args.max_tokens}.", "",
+             "| pass | succeeded | wall | requests/s | completion tokens/s | p50 latency | p95 latency | speed-up |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in (("one at a time", seq), (f"{args.requests} concurrent", con)):
+        lines.append(f"| {name} | {r['ok']}/{r['n']} | {r['wall']:.1f} s | {r['n'] / r['wall']:.2f} | "
+                     f"{r['tokens'] / r['wall']:.0f} | {r['p50']:.2f} s | {r['p95']:.2f} s | "
+                     f"{seq['wall'] / r['wall']:.1f}× |")
+    lines += ["", f"Teacher generation (`OpenAITeacher` → this server): {args.chunks} chunks of the bundled sample, "
+              f"`--per-chunk 1`, max_tokens {args.teacher_max_tokens}, every answer validated against its chunk "
+              "(re-asked up to twice when none passes).", "",
+              "| workers | wall | chunks/s | requests | requests/s | records kept | errors | speed-up |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in teach:
+        lines.append(f"| {r['workers']} | {r['wall']:.1f} s | {r['chunks'] / r['wall']:.2f} | {r['requests']} | "
+                     f"{r['requests'] / r['wall']:.2f} | {r['records']} | {r['errors']} | "
+                     f"{teach[0]['wall'] / r['wall']:.1f}× |")
+    body = "\n".join(lines) + "\n"
+    print()
+    print(body)
+    if args.write:
+        write_section(args.write, "bench_serve", body)
+        print(f"wrote {args.write}")
+    if con["ok"] != con["n"]:
+        sys.exit(f"{con['n'] - con['ok']} concurrent requests failed")
+
+
+if __name__ == "__main__":
+    main()

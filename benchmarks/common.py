@@ -1,0 +1,62 @@
+"""Shared by the benchmark scripts: machine description and RESULTS.md sections.
+
+Each script owns one section of ``benchmarks/RESULTS.md`` between
+``<!-- NAME:start -->`` and ``<!-- NAME:end -->``; rerunning a script replaces
+its own section and leaves the others alone.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TITLE = ("# Benchmark results\n\nEach section is written by the script it names, with the command that produced it; "
+         "see `benchmarks/README.md`.\n")
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+def machine() -> str:
+    """One line: CPU, cores, Python and library versions."""
+    import torch
+    import transformers
+
+    parts = [f"{cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
+             f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}"]
+    try:
+        import peft
+        import trl
+
+        parts[-1] += f", trl {trl.__version__}, peft {peft.__version__}"
+    except ImportError:
+        pass
+    return "; ".join(parts)
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Replace (or append) the ``name`` section of ``path`` atomically."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    section = f"{start}\n{body.strip()}\n{end}\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else TITLE
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end) + r"\n?", lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
