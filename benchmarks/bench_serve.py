@@ -7,10 +7,12 @@ plus ``--adapter NAME=PATH`` when given) and measures, in one run:
    once (asyncio + httpx): requests/s, completion tokens/s, p50/p95 latency, and
    whether every request succeeded.
 2. **Teacher generation**: ``kotune generate --teacher URL`` (the real
-   ``OpenAITeacher``: journal, validation of every answer, re-asks) over the
-   bundled sample's chunks with ``--workers 1`` and ``--workers 8``: chunks/s and
-   requests/s. The server batches concurrent requests into one ``generate``, so
-   throughput grows with workers.
+   ``OpenAITeacher``: journal, validation of every answer, re-asks) with
+   ``--workers 1`` and ``--workers 8`` against a ``teacher`` adapter: tiny-ko
+   distilled from the rule teacher to answer kotune's generation request
+   (``distillation_records``, trained here first unless ``--teacher-adapter`` is
+   given), so the records it writes are real. The server batches concurrent
+   requests into one ``generate``, so throughput grows with workers.
 
     python benchmarks/bench_serve.py --write benchmarks/RESULTS.md
     python benchmarks/bench_serve.py --adapter policy=runs/demo/model --model policy
@@ -108,29 +110,56 @@ def teacher_run(url: str, model: str, workers: int, chunks: list[dict], max_toke
             "errors": s.errors}
 
 
+def distill_teacher(work: Path, n_chunks: int) -> tuple[Path, list[dict]]:
+    """A teacher adapter (tiny-ko LoRA) and the chunks it was taught on."""
+    from kotune.data.chunk import prepare
+    from kotune.data.generate import RuleTeacher
+    from kotune.data.teachers import distillation_records
+    from kotune.records import write_records
+    from kotune.train import TrainConfig, train
+
+    chunks = [c.to_dict() for c in prepare([ROOT / "recipes/data/policy/policy_plan.txt"], chunk_chars=400,
+                                           overlap=0)][:n_chunks]
+    rule = RuleTeacher()
+    write_records(work / "distill.jsonl", distillation_records(chunks, [r for c in chunks for r in rule.generate(c, 1)]))
+    train(TrainConfig(base_model="builtin:tiny-ko", data=str(work / "distill.jsonl"), output_dir=str(work / "teacher"),
+                      epochs=40, batch_size=4, eval_split=0.0, report_to="none"), log=lambda *_: None)
+    return work / "teacher", chunks
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--adapter", action="append", default=[], help="NAME=PATH served beside the base (repeatable)")
     ap.add_argument("--model", default="builtin:tiny-ko", help="served name the requests ask for")
     ap.add_argument("--requests", type=int, default=32, help="chat requests per pass")
     ap.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each chat request")
-    ap.add_argument("--chunks", type=int, default=24, help="chunks per teacher run (the sample's, cycled)")
+    ap.add_argument("--chunks", type=int, default=24, help="chunks per teacher run (the taught ones, cycled)")
+    ap.add_argument("--teacher-adapter", type=Path, help="a teacher adapter to use instead of distilling one")
     ap.add_argument("--teacher-max-tokens", type=int, default=96)
     ap.add_argument("--max-batch", type=int, default=32, help="kotune serve --max-batch")
     ap.add_argument("--write", type=Path, help="replace this script's section of a Markdown file")
     args = ap.parse_args()
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_teacher import sample_chunks
     from kotune.korean import kiwi
 
     kiwi().tokenize("워밍업 문장입니다.")  # Kiwi's first call takes seconds; keep it out of the timings
-    chunks = sample_chunks(args.chunks)
     port = free_port()
     url = f"http://127.0.0.1:{port}/v1"
     load_before, started = load1(), time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(port, args.adapter, args.max_batch, Path(tmp) / "serve.log")
+        if args.teacher_adapter:
+            adapter, taught = args.teacher_adapter, None
+        else:
+            print("distilling a teacher adapter from the rule teacher ...", flush=True)
+            adapter, taught = distill_teacher(Path(tmp), 12)
+        if taught is None:
+            from bench_teacher import sample_chunks
+
+            chunks = sample_chunks(args.chunks)
+        else:  # the taught chunks, cycled, with unique ids
+            chunks = [{**taught[k % len(taught)], "chunk_id": f"{taught[k % len(taught)]['chunk_id']}#{k}"}
+                      for k in range(args.chunks)]
+        server = start_server(port, [*args.adapter, f"teacher={adapter}"], args.max_batch, Path(tmp) / "serve.log")
         try:
             asyncio.run(chat_load(url, args.model, 4, True, 8))  # warm-up: first batches allocate
             seq = asyncio.run(chat_load(url, args.model, args.requests, False, args.max_tokens))
@@ -139,7 +168,7 @@ def main() -> None:
             print(f"chat {args.requests} at once: {con['wall']:.1f} s, {con['ok']} ok", flush=True)
             teach = []
             for w in (1, 8):
-                teach.append(teacher_run(url, args.model, w, chunks, args.teacher_max_tokens))
+                teach.append(teacher_run(url, "teacher", w, chunks, args.teacher_max_tokens))
                 print(f"teacher workers={w}: {teach[-1]['wall']:.1f} s", flush=True)
         finally:
             server.terminate()
@@ -155,17 +184,18 @@ def main() -> None:
              f"before, {load1():.2f} after",
              f"- Machine: {machine()}",
              f"- Server: `kotune serve --model builtin:tiny-ko --max-batch {args.max_batch}`"
-             + "".join(f" --adapter {a}" for a in args.adapter) + f", requests to `{args.model}`, greedy", "",
-             f"Chat: {args.requests} requests, max_tokens {args.max_tokens}.", "",
+             + "".join(f" --adapter {a}" for a in args.adapter) + " --adapter teacher=…`, greedy", "",
+             f"Chat: {args.requests} requests to `{args.model}`, max_tokens {args.max_tokens}.", "",
              "| pass | succeeded | wall | requests/s | completion tokens/s | p50 latency | p95 latency | speed-up |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in (("one at a time", seq), (f"{args.requests} concurrent", con)):
         lines.append(f"| {name} | {r['ok']}/{r['n']} | {r['wall']:.1f} s | {r['n'] / r['wall']:.2f} | "
                      f"{r['tokens'] / r['wall']:.0f} | {r['p50']:.2f} s | {r['p95']:.2f} s | "
                      f"{seq['wall'] / r['wall']:.1f}× |")
-    lines += ["", f"Teacher generation (`OpenAITeacher` → this server): {args.chunks} chunks of the bundled sample, "
-              f"`--per-chunk 1`, max_tokens {args.teacher_max_tokens}, every answer validated against its chunk "
-              "(re-asked up to twice when none passes).", "",
+    lines += ["", f"Teacher generation (`OpenAITeacher` → the `teacher` adapter of this server, tiny-ko distilled "
+              f"from the rule teacher on 12 chunks of the bundled sample): {args.chunks} chunks (those 12, cycled), "
+              f"`--per-chunk 1`, temperature 0, max_tokens {args.teacher_max_tokens}, every answer validated against "
+              "its chunk (re-asked up to twice when none passes).", "",
               "| workers | wall | chunks/s | requests | requests/s | records kept | errors | speed-up |",
               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in teach:

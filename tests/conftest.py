@@ -69,6 +69,51 @@ def run_kotune(args: list[str], cwd: Path | None = None, timeout: float = 120) -
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_process(args: list, log: Path, env: dict[str, str] | None = None, timeout: float = 120):
+    """``kotune serve ARGS`` as a real process on a free loopback port; yields
+    ``(base_url, process)`` once ``/health`` answers, and stops it afterwards."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "w", encoding="utf-8") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "kotune", "serve", *map(str, args), "--port", str(port)],
+                                cwd=REPO, env={**_subprocess_env(), **(env or {})}, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"kotune serve exited with {proc.returncode}:\n{log.read_text(encoding='utf-8')}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"kotune serve did not come up:\n{log.read_text(encoding='utf-8')}")
+            time.sleep(0.3)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
 @pytest.fixture
 def cli() -> Callable[[list], CliResult]:
     """In-process runner: ``cli(["prepare", ...])`` → CliResult(code, out, err)."""

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, _subprocess_env, call_cli
+from conftest import call_cli, serve_process
 
 openai = pytest.importorskip("openai")
 
@@ -50,48 +48,16 @@ class Server:
         return self.raw("GET", "/health") == (200, {"status": "ok", "models": [BASE, "policy"]})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(trained_run, tmp_path_factory):
-    port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    env = _subprocess_env()
-    env[KEY_ENV] = KEY
-    with open(log, "w", encoding="utf-8") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kotune", "serve", "--model", BASE, "--adapter", f"policy={trained_run}",
-             "--port", str(port), "--api-key-env", KEY_ENV, "--max-tokens-limit", str(LIMIT),
-             "--max-body-bytes", str(BODY_LIMIT), "--batch-wait-ms", "20"],
-            cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
-        )
-    srv = Server(f"http://127.0.0.1:{port}", log, proc)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"kotune serve exited with {proc.returncode}:\n{log.read_text(encoding='utf-8')}")
-            try:
-                if srv.healthy():
-                    break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"kotune serve did not come up:\n{log.read_text(encoding='utf-8')}")
-            time.sleep(0.3)
+    args = ["--model", BASE, "--adapter", f"policy={trained_run}", "--api-key-env", KEY_ENV,
+            "--max-tokens-limit", LIMIT, "--max-body-bytes", BODY_LIMIT, "--batch-wait-ms", "20"]
+    with serve_process(args, log, env={KEY_ENV: KEY}) as (url, proc):
+        srv = Server(url, log, proc)
+        assert srv.healthy()
         yield srv
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        assert KEY not in log.read_text(encoding="utf-8"), "the API key must never be logged"
+    assert KEY not in log.read_text(encoding="utf-8"), "the API key must never be logged"
 
 
 @pytest.fixture(scope="module")

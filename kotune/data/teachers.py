@@ -85,6 +85,30 @@ def build_messages(chunk: dict[str, Any], n: int, reask: bool = False) -> list[d
     ]
 
 
+def distillation_records(chunks: list[dict[str, Any]], records: list[Record]) -> list[Record]:
+    """Records that teach a model to answer this module's generation request.
+
+    One record per chunk that has QA records: the instruction is exactly the user
+    message an ``OpenAITeacher`` sends for that chunk, the output its QA pairs as
+    ``질문: …`` / ``답변: …`` lines (which :func:`parse_qa` reads). Trained with the
+    ``kotune`` template and served with ``kotune serve``, the model becomes a local
+    teacher for ``kotune generate --teacher URL``: the way to distil a large
+    teacher's accepted answers (or the rule teacher's) into a small one.
+    """
+    by_chunk: dict[str, list[Record]] = {}
+    for r in records:
+        by_chunk.setdefault(r.chunk_id, []).append(r)
+    out = []
+    for chunk in chunks:
+        pairs = by_chunk.get(chunk["chunk_id"])
+        if not pairs:
+            continue
+        text = "\n".join(f"질문: {r.instruction}\n답변: {r.output}" for r in pairs)
+        out.append(Record(instruction=build_messages(chunk, len(pairs))[-1]["content"], output=text,
+                          category=pairs[0].category, source=pairs[0].source, chunk_id=chunk["chunk_id"]))
+    return out
+
+
 # ---------------------------------------------------------------- parsing
 _FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n?|```")
 _THINK = re.compile(r"<think>.*?</think>", re.S)
@@ -547,6 +571,6 @@ class LocalTeacher(Teacher):
 
 __all__ = [
     "CATEGORIES", "SYSTEM_PROMPT", "ChunkFailed", "LocalTeacher", "OpenAITeacher", "TokenBucket", "accept_pairs",
-    "answer_problem", "backoff_delay", "build_instruction", "build_messages", "chat_url", "parse_qa",
+    "answer_problem", "backoff_delay", "build_instruction", "build_messages", "chat_url", "distillation_records", "parse_qa",
     "parse_retry_after", "read_api_keys", "Teacher",
 ]

@@ -1,0 +1,75 @@
+"""`kotune generate --teacher URL` against a real `kotune serve`: a small model taught
+to answer kotune's generation request (distilled from the rule teacher) is served
+as an OpenAI-compatible teacher, and 8 workers turn chunks into valid records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import SAMPLE_DOC, call_cli, read_jsonl, serve_process
+
+pytest.importorskip("openai")
+CHUNKS = 12
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
+    """(chunks file, adapter folder): tiny-ko LoRA-trained on the generation request → 질문/답변 replies."""
+    from kotune.data.generate import RuleTeacher, load_chunks
+    from kotune.data.teachers import distillation_records
+    from kotune.records import write_records
+
+    work = tmp_path_factory.mktemp("teacher")
+    all_chunks = work / "all.jsonl"
+    assert call_cli(["prepare", SAMPLE_DOC, "-o", all_chunks, "--chunk-chars", "400", "--overlap", "0"]).code == 0
+    chunks = load_chunks(all_chunks)[:CHUNKS]
+    (work / "chunks.jsonl").write_text("".join(json.dumps(c, ensure_ascii=False) + "\n" for c in chunks),
+                                       encoding="utf-8")
+    rule = RuleTeacher()
+    qa = [r for c in chunks for r in rule.generate(c, 1)]
+    write_records(work / "distill.jsonl", distillation_records(chunks, qa))
+    res = call_cli(["train", "--data", work / "distill.jsonl", "--output-dir", work / "teacher", "--epochs", "40",
+                    "--batch-size", "4", "--eval-split", "0", "--report-to", "none"])
+    assert res.code == 0, res.err
+    return work / "chunks.jsonl", work / "teacher"
+
+
+def test_distillation_records_are_the_teachers_own_request() -> None:
+    from kotune.data.teachers import build_messages, distillation_records, parse_qa
+    from kotune.records import Record
+
+    chunk = {"chunk_id": "c1", "text": "국가센터는 2030년까지 600페타플롭스 규모의 시스템을 구축한다.",
+             "metadata": {"breadcrumbs": "Ⅲ. 추진 전략"}}
+    recs = [Record(instruction="국가센터의 목표는 무엇인가요?", output="국가센터는 2030년까지 600페타플롭스 규모의 시스템을 구축한다.",
+                   chunk_id="c1")]
+    (d,) = distillation_records([chunk, {"chunk_id": "c2", "text": "x"}], recs)
+    assert d.instruction == build_messages(chunk, 1)[-1]["content"] and d.chunk_id == "c1"
+    assert parse_qa(d.output) == [{"question": recs[0].instruction, "answer": recs[0].output,
+                                   "category": "", "difficulty": ""}]
+
+
+@pytest.mark.slow
+def test_generate_with_eight_workers_against_kotune_serve(teacher, tmp_path: Path) -> None:
+    chunks_file, adapter = teacher
+    log = tmp_path / "serve.log"
+    out = tmp_path / "qa.jsonl"
+    with serve_process(["--model", "builtin:tiny-ko", "--adapter", f"teacher={adapter}", "--max-batch", "16"],
+                       log) as (url, _):
+        res = call_cli(["generate", chunks_file, "-o", out, "--teacher", url + "/v1", "--model", "teacher",
+                        "--workers", "8", "--per-chunk", "1", "--temperature", "0", "--max-new-tokens", "96"])
+    assert res.code == 0, res.err
+    assert "teacher:teacher:" in res.err and "0 errors" in res.err
+    records = read_jsonl(out)
+    chunk_ids = {c["chunk_id"] for c in read_jsonl(chunks_file)}
+    # The distilled tiny teacher answers most chunks in a form that passes every check.
+    assert len(records) >= CHUNKS // 4, res.err
+    assert all(r["chunk_id"] in chunk_ids and r["generator"] == "teacher:teacher" for r in records)
+    assert len({r["chunk_id"] for r in records}) == len(records)  # --per-chunk 1
+    # Valid records: kotune validate keeps every one of them.
+    clean = tmp_path / "clean.jsonl"
+    res = call_cli(["validate", out, "--chunks", chunks_file, "-o", clean])
+    assert res.code == 0, res.err
+    assert len(read_jsonl(clean)) == len(records)
