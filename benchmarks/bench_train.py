@@ -196,19 +196,21 @@ def useful_flops(model, lengths: list[int], supervised: int) -> float:
     return float(linear + head + attention)
 
 
-def matmul_peak(seconds: float = 3.0) -> float:
-    """This machine's fp32 matmul throughput (GFLOP/s): best of repeated 2048² torch.mm, all threads."""
+def matmul_peak(seconds_per_size: float = 2.0) -> float:
+    """This machine's fp32 matmul throughput (GFLOP/s): the fastest single torch.mm of
+    square matrices from 1024² to 4096², all threads, each size timed for a while
+    (a VM's neighbours make any one reading low; the best is the machine's)."""
     import torch
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    for _ in range(3):
+    best = 0.0
+    for n in (1024, 2048, 3072, 4096):
+        a, b = torch.randn(n, n), torch.randn(n, n)
         torch.mm(a, b)
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        for _ in range(4):
+        end = time.perf_counter() + seconds_per_size
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
             torch.mm(a, b)
-        best = max(best, 4 * 2 * 2048 ** 3 / (time.perf_counter() - t0) / 1e9)
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
     return best
 
 
@@ -411,7 +413,7 @@ def report(results: dict[str, list[dict]], info: dict, meta: dict) -> str:
         "",
         f"- Command: `{meta['command']}` (took {meta['elapsed'] / 60:.1f} min), {meta['date']}",
         f"- Machine: {machine()}; load average (1 min) {meta['load_before']:.2f} before, {meta['load_after']:.2f} after",
-        f"- fp32 matmul peak of this machine (torch.mm 2048², all threads): "
+        f"- fp32 matmul peak of this machine (fastest torch.mm from 1024² to 4096², all threads, before and after): "
         f"{f'{peak:.0f} GFLOP/s' if peak else 'not measured'}",
         f"- Model: GPT-NeoX, random weights, {info['parameters'] / 1e6:.1f}M parameters (hidden {s['hidden']}, "
         f"{s['layers']} layers, {s['heads']} heads, vocab {s['vocab']}; tokenizer {info['tokenizer_size']} tokens); "
@@ -511,7 +513,7 @@ def main() -> None:
         info = json.loads((work / "setup.json").read_text())
         run_sub(["--peak", "--result", str(work / "peak.json")], work / "peak.log")
         peak = json.loads((work / "peak.json").read_text())["gflops"]
-        print(f"fp32 matmul peak {peak:.0f} GFLOP/s", flush=True)
+        print(f"fp32 matmul peak {peak:.0f} GFLOP/s (measured again after the runs)", flush=True)
         print(f"model {info['parameters'] / 1e6:.1f}M parameters; lengths {info['lengths']}", flush=True)
         results: dict[str, list[dict]] = {v: [] for v in variants}
         for rep in range(repeats):
@@ -523,6 +525,8 @@ def main() -> None:
                 print(f"  [{rep + 1}/{repeats}] ({v}) {VARIANTS[v]}: {r['seconds']:.1f} s, "
                       f"{r['answer_tokens'] / r['seconds']:.0f} answer tok/s, {r['peak_rss_mb']:.0f} MB, "
                       f"load {load1():.2f}", flush=True)
+        run_sub(["--peak", "--result", str(work / "peak.json")], work / "peak.log")
+        peak = max(peak, json.loads((work / "peak.json").read_text())["gflops"])
         meta = {"date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "quick": a.quick,
                 "command": command, "elapsed": time.time() - t0, "cpu": cpu_model(), "repeats": repeats,
                 "load_before": load_before, "load_after": load1(), "peak_gflops": peak}

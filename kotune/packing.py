@@ -57,10 +57,12 @@ def varlen_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: A
                            f"{query.shape[0]}{' and a mask' if attention_mask is not None else ''}")
     gqa = key.shape[1] != query.shape[1]
     bounds = _boundaries(query, kwargs)
-    outs = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
-                                           scale=scaling, dropout_p=dropout if module.training else 0.0,
-                                           enable_gqa=gqa)
-            for s, e in zip(bounds, bounds[1:]) if e > s]
+    sizes = [e - s for s, e in zip(bounds, bounds[1:]) if e > s]
+    # split (not slicing per sample): its backward is one concatenation, where each
+    # slice's backward would zero-fill a whole-row gradient.
+    outs = [F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
+                                           dropout_p=dropout if module.training else 0.0, enable_gqa=gqa)
+            for q, k, v in zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2))]
     out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     return out.transpose(1, 2).contiguous(), None
 

@@ -338,7 +338,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     callbacks = [EarlyStoppingCallback(config.early_stopping)] if early else []
     if main:
         callbacks.append(rich_training_progress())
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+    trainer = answer_only_head(SFTTrainer)(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # the Rich bar shows progress; logs go to TensorBoard
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -398,6 +398,55 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         write_run_info(out, info)
     state.wait_for_everyone()
     return info
+
+
+def answer_only_head(base: type) -> type:
+    """``base`` (TRL's SFTTrainer) with the loss computed by kotune: the LM head runs
+    only where a label is trained (``logits_to_keep`` with a boolean mask, a plain
+    matmul), then one cross-entropy.
+
+    Why not TRL's own fused head: it also computes per-token entropy and top-1 and a
+    gradient for the (frozen) head weight, in tiles; on CPU that was ~45% of a LoRA
+    step on the benchmark model (torch profiler; benchmarks/RESULTS.md). Models whose
+    forward takes no ``logits_to_keep`` keep TRL's path.
+    """
+    import inspect
+
+    import torch
+    import torch.nn.functional as F
+
+    class AnswerOnlyHeadTrainer(base):
+        _keeps_logits: bool | None = None
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self._keeps_logits is None:
+                target = self.accelerator.unwrap_model(model)
+                inner = target.get_base_model() if hasattr(target, "get_base_model") else target
+                self._keeps_logits = "logits_to_keep" in inspect.signature(type(inner).forward).parameters
+            if return_outputs or not self._keeps_logits or "labels" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            mode = "train" if model.training else "eval"
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            shifted = labels[:, 1:]
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = shifted != -100  # position t is scored on the token at t+1
+            outputs = model(**inputs, use_cache=False, logits_to_keep=keep)
+            logits = outputs.logits.reshape(-1, outputs.logits.shape[-1]).float()
+            targets = shifted[shifted != -100]
+            total = F.cross_entropy(logits, targets, reduction="sum")
+            n = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+            loss = total / torch.as_tensor(n, device=total.device).clamp(min=1)
+            # As TRL does: num_items_in_batch counts every rank's tokens, DDP averages gradients.
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            with torch.no_grad():
+                correct = (logits.argmax(-1) == targets).sum()
+            self._metrics[mode]["mean_token_accuracy"].append((correct / max(targets.numel(), 1)).item())
+            return loss
+
+    AnswerOnlyHeadTrainer.__name__ = AnswerOnlyHeadTrainer.__qualname__ = f"AnswerOnlyHead{base.__name__}"
+    return AnswerOnlyHeadTrainer
 
 
 def _time_one_step(trainer, ds) -> float | None:

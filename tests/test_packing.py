@@ -82,3 +82,30 @@ def test_training_uses_padding_free_batches_and_saves_a_plain_config(sample_spli
     assert run["batching"] == "padding_free" and run["attention"] == "kotune_varlen"
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
     assert "kotune_varlen" not in json.dumps(config)
+
+
+def test_answer_only_head_loss_equals_the_full_logits_loss(tiny_model, batches, tmp_path):
+    # kotune's compute_loss scores only the trained positions; the value must equal the
+    # model's own loss over full logits, for padding-free rows and for padded batches.
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from kotune.models import load_causal_lm, load_tokenizer
+    from kotune.packing import padding_free_attention
+    from kotune.train import answer_only_head
+
+    packed, padded = batches
+    model = load_causal_lm(str(tiny_model), device="cpu").eval()
+    tok = load_tokenizer(str(tiny_model))
+    ds = Dataset.from_list([{"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}])
+    args = SFTConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False, max_length=None)
+    trainer = answer_only_head(SFTTrainer)(model=model, args=args, train_dataset=ds, processing_class=tok)
+    with torch.no_grad():
+        for batch in (padded, packed):
+            inputs = {k: v for k, v in batch.items() if k in KEYS}
+            with padding_free_attention(model, "cpu") if batch is packed else torch.no_grad():
+                want = model(**inputs, use_cache=False).loss.item()
+                got = trainer.compute_loss(model, dict(inputs)).item()
+            assert got == pytest.approx(want, rel=1e-5)
+    assert trainer._metrics["eval"]["mean_token_accuracy"]
