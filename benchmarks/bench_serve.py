@@ -96,22 +96,22 @@ async def chat_load(url: str, model: str, n: int, concurrent: bool, max_tokens: 
             "p50": statistics.median(lat), "p95": lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]}
 
 
-def teacher_run(url: str, model: str, workers: int, chunks: list[dict], max_tokens: int) -> dict:
+def teacher_run(url: str, model: str, workers: int, chunks: list[dict], max_tokens: int, per_chunk: int) -> dict:
     from kotune.data.generate import generate_file
     from kotune.data.teachers import OpenAITeacher
 
     teacher = OpenAITeacher(url, model, workers=workers, max_tokens=max_tokens, temperature=0.0, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        records = generate_file(chunks, teacher, Path(tmp) / "qa.jsonl", per_chunk=1)
+        records = generate_file(chunks, teacher, Path(tmp) / "qa.jsonl", per_chunk=per_chunk)
         wall = time.perf_counter() - t0
     s = teacher.stats
     return {"workers": workers, "wall": wall, "chunks": len(chunks), "records": len(records), "requests": s.requests,
             "errors": s.errors}
 
 
-def distill_teacher(work: Path, n_chunks: int) -> tuple[Path, list[dict]]:
-    """A teacher adapter (tiny-ko LoRA) and the chunks it was taught on."""
+def distill_teacher(work: Path, n_chunks: int, pairs: int, epochs: int) -> tuple[Path, list[dict]]:
+    """A teacher adapter (tiny-ko LoRA) taught to answer with ``pairs`` QA pairs, and its chunks."""
     from kotune.data.chunk import prepare
     from kotune.data.generate import RuleTeacher
     from kotune.data.teachers import distillation_records
@@ -121,9 +121,10 @@ def distill_teacher(work: Path, n_chunks: int) -> tuple[Path, list[dict]]:
     chunks = [c.to_dict() for c in prepare([ROOT / "recipes/data/policy/policy_plan.txt"], chunk_chars=400,
                                            overlap=0)][:n_chunks]
     rule = RuleTeacher()
-    write_records(work / "distill.jsonl", distillation_records(chunks, [r for c in chunks for r in rule.generate(c, 1)]))
+    qa = [r for c in chunks for r in rule.generate(c, pairs)]
+    write_records(work / "distill.jsonl", distillation_records(chunks, qa))
     train(TrainConfig(base_model="builtin:tiny-ko", data=str(work / "distill.jsonl"), output_dir=str(work / "teacher"),
-                      epochs=40, batch_size=4, eval_split=0.0, report_to="none"), log=lambda *_: None)
+                      epochs=epochs, batch_size=4, eval_split=0.0, report_to="none"), log=lambda *_: None)
     return work / "teacher", chunks
 
 
@@ -133,9 +134,11 @@ def main() -> None:
     ap.add_argument("--model", default="builtin:tiny-ko", help="served name the requests ask for")
     ap.add_argument("--requests", type=int, default=32, help="chat requests per pass")
     ap.add_argument("--max-tokens", type=int, default=64, help="max_tokens of each chat request")
-    ap.add_argument("--chunks", type=int, default=24, help="chunks per teacher run (the taught ones, cycled)")
+    ap.add_argument("--chunks", type=int, default=48, help="chunks per teacher run (the taught ones, cycled)")
     ap.add_argument("--teacher-adapter", type=Path, help="a teacher adapter to use instead of distilling one")
-    ap.add_argument("--teacher-max-tokens", type=int, default=96)
+    ap.add_argument("--per-chunk", type=int, default=3, help="QA pairs asked per chunk (and taught to the teacher)")
+    ap.add_argument("--teacher-max-tokens", type=int, default=256)
+    ap.add_argument("--teacher-epochs", type=int, default=80, help="epochs of the distilled teacher's training")
     ap.add_argument("--max-batch", type=int, default=32, help="kotune serve --max-batch")
     ap.add_argument("--write", type=Path, help="replace this script's section of a Markdown file")
     args = ap.parse_args()
@@ -151,7 +154,7 @@ def main() -> None:
             adapter, taught = args.teacher_adapter, None
         else:
             print("distilling a teacher adapter from the rule teacher ...", flush=True)
-            adapter, taught = distill_teacher(Path(tmp), 12)
+            adapter, taught = distill_teacher(Path(tmp), 12, args.per_chunk, args.teacher_epochs)
         if taught is None:
             from bench_teacher import sample_chunks
 
@@ -168,7 +171,7 @@ def main() -> None:
             print(f"chat {args.requests} at once: {con['wall']:.1f} s, {con['ok']} ok", flush=True)
             teach = []
             for w in (1, 8):
-                teach.append(teacher_run(url, "teacher", w, chunks, args.teacher_max_tokens))
+                teach.append(teacher_run(url, "teacher", w, chunks, args.teacher_max_tokens, args.per_chunk))
                 print(f"teacher workers={w}: {teach[-1]['wall']:.1f} s", flush=True)
         finally:
             server.terminate()
@@ -194,7 +197,7 @@ def main() -> None:
                      f"{seq['wall'] / r['wall']:.1f}× |")
     lines += ["", f"Teacher generation (`OpenAITeacher` → the `teacher` adapter of this server, tiny-ko distilled "
               f"from the rule teacher on 12 chunks of the bundled sample): {args.chunks} chunks (those 12, cycled), "
-              f"`--per-chunk 1`, temperature 0, max_tokens {args.teacher_max_tokens}, every answer validated against "
+              f"`--per-chunk {args.per_chunk}`, temperature 0, max_tokens {args.teacher_max_tokens}, every answer validated against "
               "its chunk (re-asked up to twice when none passes).", "",
               "| workers | wall | chunks/s | requests | requests/s | records kept | errors | speed-up |",
               "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -172,6 +172,7 @@ def prepare(work: Path, setup: Setup) -> None:
         "with_context": sum(1 for r in records if r["input"]),
         "useful_flops": useful_flops(model, [len(r["input_ids"]) for r in rows],
                                      sum(sum(1 for t in r["labels"] if t != -100) for r in rows)),
+        "seed_style_flops": padded_flops(model, len(rows), setup.seed_max_length),
     }
     (work / "setup.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 
@@ -194,6 +195,17 @@ def useful_flops(model, lengths: list[int], supervised: int) -> float:
     head = 4 * h * vocab * supervised
     attention = 3 * 2 * h * layers * sum(n * n for n in lengths)
     return float(linear + head + attention)
+
+
+def padded_flops(model, rows: int, length: int) -> float:
+    """FLOPs the seed-style baseline (a) computes: every position of rows padded to
+    ``length``, the LM head and loss on all of them, attention over the full padded
+    square (a padding mask rules out SDPA's causal shortcut)."""
+    cfg = model.config
+    h, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+    per_layer = sum(p.numel() for p in model.gpt_neox.layers[0].parameters() if p.dim() == 2)
+    positions = rows * length
+    return float(4 * per_layer * layers * positions + 4 * h * vocab * positions + 12 * h * layers * rows * length ** 2)
 
 
 def matmul_peak(seconds_per_size: float = 2.0) -> float:
@@ -464,6 +476,16 @@ def report(results: dict[str, list[dict]], info: dict, meta: dict) -> str:
             mfu = flops / c["seconds"] / 1e9 / peak
             checks.append(f"- kotune MFU **{mfu:.0%}** of the measured fp32 peak (target ≥ 40%: "
                           f"{'met' if mfu >= 0.4 else 'missed'})")
+        seed = info.get("seed_style_flops")
+        if seed and flops and peak and base:
+            a_util = seed / base["seconds"] / 1e9 / peak
+            checks.append(
+                f"- Bound: (a) computes {seed / 1e12:.1f} TFLOP (padding to {s['seed_max_length']}, loss on every "
+                f"position, full attention squares) against the {flops / 1e12:.1f} TFLOP the epoch needs, "
+                f"{seed / flops:.2f}× the work, at {a_util:.0%} of the peak on its own work. Speed-up over (a) is "
+                f"that ratio times kotune's efficiency over (a)'s: {seed / flops:.2f} × {mfu:.0%} / {a_util:.0%} = "
+                f"{seed / flops * mfu / a_util:.2f}×; at the full fp32 peak it could be at most "
+                f"{seed / flops / a_util:.2f}×")
         lines += ["", "Targets:", *checks]
     lines += ["", "MFU counts the FLOPs the epoch needs on real tokens only (frozen linear layers forward and "
               "input-gradient, LM head where a label is trained, causal attention per sample; `useful_flops` in "

@@ -88,6 +88,10 @@ class Generator:
                 max_new_tokens=settings.max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=pad,
                 repetition_penalty=settings.repetition_penalty,
             )
+            if len(idx) > 1:
+                # Left-padded rows need a mask anyway; a preallocated cache then saves copying
+                # the whole growing cache at every step (~10% of a batched decode on CPU).
+                kwargs["cache_implementation"] = "static"
             if settings.temperature > 0:
                 kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
             else:
