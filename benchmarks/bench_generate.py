@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from common import machine, write_section  # noqa: E402
+from common import machine, publish  # noqa: E402
 
 
 def questions(n: int) -> list[str]:
@@ -97,10 +97,7 @@ def main() -> None:
     for name in names:
         lines.append(f"| {name} | {med[name]:.2f} | {len(prompts) / med[name]:.2f} | {base / med[name]:.2f}× |")
     lines += ["", f"Greedy answers identical between kotune batch_size=1 and batched: **{identical}**."]
-    section = "\n".join(lines) + "\n"
-    print(section)
-    if args.write:
-        write_section(args.write, "bench_generate", section)
+    publish("\n".join(lines) + "\n", args.write, "bench_generate")
     if not identical:
         sys.exit("batched and one-at-a-time greedy answers differ")
 

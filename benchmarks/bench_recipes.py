@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, load1, machine, write_section  # noqa: E402
+from common import ROOT, load1, machine, publish  # noqa: E402
 
 RECIPES = ("policy-qa", "insurance-rag-qlora", "civil-law-qa", "dialogue-summary", "question-generation")
 LIMIT_S = 360  # the budget per recipe on 2 cores
@@ -126,11 +126,7 @@ def main() -> None:
                      f"{'yes' if better else '**no**'} | {r['again']:.1f} s"
                      f"{'' if r['up_to_date'] else ' (**did work**)'} |")
     body = "\n".join(lines) + "\n"
-    print()
-    print(body)
-    if args.write:
-        write_section(args.write, "bench_recipes", body)
-        print(f"wrote {args.write}")
+    publish(body, args.write, "bench_recipes")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, load1, machine, write_section  # noqa: E402
+from common import ROOT, load1, machine, publish  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 QUESTIONS = ["국가초고성능컴퓨팅 육성 기본계획의 목표는 무엇인가요?", "국가센터의 역할은 무엇인가요?",
@@ -206,11 +206,7 @@ def main() -> None:
                      f"{r['requests'] / r['wall']:.2f} | {r['records']} | {r['errors']} | "
                      f"{teach[0]['wall'] / r['wall']:.1f}× |")
     body = "\n".join(lines) + "\n"
-    print()
-    print(body)
-    if args.write:
-        write_section(args.write, "bench_serve", body)
-        print(f"wrote {args.write}")
+    publish(body, args.write, "bench_serve")
     if con["ok"] != con["n"]:
         sys.exit(f"{con['n'] - con['ok']} concurrent requests failed")
 

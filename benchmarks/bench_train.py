@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import cpu_model, load1, machine, write_section  # noqa: E402
+from common import cpu_model, load1, machine, publish  # noqa: E402
 
 VARIANTS = {
     "a": "seed-style Trainer, pad to 512",
@@ -558,11 +558,7 @@ def main() -> None:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    print()
-    print(section)
-    if a.write:
-        write_section(a.write, "bench_train", section)
-        print(f"wrote {a.write}")
+    publish(section, a.write, "bench_train")
 
 
 if __name__ == "__main__":

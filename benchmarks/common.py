@@ -60,3 +60,12 @@ def write_section(path: Path, name: str, body: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def publish(body: str, path: Path | None, name: str) -> None:
+    """Print a section and, with ``--write PATH``, replace it in that file."""
+    print()
+    print(body)
+    if path:
+        write_section(path, name, body)
+        print(f"wrote {path}")
