@@ -14,7 +14,6 @@ includes building ``builtin:tiny-ko``; the recipes share one warm cache.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -25,7 +24,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, load1, machine, publish  # noqa: E402
+from common import ROOT, header, load1, publish  # noqa: E402
+
+sys.path.insert(0, str(ROOT))
+from kotune.recipe import headline, load_recipe  # noqa: E402
 
 RECIPES = ("policy-qa", "insurance-rag-qlora", "civil-law-qa", "dialogue-summary", "question-generation")
 LIMIT_S = 360  # the budget per recipe on 2 cores
@@ -43,15 +45,6 @@ def timed(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float]
         tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
         raise SystemExit(f"{' '.join(cmd)} failed (exit {code}); log {log}:\n{tail}")
     return wall, usage.ru_maxrss / 1024 / 1024
-
-
-def headline(out: Path, recipe: str) -> tuple[str, float | None, float | None]:
-    import yaml
-
-    metric = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text(encoding="utf-8"))["steps"]["eval"].get(
-        "headline", "rougeL")
-    models = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))["models"]
-    return metric, models["base"]["overall"].get(metric), models["tuned"]["overall"].get(metric)
 
 
 def main() -> None:
@@ -87,11 +80,11 @@ def main() -> None:
             again, _ = timed([*kotune, "run", f"recipes/{name}.yaml", "-o", str(out)], env, work / f"{name}-2.log")
             up_to_date = "nothing to do" in (work / f"{name}-2.log").read_text(encoding="utf-8")
             steps = json.loads((out / "run.json").read_text(encoding="utf-8"))["steps"]
-            metric, base, tuned = headline(out, name)
+            h = headline(load_recipe(ROOT / "recipes" / f"{name}.yaml"), out)
             rows.append({"name": name, "wall": wall, "rss": rss, "again": again, "up_to_date": up_to_date,
-                         "steps": {k: v.get("seconds") for k, v in steps.items()}, "metric": metric,
-                         "base": base, "tuned": tuned})
-            print(f"{name}: {wall:.0f} s, {rss:.2f} GB, {metric} base {base} → tuned {tuned}; "
+                         "steps": {k: v.get("seconds") for k, v in steps.items()}, **h})
+            print(f"{name}: {wall:.0f} s, {rss:.2f} GB, {h['metric']} base {h['values']['base']} → tuned "
+                  f"{h['values']['tuned']}; "
                   f"rerun {again:.1f} s ({'up to date' if up_to_date else 'DID WORK'})", flush=True)
     finally:
         if args.keep:
@@ -99,13 +92,7 @@ def main() -> None:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    lower = {"unsupported_rate", "repetition"}
-    command = "python benchmarks/bench_recipes.py " + " ".join(sys.argv[1:])
-    lines = ["## End to end: `make demo` and every recipe on this machine", "",
-             f"- Command: `{command.strip()}` ({(time.time() - started) / 60:.1f} min)",
-             f"- Date: {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; load average (1 min) {load_before:.2f} before, "
-             f"{load1():.2f} after",
-             f"- Machine: {machine()}",
+    lines = [*header("End to end: `make demo` and every recipe on this machine", started, load_before),
              "- Model: `builtin:tiny-ko` (GPT-NeoX, 3.4M parameters); one process per run, fresh output folder; "
              "the recipes share a warm `KOTUNE_HOME`, `make demo` starts from an empty one (builds tiny-ko first)",
              ""]
@@ -119,11 +106,10 @@ def main() -> None:
         s = r["steps"]
         data = sum(s.get(k) or 0 for k in ("prepare", "generate", "validate", "split"))
         ev = sum(s.get(k) or 0 for k in ("eval", "eval-train"))
-        better = (r["tuned"] < r["base"]) if r["metric"] in lower else (r["tuned"] > r["base"])
         lines.append(f"| {r['name']} | {r['wall']:.0f} s | {'yes' if r['wall'] <= LIMIT_S else '**no**'} | "
                      f"{r['rss']:.2f} GB | {data:.0f} s | {s.get('train') or 0:.0f} s | {ev:.0f} s | {r['metric']}"
-                     f"{' (lower is better)' if r['metric'] in lower else ''} | {r['base']} | {r['tuned']} | "
-                     f"{'yes' if better else '**no**'} | {r['again']:.1f} s"
+                     f"{' (lower is better)' if r['lower_is_better'] else ''} | {r['values']['base']} | "
+                     f"{r['values']['tuned']} | {'yes' if r['tuned_better'] else '**no**'} | {r['again']:.1f} s"
                      f"{'' if r['up_to_date'] else ' (**did work**)'} |")
     body = "\n".join(lines) + "\n"
     publish(body, args.write, "bench_recipes")

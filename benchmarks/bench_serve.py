@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import os
 import socket
 import statistics
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, load1, machine, publish  # noqa: E402
+from common import ROOT, header, load1, publish  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 QUESTIONS = ["국가초고성능컴퓨팅 육성 기본계획의 목표는 무엇인가요?", "국가센터의 역할은 무엇인가요?",
@@ -180,12 +179,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 server.kill()
 
-    command = "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:])
-    lines = ["## `kotune serve` under load: concurrent chat and teacher generation", "",
-             f"- Command: `{command.strip()}` ({(time.time() - started) / 60:.1f} min)",
-             f"- Date: {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; load average (1 min) {load_before:.2f} "
-             f"before, {load1():.2f} after",
-             f"- Machine: {machine()}",
+    lines = [*header("`kotune serve` under load: concurrent chat and teacher generation", started, load_before),
              f"- Server: `kotune serve --model builtin:tiny-ko --max-batch {args.max_batch}`"
              + "".join(f" --adapter {a}" for a in args.adapter) + " --adapter teacher=…`, greedy", "",
              f"Chat: {args.requests} requests to `{args.model}`, max_tokens {args.max_tokens}.", "",

@@ -48,6 +48,20 @@ def machine() -> str:
     return "; ".join(parts)
 
 
+def header(title: str, started: float, load_before: float) -> list[str]:
+    """A section's first lines: title, the command that ran, date, load and machine."""
+    import datetime as dt
+    import sys
+    import time
+
+    command = " ".join(["python", Path(sys.argv[0]).as_posix().split(str(ROOT.as_posix()) + "/")[-1], *sys.argv[1:]])
+    return [f"## {title}", "",
+            f"- Command: `{command}` ({(time.time() - started) / 60:.1f} min)",
+            f"- Date: {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; load average (1 min) {load_before:.2f} before, "
+            f"{load1():.2f} after",
+            f"- Machine: {machine()}"]
+
+
 def write_section(path: Path, name: str, body: str) -> None:
     """Replace (or append) the ``name`` section of ``path`` atomically."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"

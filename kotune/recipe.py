@@ -31,7 +31,7 @@ import json
 import re
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Union
 
@@ -39,10 +39,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kotune import __version__
 from kotune.errors import KotuneError
+from kotune.models import read_run_info
+from kotune.report import METRICS as REPORT_METRICS
 
 STEP_ORDER = ("prepare", "generate", "validate", "split", "train", "doctor", "eval")
-METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf", "keyword_coverage", "eos_rate", "repetition", "unsupported_rate")
-LOWER_IS_BETTER = ("repetition", "unsupported_rate")
+METRICS = tuple(key for key, *_ in REPORT_METRICS)
+LOWER_IS_BETTER = tuple(key for key, _, _, higher_is_better in REPORT_METRICS if not higher_is_better)
 
 
 # ---------------------------------------------------------------- schema
@@ -326,9 +328,6 @@ class Plan:
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.root / p
 
-    def present(self) -> list[str]:
-        return [s for s in STEP_ORDER if self.recipe.steps.get(s) is not None]
-
     def _need(self, field_path: str, path: Path) -> Path:
         if not path.exists():
             raise KotuneError(f"{field_path}: no such file: {path}", path=self.path)
@@ -511,19 +510,18 @@ class StepResult:
     label: str
     status: str              # ran | resumed | skipped
     seconds: float = 0.0
-    outputs: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- running
 def run_recipe(plan: Plan, out: Path, *, invoke: Callable[[list[str]], int | None], force: bool = False,
                log: Callable[[str], None] = print, header: Callable[[str], None] | None = None) -> list[StepResult]:
     """Run every step not up to date. ``invoke(argv)`` runs one kotune command (the CLI)."""
+    calls = plan.calls(out)  # checks every input before any work starts
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "run.json"
     state = _read_state(state_path)
     state.update({"recipe": str(plan.path), "name": plan.recipe.name, "base_model": plan.recipe.base_model})
     header = header or log
-    calls = plan.calls(out)
     if plan.recipe.steps.train and plan.recipe.steps.train.system_prompts:
         from kotune.io import write_json
 
@@ -538,7 +536,7 @@ def run_recipe(plan: Plan, out: Path, *, invoke: Callable[[list[str]], int | Non
         if (not force and prev.get("status") == "done" and prev.get("key") == key
                 and all(p.exists() for p in call.outputs)):
             header(f"[{i}/{len(calls)}] {label}: up to date, skipped")
-            results.append(StepResult(label, "skipped", 0.0, [str(p) for p in call.outputs]))
+            results.append(StepResult(label, "skipped"))
             continue
         argv = list(call.args)
         resumed = False
@@ -548,7 +546,7 @@ def run_recipe(plan: Plan, out: Path, *, invoke: Callable[[list[str]], int | Non
             argv.append("--resume" if resumed else "--overwrite")
         elif call.name == "train":
             model_dir = call.outputs[0].parent
-            info = _run_info(model_dir)
+            info = read_run_info(model_dir)
             resumed = (info is not None and info.get("status") == "running" and prev.get("status") == "started"
                        and prev.get("key") == key and not force)
             if resumed:
@@ -565,15 +563,8 @@ def run_recipe(plan: Plan, out: Path, *, invoke: Callable[[list[str]], int | Non
         seconds = round(time.monotonic() - t0, 1)
         state["steps"][label] = {"key": key, "status": "done", "finished": _now(), "seconds": seconds}
         _write_state(state_path, state)
-        results.append(StepResult(label, "resumed" if resumed else "ran", seconds, [str(p) for p in call.outputs]))
+        results.append(StepResult(label, "resumed" if resumed else "ran", seconds))
     return results
-
-
-def _run_info(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / "kotune.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def _write_first(src: Path, dest: Path, n: int) -> None:

@@ -631,13 +631,17 @@ def create_app(engine: Engine, options: ServeOptions | None = None):
         s = engine.get(model_id)
         return {"id": s.name, "object": "model", "created": s.created, "owned_by": "kotune"}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
+    async def model_request(request: Request) -> tuple[dict[str, Any], Served]:
+        """Authenticated JSON body and the served model it names."""
         authenticate(request)
         body = await read_json(request)
         if "model" not in body:
             raise ApiError(400, "'model' is a required property", param="model", code="missing_required_parameter")
-        served = engine.get(body["model"])
+        return body, engine.get(body["model"])
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body, served = await model_request(request)
         messages = parse_messages(body.get("messages"))
         settings = parse_settings(body, limit=opts.max_tokens_limit, default_max=opts.default_max_tokens)
         category = body.get("category") if isinstance(body.get("category"), str) else ""
@@ -656,11 +660,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None):
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        authenticate(request)
-        body = await read_json(request)
-        if "model" not in body:
-            raise ApiError(400, "'model' is a required property", param="model", code="missing_required_parameter")
-        served = engine.get(body["model"])
+        body, served = await model_request(request)
         raw = body.get("prompt")
         if isinstance(raw, str):
             prompts = [raw]
