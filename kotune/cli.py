@@ -477,8 +477,9 @@ def serve(
     max_tokens_limit: int = typer.Option(1024, "--max-tokens-limit", min=1, help="Largest max_tokens a request may ask for."),
     default_max_tokens: int = typer.Option(256, "--default-max-tokens", min=1, help="max_tokens when a request gives none."),
     max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", min=1, help="Largest request body accepted (413 above)."),
-    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most prompts answered in one batched generate."),
-    batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", min=0.0, help="How long to collect concurrent requests into one batch."),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most prompts decoded together."),
+    batching: str = typer.Option("continuous", "--batching", help="continuous: requests join the running batch at every step (full-attention models; others fall back to static). static: one generate per collected batch."),
+    batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", min=0.0, help="Static batching: how long to collect concurrent requests into one batch."),
     context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL: retrieve top-k chunks for every question (RAG)."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Chunks retrieved per question with --context."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request line (never keys or headers)."),
@@ -487,9 +488,11 @@ def serve(
     from kotune.serve import ServeOptions, api_key_from_env, parse_adapter_args, serve as run_serve
 
     _quiet_libraries()
+    if batching not in ("continuous", "static"):
+        raise KotuneError(f"--batching must be continuous or static, got {batching!r}")
     options = ServeOptions(api_key=api_key_from_env(api_key_env), max_tokens_limit=max_tokens_limit,
                            default_max_tokens=min(default_max_tokens, max_tokens_limit), max_body_bytes=max_body_bytes,
-                           max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                           max_batch=max_batch, batch_wait_ms=batch_wait_ms, continuous=batching == "continuous",
                            context=str(context) if context else None, top_k=top_k)
     run_serve(model, parse_adapter_args(adapter), host=host, port=port, template=template, options=options,
               access_log=access_log, log=lambda m: console.print(m, markup=False))

@@ -33,6 +33,46 @@ class Answer:
     completion_tokens: int
 
 
+class TextPieces:
+    """The visible text of an answer as its tokens arrive, in pieces (for streaming).
+
+    Pieces never end inside a Hangul syllable: byte-level BPE tokens can split a
+    UTF-8 character, so text is held back while it decodes to U+FFFD. Text that
+    may be the start of a stop string is held back too."""
+
+    def __init__(self, tokenizer: Any, eos: Sequence[int], stop: Sequence[str]):
+        self.tokenizer, self.eos, self.stop = tokenizer, set(eos), list(stop)
+        self.tokens: list[int] = []
+        self.shown = ""
+        self.ended = False  # an EOS id arrived
+
+    def add(self, new: Sequence[int]) -> str:
+        """The next piece of text after ``new`` tokens ('' when nothing can be shown yet)."""
+        self.tokens.extend(new)
+        if any(t in self.eos for t in new):
+            self.ended = True
+            return ""
+        text = self.tokenizer.decode([t for t in self.tokens if t not in self.eos], skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return ""
+        hold = max((len(s) - 1 for s in self.stop), default=0)  # a stop string may be forming
+        visible = text[: len(text) - hold] if hold else text
+        for s in self.stop:
+            k = text.find(s)
+            if k >= 0:
+                visible = text[:k]
+        if len(visible) > len(self.shown) and visible.startswith(self.shown):
+            piece, self.shown = visible[len(self.shown):], visible
+            return piece
+        return ""
+
+    def rest(self, answer: "Answer") -> str:
+        """What the final answer adds to the pieces shown so far."""
+        if answer.text.startswith(self.shown) and len(answer.text) > len(self.shown):
+            return answer.text[len(self.shown):]
+        return ""
+
+
 class Generator:
     """A loaded model (base or base + adapter) that answers with its training template."""
 
@@ -108,8 +148,7 @@ class Generator:
     def stream(self, prompt: str, settings: GenerationSettings | None = None):
         """Yield text pieces of one answer as they are generated, then the final Answer.
 
-        Pieces never end inside a Hangul syllable: byte-level BPE tokens can split
-        a UTF-8 character, so text is held back while it decodes to U+FFFD.
+        Pieces are cut by :class:`TextPieces` (never inside a Hangul syllable).
         """
         import threading
 
@@ -155,33 +194,21 @@ class Generator:
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        tokens: list[int] = []
-        shown = ""
-        while True:
+        pieces = TextPieces(self.tokenizer, self.eos_ids, settings.stop)
+        while not pieces.ended:
             item = q.get()
             if item is None:
                 break
-            tokens.extend(item)
-            if any(t in self.eos_ids for t in item):
-                break
-            text = self.tokenizer.decode([t for t in tokens if t not in self.eos_ids], skip_special_tokens=True)
-            if text.endswith("\ufffd"):
-                continue
-            hold = max((len(s) - 1 for s in settings.stop), default=0)  # a stop string may be forming
-            visible = text[: len(text) - hold] if hold else text
-            for s in settings.stop:
-                k = text.find(s)
-                if k >= 0:
-                    visible = text[:k]
-            if len(visible) > len(shown) and visible.startswith(shown):
-                yield visible[len(shown):]
-                shown = visible
+            piece = pieces.add(item)
+            if piece:
+                yield piece
         thread.join()
         if errors:
             raise errors[0]
-        answer = self._decode(tokens, len(ids), settings)
-        if answer.text.startswith(shown) and len(answer.text) > len(shown):
-            yield answer.text[len(shown):]
+        answer = self._decode(pieces.tokens, len(ids), settings)
+        rest = pieces.rest(answer)
+        if rest:
+            yield rest
         yield answer
 
     def _decode(self, tokens: list[int], prompt_len: int, settings: GenerationSettings) -> Answer:

@@ -6,12 +6,15 @@ name answers in its own run's template and stops at its own EOS ids — the same
 prompts ``kotune eval`` and ``kotune chat`` build, through the same
 :class:`~kotune.generation.Generator` code.
 
-Concurrency: the event loop only parses, validates and answers. Non-streaming
-requests go to a :class:`Batcher`: one background task collects requests for
-up to ``batch_wait_ms`` (or until ``max_batch`` prompts), groups them by model
-and sampling settings, and runs each group as one batched ``generate`` in a
-worker thread. Streaming requests run in their own thread. Every generation
-holds the engine's lock, because the active adapter is model-wide state.
+Concurrency: the event loop only parses, validates and answers. Generation
+runs in one thread. For full-attention decoders (GPT-NeoX, Llama, Qwen2, ...)
+it is :class:`~kotune.batching.ContinuousBatcher`: every request, streaming
+or not, joins the running batch at the next decode step and leaves it when it
+is done. Other models use :class:`Batcher`: requests collected for up to
+``batch_wait_ms`` (or until ``max_batch`` prompts) are grouped by model and
+sampling settings, and each group is one batched ``generate``; streaming
+requests then run in their own thread. Every generation holds the engine's
+lock, because the active adapter is model-wide state.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any, Iterator
 from fastapi import Request  # module level: FastAPI resolves the (string) annotations from here
 
 from kotune.errors import KotuneError
-from kotune.generation import Answer, GenerationSettings, Generator
+from kotune.generation import Answer, GenerationSettings, Generator, TextPieces
 from kotune.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, resolve_model
 from kotune.templates import Template, encode_prompt, eos_ids, get_template
 
@@ -299,6 +302,31 @@ class Batcher:
             size += len(job.prompts)
         return jobs
 
+    async def stream(self, model: str, prompt: str, settings: GenerationSettings):
+        """Engine.stream in its own thread, its items handed to the event loop as they come."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        def hand(item) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed (server shutting down)
+                loop.call_soon_threadsafe(q.put_nowait, item)
+
+        def work():
+            try:
+                for item in self.engine.stream(model, prompt, settings):
+                    hand(item)
+            except BaseException as e:  # noqa: BLE001 - handed to the response
+                hand(e)
+            hand(done)
+
+        threading.Thread(target=work, daemon=True, name="kotune-stream").start()
+        while True:
+            item = await q.get()
+            if item is done:
+                return
+            yield item
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -324,6 +352,96 @@ class Batcher:
                     at += len(j.prompts)
                     if not j.future.done():
                         j.future.set_result(part)
+
+
+class LiveBatcher:
+    """The event loop's side of :class:`~kotune.batching.ContinuousBatcher`.
+
+    The same ``submit`` as :class:`Batcher`, and ``stream`` for streaming
+    requests, which join the running batch like any other. A request whose
+    client goes away leaves the batch at the next step."""
+
+    def __init__(self, engine: Engine, *, max_batch: int = 16):
+        self.engine = engine
+        self.max_batch = max(1, int(max_batch))
+        self.core = None
+
+    async def start(self) -> None:
+        from kotune.batching import ContinuousBatcher
+
+        engine = self.engine
+        self.core = ContinuousBatcher(lambda name: engine.served[name].generator,
+                                      lambda name: engine._active(engine.served[name]),
+                                      max_batch=self.max_batch, lock=engine.lock)
+
+    async def stop(self) -> None:
+        if self.core is not None:
+            await asyncio.to_thread(self.core.close)
+
+    def _row(self, model: str, prompt: str, settings: GenerationSettings, done, on_tokens=None):
+        from kotune.batching import Row
+
+        gen = self.engine.served[model].generator
+        return self.core.submit(Row(model, encode_prompt(gen.tokenizer, prompt, gen.template), settings, done, on_tokens))
+
+    async def submit(self, model: str, prompts: list[str], settings: GenerationSettings) -> list[Answer]:
+        assert self.core is not None, "LiveBatcher.start() was not awaited"
+        loop = asyncio.get_running_loop()
+        futures, rows = [], []
+        for p in prompts:
+            fut = loop.create_future()
+            futures.append(fut)
+            rows.append(self._row(model, p, settings, lambda a, fut=fut: _settle(loop, fut, a)))
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            for r in rows:  # no-op for finished rows; a client that went away frees its slots
+                r.cancel()
+
+    async def stream(self, model: str, prompt: str, settings: GenerationSettings):
+        """Text pieces as the row's tokens come, then the final Answer (or an exception)."""
+        assert self.core is not None, "LiveBatcher.start() was not awaited"
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+
+        def hand(item) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed (server shutting down)
+                loop.call_soon_threadsafe(q.put_nowait, item)
+
+        gen = self.engine.served[model].generator
+        pieces = TextPieces(gen.tokenizer, gen.eos_ids, settings.stop)
+        row = self._row(model, prompt, settings, hand, hand)
+        try:
+            while True:
+                item = await q.get()
+                if isinstance(item, list):
+                    piece = pieces.add(item)
+                    if piece:
+                        yield piece
+                    continue
+                if isinstance(item, Answer):
+                    rest = pieces.rest(item)
+                    if rest:
+                        yield rest
+                yield item
+                return
+        finally:
+            row.cancel()
+
+
+def _settle(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, result: Answer | BaseException) -> None:
+    """Hand a result from the batching thread to a waiting future."""
+
+    def put() -> None:
+        if fut.done():
+            return
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
+
+    with contextlib.suppress(RuntimeError):  # the loop closed (server shutting down)
+        loop.call_soon_threadsafe(put)
 
 
 # ---------------------------------------------------------------- request parsing
@@ -428,6 +546,7 @@ class ServeOptions:
     max_body_bytes: int = 1_000_000
     max_batch: int = 16
     batch_wait_ms: float = 10.0
+    continuous: bool = True      # continuous batching where the model allows it (kotune.batching.supports)
     context: str | None = None   # chunks JSONL for retrieval
     top_k: int = 3
 
@@ -440,7 +559,12 @@ def create_app(engine: Engine, options: ServeOptions | None = None):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     opts = options or ServeOptions()
-    batcher = Batcher(engine, max_batch=opts.max_batch, wait_s=opts.batch_wait_ms / 1000.0)
+    from kotune.batching import supports
+
+    if opts.continuous and supports(engine.model):
+        batcher: Batcher | LiveBatcher = LiveBatcher(engine, max_batch=opts.max_batch)
+    else:
+        batcher = Batcher(engine, max_batch=opts.max_batch, wait_s=opts.batch_wait_ms / 1000.0)
     retriever = None
     if opts.context:
         from kotune.retrieval import Retriever
@@ -541,31 +665,6 @@ def create_app(engine: Engine, options: ServeOptions | None = None):
             msgs.insert(0, {"role": "system", "content": system})
         return gen.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
-    async def stream_pieces(name: str, prompt: str, settings: GenerationSettings):
-        """Engine.stream in a thread, its items handed to the event loop as they come."""
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
-        done = object()
-
-        def hand(item) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed (server shutting down)
-                loop.call_soon_threadsafe(q.put_nowait, item)
-
-        def work():
-            try:
-                for item in engine.stream(name, prompt, settings):
-                    hand(item)
-            except BaseException as e:  # noqa: BLE001 - handed to the response
-                hand(e)
-            hand(done)
-
-        threading.Thread(target=work, daemon=True, name="kotune-stream").start()
-        while True:
-            item = await q.get()
-            if item is done:
-                return
-            yield item
-
     def sse(obj: Any) -> str:
         return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
@@ -591,7 +690,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None):
                 yield sse(chunk("", None, first=True))
             answer = None
             try:
-                async for item in stream_pieces(name, prompt, settings):
+                async for item in batcher.stream(name, prompt, settings):
                     if isinstance(item, BaseException):
                         raise item
                     if isinstance(item, Answer):
@@ -718,6 +817,8 @@ def serve(model: str, adapters: list[tuple[str, str]], *, host: str = "127.0.0.1
     names = ", ".join(engine.names)
     log(f"serving {names} (alias {BASE_ALIAS!r} = {engine.base_name}) at http://{host}:{port}/v1"
         + ("; API key required" if opts.api_key else "; no API key"))
+    kind = "continuous" if isinstance(app.state.batcher, LiveBatcher) else "static"
+    log(f"batching: {kind}, up to {opts.max_batch} prompts together")
     for s in engine.served.values():
         log(f"  {s.name}: template {s.generator.template.name}, eos {s.generator.eos_ids}")
     if not opts.api_key and host not in ("127.0.0.1", "localhost", "::1"):
@@ -725,5 +826,5 @@ def serve(model: str, adapters: list[tuple[str, str]], *, host: str = "127.0.0.1
     uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info", server_header=False)
 
 
-__all__ = ["ApiError", "Batcher", "Engine", "ServeOptions", "Served", "api_key_from_env", "create_app",
+__all__ = ["ApiError", "Batcher", "Engine", "LiveBatcher", "ServeOptions", "Served", "api_key_from_env", "create_app",
            "parse_adapter_args", "serve"]
