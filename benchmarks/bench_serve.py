@@ -12,7 +12,11 @@ plus ``--adapter NAME=PATH`` when given) and measures, in one run:
    distilled from the rule teacher to answer kotune's generation request
    (``distillation_records``, trained here first unless ``--teacher-adapter`` is
    given), so the records it writes are real. The server batches concurrent
-   requests into one ``generate``, so throughput grows with workers.
+   requests, so throughput grows with workers.
+
+Each pass runs against ``--batching continuous`` (the default: requests join the
+running batch at every decode step) and ``--batching static`` (one ``generate``
+per collected batch), one server after the other.
 
     python benchmarks/bench_serve.py --write benchmarks/RESULTS.md
     python benchmarks/bench_serve.py --adapter policy=runs/demo/model --model policy
@@ -46,11 +50,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, adapters: list[str], max_batch: int, log: Path) -> subprocess.Popen:
+def start_server(port: int, adapters: list[str], max_batch: int, log: Path, batching: str = "continuous") -> subprocess.Popen:
     import httpx
 
     cmd = [sys.executable, "-m", "kotune", "serve", "--model", "builtin:tiny-ko", "--port", str(port),
-           "--max-batch", str(max_batch)]
+           "--max-batch", str(max_batch), "--batching", batching]
     for a in adapters:
         cmd += ["--adapter", a]
     f = open(log, "w", encoding="utf-8")
@@ -139,6 +143,8 @@ def main() -> None:
     ap.add_argument("--teacher-max-tokens", type=int, default=256)
     ap.add_argument("--teacher-epochs", type=int, default=80, help="epochs of the distilled teacher's training")
     ap.add_argument("--max-batch", type=int, default=32, help="kotune serve --max-batch")
+    ap.add_argument("--batching", nargs="+", default=["continuous", "static"], choices=["continuous", "static"],
+                    help="kotune serve --batching modes to measure, one server each")
     ap.add_argument("--write", type=Path, help="replace this script's section of a Markdown file")
     args = ap.parse_args()
 
@@ -161,48 +167,57 @@ def main() -> None:
         else:  # the taught chunks, cycled, with unique ids
             chunks = [{**taught[k % len(taught)], "chunk_id": f"{taught[k % len(taught)]['chunk_id']}#{k}"}
                       for k in range(args.chunks)]
-        server = start_server(port, [*args.adapter, f"teacher={adapter}"], args.max_batch, Path(tmp) / "serve.log")
-        try:
-            asyncio.run(chat_load(url, args.model, 4, True, 8))  # warm-up: first batches allocate
-            seq = asyncio.run(chat_load(url, args.model, args.requests, False, args.max_tokens))
-            print(f"chat one at a time: {seq['wall']:.1f} s", flush=True)
-            con = asyncio.run(chat_load(url, args.model, args.requests, True, args.max_tokens))
-            print(f"chat {args.requests} at once: {con['wall']:.1f} s, {con['ok']} ok", flush=True)
-            teach = []
-            for w in (1, 8):
-                teach.append(teacher_run(url, "teacher", w, chunks, args.teacher_max_tokens, args.per_chunk))
-                print(f"teacher workers={w}: {teach[-1]['wall']:.1f} s", flush=True)
-        finally:
-            server.terminate()
+        runs: dict[str, dict] = {}
+        for batching in args.batching:
+            server = start_server(port, [*args.adapter, f"teacher={adapter}"], args.max_batch,
+                                  Path(tmp) / f"serve-{batching}.log", batching)
             try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+                asyncio.run(chat_load(url, args.model, 4, True, 8))  # warm-up: first batches allocate
+                seq = asyncio.run(chat_load(url, args.model, args.requests, False, args.max_tokens))
+                print(f"[{batching}] chat one at a time: {seq['wall']:.1f} s", flush=True)
+                con = asyncio.run(chat_load(url, args.model, args.requests, True, args.max_tokens))
+                print(f"[{batching}] chat {args.requests} at once: {con['wall']:.1f} s, {con['ok']} ok", flush=True)
+                teach = []
+                for w in (1, 8):
+                    teach.append(teacher_run(url, "teacher", w, chunks, args.teacher_max_tokens, args.per_chunk))
+                    print(f"[{batching}] teacher workers={w}: {teach[-1]['wall']:.1f} s", flush=True)
+            finally:
+                server.terminate()
+                try:
+                    server.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+            runs[batching] = {"seq": seq, "con": con, "teach": teach}
 
     lines = [*header("`kotune serve` under load: concurrent chat and teacher generation", started, load_before),
-             f"- Server: `kotune serve --model builtin:tiny-ko --max-batch {args.max_batch}`"
+             f"- Server: `kotune serve --model builtin:tiny-ko --max-batch {args.max_batch} --batching {{{','.join(args.batching)}}}"
              + "".join(f" --adapter {a}" for a in args.adapter) + " --adapter teacher=…`, greedy", "",
              f"Chat: {args.requests} requests to `{args.model}`, max_tokens {args.max_tokens}.", "",
-             "| pass | succeeded | wall | requests/s | completion tokens/s | p50 latency | p95 latency | speed-up |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for name, r in (("one at a time", seq), (f"{args.requests} concurrent", con)):
-        lines.append(f"| {name} | {r['ok']}/{r['n']} | {r['wall']:.1f} s | {r['n'] / r['wall']:.2f} | "
-                     f"{r['tokens'] / r['wall']:.0f} | {r['p50']:.2f} s | {r['p95']:.2f} s | "
-                     f"{seq['wall'] / r['wall']:.1f}× |")
+             "| batching | pass | succeeded | wall | requests/s | completion tokens/s | p50 latency | p95 latency | speed-up |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for batching, run in runs.items():
+        seq, con = run["seq"], run["con"]
+        for name, r in (("one at a time", seq), (f"{args.requests} concurrent", con)):
+            lines.append(f"| {batching} | {name} | {r['ok']}/{r['n']} | {r['wall']:.1f} s | {r['n'] / r['wall']:.2f} | "
+                         f"{r['tokens'] / r['wall']:.0f} | {r['p50']:.2f} s | {r['p95']:.2f} s | "
+                         f"{seq['wall'] / r['wall']:.1f}× |")
     lines += ["", f"Teacher generation (`OpenAITeacher` → the `teacher` adapter of this server, tiny-ko distilled "
               f"from the rule teacher on 12 chunks of the bundled sample): {args.chunks} chunks (those 12, cycled), "
               f"`--per-chunk {args.per_chunk}`, temperature 0, max_tokens {args.teacher_max_tokens}, every answer validated against "
-              "its chunk (re-asked up to twice when none passes).", "",
-              "| workers | wall | chunks/s | requests | requests/s | records kept | errors | speed-up |",
-              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in teach:
-        lines.append(f"| {r['workers']} | {r['wall']:.1f} s | {r['chunks'] / r['wall']:.2f} | {r['requests']} | "
-                     f"{r['requests'] / r['wall']:.2f} | {r['records']} | {r['errors']} | "
-                     f"{teach[0]['wall'] / r['wall']:.1f}× |")
+              "its chunk (re-asked up to twice when none passes). Speed-up: against 1 worker on the same server.", "",
+              "| batching | workers | wall | chunks/s | requests | requests/s | records kept | errors | speed-up |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for batching, run in runs.items():
+        teach = run["teach"]
+        for r in teach:
+            lines.append(f"| {batching} | {r['workers']} | {r['wall']:.1f} s | {r['chunks'] / r['wall']:.2f} | {r['requests']} | "
+                         f"{r['requests'] / r['wall']:.2f} | {r['records']} | {r['errors']} | "
+                         f"{teach[0]['wall'] / r['wall']:.1f}× |")
     body = "\n".join(lines) + "\n"
     publish(body, args.write, "bench_serve")
-    if con["ok"] != con["n"]:
-        sys.exit(f"{con['n'] - con['ok']} concurrent requests failed")
+    failed = sum(r["con"]["n"] - r["con"]["ok"] for r in runs.values())
+    if failed:
+        sys.exit(f"{failed} concurrent requests failed")
 
 
 if __name__ == "__main__":
