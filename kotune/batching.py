@@ -253,6 +253,8 @@ class _Session:
         joining: list[Row] = []
         try:
             while True:
+                if owner.closed:  # server shutting down: answer what is running with an error, now
+                    raise RuntimeError("the server is shutting down")
                 live = sum(not r.finished for r in self.rows)
                 joining = [] if owner._waiting_other(self.name) else owner._admit(self.name, owner.max_batch - live)
                 if joining:

@@ -199,3 +199,17 @@ def test_a_shared_prompt_prefix_is_computed_once(engine, sample_chunks):
         c.close()
     assert [c.results[i].text for i in range(3)] == want
     assert c.batcher.prefix_reused >= 2 * (shared - 8)  # the instruction's tokens, for the 2nd and 3rd prompt
+
+
+def test_closing_answers_running_and_waiting_rows(engine, prompts):
+    c = Collector(engine, max_batch=1)
+    c.submit(0, "tuned", prompts[0], GenerationSettings(max_new_tokens=1000))
+    c.submit(1, "tuned", prompts[1], GenerationSettings(max_new_tokens=1000))
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    c.close()
+    assert time.monotonic() - t0 < 10 and not c.batcher.thread.is_alive()
+    with c.done:
+        assert c.done.wait_for(lambda: len(c.results) == 2, 10)
+    for r in c.results.values():  # finished before the close, or told why not
+        assert isinstance(r, Answer) or "shutting down" in str(r)
