@@ -213,3 +213,69 @@ def test_closing_answers_running_and_waiting_rows(engine, prompts):
         assert c.done.wait_for(lambda: len(c.results) == 2, 10)
     for r in c.results.values():  # finished before the close, or told why not
         assert isinstance(r, Answer) or "shutting down" in str(r)
+
+
+def _random_model(kind: str, folder, tokenizer_dir):
+    """A small random-weight model of another architecture (built from a config; nothing downloaded)."""
+    import transformers
+
+    from kotune.models import load_tokenizer
+
+    common = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=1024, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    if kind == "llama":
+        config = transformers.LlamaConfig(num_key_value_heads=2, **common)  # grouped-query attention
+    else:
+        config = transformers.Qwen2Config(num_key_value_heads=2, use_sliding_window=False, **common)
+    import torch
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(folder)
+    load_tokenizer(str(tokenizer_dir)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_other_architectures_batch_continuously_with_the_same_answers(kind, tmp_path, tiny_model, prompts):
+    import contextlib
+
+    folder = _random_model(kind, tmp_path / kind, tiny_model)
+    gen = Generator(str(folder), template="kotune", log=lambda *_: None)
+    assert supports(gen.model)
+    settings = GenerationSettings(max_new_tokens=12)
+    want = [gen.generate([p], settings)[0].text for p in prompts[:5]]
+    batcher = ContinuousBatcher(lambda n: gen, lambda n: contextlib.nullcontext(), max_batch=3)
+    results: dict[int, Answer] = {}
+    done = threading.Condition()
+
+    def finish(i):
+        def f(a):
+            with done:
+                results[i] = a
+                done.notify_all()
+        return f
+
+    try:
+        for i, p in enumerate(prompts[:5]):
+            batcher.submit(Row("m", encode_prompt(gen.tokenizer, p, gen.template), settings, finish(i)))
+            time.sleep(0.01 * i)
+        with done:
+            assert done.wait_for(lambda: len(results) == 5, 60)
+    finally:
+        batcher.close()
+    assert [results[i].text for i in range(5)] == want
+
+
+def test_sliding_window_models_fall_back_to_static_batching():
+    import transformers
+
+    class M:  # only the config matters
+        def __init__(self, config):
+            self.config = config
+
+    small = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 max_position_embeddings=4096)
+    assert not supports(M(transformers.MistralConfig(sliding_window=256, **small)))
+    assert supports(M(transformers.MistralConfig(sliding_window=None, **small)))
+    assert not supports(M(transformers.Gemma2Config(sliding_window=256, **small)))
