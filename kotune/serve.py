@@ -714,7 +714,8 @@ def create_app(engine: Engine, options: ServeOptions | None = None):
     # ------------------------------------------------------------ routes
     @app.get("/health")
     async def health():
-        return {"status": "ok", "models": engine.names}
+        return {"status": "ok", "models": engine.names,
+                "batching": "continuous" if isinstance(batcher, LiveBatcher) else "static"}
 
     @app.get("/v1/models")
     async def list_models(request: Request):
@@ -818,7 +819,8 @@ def serve(model: str, adapters: list[tuple[str, str]], *, host: str = "127.0.0.1
     log(f"serving {names} (alias {BASE_ALIAS!r} = {engine.base_name}) at http://{host}:{port}/v1"
         + ("; API key required" if opts.api_key else "; no API key"))
     kind = "continuous" if isinstance(app.state.batcher, LiveBatcher) else "static"
-    log(f"batching: {kind}, up to {opts.max_batch} prompts together")
+    log(f"batching: {kind}, up to {opts.max_batch} prompts together"
+        + ("" if kind == "continuous" or not opts.continuous else " (this model has sliding-window or linear attention layers)"))
     for s in engine.served.values():
         log(f"  {s.name}: template {s.generator.template.name}, eos {s.generator.eos_ids}")
     if not opts.api_key and host not in ("127.0.0.1", "localhost", "::1"):

@@ -45,7 +45,7 @@ class Server:
             return e.code, json.loads(e.read() or b"null")
 
     def healthy(self) -> bool:
-        return self.raw("GET", "/health") == (200, {"status": "ok", "models": [BASE, "policy"]})
+        return self.raw("GET", "/health") == (200, {"status": "ok", "models": [BASE, "policy"], "batching": "continuous"})
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +255,8 @@ def test_serve_start_up_errors_are_one_line(trained_run, tmp_path, monkeypatch):
     assert res.code == 2 and "no such adapter folder" in res.err
     res = call_cli(["serve", "--model", BASE, "--adapter", f"base={trained_run}"])
     assert res.code == 2 and "taken" in res.err
+    res = call_cli(["serve", "--model", BASE, "--batching", "dynamic"])
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1 and "--batching" in res.err
 
 
 def test_engine_holds_several_adapters_on_one_base(trained_run, questions):
