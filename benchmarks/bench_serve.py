@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import statistics
@@ -50,28 +51,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, adapters: list[str], max_batch: int, log: Path, batching: str = "continuous") -> subprocess.Popen:
+@contextlib.contextmanager
+def running_server(port: int, adapters: list[str], max_batch: int, log: Path, batching: str = "continuous"):
+    """``kotune serve`` in a subprocess, until the block ends (then stopped)."""
     import httpx
 
     cmd = [sys.executable, "-m", "kotune", "serve", "--model", "builtin:tiny-ko", "--port", str(port),
            "--max-batch", str(max_batch), "--batching", batching]
     for a in adapters:
         cmd += ["--adapter", a]
-    f = open(log, "w", encoding="utf-8")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"kotune serve exited ({proc.returncode}); see {log}")
+    with open(log, "w", encoding="utf-8") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"kotune serve exited ({proc.returncode}); see {log}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"kotune serve did not start in 180 s; see {log}")
+            time.sleep(0.3)
+        yield proc
+    finally:
+        proc.terminate()
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"kotune serve did not start in 180 s; see {log}")
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 async def chat_load(url: str, model: str, n: int, concurrent: bool, max_tokens: int) -> dict:
@@ -169,9 +180,8 @@ def main() -> None:
                       for k in range(args.chunks)]
         runs: dict[str, dict] = {}
         for batching in args.batching:
-            server = start_server(port, [*args.adapter, f"teacher={adapter}"], args.max_batch,
-                                  Path(tmp) / f"serve-{batching}.log", batching)
-            try:
+            with running_server(port, [*args.adapter, f"teacher={adapter}"], args.max_batch,
+                                Path(tmp) / f"serve-{batching}.log", batching):
                 asyncio.run(chat_load(url, args.model, 4, True, 8))  # warm-up: first batches allocate
                 seq = asyncio.run(chat_load(url, args.model, args.requests, False, args.max_tokens))
                 print(f"[{batching}] chat one at a time: {seq['wall']:.1f} s", flush=True)
@@ -181,12 +191,6 @@ def main() -> None:
                 for w in (1, 8):
                     teach.append(teacher_run(url, "teacher", w, chunks, args.teacher_max_tokens, args.per_chunk))
                     print(f"[{batching}] teacher workers={w}: {teach[-1]['wall']:.1f} s", flush=True)
-            finally:
-                server.terminate()
-                try:
-                    server.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    server.kill()
             runs[batching] = {"seq": seq, "con": con, "teach": teach}
 
     lines = [*header("`kotune serve` under load: concurrent chat and teacher generation", started, load_before),

@@ -45,12 +45,18 @@ from transformers.cache_utils import Cache, DynamicLayer
 from kotune.generation import Answer, GenerationSettings, Generator
 
 
+def _text_config(model: Any) -> Any:
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "get_text_config"):
+        return cfg.get_text_config(decoder=True)
+    return cfg
+
+
 def supports(model: Any) -> bool:
     """True when every attention layer of ``model`` is full (causal) attention."""
-    cfg = getattr(model, "config", None)
-    if cfg is None:
+    text = _text_config(model)
+    if text is None:
         return False
-    text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
     types = getattr(text, "layer_types", None)
     if types and any(t != "full_attention" for t in types):
         return False
@@ -98,7 +104,8 @@ class _Layer(DynamicLayer):
 
     def take(self, rows: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of ``rows``, the last ``width`` columns, left-padded with zeros when the cache is shorter."""
-        k, v = self.kbuf[rows, :, max(0, self.length - width):self.length], self.vbuf[rows, :, max(0, self.length - width):self.length]
+        cols = slice(max(0, self.length - width), self.length)
+        k, v = self.kbuf[rows, :, cols], self.vbuf[rows, :, cols]
         short = width - k.shape[-2]
         if short > 0:
             k = torch.nn.functional.pad(k, (0, 0, short, 0))
@@ -106,14 +113,10 @@ class _Layer(DynamicLayer):
         return k, v
 
     def put(self, keys: torch.Tensor, values: torch.Tensor, spare: int) -> None:
-        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
-        self.kbuf = self.vbuf = None
-        self.length = 0
+        """Start over from ``keys``/``values``, with room for ``spare`` more columns."""
+        self.lazy_initialization(keys, values)
         self._reserve(keys, values, keys.shape[-2] + spare)
-        self.kbuf[:, :, :keys.shape[-2]] = keys
-        self.vbuf[:, :, :keys.shape[-2]] = values
-        self.length = keys.shape[-2]
-        self.keys, self.values = self.kbuf[:, :, :self.length], self.vbuf[:, :, :self.length]
+        self.update(keys, values)
 
 
 def _new_cache(n_layers: int) -> Cache:
@@ -138,6 +141,11 @@ class Row:
     def cancel(self) -> None:
         """The client went away: the row leaves the batch at the next step."""
         self.cancelled = True
+
+    def drop(self) -> None:
+        """Finish a cancelled row (nobody reads its answer)."""
+        self.finished = True
+        self.done(Answer("", "cancelled", len(self.ids), len(self.tokens)))
 
 
 class ContinuousBatcher:
@@ -214,7 +222,7 @@ class ContinuousBatcher:
                     break
                 self.pending.popleft()
                 if row.cancelled:
-                    row.done(Answer("", "cancelled", len(row.ids), 0))
+                    row.drop()
                     continue
                 budget -= len(row.ids)
                 out.append(row)
@@ -232,9 +240,7 @@ class _Session:
         self.owner, self.name = owner, name
         self.gen = owner.view(name)
         self.model = self.gen.model
-        cfg = self.model.config
-        text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
-        self.n_layers = int(text.num_hidden_layers)
+        self.n_layers = int(_text_config(self.model).num_hidden_layers)
         self.device = self.model.device if hasattr(self.model, "device") else torch.device("cpu")
         self.eos = set(self.gen.eos_ids)
         self.pad = self.gen.tokenizer.pad_token_id if self.gen.tokenizer.pad_token_id is not None else self.gen.eos_ids[0]
@@ -284,18 +290,18 @@ class _Session:
                 g.append(r)
             else:
                 groups.append([r])
-        parts: list[tuple[Cache, int, list[Row]]] = []
+        parts: list[tuple[Cache, list[Row]]] = []
         for g in groups:
-            cache, width, logits = self._prefill(g)
+            cache, logits = self._prefill(g)
             for r in g:
                 r.seen = set(r.ids)
                 if r.settings.temperature > 0 and r.settings.seed is not None:
                     r.rng = torch.Generator(device=self.device).manual_seed(int(r.settings.seed))
-            parts.append((cache, width, g))
+            parts.append((cache, g))
             self._advance(g, self._choose(logits, g))
         self._compact(parts)
 
-    def _prefill(self, g: list[Row]) -> tuple[Cache, int, torch.Tensor]:
+    def _prefill(self, g: list[Row]) -> tuple[Cache, torch.Tensor]:
         """The cache of a group's prompts and each row's last logits.
 
         A row prefilled alone reuses the cached keys and values of the longest
@@ -324,24 +330,24 @@ class _Session:
                              past_key_values=cache, use_cache=True, logits_to_keep=1)
             self.owner.prefix_reused += hit
             self.owner.prefixes[self.name] = (r.ids, cache)  # read-only from here on (compaction copies)
-            return cache, len(r.ids), out.logits[:, -1, :].float()
+            return cache, out.logits[:, -1, :].float()
         width = max(len(r.ids) for r in g)
         ids = torch.tensor([[self.pad] * (width - len(r.ids)) + r.ids for r in g], device=self.device)
         mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in g], device=self.device)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return cache, width, out.logits[:, -1, :].float()
+        return cache, out.logits[:, -1, :].float()
 
-    def _compact(self, parts: list[tuple[Cache, int, list[Row]]]) -> None:
+    def _compact(self, parts: list[tuple[Cache, list[Row]]]) -> None:
         """Rebuild the batch: running rows that are not finished, then the new ``parts``."""
         keep = [i for i, r in enumerate(self.rows) if not r.finished]
-        groups: list[tuple[Cache | None, int, list[int], list[Row]]] = []
+        groups: list[tuple[Cache, list[int], list[Row]]] = []
         if keep:
-            groups.append((self.cache, self.cache.layers[0].length, keep, [self.rows[i] for i in keep]))
-        for cache, width, g in parts:
+            groups.append((self.cache, keep, [self.rows[i] for i in keep]))
+        for cache, g in parts:
             live = [i for i, r in enumerate(g) if not r.finished]
             if live:
-                groups.append((cache, width, live, [g[i] for i in live]))
+                groups.append((cache, live, [g[i] for i in live]))
         rows = [r for *_, rs in groups for r in rs]
         if not rows:
             self.rows, self.cache = [], None
@@ -352,7 +358,7 @@ class _Session:
         cache = _new_cache(self.n_layers)
         for li in range(self.n_layers):
             ks, vs = [], []
-            for c, _w, idx, _rs in groups:
+            for c, idx, _ in groups:
                 k, v = c.layers[li].take(torch.tensor(idx, device=self.device), width)
                 ks.append(k)
                 vs.append(v)
@@ -407,8 +413,7 @@ class _Session:
             if r.finished:
                 continue
             if r.cancelled:
-                r.finished = True
-                r.done(Answer("", "cancelled", len(r.ids), len(r.tokens)))
+                r.drop()
                 continue
             r.tokens.append(t)
             r.seen.add(t)

@@ -309,8 +309,7 @@ class Batcher:
         done = object()
 
         def hand(item) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed (server shutting down)
-                loop.call_soon_threadsafe(q.put_nowait, item)
+            _to_loop(loop, q.put_nowait, item)
 
         def work():
             try:
@@ -405,8 +404,7 @@ class LiveBatcher:
         q: asyncio.Queue = asyncio.Queue()
 
         def hand(item) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed (server shutting down)
-                loop.call_soon_threadsafe(q.put_nowait, item)
+            _to_loop(loop, q.put_nowait, item)
 
         gen = self.engine.served[model].generator
         pieces = TextPieces(gen.tokenizer, gen.eos_ids, settings.stop)
@@ -429,6 +427,12 @@ class LiveBatcher:
             row.cancel()
 
 
+def _to_loop(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
+    """Run ``fn(*args)`` on the event loop, from a generation thread."""
+    with contextlib.suppress(RuntimeError):  # the loop closed (server shutting down)
+        loop.call_soon_threadsafe(fn, *args)
+
+
 def _settle(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, result: Answer | BaseException) -> None:
     """Hand a result from the batching thread to a waiting future."""
 
@@ -440,8 +444,7 @@ def _settle(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, result: Answer
         else:
             fut.set_result(result)
 
-    with contextlib.suppress(RuntimeError):  # the loop closed (server shutting down)
-        loop.call_soon_threadsafe(put)
+    _to_loop(loop, put)
 
 
 # ---------------------------------------------------------------- request parsing
