@@ -135,6 +135,23 @@ def test_unknown_preset(sample_split, tmp_path):
     _one_error_line(res, "turbo", "balanced")
 
 
+@pytest.mark.parametrize("method,device,preset,asked,expected", [
+    ("qlora", "cuda", "balanced", None, True),      # QLoRA on a GPU: memory first
+    ("qlora", "cpu", "balanced", None, False),      # CPU: speed first
+    ("lora", "cuda", "balanced", None, False),
+    ("full", "cuda", "balanced", None, False),
+    ("qlora", "cuda", "balanced", False, False),    # --no-gradient-checkpointing wins
+    ("lora", "cpu", "balanced", True, True),
+    ("lora", "cpu", "memory_efficient", None, True),
+])
+def test_gradient_checkpointing_default_depends_on_method_and_device(method, device, preset, asked, expected):
+    from kotune.train import TrainConfig
+
+    config = TrainConfig(base_model="m", data="d", output_dir="o", method=method, preset=preset,
+                         gradient_checkpointing=asked)
+    assert config.resolved(device=device).gradient_checkpointing is expected
+
+
 def test_output_dir_with_another_run_is_not_overwritten(trained_run, sample_split, tmp_path):
     before = (trained_run / "kotune.json").read_bytes()
     weights = (trained_run / "adapter_model.safetensors").read_bytes()
