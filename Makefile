@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,11 @@ bench: install
 	$(BIN)/python benchmarks/bench_generate.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_serve.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_recipes.py --write benchmarks/RESULTS.md
+
+# On a machine with a CUDA GPU: LoRA/QLoRA on the Polyglot-ko-1.3B and Llama-3-Open-Ko-8B configs
+# (estimated 30-45 min on an H200; not run on one yet).
+bench-gpu: install
+	$(BIN)/python benchmarks/bench_gpu.py --write benchmarks/RESULTS.md
 
 clean:
 	rm -rf runs .pytest_cache

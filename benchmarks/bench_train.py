@@ -177,6 +177,12 @@ def prepare(work: Path, setup: Setup) -> None:
     (work / "setup.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
+def layer_matmul_params(model) -> int:
+    """Weights of one decoder layer's matrix multiplications (any architecture whose
+    backbone keeps its layers in ``.layers``: GPT-NeoX, Llama, Qwen, Gemma, ...)."""
+    return sum(p.numel() for p in model.base_model.layers[0].parameters() if p.dim() == 2)
+
+
 def useful_flops(model, lengths: list[int], supervised: int) -> float:
     """FLOPs one epoch of LoRA SFT needs, whoever runs it: the work on real tokens only.
 
@@ -190,7 +196,7 @@ def useful_flops(model, lengths: list[int], supervised: int) -> float:
     """
     cfg = model.config
     h, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
-    per_layer = sum(p.numel() for p in model.gpt_neox.layers[0].parameters() if p.dim() == 2)
+    per_layer = layer_matmul_params(model)
     linear = 4 * per_layer * layers * sum(lengths)
     head = 4 * h * vocab * supervised
     attention = 3 * 2 * h * layers * sum(n * n for n in lengths)
@@ -203,7 +209,7 @@ def padded_flops(model, rows: int, length: int) -> float:
     square (a padding mask rules out SDPA's causal shortcut)."""
     cfg = model.config
     h, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
-    per_layer = sum(p.numel() for p in model.gpt_neox.layers[0].parameters() if p.dim() == 2)
+    per_layer = layer_matmul_params(model)
     positions = rows * length
     return float(4 * per_layer * layers * positions + 4 * h * vocab * positions + 12 * h * layers * rows * length ** 2)
 
