@@ -162,6 +162,7 @@ def validate(
     min_grounding: float = typer.Option(0.5, "--min-grounding", min=0.0, max=1.0, help="Share of answer content morphemes that must occur in the source chunk."),
     grounding: bool = typer.Option(True, "--grounding/--no-grounding", help="Check answers against their chunk or input."),
     one_answer: bool = typer.Option(True, "--one-answer-per-prompt/--many-answers-per-prompt", help="Whether the same instruction + input twice is a duplicate (QA) or several references per input are kept (question generation)."),
+    categories: Optional[List[str]] = typer.Option(None, "--categories", help="Keep only records of these categories: comma-separated or repeated, e.g. --categories 전세사기,부동산물권."),
 ) -> None:
     """Merge QA files; drop missing, duplicate, near-duplicate, short, incomplete, evasive and ungrounded records."""
     from kotune.data.generate import load_chunks
@@ -177,7 +178,8 @@ def validate(
             records.append(r)
     chunks = {c["chunk_id"]: c["text"] for c in load_chunks(chunks_file)} if chunks_file else None
     config = ValidateConfig(min_answer_chars=min_answer_chars, near_dup_threshold=near_dup,
-                            min_grounding=min_grounding, check_grounding=grounding, one_answer_per_prompt=one_answer)
+                            min_grounding=min_grounding, check_grounding=grounding, one_answer_per_prompt=one_answer,
+                            categories=tuple(c.strip() for v in categories or [] for c in v.split(",") if c.strip()))
     with console.status(f"validating {len(records)} records"):
         result = validate_records(records, chunks, config)
     for table in render_tables(result):

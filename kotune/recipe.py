@@ -85,6 +85,7 @@ class ValidateStep(_Strict):
     min_grounding: float = Field(0.5, ge=0, le=1)
     grounding: bool = True
     one_answer_per_prompt: bool = True
+    categories: list[str] = Field(default_factory=list)   # keep only these (the civil-law seed's --categories)
 
 
 class SplitStep(_Strict):

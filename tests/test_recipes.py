@@ -4,6 +4,7 @@ up-to-date steps skipped, a killed run resumed, bad recipes rejected before any 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -131,6 +132,14 @@ def test_cli_flags_override_recipe_fields(tmp_path: Path) -> None:
     assert "--preset quality" in train and "--lora-targets query_key_value" in train
     assert "--test-size 0.2" in res.out
     assert "base=EleutherAI/polyglot-ko-1.3b" in res.out  # eval compares against the same base
+
+
+def test_recipe_categories_reach_validate(tmp_path: Path) -> None:
+    res = call_cli(["run", RECIPES / "civil-law-qa.yaml", "-o", tmp_path / "o", "--dry-run",
+                    "--set", "steps.validate.categories=[전세사기, 부동산물권]"])
+    assert res.code == 0, res.err
+    validate = next(line for line in res.out.splitlines() if line.startswith("kotune validate"))
+    assert re.search(r"--categories '?전세사기'? --categories '?부동산물권'?$", validate), validate
 
 
 # ---------------------------------------------------------------- killed mid-training

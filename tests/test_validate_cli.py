@@ -76,3 +76,36 @@ def test_nothing_left_is_an_error_and_writes_nothing(tmp_path: Path, cli) -> Non
     assert [line for line in res.err_lines if line.startswith("error:")] == \
            ["error: no records left after validation (of 2); see the table above"]
     assert not out.exists()
+
+
+CIVIL = Path(__file__).resolve().parents[1] / "recipes" / "data" / "civil-law" / "civil_law_qa.csv"
+
+
+def test_categories_keep_only_the_chosen_ones(tmp_path: Path, cli) -> None:
+    """The civil-law seed's `--categories 전세사기 부동산물권`: comma-separated or repeated."""
+    out, report = tmp_path / "clean.jsonl", tmp_path / "report.json"
+
+    res = cli(["validate", CIVIL, "-o", out, "--report", report, "--no-grounding",
+               "--categories", "전세사기,부동산물권", "--categories", " 전세사기 "])
+
+    assert res.code == 0, res.err
+    kept = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert kept and {r["category"] for r in kept} == {"전세사기", "부동산물권"}
+    rep = json.loads(report.read_text(encoding="utf-8"))
+    others = sum(1 for line in CIVIL.read_text(encoding="utf-8").splitlines()[1:]
+                 if line.rsplit(",", 2)[1] not in ("전세사기", "부동산물권"))
+    assert rep["dropped_by_reason"]["category_not_selected"] == others > 0
+    assert rep["kept"] + rep["dropped"] == rep["total"] == len(kept) + others
+    assert "category_not_selected" in res.err  # the table shows the row only when categories were asked for
+
+
+def test_unknown_category_is_one_error_line_naming_the_categories_there(tmp_path: Path, cli) -> None:
+    out = tmp_path / "clean.jsonl"
+
+    res = cli(["validate", CIVIL, "-o", out, "--categories", "전세사귀,상속"])
+
+    assert res.code == 2
+    errors = [line for line in res.err_lines if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: --categories: no record has category '전세사귀'; the data has ")
+    assert "전세사기 (" in errors[0] and "상속 (" in errors[0]
+    assert "Traceback" not in res.err and not out.exists()

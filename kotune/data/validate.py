@@ -3,6 +3,8 @@
 ``validate_records`` gives every record either a place in ``kept`` or exactly one
 drop reason — the first check it fails, in this order:
 
+0. ``category_not_selected``  not one of ``categories``, when some are given
+                       (the civil-law seed's ``--categories``: train on a few only);
 1. ``missing_fields``  instruction or output empty after stripping;
 2. ``too_short``       answer shorter than ``min_answer_chars`` (seed: 10);
 3. ``incomplete``      answer does not end like a Korean sentence (cut off);
@@ -30,8 +32,9 @@ from kotune.errors import KotuneError
 from kotune.korean import content_morphemes, ends_like_sentence
 from kotune.records import Record
 
-REASONS = ("missing_fields", "duplicate", "near_duplicate", "too_short", "incomplete", "evasive", "ungrounded")
+REASONS = ("category_not_selected", "missing_fields", "duplicate", "near_duplicate", "too_short", "incomplete", "evasive", "ungrounded")
 REASON_LABELS = {
+    "category_not_selected": "선택하지 않은 범주",
     "missing_fields": "필수 필드 누락",
     "duplicate": "중복",
     "near_duplicate": "유사 중복",
@@ -80,6 +83,7 @@ class ValidateConfig:
                                         # off for tasks with several references per input (QG)
     evasive_phrases: tuple[str, ...] = DEFAULT_EVASIVE_PHRASES
     seed: int = 1                       # MinHash permutation seed (fixed → reproducible)
+    categories: tuple[str, ...] = ()    # keep only these categories (empty: all)
 
     def check(self) -> None:
         if self.min_answer_chars < 0:
@@ -267,8 +271,23 @@ def validate_records(
 
     reason_of: dict[int, str] = {}
 
+    # 0: the categories asked for; one that no record has is a typo, not an empty selection.
+    selected = {c.strip() for c in cfg.categories if c.strip()}
+    if selected:
+        present = Counter((r.category or "").strip() for r in records)
+        missing = sorted(c for c in selected if c not in present)
+        if missing:
+            have = ", ".join(f"{c} ({n})" for c, n in sorted(present.items(), key=lambda kv: (-kv[1], kv[0])) if c)
+            raise KotuneError(f"--categories: no record has category {', '.join(repr(c) for c in missing)}; "
+                              f"the data has {have or 'no categories'}")
+        for i, rec in enumerate(records):
+            if (rec.category or "").strip() not in selected:
+                reason_of[i] = "category_not_selected"
+
     # 1–4: cheap per-record string checks.
     for i, rec in enumerate(records):
+        if i in reason_of:
+            continue
         reason = _cheap_reason(rec, cfg, evasive)
         if reason:
             reason_of[i] = reason
@@ -354,6 +373,8 @@ def render_table(result: ValidationResult):
     table.add_column("count", justify="right")
     table.add_column("share", justify="right")
     for reason in REASONS:
+        if reason == "category_not_selected" and not result.config.categories:
+            continue
         n = counts[reason]
         table.add_row(reason, REASON_LABELS[reason], f"{n:,}", _pct(n, total))
     table.add_section()
