@@ -247,7 +247,7 @@ def train(
     scheduler: str = typer.Option("cosine", "--scheduler", help="cosine | linear | constant_with_warmup."),
     warmup_ratio: float = typer.Option(0.03, "--warmup-ratio", help="Share of steps for linear warmup."),
     neftune_alpha: Optional[float] = typer.Option(None, "--neftune-alpha", help="NEFTune noise alpha (e.g. 5)."),
-    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory."),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory (default: on for QLoRA on a GPU, off otherwise)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Records for eval loss (default: 10% split of --data)."),
     eval_split: float = typer.Option(0.1, "--eval-split", help="Share of --data held out for eval loss when no --eval-data."),
     early_stopping: Optional[int] = typer.Option(None, "--early-stopping", help="Stop after N evaluations without improvement."),
