@@ -101,7 +101,7 @@ class TrainConfig:
         if c.gradient_checkpointing is None:
             # QLoRA on a GPU is chosen to fit a model into little memory: recompute each
             # layer's activations in the backward pass (as the QLoRA paper and the insurance
-            # seed do). An 8B Llama at 2048 tokens otherwise keeps ~13 GB of activations
+            # seed do). An 8B Llama at 2048 tokens otherwise keeps an estimated ~13 GB of activations
             # beside ~6 GB of 4-bit weights. Elsewhere speed wins: recomputing costs about a
             # third more compute, and on CPU it made TRL's defaults ~2x slower.
             c.gradient_checkpointing = self.method == "qlora" and device == "cuda"
