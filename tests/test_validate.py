@@ -145,7 +145,7 @@ def test_each_reason_catches_its_case(result):
         "b02": "duplicate",
     }
     assert result.counts() == {
-        "missing_fields": 2, "duplicate": 2, "near_duplicate": 2, "too_short": 1,
+        "category_not_selected": 0, "missing_fields": 2, "duplicate": 2, "near_duplicate": 2, "too_short": 1,
         "incomplete": 1, "evasive": 1, "ungrounded": 1,
     }
     assert [r.id for r in result.kept] == ["a01", "a02", "a03", "a04", "a05", "a12", "a13", "a16", "b03"]
