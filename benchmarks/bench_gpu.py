@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import header, load1, publish  # noqa: E402
+from common import header, load1, publish, run_script  # noqa: E402
 
 # Exactly the published configs (only the special-token ids follow our tokenizer).
 PRESETS: dict[str, dict] = {
@@ -158,7 +156,7 @@ def prepare(work: Path, preset: str, samples: int, long_samples: int, cuda: bool
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def data_info(work: Path, name: str, preset: str) -> dict:
+def data_info(work: Path, name: str, model) -> dict:
     from bench_train import useful_flops
     from kotune.models import load_tokenizer
     from kotune.records import Record
@@ -173,7 +171,7 @@ def data_info(work: Path, name: str, preset: str) -> dict:
     answer = sum(sum(1 for t in r["labels"] if t != -100) for r in rows)
     return {"samples": len(rows), "min": min(lengths), "median": sorted(lengths)[len(lengths) // 2],
             "max": max(lengths), "tokens": sum(lengths), "answer_tokens": answer,
-            "useful_flops": useful_flops(meta_model(preset), lengths, answer)}
+            "useful_flops": useful_flops(model, lengths, answer)}
 
 
 # ================================================================ one run (--child)
@@ -298,7 +296,9 @@ def probe(result: Path) -> None:
             info["bitsandbytes"] = bitsandbytes.__version__
         except ImportError:
             info["bitsandbytes"] = None
-        info["flash_attn"] = importlib_find("flash_attn")
+        from kotune.packing import has_flash_attn
+
+        info["flash_attn"] = has_flash_attn()
     else:
         from bench_train import matmul_peak
 
@@ -306,20 +306,9 @@ def probe(result: Path) -> None:
     result.write_text(json.dumps(info), encoding="utf-8")
 
 
-def importlib_find(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
 # ================================================================ orchestration
 def run_sub(args: list[str], log: Path) -> None:
-    with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.run([sys.executable, __file__, *args], stdout=f, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
-    if proc.returncode != 0:
-        tail = "".join(open(log, encoding="utf-8", errors="replace").readlines()[-25:])
-        raise RuntimeError(f"{' '.join(args[:4])} failed (exit {proc.returncode}); log {log}:\n{tail}")
+    run_script(__file__, args, log)
 
 
 def median(runs: list[dict]) -> dict:
@@ -433,8 +422,8 @@ def main() -> None:
 
             meta = meta_model(preset)
             preset_info[preset] = {"parameters": sum(x.numel() for x in meta.parameters()),
-                                   "targets": lora_targets(meta), "qa": data_info(work, "qa", preset),
-                                   "long": data_info(work, "long", preset)}
+                                   "targets": lora_targets(meta), "qa": data_info(work, "qa", meta),
+                                   "long": data_info(work, "long", meta)}
             jobs = runs_for(preset, long_samples > 0)
             for rep in range(a.repeats):
                 for data, method, variant in jobs:

@@ -33,7 +33,6 @@ import re
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import cpu_model, load1, machine, publish  # noqa: E402
+from common import cpu_model, load1, machine, publish, run_script  # noqa: E402
 
 VARIANTS = {
     "a": "seed-style Trainer, pad to 512",
@@ -401,12 +400,7 @@ def child(variant: str, work: Path, result: Path) -> None:
 
 # ================================================================ orchestration (no torch here)
 def run_sub(args: list[str], log: Path) -> None:
-    with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.run([sys.executable, __file__, *args], stdout=f, stderr=subprocess.STDOUT,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
-    if proc.returncode != 0:
-        tail = "".join(open(log, encoding="utf-8", errors="replace").readlines()[-25:])
-        raise RuntimeError(f"{' '.join(args[:2])} failed (exit {proc.returncode}); log {log}:\n{tail}")
+    run_script(__file__, args, log)
 
 
 def median_row(runs: list[dict]) -> dict:

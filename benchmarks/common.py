@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import platform
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +62,17 @@ def header(title: str, started: float, load_before: float) -> list[str]:
             f"- Date: {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; load average (1 min) {load_before:.2f} before, "
             f"{load1():.2f} after",
             f"- Machine: {machine()}"]
+
+
+def run_script(script: str, args: list[str], log: Path) -> None:
+    """``python SCRIPT ARGS`` in a fresh process (its own peak memory), output to ``log``;
+    a failure raises with the log's last lines."""
+    with open(log, "w", encoding="utf-8") as f:
+        proc = subprocess.run([sys.executable, script, *args], stdout=f, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if proc.returncode != 0:
+        tail = "".join(open(log, encoding="utf-8", errors="replace").readlines()[-25:])
+        raise RuntimeError(f"{' '.join(args[:4])} failed (exit {proc.returncode}); log {log}:\n{tail}")
 
 
 def write_section(path: Path, name: str, body: str) -> None:

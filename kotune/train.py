@@ -212,9 +212,10 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     # cpu=True makes a CPU-only machine join the torchrun/accelerate process group
     # over gloo (DDP) instead of each process training alone.
-    state = PartialState(cpu=pick_device() == "cpu")
+    device = pick_device()
+    state = PartialState(cpu=device == "cpu")
     base_path = resolve_base(config.base_model, log=log if state.is_main_process else (lambda *_: None))
-    config = config.resolved(training_hints(config.base_model), device=pick_device())
+    config = config.resolved(training_hints(config.base_model), device=device)
     main = state.is_main_process
     out = Path(config.output_dir)
     if config.report_to not in ("none", ""):
@@ -245,7 +246,6 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     if not main and resume:
         resume_from = last_checkpoint(out)
 
-    device = pick_device()
     tokenizer = load_tokenizer(base_path, config.trust_remote_code)
     model = load_causal_lm(base_path, device=device if state.num_processes == 1 else "cpu",
                            quantize_4bit=config.method == "qlora", trust_remote_code=config.trust_remote_code)
