@@ -227,7 +227,7 @@ def split(
 # ---------------------------------------------------------------- training
 @app.command()
 def train(
-    base_model: str = typer.Option("builtin:tiny-ko", "--base-model", "--base_model", help="HF id, local folder or builtin:tiny-ko."),
+    base_model: str = typer.Option("builtin:tiny-ko", "--base-model", "--base_model", help="HF id, local folder, .gguf file, builtin:tiny-ko or builtin:gemma-3-270m."),
     data: Path = typer.Option(..., "--data", "--data_path", "--data-path", help="Training records (.jsonl .json .csv)."),
     output_dir: Path = typer.Option(..., "--output-dir", "--output_dir", "-o", help="Run folder: adapter, tokenizer, kotune.json."),
     method: str = typer.Option("lora", "--method", help="lora | qlora (4-bit NF4) | full."),
@@ -254,6 +254,7 @@ def train(
     save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every N steps."),
     logging_steps: int = typer.Option(5, "--logging-steps", help="Log loss every N steps (TensorBoard, kotune.json history)."),
     max_steps: int = typer.Option(-1, "--max-steps", help="Stop after N optimizer steps (overrides epochs)."),
+    min_steps: int = typer.Option(30, "--min-steps", min=0, help="Small datasets: raise the preset's epochs until the run takes at least N optimizer steps (0: off; an explicit --epochs is kept)."),
     batching: str = typer.Option("auto", "--batching", help="auto | group_by_length | padding_free."),
     report_to: str = typer.Option("tensorboard", "--report-to", help="tensorboard | wandb | mlflow | none."),
     seed: int = typer.Option(42, "--seed", help="Random seed."),
@@ -283,7 +284,7 @@ def train(
         lora_mlp=lora_mlp, scheduler=scheduler, warmup_ratio=warmup_ratio, neftune_alpha=neftune_alpha,
         gradient_checkpointing=gradient_checkpointing, eval_data=str(eval_data) if eval_data else None,
         eval_split=eval_split, early_stopping=early_stopping, save_steps=save_steps, logging_steps=logging_steps, max_steps=max_steps,
-        batching=batching, report_to=report_to, seed=seed, trust_remote_code=trust_remote_code,
+        min_steps=min_steps, batching=batching, report_to=report_to, seed=seed, trust_remote_code=trust_remote_code,
     )
     info = run_train(config, resume=resume, overwrite=overwrite, log=lambda m: console.print(m, markup=False))
     if info.get("status") == "complete":

@@ -67,7 +67,7 @@ def _raw_texts(path: str) -> list[str] | None:
 
 
 def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
-    from kotune.models import lora_targets, module_names, read_run_info, resolve_base
+    from kotune.models import lora_targets, module_names, read_run_info, resolve_base, run_base
     from kotune.models import load_tokenizer
     from kotune.records import read_records
     from kotune.templates import IGNORE_INDEX, encode_example, get_template, Template
@@ -81,7 +81,7 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
     template = Template.from_dict(run["template"]) if run and not setup.template else get_template(setup.template or "kotune")
     data = setup.data or ((run or {}).get("data") or {}).get("path")
     max_length = setup.max_length or ((run or {}).get("config") or {}).get("max_length") or 1024
-    base_path = resolve_base(base, log=log)
+    base_path = run_base(run, log) if run and not setup.base_model else resolve_base(base, log=log)
     tokenizer = load_tokenizer(setup.run_dir or base_path)
     model = _meta_model(base_path)
     findings: list[Finding] = []
@@ -164,4 +164,18 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
                                 f"(longest {max(lengths)} tokens) and would be truncated" if over
                                 else f"all {len(lengths)} samples fit in max_length {max_length} (longest {max(lengths)})",
                                 f"raise --max-length to {max(lengths)} or shorten the inputs", severity="warning"))
+
+    # Too few optimizer steps: the seed-004 failure ("140 samples, the model did not learn").
+    steps = (((run or {}).get("final") or {}).get("steps"))
+    if steps is not None:
+        from kotune.train import MIN_LEARNING_STEPS
+
+        few = steps < MIN_LEARNING_STEPS
+        findings.append(Finding("too_few_steps", not few,
+                                f"the run took only {steps} optimizer steps: too few to learn the answer format and "
+                                f"to stop at EOS (a real model needs about {MIN_LEARNING_STEPS})" if few
+                                else f"{steps} optimizer steps (at least {MIN_LEARNING_STEPS})",
+                                f"train for at least {MIN_LEARNING_STEPS} steps: drop --epochs (kotune then raises the "
+                                "epochs for small data), raise --epochs, lower --batch-size, or add records",
+                                severity="warning"))
     return findings

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kotune.errors import KotuneError
-from kotune.models import load_tokenizer, read_run_info, resolve_base
+from kotune.models import load_tokenizer, read_run_info, resolve_base, run_base
 from kotune.templates import Template, eos_ids, get_template
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -153,7 +153,7 @@ def _no_merge(src: Path, out: Path | None, run: dict[str, Any], template: Templa
         log("a full fine-tune has no adapter: vLLM serves the folder itself")
         return {"kind": "full", "output": None, "command": f"vllm serve {shlex.quote(str(src.resolve()))}"}
     cfg = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
-    base = resolve_base(run.get("base_model") or cfg.get("base_model_name_or_path") or "", log=log)
+    base = run_base(run, log) if run.get("base_model") else resolve_base(cfg.get("base_model_name_or_path") or "", log=log)
     lora_name = name or src.resolve().name
     if not lora_name or any(c.isspace() or c == "=" for c in lora_name):
         raise KotuneError(f"--name {lora_name!r}: an adapter name has no spaces or '='")
@@ -216,7 +216,7 @@ def _merge(src: Path, dest: Path, run: dict[str, Any], template: Template, dtype
     from transformers import AutoModelForCausalLM
 
     cfg = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
-    base = resolve_base(run.get("base_model") or cfg.get("base_model_name_or_path") or "", log=log)
+    base = run_base(run, log) if run.get("base_model") else resolve_base(cfg.get("base_model_name_or_path") or "", log=log)
     tokenizer = load_tokenizer(str(src))
     torch_dtype = _torch_dtype(dtype, base)
     log(f"merging {src} into {run.get('base_model') or base} ({str(torch_dtype).replace('torch.', '')}) ...")

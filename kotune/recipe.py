@@ -128,6 +128,7 @@ class TrainStep(_Strict):
     save_steps: int = Field(50, ge=1)
     logging_steps: int = Field(5, ge=1)
     max_steps: int = -1
+    min_steps: int = Field(30, ge=0)
     batching: Literal["auto", "group_by_length", "padding_free"] = "auto"
     report_to: Literal["tensorboard", "wandb", "mlflow", "none"] = "tensorboard"
     seed: int = 42
