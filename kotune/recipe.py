@@ -178,6 +178,10 @@ class Recipe(_Strict):
     description: str = ""
     base_model: str = "builtin:tiny-ko"
     steps: Steps
+    # Named sets of overrides for another base model (``kotune run R --profile gemma``):
+    # settings that suit that model live in the recipe, not in code. Merged into the
+    # recipe before validation, so a profile is checked like the recipe itself.
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 _STEP_MODELS = {"prepare": PrepareStep, "generate": GenerateStep, "validate": ValidateStep, "split": SplitStep,
@@ -248,8 +252,34 @@ def _apply(data: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> "Plan":
-    """Read, override, validate and resolve a recipe; raises KotuneError naming the field."""
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Deep-merge a profile into the recipe data (mappings merge, other values replace)."""
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v
+
+
+def _profile_for(data: dict[str, Any], profile: str | None, base_model: str | None) -> str | None:
+    """The profile to apply: the one named, else the one declaring the --base-model given."""
+    profiles = data.get("profiles") or {}
+    if profile is not None:
+        if profile not in profiles:
+            known = ", ".join(profiles) or "none"
+            raise KotuneError(f"--profile {profile}: no such profile in this recipe (it has: {known})")
+        return profile
+    if base_model is not None:
+        matching = [n for n, p in profiles.items() if isinstance(p, dict) and p.get("base_model") == base_model]
+        return matching[0] if matching else None
+    return None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, *, profile: str | None = None,
+                base_model: str | None = None) -> "Plan":
+    """Read, apply a profile and overrides, validate and resolve a recipe; raises
+    KotuneError naming the field. ``base_model`` (``--base-model``) also picks the
+    profile that declares it when no profile is named."""
     import yaml
 
     from kotune.io import check_input_file, read_text_file
@@ -263,9 +293,17 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> "Plan":
                           line=mark.line + 1 if mark is not None else None) from None
     if not isinstance(data, dict):
         raise KotuneError("a recipe is a YAML mapping with name, base_model and steps", path=src)
+    chosen = _profile_for(data, profile, base_model)
+    if chosen is not None:
+        body = data["profiles"][chosen]
+        if not isinstance(body, dict):
+            raise KotuneError(f"profiles.{chosen}: a profile is a mapping of recipe fields", path=src)
+        _merge(data, {k: v for k, v in body.items() if k != "profiles"})
     for item in overrides or []:
         keys, value = parse_override(item)
         _apply(data, keys, value)
+    if base_model is not None:
+        data["base_model"] = base_model
     steps = data.get("steps")
     if isinstance(steps, dict):  # "doctor:" with nothing after it means the step with its defaults
         data["steps"] = {k: ({} if v is None else v) for k, v in steps.items()}
@@ -275,7 +313,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> "Plan":
         raise KotuneError(_first_error(e), path=src) from None
     if not any(recipe.steps.get(s) is not None for s in STEP_ORDER):
         raise KotuneError("steps: no steps to run", path=src)
-    return Plan(recipe, src)
+    plan = Plan(recipe, src)
+    plan.profile = chosen
+    return plan
 
 
 # ---------------------------------------------------------------- plan
@@ -320,6 +360,8 @@ def _content_hash(p: Path) -> str:
 
 class Plan:
     """A validated recipe with every path resolved: which commands run, reading and writing what."""
+
+    profile: str | None = None
 
     def __init__(self, recipe: Recipe, path: Path):
         self.recipe = recipe
