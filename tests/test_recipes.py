@@ -142,6 +142,37 @@ def test_recipe_categories_reach_validate(tmp_path: Path) -> None:
     assert re.search(r"--categories '?전세사기'? --categories '?부동산물권'?$", validate), validate
 
 
+@pytest.mark.parametrize("name", ["policy-qa", "insurance-rag-qlora", "civil-law-qa", "dialogue-summary",
+                                  "question-generation"])
+def test_every_recipe_has_a_gemma_profile_for_the_real_model(name: str, tmp_path: Path) -> None:
+    res = call_cli(["run", RECIPES / f"{name}.yaml", "-o", tmp_path / "o", "--dry-run", "--profile", "gemma"])
+    assert res.code == 0, res.err
+    train = next(line for line in res.out.splitlines() if line.startswith("kotune train"))
+    assert "--base-model builtin:gemma-3-270m" in train and "--max-length" in train
+    assert "base=builtin:gemma-3-270m" in res.out  # eval compares against the same base
+    # Without the profile the recipe is unchanged: tiny-ko and its own settings.
+    plain = call_cli(["run", RECIPES / f"{name}.yaml", "-o", tmp_path / "o", "--dry-run"])
+    assert "--base-model builtin:tiny-ko" in plain.out and "gemma-3-270m" not in plain.out
+
+
+def test_base_model_option_picks_the_profile_that_declares_it(tmp_path: Path) -> None:
+    res = call_cli(["run", RECIPES / "policy-qa.yaml", "-o", tmp_path / "o", "--dry-run",
+                    "--base-model", "builtin:gemma-3-270m", "--set", "steps.train.lora_r=4"])
+    assert res.code == 0, res.err
+    assert "profile gemma" in res.err
+    train = next(line for line in res.out.splitlines() if line.startswith("kotune train"))
+    assert "--max-length 512" in train and "--lora-r 4" in train  # profile first, then --set
+    evals = next(line for line in res.out.splitlines() if line.startswith("kotune eval"))
+    assert "eval-train" not in res.out and "--max-new-tokens 96" in evals
+
+
+def test_unknown_profile_is_one_error_line(tmp_path: Path) -> None:
+    res = call_cli(["run", RECIPES / "policy-qa.yaml", "-o", tmp_path / "o", "--profile", "llama"])
+    assert res.code == 2 and len(res.err_lines) == 1
+    assert "no such profile" in res.err_lines[0] and "gemma" in res.err_lines[0]
+    assert not (tmp_path / "o").exists()
+
+
 # ---------------------------------------------------------------- killed mid-training
 @pytest.mark.slow
 def test_killed_during_training_then_rerun_resumes(tmp_path: Path, tiny_model) -> None:
