@@ -143,6 +143,8 @@ def main() -> None:
         metrics = json.loads((ev / "metrics.json").read_text(encoding="utf-8"))["models"]
         responses = [json.loads(line) for line in (ev / "responses.jsonl").read_text(encoding="utf-8").splitlines()
                      if line.strip()]
+        paragraphs = [json.loads(line)["input"] for line in test.read_text(encoding="utf-8").splitlines()
+                      if line.strip()]  # responses.jsonl keeps the questions' order
     finally:
         if args.keep:
             print(f"kept {work}")
@@ -175,9 +177,8 @@ def main() -> None:
                      f"{o['eos_rate']} | {o['repetition']} | {o['unsupported_rate']} |")
     lines += ["", "Sample outputs (held-out paragraphs; cut at 90 characters):", "",
               "| paragraph | reference | base | seed way | kotune way |", "| --- | --- | --- | --- | --- |"]
-    for r in responses[:4]:
+    for r, para in list(zip(responses, paragraphs))[:4]:
         a = r["answers"]
-        para = r.get("input") or r.get("context") or r["question"]
         lines.append(f"| {_cell(para, 50)} | {_cell(r.get('reference', ''))} | {_cell(a['base']['text'])} | "
                      f"{_cell(a['seed']['text'])} | {_cell(a['kotune']['text'])} |")
     publish("\n".join(lines) + "\n", args.write, "bench_seed004")

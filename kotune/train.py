@@ -39,6 +39,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                          "gradient_checkpointing": True},
 }
 FULL_LR_SCALE = 0.1
+BATCHING = ("auto", "group_by_length", "padding_free")
+SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
 MAX_AUTO_EPOCHS = 30  # min_steps never makes a run pass over its data more often than this
 # Optimizer steps below which a run is unlikely to have learned the answer format and EOS
 # (doctor's too_few_steps warning; the default --min-steps).
@@ -92,6 +94,9 @@ class TrainConfig:
             raise KotuneError(f"unknown preset {self.preset!r}; one of {', '.join(PRESETS)}")
         if self.method not in ("lora", "qlora", "full"):
             raise KotuneError(f"unknown method {self.method!r}; one of lora, qlora, full")
+        for option, value, allowed in (("--batching", self.batching, BATCHING), ("--scheduler", self.scheduler, SCHEDULERS)):
+            if value not in allowed:  # an unknown value must not quietly train some other way
+                raise KotuneError(f"unknown {option} {value!r}; one of {', '.join(allowed)}")
         c = dataclasses.replace(self)
         for k, v in PRESETS[self.preset].items():
             if getattr(c, k) is None:
@@ -219,8 +224,9 @@ def estimate(n_train: int, tokens: int, config: TrainConfig, model, trainable: i
 
     Time is per token: padding-free batches cost in proportion to their tokens, so
     a measured forward+backward (``_time_per_token``) times the tokens of every
-    epoch, plus a forward-only pass (~1/3 of the cost) over the eval data after
-    each epoch and once before training.
+    epoch, plus a forward-only pass over the eval data after each epoch (about half
+    a LoRA step's cost: the frozen weights need no gradients, so backward is about
+    one forward).
     """
     steps = config.steps_per_epoch(n_train) * math.ceil(config.epochs) if config.max_steps <= 0 else config.max_steps
     epochs = config.epochs if config.max_steps <= 0 else config.max_steps / max(config.steps_per_epoch(n_train), 1)
@@ -229,8 +235,8 @@ def estimate(n_train: int, tokens: int, config: TrainConfig, model, trainable: i
     act = config.batch_size * config.max_length * model.config.hidden_size * getattr(model.config, "num_hidden_layers", 12) * 4 * 16
     seconds = None
     if token_seconds:
-        evals = math.ceil(epochs) + 1 if eval_tokens else 0
-        seconds = round(token_seconds * (tokens * epochs + eval_tokens * evals / 3), 1)
+        evals = math.ceil(epochs) if eval_tokens else 0
+        seconds = round(token_seconds * (tokens * epochs + eval_tokens * evals / 2), 1)
     return {
         "steps": steps,
         "tokens_per_epoch": tokens,

@@ -73,3 +73,33 @@ def test_generate_with_eight_workers_against_kotune_serve(teacher, tmp_path: Pat
     res = call_cli(["validate", out, "--chunks", chunks_file, "-o", clean])
     assert res.code == 0, res.err
     assert len(read_jsonl(clean)) == len(records)
+
+
+@pytest.mark.slow
+def test_readme_flow_with_defaults_works_against_kotune_serve(teacher, tmp_path: Path) -> None:
+    """The README's commands as written: `kotune serve ...` (max_tokens capped at 1024) and
+    `kotune generate chunks.jsonl --teacher URL --model NAME` with every other option at its
+    default (8 pairs per chunk ask for more than 1024 tokens)."""
+    chunks_file, adapter = teacher
+    out = tmp_path / "qa.jsonl"
+    with serve_process(["--model", "builtin:tiny-ko", "--adapter", f"teacher={adapter}"], tmp_path / "serve.log") \
+            as (url, _):
+        res = call_cli(["generate", chunks_file, "-o", out, "--teacher", url + "/v1", "--model", "teacher"])
+    assert res.code == 0, res.err
+    assert "nothing was finished" not in res.err and "0 errors" in res.err
+    assert "asked again within the server's max_tokens limit" in res.err
+    assert read_jsonl(out), res.err  # records were made
+
+
+@pytest.mark.parametrize("text, asked, limit", [
+    ("'max_tokens' is 1632, over this server's limit of 1024", 1632, 1024),
+    ("This model's maximum context length is 4096 tokens. However, you requested 5000 tokens "
+     "(1000 in the messages, 4000 in the completion).", 4000, 3096),
+    ("This model's maximum context length is 2048 tokens; the prompt has 900 and max_tokens is 1632.", 1632, 1148),
+    ("'messages' must be a list", 1632, None),
+    ("'max_tokens' is 900, over this server's limit of 1024", 900, None),  # not the limit's fault
+])
+def test_token_limit_is_read_from_openai_style_errors(text: str, asked: int, limit) -> None:
+    from kotune.data.teachers import token_limit_from_error
+
+    assert token_limit_from_error(text, asked) == limit

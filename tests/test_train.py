@@ -135,6 +135,32 @@ def test_unknown_preset(sample_split, tmp_path):
     _one_error_line(res, "turbo", "balanced")
 
 
+@pytest.mark.parametrize("option,value,listed", [("--batching", "foo", "padding_free"),
+                                                 ("--scheduler", "cosin", "cosine")])
+def test_unknown_enum_values_are_refused_before_loading(sample_split, tmp_path, option, value, listed):
+    # Before: --batching foo trained padded in random order without a word.
+    res = call_cli(["train", "--data", sample_split[0], "--output-dir", tmp_path / "out", option, value])
+    _one_error_line(res, f"unknown {option} '{value}'", listed)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("n_records,epochs,min_steps,want_epochs,changed", [
+    (18, None, 30, 10.0, True),     # 3 steps an epoch (batch 8): raised to reach 30 steps
+    (400, None, 30, 4.0, False),    # 50 steps an epoch: the preset's 4 epochs stand
+    (18, 4.0, 30, 4.0, False),      # an explicit --epochs is the user's choice
+    (18, None, 0, 4.0, False),      # --min-steps 0 turns it off
+    (2, None, 30, 30.0, True),      # one step an epoch: capped at MAX_AUTO_EPOCHS
+])
+def test_min_steps_raises_preset_epochs_on_small_data(n_records, epochs, min_steps, want_epochs, changed):
+    from kotune.train import TrainConfig
+
+    config = TrainConfig(base_model="m", data="d", output_dir="o", epochs=epochs, min_steps=min_steps).resolved()
+    got, reason = config.with_min_steps(n_records, epochs_given=epochs is not None)
+    assert got.epochs == want_epochs and (reason is not None) == changed
+    if changed:
+        assert f"{n_records} records" in reason and "--min-steps" in reason
+
+
 @pytest.mark.parametrize("method,device,preset,asked,expected", [
     ("qlora", "cuda", "balanced", None, True),      # QLoRA on a GPU: memory first
     ("qlora", "cpu", "balanced", None, False),      # CPU: speed first

@@ -47,6 +47,7 @@ class TeacherStats:
     retries: int = 0
     errors: int = 0
     reasks: int = 0
+    token_limit_retries: int = 0   # requests asked again within a max_tokens limit the server stated
     accepted: int = 0
     failed_chunks: int = 0
     rejected: Counter = field(default_factory=Counter)
@@ -70,6 +71,8 @@ class TeacherStats:
         parts = [f"{self.requests} requests", f"{self.retries} retries", f"{self.errors} errors"]
         if self.reasks:
             parts.append(f"{self.reasks} re-asks")
+        if self.token_limit_retries:
+            parts.append(f"{self.token_limit_retries} asked again within the server's max_tokens limit")
         line = ", ".join(parts) + f"; {self.accepted} answers accepted"
         if self.rejected:
             line += ", rejected: " + ", ".join(f"{k} {v}" for k, v in self.rejected.most_common())

@@ -381,6 +381,7 @@ class OpenAITeacher(AsyncTeacher):
         self._turn = itertools.count()
         self._buckets: list[TokenBucket] = []
         self._client: Any = None
+        self._token_cap: int | None = None  # the server's max_tokens limit, once an error has stated it
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -423,6 +424,8 @@ class OpenAITeacher(AsyncTeacher):
         """One completion, retried; raises ChunkFailed after ``max_retries`` retries."""
         import httpx
 
+        if self._token_cap:
+            max_tokens = min(max_tokens, self._token_cap)
         body = {"model": self.model, "messages": messages, "temperature": self.temperature, "max_tokens": max_tokens}
         attempt = 0
         while True:
@@ -450,6 +453,14 @@ class OpenAITeacher(AsyncTeacher):
                     error = f"HTTP {status}"
                     retry_after = parse_retry_after(resp.headers.get("retry-after"))
                 else:
+                    limit = token_limit_from_error(resp.text, body["max_tokens"]) if status == 400 else None
+                    if limit is not None:
+                        # Ask again within the server's stated limit, and remember it for every
+                        # later request (not a failure: no retry counted, no back-off).
+                        self.stats.bump("token_limit_retries")
+                        self._token_cap = min(self._token_cap or limit, limit)
+                        body = {**body, "max_tokens": limit}
+                        continue
                     self.stats.bump("errors")
                     raise ChunkFailed(f"HTTP {status}: {_snippet(resp)}")
             self.stats.bump("errors")
@@ -461,7 +472,7 @@ class OpenAITeacher(AsyncTeacher):
             attempt += 1
 
     async def agenerate(self, chunk: dict[str, Any], n: int) -> list[Record]:
-        max_tokens = self.max_tokens or min(4096, 256 + 256 * n)
+        max_tokens = self.max_tokens or default_max_tokens(n)
         for round_ in range(1 + self.reask):
             if round_:
                 self.stats.bump("reasks")
@@ -475,6 +486,39 @@ class OpenAITeacher(AsyncTeacher):
             if records:
                 return records
         return []
+
+
+def default_max_tokens(n: int) -> int:
+    """A reply budget for ``n`` Korean QA pairs: a pair is ~60-150 tokens in common
+    tokenizers, plus room for the JSON or 질문/답변 framing."""
+    return min(2048, 192 + 160 * n)
+
+
+_LIMIT_PATTERNS = (
+    # kotune serve, and servers that state their cap on max_tokens itself
+    re.compile(r"max_(?:completion_)?tokens'? is \d+, over this server's limit of (\d+)"),
+    re.compile(r"max_(?:completion_)?tokens[^0-9]{0,40}(?:limit|maximum|at most|<=?)[^0-9]{0,20}(\d+)", re.I),
+)
+# OpenAI / vLLM: "maximum context length is 4096 tokens. However, you requested 5000 tokens (1000 in the messages,
+# 4000 in the completion)"; kotune serve: "maximum context length is 2048 tokens; the prompt has 900 and ..."
+_CONTEXT_PATTERN = re.compile(r"maximum context length is (\d+) tokens.*?(?:\((\d+) in the messages|prompt has (\d+))",
+                              re.I | re.S)
+
+
+def token_limit_from_error(text: str, asked: int) -> int | None:
+    """The largest ``max_tokens`` a 400 answer says the server accepts, or None when the
+    error is about something else. Why: servers cap max_tokens (kotune serve at 1024 by
+    default) or the context; a teacher that keeps asking for more fails every chunk."""
+    for pattern in _LIMIT_PATTERNS:
+        m = pattern.search(text)
+        if m and 0 < int(m.group(1)) < asked:
+            return int(m.group(1))
+    m = _CONTEXT_PATTERN.search(text)
+    if m:
+        room = int(m.group(1)) - int(m.group(2) or m.group(3))
+        if 0 < room < asked:
+            return room
+    return None
 
 
 def _snippet(resp: Any, limit: int = 200) -> str:
