@@ -135,7 +135,13 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
     out = Path(out_dir)
     # Resolve every model before any work, so a bad path fails fast.
     refs = {name: resolve_model(spec, log=log) for name, spec in models}
-    shared_template = settings.template or next((r.run["template"]["name"] for r in refs.values() if r.run), None)
+    # A model without a run of its own (a plain base) answers in the compared run's whole
+    # template, system prompts included, so both models see byte-identical prompts.
+    from kotune.templates import Template, get_template
+
+    shared_template = (get_template(settings.template) if settings.template else
+                       next((Template.from_dict(r.run["template"]) for r in refs.values()
+                             if r.run and r.run.get("template")), None))
 
     retriever = None
     if chunks_path:
@@ -154,12 +160,14 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
                                       top_p=settings.top_p, repetition_penalty=settings.repetition_penalty,
                                       stop=list(settings.stop), seed=settings.seed)
     answers: dict[str, list[Any]] = {}
+    prompts_by_model: dict[str, list[str]] = {}
     timing: dict[str, float] = {}
     for name, spec in models:
         ref = refs[name]
         gen = Generator(spec, template=None if ref.run else (shared_template or "kotune"), log=log)
         prompts = [gen.prompt(q["question"], q["input"], category=q["category"], context=ctx or None)
                    for q, (ctx, _) in zip(questions, contexts)]
+        prompts_by_model[name] = prompts
         t0 = time.time()
         answers[name] = gen.generate(prompts, gen_settings, batch_size=settings.batch_size)
         timing[name] = time.time() - t0
@@ -189,7 +197,8 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
             for name, _ in models:
                 a = answers[name][i]
                 row = per_model_rows[name][i]
-                entry["answers"][name] = {"text": a.text, "finish_reason": a.finish_reason, "errors": row.get("errors", []),
+                entry["answers"][name] = {"text": a.text, "prompt": prompts_by_model[name][i],  # exactly what the model saw
+                                          "finish_reason": a.finish_reason, "errors": row.get("errors", []),
                                           "retrieved": ids, "completion_tokens": a.completion_tokens,
                                           **{k: v for k, v in row.items() if k not in ("errors",)}}
             responses.append(entry)

@@ -76,7 +76,7 @@ class TextPieces:
 class Generator:
     """A loaded model (base or base + adapter) that answers with its training template."""
 
-    def __init__(self, spec: str, *, template: str | None = None, device: str | None = None, log=print):
+    def __init__(self, spec: str, *, template: "str | Template | None" = None, device: str | None = None, log=print):
         self.ref: ModelRef = resolve_model(spec, log=log)
         self.device = device or pick_device()
         tok_path = self.ref.adapter or self.ref.base
@@ -91,7 +91,9 @@ class Generator:
             model = PeftModel.from_pretrained(model, self.ref.adapter)
         self.model = model.eval()
         run = self.ref.run or {}
-        if template is not None:
+        if isinstance(template, Template):  # a whole template, system prompts included (eval's shared one)
+            self.template = template
+        elif template is not None:
             self.template = get_template(template)
         elif run.get("template"):
             self.template = Template.from_dict(run["template"])

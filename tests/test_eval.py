@@ -202,3 +202,29 @@ def test_sampled_answers_repeat_with_the_same_seed(trained_run, train_questions)
 
     assert answers(1) == answers(1)
     assert answers(1) != answers(2)
+
+
+def test_base_gets_the_compared_runs_whole_template_byte_for_byte(tiny_model, tmp_path):
+    """civil-law style: chat template with per-category system prompts. Before, a plain base got
+    only the template's name and answered without the category's system prompt."""
+    import shutil
+
+    from kotune.io import write_json
+    from kotune.templates import get_template
+
+    prompts = {"임대차": "당신은 주택 임대차 분쟁을 쉽게 설명하는 민법 상담 도우미입니다.",
+               "상속": "당신은 상속 순위와 상속포기를 설명하는 민법 상담 도우미입니다."}
+    run = tmp_path / "run"  # a finished full fine-tune whose weights are tiny-ko's
+    shutil.copytree(tiny_model, run)
+    write_json(run / "kotune.json", {"status": "complete", "base_model": "builtin:tiny-ko", "method": "full",
+                                     "template": get_template("chat", prompts).to_dict(), "eos_token_ids": [0]})
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"question": q, "category": c}, ensure_ascii=False) + "\n" for q, c in
+                                 [("전입신고는 언제 하나요?", "임대차"), ("상속포기는 어디서 하나요?", "상속")]),
+                         encoding="utf-8")
+    res = call_cli(["eval", "--questions", questions, "--models", "base=builtin:tiny-ko", f"tuned={run}",
+                    "-o", tmp_path / "ev", "--max-new-tokens", "4"])
+    assert res.code == 0, res.err
+    for row in read_jsonl(tmp_path / "ev" / "responses.jsonl"):
+        base, tuned = row["answers"]["base"]["prompt"], row["answers"]["tuned"]["prompt"]
+        assert base == tuned and prompts[row["category"]] in base
