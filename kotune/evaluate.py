@@ -128,7 +128,7 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
     from kotune.generation import GenerationSettings, Generator
     from kotune.io import atomic_writer, dumps, write_json
     from kotune.metrics import score_rows
-    from kotune.models import read_run_info, resolve_model
+    from kotune.models import resolve_model
     from kotune.report import render_html, render_markdown
 
     settings = settings or EvalSettings()
@@ -139,6 +139,10 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
     # template, system prompts included, so both models see byte-identical prompts.
     from kotune.templates import Template, get_template
 
+    from kotune.templates import choose_template
+
+    for name, spec in models:  # a tuned run keeps its template: a different --template is refused
+        choose_template(refs[name].run, settings.template, spec=spec)
     shared_template = (get_template(settings.template) if settings.template else
                        next((Template.from_dict(r.run["template"]) for r in refs.values()
                              if r.run and r.run.get("template")), None))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from kotune.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, resolve_model
-from kotune.templates import Template, encode_prompt, eos_ids, get_template
+from kotune.templates import Template, choose_template, encode_prompt, eos_ids, get_template
 
 
 @dataclass
@@ -91,14 +91,11 @@ class Generator:
             model = PeftModel.from_pretrained(model, self.ref.adapter)
         self.model = model.eval()
         run = self.ref.run or {}
-        if isinstance(template, Template):  # a whole template, system prompts included (eval's shared one)
-            self.template = template
-        elif template is not None:
-            self.template = get_template(template)
-        elif run.get("template"):
-            self.template = Template.from_dict(run["template"])
+        if isinstance(template, Template) and not run.get("template"):
+            self.template = template  # a whole template, system prompts included (eval's shared one)
         else:
-            self.template = get_template("kotune")
+            self.template = (choose_template(run, template if isinstance(template, str) else None, spec=spec)
+                             or get_template("kotune"))
         self.eos_ids = list(run.get("eos_token_ids") or eos_ids(self.tokenizer))
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token_id = self.eos_ids[0]

@@ -36,7 +36,7 @@ from fastapi import Request  # module level: FastAPI resolves the (string) annot
 from kotune.errors import KotuneError
 from kotune.generation import Answer, GenerationSettings, Generator, TextPieces
 from kotune.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, resolve_model
-from kotune.templates import Template, encode_prompt, eos_ids, get_template
+from kotune.templates import Template, choose_template, encode_prompt, eos_ids, get_template
 
 BASE_ALIAS = "base"
 
@@ -116,6 +116,7 @@ class Engine:
         ref = resolve_model(model_spec, log=log)
         base_path = ref.base
         run = ref.run
+        choose_template(run, template, spec=model_spec)  # refuse a conflicting --template before loading
         if ref.adapter is None and run and run.get("method") == "merged" and (Path(model_spec) / "config.json").exists():
             base_path = str(model_spec)  # a `kotune export` folder: its own (merged) weights
         # Every name, its adapter folder (or None) and its run info.
@@ -164,12 +165,10 @@ class Engine:
         first_adapter = next((t for t in (_run_template(r) for _, a, r, _ in entries[1:] if a) if t), None)
         fallback = first_adapter or get_template("kotune")
         self.served: dict[str, Served] = {}
-        for (name, adapter, run_info, source), tok, internal in zip(entries, tokenizers, peft_names):
-            own = _run_template(run_info)
-            if adapter is None and template:
-                tmpl = get_template(template)
-            else:
-                tmpl = own or fallback
+        for i, ((name, adapter, run_info, source), tok, internal) in enumerate(zip(entries, tokenizers, peft_names)):
+            # --template is for the --model entry when it is a plain base; a run keeps its own
+            # (choose_template refuses another), and --adapter runs always answer in theirs.
+            tmpl = choose_template(run_info, template if i == 0 else None, spec=source) or fallback
             eos = list((run_info or {}).get("eos_token_ids") or eos_ids(tok))
             sub_ref = ModelRef(source, base_path, adapter, run_info)
             self.served[name] = Served(name, internal, _generator_view(self.model, tok, tmpl, eos, sub_ref, self.device),

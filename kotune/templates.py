@@ -107,6 +107,21 @@ def get_template(name: str, system_prompts: dict[str, str] | None = None, defaul
     return Template(name, dict(system_prompts or {}), default_system)
 
 
+def choose_template(run: dict[str, Any] | None, override: str | None, *, spec: str = "the model") -> Template | None:
+    """The one rule for ``--template`` at inference: a tuned run answers in the template
+    it was trained with (system prompts included); an override naming another template
+    is refused with one line, since answering in a format it was not trained on is
+    exactly the seeds' train/inference mismatch. Without a run, the override (or None).
+    """
+    own = Template.from_dict(run["template"]) if run and run.get("template") else None
+    if own is not None:
+        if override is not None and override != own.name:
+            raise KotuneError(f"--template {override}: {spec} was trained with template {own.name!r} and answers in "
+                              "it; drop --template (it applies to plain base models only)")
+        return own
+    return get_template(override) if override else None
+
+
 def encode_prompt(tokenizer: Any, prompt: str, template: Template) -> list[int]:
     """Prompt token ids, exactly as training saw them (BOS added by the tokenizer
     where it adds one, except for chat templates, which write their own)."""

@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import REPO, _subprocess_env, call_cli, read_jsonl
+from conftest import REPO, _subprocess_env, call_cli, read_jsonl, run_kotune
 
 EVAL_FILES = ("responses.jsonl", "metrics.json", "report.md", "report.html")
 
@@ -228,3 +228,18 @@ def test_base_gets_the_compared_runs_whole_template_byte_for_byte(tiny_model, tm
     for row in read_jsonl(tmp_path / "ev" / "responses.jsonl"):
         base, tuned = row["answers"]["base"]["prompt"], row["answers"]["tuned"]["prompt"]
         assert base == tuned and prompts[row["category"]] in base
+
+
+@pytest.mark.parametrize("command", ["chat", "eval", "serve"])
+def test_another_template_for_a_tuned_run_is_refused_everywhere(command, trained_run, tmp_path):
+    """One rule (templates.choose_template): a run answers in its training template; before,
+    `kotune chat --template` silently overrode it."""
+    args = {"chat": ["chat", "--model", trained_run, "--template", "alpaca"],
+            "eval": ["eval", "--questions", REPO / "recipes" / "data" / "civil-law" / "civil_law_qa.csv",
+                     "--models", trained_run, "--template", "alpaca", "-o", tmp_path / "ev"],
+            "serve": ["serve", "--model", trained_run, "--template", "alpaca", "--port", "9"]}[command]
+    # serve as a real process with a timeout: were the override accepted, it would start serving.
+    res = run_kotune(args, timeout=180) if command == "serve" else call_cli(args)
+    assert res.code == 2 and len(res.err_lines) == 1, res.err
+    assert "trained with template 'kotune'" in res.err_lines[0] and "drop --template" in res.err_lines[0]
+    assert not (tmp_path / "ev").exists()
