@@ -13,7 +13,9 @@ import threading
 # Content parts of speech (Kiwi/Sejong tags): nouns, verb and adjective stems,
 # roots, numbers, foreign words and Hanja. Particles and endings are left out.
 CONTENT_TAGS = frozenset({"NNG", "NNP", "NNB", "NR", "NP", "VV", "VA", "XR", "SN", "SL", "SH", "MAG"})
-_LOCK = threading.Lock()
+# One Kiwi instance serves every thread (teacher workers validate answers in threads);
+# every call into it goes through this lock.
+KIWI_LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,18 +31,22 @@ def split_sentences(text: str) -> list[str]:
     text = text.strip()
     if not text:
         return []
-    with _LOCK:
+    with KIWI_LOCK:
         sents = kiwi().split_into_sents(text)
     return [s.text.strip() for s in sents if s.text.strip()]
+
+
+def tokenize(text: str) -> list:
+    """Kiwi's tokens of ``text`` (form, tag, start, len), taken under the lock."""
+    with KIWI_LOCK:
+        return list(kiwi().tokenize(text))
 
 
 def morphemes(text: str) -> list[tuple[str, str]]:
     """``(form, tag)`` pairs; verb/adjective stems are their dictionary form."""
     if not text.strip():
         return []
-    with _LOCK:
-        toks = kiwi().tokenize(text)
-    return [(t.form, t.tag) for t in toks]
+    return [(t.form, t.tag) for t in tokenize(text)]
 
 
 def content_morphemes(text: str) -> list[str]:

@@ -62,8 +62,7 @@ def _analyse(text: str) -> tuple[_Tok, ...]:
     proper noun) is removed so a form is always one space-free token."""
     if not text or not text.strip():
         return ()
-    with korean._LOCK:
-        toks = korean.kiwi().tokenize(text)
+    toks = korean.tokenize(text)
     out = []
     for t in toks:
         form = "".join(t.form.split())

@@ -280,3 +280,56 @@ def test_input_context_stores_the_chunk_as_retrieval_formats_it(tmp_path: Path, 
     assert [(r["instruction"], r["output"]) for r in rows] == [(r["instruction"], r["output"]) for r in plain]
     assert all(r["input"] == format_context([(chunks[r["chunk_id"]], 0.0)]) for r in rows)
     assert all(r["input"].startswith("[문서 1]") for r in rows)
+
+
+def test_every_kiwi_call_holds_the_lock_even_from_teacher_threads(monkeypatch):
+    """Teacher workers validate answers in threads; rule questions (noun runs) used to call
+    Kiwi without the lock that every other caller takes."""
+    import threading
+
+    import kiwipiepy
+
+    from kotune import korean
+    from kotune.data.generate import RuleTeacher
+
+    calls, unlocked, failures = [], [], []
+    real_kiwi = kiwipiepy.Kiwi
+
+    class CheckingKiwi:
+        def __init__(self, *a, **k):
+            self.real = real_kiwi()
+
+        def _check(self):
+            lock = getattr(korean, "KIWI_LOCK", None) or getattr(korean, "_LOCK", None)  # (its name before)
+            calls.append(1)
+            if lock is None or not lock.locked():
+                unlocked.append(threading.current_thread().name)
+
+        def tokenize(self, *a, **k):
+            self._check()
+            return self.real.tokenize(*a, **k)
+
+        def split_into_sents(self, *a, **k):
+            self._check()
+            return self.real.split_into_sents(*a, **k)
+
+    def work(chunk):
+        try:
+            RuleTeacher().generate(chunk, 4)
+        except Exception as e:  # noqa: BLE001 - reported below
+            failures.append(repr(e))
+
+    korean.kiwi.cache_clear()
+    monkeypatch.setattr(kiwipiepy, "Kiwi", CheckingKiwi)
+    try:
+        chunk = {"chunk_id": "c1", "text": "국가 인공지능 컴퓨팅 센터는 2030년까지 600페타플롭스 규모의 시스템을 구축한다. "
+                                            "과학기술정보통신부는 매년 시행계획을 수립한다.", "metadata": {}}
+        threads = [threading.Thread(target=work, args=(chunk,)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        korean.kiwi.cache_clear()
+    assert not failures and calls
+    assert not unlocked

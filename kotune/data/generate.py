@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator, Callable, Iterable
 from kotune.data.chunk import match_heading
 from kotune.errors import KotuneError
 from kotune.io import dumps, read_jsonl
-from kotune.korean import kiwi, split_sentences
+from kotune.korean import split_sentences, tokenize
 from kotune.records import Record, normalize, write_records
 
 
@@ -180,7 +180,7 @@ def _topic(breadcrumbs: str) -> str:
 
 def _noun_runs(sentence: str) -> list[tuple[str, str, str]]:
     """``(phrase, next_tag, next_form)`` for each run of nouns (Kiwi), e.g. "국가 인공지능 컴퓨팅 센터"."""
-    tokens = kiwi().tokenize(sentence)
+    tokens = tokenize(sentence)  # teacher workers call this from threads: under Kiwi's lock
     runs: list[tuple[str, str, str]] = []
     i = 0
     while i < len(tokens):
