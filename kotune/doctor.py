@@ -67,7 +67,7 @@ def _raw_texts(path: str) -> list[str] | None:
 
 
 def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
-    from kotune.models import lora_targets, module_names, read_run_info, resolve_base, run_base
+    from kotune.models import lora_targets, module_names, read_run_info, resolve_base, run_base, run_trusts_remote_code
     from kotune.models import load_tokenizer
     from kotune.records import read_records
     from kotune.templates import IGNORE_INDEX, encode_example, get_template, Template
@@ -82,8 +82,9 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
     data = setup.data or ((run or {}).get("data") or {}).get("path")
     max_length = setup.max_length or ((run or {}).get("config") or {}).get("max_length") or 1024
     base_path = run_base(run, log) if run and not setup.base_model else resolve_base(base, log=log)
-    tokenizer = load_tokenizer(setup.run_dir or base_path)
-    model = _meta_model(base_path)
+    trust = run_trusts_remote_code(run)
+    tokenizer = load_tokenizer(setup.run_dir or base_path, trust)
+    model = _meta_model(base_path, trust)
     findings: list[Finding] = []
 
     # pad == eos: the collator masks pad positions out of the loss, EOS among them.

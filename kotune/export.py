@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kotune.errors import KotuneError
-from kotune.models import load_tokenizer, read_run_info, resolve_base, run_base
+from kotune.models import load_tokenizer, read_run_info, resolve_base, run_base, run_trusts_remote_code
 from kotune.templates import Template, eos_ids, get_template
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -159,6 +159,8 @@ def _no_merge(src: Path, out: Path | None, run: dict[str, Any], template: Templa
         raise KotuneError(f"--name {lora_name!r}: an adapter name has no spaces or '='")
     parts = ["vllm serve", shlex.quote(base), "--enable-lora", "--lora-modules",
              shlex.quote(f"{lora_name}={src.resolve()}")]
+    if run_trusts_remote_code(run):
+        parts.append("--trust-remote-code")  # trained with it: vLLM needs it to load the architecture too
     rank = int(cfg.get("r") or 0)
     if rank > 16:  # vLLM's default --max-lora-rank is 16
         parts += ["--max-lora-rank", str(rank)]
@@ -166,7 +168,7 @@ def _no_merge(src: Path, out: Path | None, run: dict[str, Any], template: Templa
         log(f"warning: the adapter also trains {', '.join(cfg['modules_to_save'])} (modules_to_save), which vLLM's "
             "LoRA serving does not load; export with --merge instead")
     written = None
-    tokenizer = load_tokenizer(str(src))
+    tokenizer = load_tokenizer(str(src), run_trusts_remote_code(run))
     jinja = instruction_chat_template(template, tokenizer)
     if jinja is not None:
         if out is not None:
@@ -217,11 +219,12 @@ def _merge(src: Path, dest: Path, run: dict[str, Any], template: Template, dtype
 
     cfg = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
     base = run_base(run, log) if run.get("base_model") else resolve_base(cfg.get("base_model_name_or_path") or "", log=log)
-    tokenizer = load_tokenizer(str(src))
+    trust = run_trusts_remote_code(run)
+    tokenizer = load_tokenizer(str(src), trust)
     torch_dtype = _torch_dtype(dtype, base)
     log(f"merging {src} into {run.get('base_model') or base} ({str(torch_dtype).replace('torch.', '')}) ...")
     try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, trust_remote_code=trust)
     except OSError as e:
         raise KotuneError(f"cannot load the base model: {str(e).splitlines()[0]}", path=base) from None
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:

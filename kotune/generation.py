@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from kotune.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, resolve_model
+from kotune.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, resolve_model, run_trusts_remote_code
 from kotune.templates import Template, choose_template, encode_prompt, eos_ids, get_template
 
 
@@ -80,9 +80,10 @@ class Generator:
         self.ref: ModelRef = resolve_model(spec, log=log)
         self.device = device or pick_device()
         tok_path = self.ref.adapter or self.ref.base
-        self.tokenizer = load_tokenizer(tok_path)
+        trust = run_trusts_remote_code(self.ref.run)
+        self.tokenizer = load_tokenizer(tok_path, trust)
         self.tokenizer.padding_side = "left"
-        model = load_causal_lm(self.ref.base, device=self.device)
+        model = load_causal_lm(self.ref.base, device=self.device, trust_remote_code=trust)
         if self.ref.adapter:
             from peft import PeftModel
 

@@ -350,6 +350,12 @@ def run_base(run: dict[str, Any], log=print) -> str:
     return resolve_base(run.get("base_model") or "", log)
 
 
+def run_trusts_remote_code(run: dict[str, Any] | None) -> bool:
+    """Whether a run was trained with ``--trust-remote-code``: every later load of it
+    (eval, chat, serve, export, doctor) needs the same to load that architecture."""
+    return bool(((run or {}).get("config") or {}).get("trust_remote_code"))
+
+
 def base_source(spec: str) -> dict[str, Any] | None:
     """The file behind a base model argument, for the run record: a GGUF file (given
     or builtin) with its hash; None for HF ids, folders and tiny-ko."""

@@ -35,7 +35,7 @@ from fastapi import Request  # module level: FastAPI resolves the (string) annot
 
 from kotune.errors import KotuneError
 from kotune.generation import Answer, GenerationSettings, Generator, TextPieces
-from kotune.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, resolve_model
+from kotune.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, resolve_model, run_trusts_remote_code
 from kotune.templates import Template, choose_template, encode_prompt, eos_ids, get_template
 
 BASE_ALIAS = "base"
@@ -139,8 +139,9 @@ class Engine:
 
         log(f"loading {model_spec} on {self.device} ...")
         base_tok_path = ref.adapter or base_path
-        tokenizers = [load_tokenizer(a or base_tok_path) for _, a, _, _ in entries]
-        model = load_causal_lm(base_path, device=self.device)
+        trust = any(run_trusts_remote_code(r) for _, _, r, _ in entries)
+        tokenizers = [load_tokenizer(a or base_tok_path, trust) for _, a, _, _ in entries]
+        model = load_causal_lm(base_path, device=self.device, trust_remote_code=trust)
         vocab = max(len(t) for t in tokenizers)
         if vocab > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(vocab)

@@ -243,3 +243,42 @@ def test_another_template_for_a_tuned_run_is_refused_everywhere(command, trained
     assert res.code == 2 and len(res.err_lines) == 1, res.err
     assert "trained with template 'kotune'" in res.err_lines[0] and "drop --template" in res.err_lines[0]
     assert not (tmp_path / "ev").exists()
+
+
+def test_trust_remote_code_of_a_run_reaches_every_later_load(tiny_model, tmp_path, monkeypatch):
+    """A run trained with --trust-remote-code is loaded with it by eval/chat (Generator), serve
+    and doctor; before, only training had it."""
+    import shutil
+
+    import kotune.doctor
+    import kotune.generation
+    import kotune.serve
+    from kotune.doctor import DoctorSetup, diagnose
+    from kotune.generation import Generator
+    from kotune.io import write_json
+    from kotune.serve import Engine
+    from kotune.templates import get_template
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_model, run)
+    write_json(run / "kotune.json", {"status": "complete", "base_model": "builtin:tiny-ko", "method": "full",
+                                     "template": get_template("kotune").to_dict(), "eos_token_ids": [0],
+                                     "config": {"trust_remote_code": True}})
+    seen = []
+    for module in (kotune.generation, kotune.serve, kotune.doctor):
+        for fn in ("load_causal_lm", "load_tokenizer"):
+            if hasattr(module, fn):
+                real = getattr(module, fn)
+                monkeypatch.setattr(module, fn, lambda *a, _real=real, _fn=fn, **k: (
+                    seen.append((_fn, k.get("trust_remote_code", a[1] if len(a) > 1 else False))), _real(*a, **k))[1])
+    Generator(str(run), log=lambda *_: None)
+    Engine(str(run), log=lambda *_: None)
+    import kotune.models as models
+
+    real_meta = kotune.doctor._meta_model
+    monkeypatch.setattr(kotune.doctor, "_meta_model", lambda path, trust=False: (seen.append(("meta", trust)),
+                                                                                 real_meta(path, trust))[1])
+    monkeypatch.setattr(models, "load_tokenizer", lambda *a, _real=models.load_tokenizer, **k: (
+        seen.append(("load_tokenizer", a[1] if len(a) > 1 else k.get("trust_remote_code", False))), _real(*a, **k))[1])
+    diagnose(DoctorSetup(run_dir=str(run)), log=lambda *_: None)
+    assert len(seen) >= 5 and all(flag is True for _, flag in seen), seen
