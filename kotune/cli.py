@@ -158,7 +158,7 @@ def validate(
     chunks_file: Optional[Path] = typer.Option(None, "--chunks", help="Chunks JSONL, to check answers are grounded in their chunk."),
     mapping: Optional[List[str]] = typer.Option(None, "--map", help="Column mapping SOURCE=FIELD, e.g. --map 질문=instruction."),
     min_answer_chars: int = typer.Option(10, "--min-answer-chars", min=0, help="Drop answers shorter than this."),
-    near_dup: float = typer.Option(0.85, "--near-dup-threshold", min=0.0, max=1.0, help="MinHash Jaccard at which records are near-duplicates."),
+    near_dup: float = typer.Option(0.85, "--near-dup-threshold", help="MinHash Jaccard at which records are near-duplicates, in (0, 1] (checked by ValidateConfig)."),
     min_grounding: float = typer.Option(0.5, "--min-grounding", min=0.0, max=1.0, help="Share of answer content morphemes that must occur in the source chunk."),
     grounding: bool = typer.Option(True, "--grounding/--no-grounding", help="Check answers against their chunk or input."),
     one_answer: bool = typer.Option(True, "--one-answer-per-prompt/--many-answers-per-prompt", help="Whether the same instruction + input twice is a duplicate (QA) or several references per input are kept (question generation)."),

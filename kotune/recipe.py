@@ -81,7 +81,7 @@ class ValidateStep(_Strict):
     data: list[str] = Field(default_factory=list)
     map: dict[str, str] = Field(default_factory=dict)
     min_answer_chars: int = Field(10, ge=0)
-    near_dup_threshold: float = Field(0.85, ge=0, le=1)
+    near_dup_threshold: float = Field(0.85, gt=0, le=1)  # as ValidateConfig.check: (0, 1]
     min_grounding: float = Field(0.5, ge=0, le=1)
     grounding: bool = True
     one_answer_per_prompt: bool = True

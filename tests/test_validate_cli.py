@@ -6,6 +6,8 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import leftover_temp_files, read_jsonl
 
 
@@ -109,3 +111,16 @@ def test_unknown_category_is_one_error_line_naming_the_categories_there(tmp_path
     assert len(errors) == 1 and errors[0].startswith("error: --categories: no record has category '전세사귀'; the data has ")
     assert "전세사기 (" in errors[0] and "상속 (" in errors[0]
     assert "Traceback" not in res.err and not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "1.5"])
+def test_near_dup_threshold_has_one_range_in_cli_and_recipe(tmp_path: Path, cli, sample_qa: Path, value: str) -> None:
+    """(0, 1] everywhere; the CLI used to accept 0 ([0, 1]) that validate then refused."""
+    res = cli(["validate", sample_qa, "-o", tmp_path / "clean.jsonl", "--near-dup-threshold", value])
+    assert res.code == 2 and len(res.err_lines) == 1 and "(0, 1]" in res.err_lines[0], res.err
+    assert not (tmp_path / "clean.jsonl").exists()
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\nsteps:\n  validate:\n    data: [{sample_qa}]\n    near_dup_threshold: {value}\n",
+                      encoding="utf-8")
+    res = cli(["run", recipe, "-o", tmp_path / "out"])
+    assert res.code == 2 and "near_dup_threshold" in res.err_lines[0] and not (tmp_path / "out").exists()

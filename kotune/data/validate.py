@@ -89,7 +89,7 @@ class ValidateConfig:
         if self.min_answer_chars < 0:
             raise KotuneError(f"min_answer_chars must be >= 0, got {self.min_answer_chars}")
         if not 0.0 < self.near_dup_threshold <= 1.0:
-            raise KotuneError(f"near_dup_threshold must be in (0, 1], got {self.near_dup_threshold}")
+            raise KotuneError(f"--near-dup-threshold (near_dup_threshold) must be in (0, 1], got {self.near_dup_threshold}")
         if self.ngram < 1:
             raise KotuneError(f"ngram must be >= 1, got {self.ngram}")
         if self.num_perm < 16:
