@@ -55,7 +55,7 @@ def test_smoke_run_on_cpu_writes_every_row(tmp_path):
                          for v in ("seed", "kotune")}
     tps = {k: float(line.split("|")[5]) for k, line in rows.items()}
     assert all(v > 0 for v in tps.values())
-    # Padding to 512 and scoring the prompt costs the seed recipe well over 2x the work on this data.
-    assert tps[("tiny", "lora", "qa", "kotune")] > tps[("tiny", "lora", "qa", "seed")]
+    # (Which of seed and kotune is faster is a benchmark figure, not a test: a timing comparison on a
+    # loaded 2-core machine flipped once. make bench-gpu reports it.)
     low, high = map(int, re.search(r"long data 1 samples of (\d+)–(\d+) tokens", text).groups())
     assert 1800 <= low <= high <= 2048  # the memory run's samples fill the 2048-token window
