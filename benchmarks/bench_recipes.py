@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, header, load1, publish  # noqa: E402
+from common import ROOT, header, load1, publish, table_cell, timed_process as timed  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from kotune.recipe import headline, load_recipe  # noqa: E402
@@ -38,20 +38,6 @@ from kotune.recipe import headline, load_recipe  # noqa: E402
 RECIPES = ("policy-qa", "insurance-rag-qlora", "civil-law-qa", "dialogue-summary", "question-generation")
 LIMIT_S = 360  # the issue's budget per recipe on 2 cores (tiny-ko)
 DEMO_LIMIT_S = {None: 300, "gemma": 600}  # make demo's budget: tiny-ko, and the real model including conversion
-
-
-def timed(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS in GB) of one process tree's main process."""
-    t0 = time.monotonic()
-    with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - t0
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
-        raise SystemExit(f"{' '.join(cmd)} failed (exit {code}); log {log}:\n{tail}")
-    return wall, usage.ru_maxrss / 1024 / 1024
 
 
 def main() -> None:
@@ -158,11 +144,6 @@ def quality(out: Path) -> dict:
     return {"overall": overall, "samples": samples, "estimate": estimate}
 
 
-def _cell(text: str, n: int = 110) -> str:
-    text = " ".join(str(text).split()).replace("|", "\\|")
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
 def real_model_section(rows: list[dict], demo, profile: str, started: float, load_before: float) -> str:
     lines = [*header(f"End to end on a real model: every recipe with `--profile {profile}`", started, load_before),
              "- Model: `builtin:gemma-3-270m` (google/gemma-3-270m, Q4_K_M GGUF dequantized to fp32, 268M parameters); "
@@ -190,8 +171,8 @@ def real_model_section(rows: list[dict], demo, profile: str, started: float, loa
     for r in rows:
         lines += [f"**{r['name']}**", "", "| question | reference | base | tuned |", "| --- | --- | --- | --- |"]
         for smp in r["samples"]:
-            lines.append(f"| {_cell(smp['question'], 60)} | {_cell(smp['reference'])} | {_cell(smp.get('base', ''))} | "
-                         f"{_cell(smp.get('tuned', ''))} |")
+            lines.append(f"| {table_cell(smp['question'], 60)} | {table_cell(smp['reference'], 110)} | {table_cell(smp.get('base', ''), 110)} | "
+                         f"{table_cell(smp.get('tuned', ''), 110)} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

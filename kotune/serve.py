@@ -79,10 +79,6 @@ def _generator_view(model, tokenizer, template: Template, eos: list[int], ref: M
     return gen
 
 
-def _run_template(run: dict[str, Any] | None) -> Template | None:
-    return Template.from_dict(run["template"]) if run and run.get("template") else None
-
-
 def _same_model(a: str, b: str) -> bool:
     """The same HF id, or the same folder however it was written."""
     if a == b:
@@ -163,7 +159,7 @@ class Engine:
         self.is_peft = any(a is not None for a in peft_names)  # then self.model is a PeftModel
 
         # Templates: each run its own; the plain base --template, else the first adapter's, else kotune.
-        first_adapter = next((t for t in (_run_template(r) for _, a, r, _ in entries[1:] if a) if t), None)
+        first_adapter = next((t for t in (choose_template(r, None) for _, a, r, _ in entries[1:] if a) if t), None)
         fallback = first_adapter or get_template("kotune")
         self.served: dict[str, Served] = {}
         for i, ((name, adapter, run_info, source), tok, internal) in enumerate(zip(entries, tokenizers, peft_names)):
