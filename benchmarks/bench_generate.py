@@ -28,7 +28,7 @@ from common import machine, publish  # noqa: E402
 def questions(n: int) -> list[str]:
     """Questions from the bundled sample through kotune's own prepare + rule teacher."""
     from kotune.data.chunk import prepare
-    from kotune.data.generate import RuleTeacher
+    from kotune.data.rule_teacher import RuleTeacher
 
     chunks = prepare([REPO / "recipes" / "data" / "policy" / "policy_plan.txt"])
     teacher = RuleTeacher()

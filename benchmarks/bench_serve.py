@@ -112,7 +112,7 @@ async def chat_load(url: str, model: str, n: int, concurrent: bool, max_tokens: 
 
 def teacher_run(url: str, model: str, workers: int, chunks: list[dict], max_tokens: int, per_chunk: int) -> dict:
     from kotune.data.generate import generate_file
-    from kotune.data.teachers import OpenAITeacher
+    from kotune.data.http_teacher import OpenAITeacher
 
     teacher = OpenAITeacher(url, model, workers=workers, max_tokens=max_tokens, temperature=0.0, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,8 +127,8 @@ def teacher_run(url: str, model: str, workers: int, chunks: list[dict], max_toke
 def distill_teacher(work: Path, n_chunks: int, pairs: int, epochs: int) -> tuple[Path, list[dict]]:
     """A teacher adapter (tiny-ko LoRA) taught to answer with ``pairs`` QA pairs, and its chunks."""
     from kotune.data.chunk import prepare
-    from kotune.data.generate import RuleTeacher
-    from kotune.data.teachers import distillation_records
+    from kotune.data.qa import distillation_records
+    from kotune.data.rule_teacher import RuleTeacher
     from kotune.records import write_records
     from kotune.train import TrainConfig, train
 

@@ -97,7 +97,7 @@ def start_fake_server(latency: float) -> tuple[ThreadingHTTPServer, str]:
 def run_once(url: str, model: str | None, workers: int, chunks: list[dict], per_chunk: int,
              api_keys: list[str], rpm: float | None) -> dict[str, Any]:
     from kotune.data.generate import generate_file
-    from kotune.data.teachers import OpenAITeacher
+    from kotune.data.http_teacher import OpenAITeacher
 
     teacher = OpenAITeacher(url, model, workers=workers, api_keys=api_keys, rpm=rpm)
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +124,7 @@ def main() -> None:
     if (args.url is None) == (args.fake_latency is None):
         ap.error("give a server URL or --fake-latency SECONDS (not both)")
 
-    from kotune.data.teachers import read_api_keys
+    from kotune.openai_client import read_api_keys
     from kotune.korean import kiwi
 
     kiwi().tokenize("워밍업 문장입니다.")  # Kiwi's first call takes seconds; keep it out of the timings

@@ -94,12 +94,13 @@ def generate(
 
     from rich.progress import TextColumn
 
-    from kotune.data.generate import generate_file, load_chunks, make_teacher, parse_shard, shard_chunks
+    from kotune.data.generate import generate_file, make_teacher, parse_shard, shard_chunks
+    from kotune.records import load_chunks
 
     is_url = teacher.startswith(("http://", "https://"))
     options: dict = {"workers": workers, "max_tokens": max_new_tokens}
     if is_url:
-        from kotune.data.teachers import read_api_keys
+        from kotune.openai_client import read_api_keys
 
         options.update(api_keys=read_api_keys(api_key_env), max_retries=max_retries, rpm=rpm, timeout=timeout,
                        temperature=temperature)
@@ -165,10 +166,9 @@ def validate(
     categories: Optional[List[str]] = typer.Option(None, "--categories", help="Keep only records of these categories: comma-separated or repeated, e.g. --categories 전세사기,부동산물권."),
 ) -> None:
     """Merge QA files; drop missing, duplicate, near-duplicate, short, incomplete, evasive and ungrounded records."""
-    from kotune.data.generate import load_chunks
     from kotune.data.validate import ValidateConfig, render_tables, validate_records
     from kotune.io import write_json
-    from kotune.records import parse_mapping, read_records, write_records
+    from kotune.records import load_chunks, parse_mapping, read_records, write_records
 
     mp = parse_mapping(mapping)
     records = []
@@ -287,10 +287,10 @@ def train(
         min_steps=min_steps, batching=batching, report_to=report_to, seed=seed, trust_remote_code=trust_remote_code,
     )
     info = run_train(config, resume=resume, overwrite=overwrite, log=lambda m: console.print(m, markup=False))
-    if info.get("status") == "complete":
-        f = info["final"]
-        done(f"trained in {f['seconds']} s ({f['steps']} steps): train loss {f['train_loss']}, "
-             f"eval loss {f['eval_loss']} → {output_dir}")
+    if info.complete and info.final:
+        f = info.final
+        done(f"trained in {f.seconds} s ({f.steps} steps): train loss {f.train_loss}, "
+             f"eval loss {f.eval_loss} → {output_dir}")
 
 
 @app.command()
@@ -298,7 +298,7 @@ def doctor(
     run_dir: Optional[Path] = typer.Argument(None, metavar="[OUT]", help="A kotune output folder to check."),
     base_model: Optional[str] = typer.Option(None, "--base-model", "--base_model", help="Base model (HF id, folder, builtin:tiny-ko)."),
     data: Optional[Path] = typer.Option(None, "--data", "--data_path", help="Training data: records or raw {\"text\": ...} rows."),
-    template: Optional[str] = typer.Option(None, "--template", help="Training template (default: the run's, else kotune)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Template for a base model (default kotune); a kotune output uses its own and refuses another."),
     max_length: Optional[int] = typer.Option(None, "--max-length", "--max_length", help="Training max_length to check truncation against."),
     lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="LoRA target modules the setup uses (comma-separated)."),
     pad_token: Optional[str] = typer.Option(None, "--pad-token", help="'eos' if the setup sets tokenizer.pad_token = eos_token."),
@@ -360,7 +360,7 @@ def eval_(
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable); trimmed from answers."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions per generation batch."),
     seed: int = typer.Option(42, "--seed", help="Sampling seed (with --temperature > 0): the same seed gives the same answers."),
-    template: Optional[str] = typer.Option(None, "--template", help="Template for base models (default: the tuned model's)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Template for base models (default: the tuned model's, whole); a kotune output uses its own and refuses another."),
     judge: Optional[str] = typer.Option(None, "--judge", help="OpenAI-compatible URL of an LLM judge (pairs judged in both orders)."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name at the judge endpoint."),
     judge_api_key_env: Optional[str] = typer.Option(None, "--judge-api-key-env", help="Environment variable holding the judge's API key."),
@@ -455,7 +455,7 @@ def chat(
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.5),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable)."),
-    template: Optional[str] = typer.Option(None, "--template", help="Template for a base model (a kotune output uses its own)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Template for a base model; a kotune output uses its own and refuses another."),
     category: str = typer.Option("", "--category", help="Category for per-category system prompts (chat template)."),
 ) -> None:
     """Interactive terminal chat with streaming. Commands: /reset, /context on|off, /settings, /exit."""
@@ -475,7 +475,7 @@ def serve(
     adapter: Optional[List[str]] = typer.Option(None, "--adapter", help="NAME=PATH of a kotune LoRA output on the same base; repeat or list."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
-    template: Optional[str] = typer.Option(None, "--template", help="Template for the plain base (default: the first adapter's)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Template for a plain base (default: the first adapter's); a kotune output uses its own and refuses another."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable holding the API key clients must send as 'Authorization: Bearer KEY'."),
     max_tokens_limit: int = typer.Option(1024, "--max-tokens-limit", min=1, help="Largest max_tokens a request may ask for."),
     default_max_tokens: int = typer.Option(256, "--default-max-tokens", min=1, help="max_tokens when a request gives none."),

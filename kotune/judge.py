@@ -2,20 +2,20 @@
 
 Judges prefer whichever answer they see first (position bias), so each pair is
 asked twice with the answers swapped; a model wins a question only when both
-orders agree, otherwise it is a tie.
+orders agree, otherwise it is a tie. Requests go through
+``kotune.openai_client.OpenAIClient`` (the HTTP teacher's client: retries with
+backoff and ``Retry-After``, a one-line error for a rejected key), one at a
+time, at temperature 0 with ``max_tokens`` 8.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import asyncio
 import re
-import time
-import urllib.error
-import urllib.request
 from typing import Any, Callable
 
 from kotune.errors import KotuneError
+from kotune.openai_client import OpenAIClient, RequestFailed, read_api_keys
 
 JUDGE_PROMPT = """당신은 한국어 답변을 공정하게 평가하는 심사위원입니다.
 질문과 참고 답변을 보고, 두 답변 중 더 정확하고 근거가 있으며 간결한 답변을 고르세요.
@@ -35,30 +35,12 @@ JUDGE_PROMPT = """당신은 한국어 답변을 공정하게 평가하는 심사
 """
 
 
-def _ask(url: str, model: str, prompt: str, api_key: str | None, timeout: float = 60, retries: int = 3) -> str:
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
-                       "temperature": 0, "max_tokens": 8}).encode("utf-8")
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    endpoint = url.rstrip("/") + "/chat/completions"
-    for attempt in range(retries + 1):
-        try:
-            req = urllib.request.Request(endpoint, data=body, headers=headers, method="POST")
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                data = json.loads(resp.read().decode("utf-8"))
-            return str(data["choices"][0]["message"]["content"])
-        except urllib.error.HTTPError as e:
-            if e.code in (429, 500, 502, 503, 504) and attempt < retries:
-                time.sleep(float(e.headers.get("Retry-After") or 2 ** attempt))
-                continue
-            raise KotuneError(f"judge endpoint answered HTTP {e.code}", path=endpoint) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-            if attempt < retries:
-                time.sleep(2 ** attempt)
-                continue
-            raise KotuneError(f"judge endpoint unreachable ({getattr(e, 'reason', e)})", path=endpoint) from None
-    raise AssertionError("unreachable")
+async def _ask(client: OpenAIClient, prompt: str) -> str:
+    try:
+        return await client.chat([{"role": "user", "content": prompt}], max_tokens=8, temperature=0)
+    except RequestFailed as e:
+        what = f"answered HTTP {e.status}" if e.status else f"unreachable ({e})" if e.transport else f"sent a {e}"
+        raise KotuneError(f"judge endpoint {what}", path=client.url) from None
 
 
 def _verdict(text: str) -> str:
@@ -69,34 +51,41 @@ def _verdict(text: str) -> str:
 def judge_pairs(responses: list[dict[str, Any]], models: list[str], *, url: str, judge_model: str,
                 api_key_env: str | None = None, on_step: Callable[[], None] | None = None) -> dict[str, Any]:
     """Compare the first model with each other model on every question, in both orders."""
-    api_key = os.environ.get(api_key_env) if api_key_env else None
-    if api_key_env and not api_key:
-        raise KotuneError(f"environment variable {api_key_env} is not set")
+    api_keys = read_api_keys(api_key_env, option="--judge-api-key-env")
+    client = OpenAIClient(url, judge_model, api_keys=api_keys, max_retries=3, timeout=60, max_connections=1,
+                          name="judge endpoint", key_option="--judge-api-key-env")
+    return asyncio.run(_judge_all(client, responses, models, on_step))
+
+
+async def _judge_all(client: OpenAIClient, responses: list[dict[str, Any]], models: list[str],
+                     on_step: Callable[[], None] | None) -> dict[str, Any]:
     base = models[0]
-    result: dict[str, Any] = {"judge_model": judge_model, "baseline": base, "pairs": {}}
-    for other in models[1:]:
-        wins = losses = ties = 0
-        order_disagreements = 0
-        per_question = []
-        for r in responses:
-            a, b = r["answers"][base]["text"], r["answers"][other]["text"]
-            common = dict(question=r["question"], reference=r.get("reference") or "(없음)")
-            first = _verdict(_ask(url, judge_model, JUDGE_PROMPT.format(a=a, b=b, **common), api_key))
-            second = _verdict(_ask(url, judge_model, JUDGE_PROMPT.format(a=b, b=a, **common), api_key))
-            # Map both verdicts to "which model": first order A=base, second order A=other.
-            v1 = {"A": base, "B": other}.get(first, "tie")
-            v2 = {"A": other, "B": base}.get(second, "tie")
-            outcome = v1 if v1 == v2 else "tie"
-            if v1 != v2:
-                order_disagreements += 1
-            wins += outcome == other
-            losses += outcome == base
-            ties += outcome == "tie"
-            per_question.append({"id": r["id"], "orders": [first, second], "winner": outcome})
-            if on_step:
-                on_step()
-        n = max(len(responses), 1)
-        result["pairs"][other] = {"win_rate": round(wins / n, 4), "loss_rate": round(losses / n, 4),
-                                  "tie_rate": round(ties / n, 4), "order_disagreement": round(order_disagreements / n, 4),
-                                  "per_question": per_question}
+    result: dict[str, Any] = {"judge_model": client.model, "baseline": base, "pairs": {}}
+    async with client:
+        for other in models[1:]:
+            wins = losses = ties = 0
+            order_disagreements = 0
+            per_question = []
+            for r in responses:
+                a, b = r["answers"][base]["text"], r["answers"][other]["text"]
+                common = dict(question=r["question"], reference=r.get("reference") or "(없음)")
+                first = _verdict(await _ask(client, JUDGE_PROMPT.format(a=a, b=b, **common)))
+                second = _verdict(await _ask(client, JUDGE_PROMPT.format(a=b, b=a, **common)))
+                # Map both verdicts to "which model": first order A=base, second order A=other.
+                v1 = {"A": base, "B": other}.get(first, "tie")
+                v2 = {"A": other, "B": base}.get(second, "tie")
+                outcome = v1 if v1 == v2 else "tie"
+                if v1 != v2:
+                    order_disagreements += 1
+                wins += outcome == other
+                losses += outcome == base
+                ties += outcome == "tie"
+                per_question.append({"id": r["id"], "orders": [first, second], "winner": outcome})
+                if on_step:
+                    on_step()
+            n = max(len(responses), 1)
+            result["pairs"][other] = {"win_rate": round(wins / n, 4), "loss_rate": round(losses / n, 4),
+                                      "tie_rate": round(ties / n, 4),
+                                      "order_disagreement": round(order_disagreements / n, 4),
+                                      "per_question": per_question}
     return result

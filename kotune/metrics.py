@@ -13,7 +13,8 @@ numbers and organisation names on morphemes too. chrF works on characters and
 handles Hangul as is, so it runs on the raw text.
 
 Scales: ``rouge1 rouge2 rougeL bleu chrf`` are 0–100; ``keyword_coverage eos_rate
-repetition unsupported_rate`` are 0–1.
+repetition unsupported_rate`` are 0–1. :data:`CATALOGUE` is the one list of every
+metric's label, scale, direction and meaning; the report and recipes read it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,42 @@ TOKENIZATION = "kiwi-morphemes"
 
 REFERENCE_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf")
 ROW_METRICS = ("keyword_coverage", "eos_rate", "repetition", "unsupported_rate")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How to show one metric: its label, scale, direction and a one-line meaning."""
+
+    key: str
+    label: str
+    vmax: float  # top of the scale: 100.0 or 1.0
+    higher_is_better: bool
+    description: str
+
+    @property
+    def scale(self) -> str:
+        return "0–100" if self.vmax > 1 else "0–1"
+
+    @property
+    def direction(self) -> str:
+        return "higher" if self.higher_is_better else "lower"
+
+
+# Every metric this module computes, in the order reports show them.
+CATALOGUE: tuple[MetricInfo, ...] = (
+    MetricInfo("rouge1", "ROUGE-1", 100.0, True, "unigram overlap with the reference (Kiwi morphemes), F1"),
+    MetricInfo("rouge2", "ROUGE-2", 100.0, True, "bigram overlap with the reference (Kiwi morphemes), F1"),
+    MetricInfo("rougeL", "ROUGE-L", 100.0, True, "longest common subsequence with the reference (Kiwi morphemes), F1"),
+    MetricInfo("bleu", "BLEU", 100.0, True, "corpus BLEU on Kiwi morphemes"),
+    MetricInfo("chrf", "chrF", 100.0, True, "corpus chrF on characters"),
+    MetricInfo("keyword_coverage", "keyword coverage", 1.0, True,
+               "share of expected keywords the answer contains (morpheme match)"),
+    MetricInfo("eos_rate", "EOS rate", 1.0, True,
+               "share of answers that ended on their own (not cut at the length limit)"),
+    MetricInfo("repetition", "repetition", 1.0, False, "share of repeated n-grams in the answer"),
+    MetricInfo("unsupported_rate", "unsupported rate", 1.0, False,
+               "share of answer content not found in reference or context"),
+)
 
 ERR_MISSING = "정보 누락"
 ERR_NUMBER = "수치 오류"
@@ -253,11 +290,19 @@ def _contains_seq(hay: Sequence[str], needle: Sequence[str]) -> bool:
     return any(hay[i] == first and list(hay[i:i + n]) == list(needle) for i in range(len(hay) - n + 1))
 
 
-def parse_keywords(keywords) -> list[str]:
-    """Keywords from a list or a "a, b | c" string (separators , | ;), de-duplicated."""
-    if keywords is None:
+def split_keywords(value) -> list[str]:
+    """Keywords from a list or a "a, b | c; d" string, stripped, empties and repeats dropped.
+
+    The one keyword splitter of kotune (question files, score rows): ``|``, ``;``
+    and ``,`` all separate keywords, with no precedence between them; a list's
+    items (any iterable's) are taken as they are, not split again; any other value is read as text.
+    """
+    if value is None:
         return []
-    items = re.split(r"[,|;]", keywords) if isinstance(keywords, str) else [str(k) for k in keywords if k is not None]
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        items = re.split(r"[,|;]", str(value))
+    else:
+        items = [str(k) for k in value if k is not None]
     out: list[str] = []
     for k in items:
         k = k.strip()
@@ -281,7 +326,7 @@ def keyword_present(answer: str, keyword: str) -> bool:
 
 def keyword_coverage(answer: str, keywords) -> float | None:
     """Share (0–1) of the expected keywords present in ``answer``; None without keywords."""
-    kws = parse_keywords(keywords)
+    kws = split_keywords(keywords)
     if not kws:
         return None
     return sum(keyword_present(answer or "", k) for k in kws) / len(kws)
@@ -600,7 +645,7 @@ def _score_row(row: dict) -> dict:
     # The question may name the agency or year the answer repeats: it counts as a
     # source, but only next to a reference or context (alone it proves nothing).
     grounding = _join_sources(context, question) if (reference or context) else None
-    keywords = parse_keywords(row.get("keywords"))
+    keywords = split_keywords(row.get("keywords"))
     finish = row.get("finish_reason")
     finish = str(finish) if finish else None
     eos = row["eos"] if isinstance(row.get("eos"), bool) else is_eos(answer, finish)

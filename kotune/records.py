@@ -7,6 +7,9 @@ Accepted inputs (``.jsonl``, ``.json``, ``.csv``; UTF-8, UTF-8-BOM, CP949/EUC-KR
 - the insurance seed's ``{"text": "### 지시 ... ### 입력 ... ### 출력 ..."}``;
 - chat ``messages`` lists (system / user / assistant);
 - anything else through a column mapping such as ``question=instruction``.
+
+``load_chunks`` reads the other input kotune keeps next to QA files: a
+``chunks.jsonl`` written by ``kotune prepare`` (``chunk_id``, ``text``, ``metadata``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from kotune.errors import KotuneError
-from kotune.io import atomic_writer, check_input_file, decode_bytes, dumps, short_hash
+from kotune.io import atomic_writer, check_input_file, decode_bytes, dumps, read_jsonl, short_hash
 
 _AUGMENTED_SUFFIX = re.compile(r"#a\d+$")
 FIELDS = ("id", "instruction", "input", "output", "category", "difficulty", "source", "chunk_id")
@@ -158,7 +161,9 @@ def normalize(raw: Mapping[str, Any], mapping: Mapping[str, str] | None = None) 
     return Record(**kwargs, extra=row)
 
 
-def _raw_rows(path: Path) -> Iterable[tuple[int | None, dict[str, Any]]]:
+def raw_rows(path: Path) -> Iterable[tuple[int | None, dict[str, Any]]]:
+    """``(line, object)`` of every row of a .jsonl, .json or .csv/.tsv file, before any
+    normalisation: the one reader of row files (records, questions, doctor's raw text)."""
     suffix = path.suffix.lower()
     data = path.read_bytes()
     if not data.strip():
@@ -181,7 +186,7 @@ def _raw_rows(path: Path) -> Iterable[tuple[int | None, dict[str, Any]]]:
         except json.JSONDecodeError as e:
             raise KotuneError(f"invalid JSON ({e.msg})", path=path, line=e.lineno) from None
         if isinstance(obj, dict):
-            obj = next((v for k, v in obj.items() if isinstance(v, list) and k in ("data", "records", "items", "train")), [obj])
+            obj = next((v for k, v in obj.items() if isinstance(v, list) and k in ("data", "records", "items", "train", "questions")), [obj])
         if not isinstance(obj, list):
             raise KotuneError("expected a JSON list of objects", path=path)
         for i, item in enumerate(obj, start=1):
@@ -220,7 +225,7 @@ def read_records(path: str | Path, mapping: Mapping[str, str] | None = None) -> 
     mapping = dict(mapping or {})
     records: list[Record] = []
     checked = False
-    for lineno, raw in _raw_rows(path):
+    for lineno, raw in raw_rows(path):
         if not checked and path.suffix.lower() in (".csv", ".tsv"):
             _check_columns(path, list(raw.keys()), mapping)
         checked = True
@@ -266,3 +271,18 @@ def write_records(path: str | Path, records: Iterable[Record]) -> int:
             for r in rows:
                 f.write(dumps(r) + "\n")
     return len(rows)
+
+
+def load_chunks(path: str | Path) -> list[dict[str, Any]]:
+    """The chunks of a ``chunks.jsonl`` (``kotune prepare``), in file order; a line that is
+    not a chunk, or a file without any, is a KotuneError."""
+    chunks = []
+    for lineno, obj in read_jsonl(path):
+        if not isinstance(obj.get("chunk_id"), str) or not isinstance(obj.get("text"), str):
+            raise KotuneError('not a chunk: needs "chunk_id" and "text"', path=path, line=lineno)
+        if not isinstance(obj.get("metadata") or {}, dict):
+            raise KotuneError('not a chunk: "metadata" must be an object', path=path, line=lineno)
+        chunks.append(obj)
+    if not chunks:
+        raise KotuneError("no chunks found", path=path)
+    return chunks

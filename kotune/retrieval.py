@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from kotune.korean import CONTENT_TAGS, morphemes
+from kotune.records import load_chunks
 
 __all__ = ["Retriever", "format_context", "tokens"]
 
@@ -86,8 +87,6 @@ class Retriever:
     @classmethod
     def from_file(cls, path: str | Path) -> "Retriever":
         """Index a chunks.jsonl written by ``kotune prepare``."""
-        from kotune.data.generate import load_chunks
-
         return cls(load_chunks(path))
 
     def __len__(self) -> int:

@@ -12,17 +12,12 @@ from typing import Any
 import pytest
 
 from conftest import leftover_temp_files, read_jsonl
-from kotune.data.generate import (
-    RuleTeacher,
-    Teacher,
-    generate_file,
-    journal_path,
-    josa,
-    load_chunks,
-    read_journal,
-)
+from kotune.data.generate import generate_file, journal_path, read_journal
+from kotune.data.rule_teacher import RuleTeacher
+from kotune.data.teacher import Teacher
 from kotune.errors import KotuneError
-from kotune.records import Record
+from kotune.korean import josa
+from kotune.records import Record, load_chunks
 
 BULLET = re.compile(r"^(?:[○●◦▪■□◆◇※•·\-–*]|\d+\)|[①-⑳])\s*")
 
@@ -290,7 +285,7 @@ def test_every_kiwi_call_holds_the_lock_even_from_teacher_threads(monkeypatch):
     import kiwipiepy
 
     from kotune import korean
-    from kotune.data.generate import RuleTeacher
+    from kotune.data.rule_teacher import RuleTeacher
 
     calls, unlocked, failures = [], [], []
     real_kiwi = kiwipiepy.Kiwi

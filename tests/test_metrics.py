@@ -215,7 +215,7 @@ def test_multi_morpheme_keywords():
     assert m.keyword_coverage("예산을 편성한다.", ["국가센터"]) == 0.0
     assert m.keyword_coverage("아무 답", []) is None
     assert m.keyword_coverage("아무 답", " , ") is None
-    assert m.parse_keywords("국가센터, 초고성능컴퓨터|국가센터 ; 인력") == ["국가센터", "초고성능컴퓨터", "인력"]
+    assert m.split_keywords("국가센터, 초고성능컴퓨터|국가센터 ; 인력") == ["국가센터", "초고성능컴퓨터", "인력"]
 
 
 # --------------------------------------------------------------------------- repetition / loops

@@ -18,9 +18,9 @@ CHUNKS = 12
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
     """(chunks file, adapter folder): tiny-ko LoRA-trained on the generation request → 질문/답변 replies."""
-    from kotune.data.generate import RuleTeacher, load_chunks
-    from kotune.data.teachers import distillation_records
-    from kotune.records import write_records
+    from kotune.data.qa import distillation_records
+    from kotune.data.rule_teacher import RuleTeacher
+    from kotune.records import load_chunks, write_records
 
     work = tmp_path_factory.mktemp("teacher")
     all_chunks = work / "all.jsonl"
@@ -38,7 +38,7 @@ def teacher(tmp_path_factory, tiny_model) -> tuple[Path, Path]:
 
 
 def test_distillation_records_are_the_teachers_own_request() -> None:
-    from kotune.data.teachers import build_messages, distillation_records, parse_qa
+    from kotune.data.qa import build_messages, distillation_records, parse_qa
     from kotune.records import Record
 
     chunk = {"chunk_id": "c1", "text": "국가센터는 2030년까지 600페타플롭스 규모의 시스템을 구축한다.",
@@ -101,6 +101,6 @@ def test_readme_flow_with_defaults_works_against_kotune_serve(teacher, tmp_path:
     ("'max_tokens' is 900, over this server's limit of 1024", 900, None),  # not the limit's fault
 ])
 def test_token_limit_is_read_from_openai_style_errors(text: str, asked: int, limit) -> None:
-    from kotune.data.teachers import token_limit_from_error
+    from kotune.openai_client import token_limit_from_error
 
     assert token_limit_from_error(text, asked) == limit

@@ -22,18 +22,12 @@ from typing import Any, Callable
 import pytest
 
 from conftest import REPO, _subprocess_env, leftover_temp_files, read_jsonl
-from kotune.data.generate import generate_file, journal_path, load_chunks, make_teacher, parse_shard, shard_chunks
-from kotune.data.teachers import (
-    OpenAITeacher,
-    TokenBucket,
-    answer_problem,
-    backoff_delay,
-    build_messages,
-    chat_url,
-    parse_qa,
-    parse_retry_after,
-)
+from kotune.data.generate import generate_file, journal_path, make_teacher, parse_shard, shard_chunks
+from kotune.data.http_teacher import OpenAITeacher
+from kotune.data.qa import answer_problem, build_messages, parse_qa
 from kotune.errors import KotuneError
+from kotune.openai_client import TokenBucket, backoff_delay, chat_url, parse_retry_after
+from kotune.records import load_chunks
 
 _BULLET = re.compile(r"^(?:[○●◦▪■□◆◇※•·\-–*]|\d+\)|[①-⑳])\s*")
 

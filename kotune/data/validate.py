@@ -19,6 +19,10 @@ drop reason — the first check it fails, in this order:
 Cheap string checks run first, Kiwi (grounding) only on survivors, dedup last
 and in input order, so merging files in the same order is deterministic: the
 first occurrence is always the one kept.
+
+Checks 1–4 (``text_problem``) and 5 (``grounding_problem``) are also how the
+LLM teachers accept an answer (``kotune.data.qa.answer_problem``): one
+implementation for both.
 """
 
 from __future__ import annotations
@@ -207,12 +211,28 @@ def _distribution(values: Iterable[str]) -> dict[str, dict[str, Any]]:
 
 # --------------------------------------------------------------------------- checks
 
-def _cheap_reason(rec: Record, cfg: ValidateConfig, evasive: tuple[str, ...]) -> str | None:
-    instruction = (rec.instruction or "").strip()
-    output = (rec.output or "").strip()
+def squash_phrases(phrases: Iterable[str]) -> tuple[str, ...]:
+    """Evasive phrases with all whitespace removed (the form ``text_problem`` matches), empty ones dropped."""
+    return tuple(q for q in (_squash(p) for p in phrases) if q)
+
+
+DEFAULT_EVASIVE_SQUASHED = squash_phrases(DEFAULT_EVASIVE_PHRASES)
+
+
+def text_problem(instruction: str, output: str, *, min_answer_chars: int = 10,
+                 evasive: tuple[str, ...] = DEFAULT_EVASIVE_SQUASHED) -> str | None:
+    """The per-answer string checks 1–4, in order: ``missing_fields``, ``too_short``,
+    ``incomplete`` (does not end like a sentence), ``evasive``; None when all pass.
+
+    The one implementation ``validate_records`` and the LLM teachers' answer
+    acceptance (``kotune.data.qa.answer_problem``) share. ``evasive`` holds phrases
+    already squashed (``squash_phrases``).
+    """
+    instruction = (instruction or "").strip()
+    output = (output or "").strip()
     if not instruction or not output:
         return "missing_fields"
-    if len(output) < cfg.min_answer_chars:
+    if len(output) < min_answer_chars:
         return "too_short"
     if not ends_like_sentence(output):
         return "incomplete"
@@ -222,7 +242,7 @@ def _cheap_reason(rec: Record, cfg: ValidateConfig, evasive: tuple[str, ...]) ->
     return None
 
 
-class _MorphemeCache:
+class MorphemeCache:
     """Unique content morphemes per text; each source chunk is tokenised once."""
 
     def __init__(self) -> None:
@@ -236,18 +256,33 @@ class _MorphemeCache:
         return hit
 
 
-def grounding_score(answer: str, source: str, cache: _MorphemeCache | None = None) -> float | None:
+def grounding_score(answer: str, source: str, cache: MorphemeCache | None = None) -> float | None:
     """Share of the answer's *unique* content morphemes (set, not multiset) that occur in ``source``.
 
     A set is used so that an answer repeating one grounded noun cannot hide an
     invented one. Returns None when the answer has no content morphemes.
     """
-    cache = cache or _MorphemeCache()
+    cache = cache or MorphemeCache()
     ans = cache.get(answer)
     if not ans:
         return None
     src = cache.get(source)
     return len(ans & src) / len(ans)
+
+
+def grounding_problem(answer: str, source: str, *, min_grounding: float = 0.5, cache: MorphemeCache | None = None,
+                      require_score: bool = False) -> tuple[str | None, float | None]:
+    """Check 5: ``("ungrounded", score)`` when the answer's grounding in ``source`` is under
+    ``min_grounding``, else ``(None, score)``.
+
+    An answer without content morphemes has no score (None): ``validate_records``
+    lets it pass unchecked, a teacher (``require_score``) must be able to check
+    its answers and calls it ``ungrounded``.
+    """
+    score = grounding_score(answer, source, cache)
+    if score is None:
+        return ("ungrounded" if require_score else None), None
+    return ("ungrounded" if score < min_grounding else None), score
 
 
 def _shingles(text: str, n: int) -> list[bytes]:
@@ -267,7 +302,7 @@ def validate_records(
     cfg = config or ValidateConfig()
     cfg.check()
     chunks = chunks or {}
-    evasive = tuple(_squash(p) for p in cfg.evasive_phrases if _squash(p))
+    evasive = squash_phrases(cfg.evasive_phrases)
 
     reason_of: dict[int, str] = {}
 
@@ -288,14 +323,14 @@ def validate_records(
     for i, rec in enumerate(records):
         if i in reason_of:
             continue
-        reason = _cheap_reason(rec, cfg, evasive)
+        reason = text_problem(rec.instruction, rec.output, min_answer_chars=cfg.min_answer_chars, evasive=evasive)
         if reason:
             reason_of[i] = reason
 
     # 5: grounding (Kiwi) only for survivors.
     checked = unchecked = 0
     if cfg.check_grounding:
-        cache = _MorphemeCache()
+        cache = MorphemeCache()
         for i, rec in enumerate(records):
             if i in reason_of:
                 continue
@@ -305,14 +340,14 @@ def validate_records(
             if not source.strip():
                 unchecked += 1
                 continue
-            score = grounding_score(rec.output, source, cache)
+            reason, score = grounding_problem(rec.output, source, min_grounding=cfg.min_grounding, cache=cache)
             if score is None:
                 unchecked += 1
                 continue
             checked += 1
             rec.extra["grounding"] = round(score, 3)
-            if score < cfg.min_grounding:
-                reason_of[i] = "ungrounded"
+            if reason:
+                reason_of[i] = reason
 
     # 6–7: dedup against records already kept, in input order.
     seen_pair: dict[tuple[str, str], str] = {}

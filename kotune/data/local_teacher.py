@@ -1,0 +1,93 @@
+"""The local-model teacher: QA pairs from a model loaded in this process (``hf:PATH``).
+
+``LocalTeacher`` asks ``kotune.generation.Generator`` with the shared
+generation prompt (``kotune.data.qa``), batching the prompts of several
+chunks, and validates and re-asks exactly as the HTTP teacher does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kotune.data.qa import SYSTEM_PROMPT, accept_pairs, build_instruction, build_messages, format_document, parse_qa
+from kotune.data.teacher import Teacher, TeacherStats
+from kotune.records import Record
+
+__all__ = ["LocalTeacher"]
+
+
+class LocalTeacher(Teacher):
+    """A local model (``hf:PATH``, ``hf:builtin:tiny-ko``) through kotune.generation.Generator.
+
+    Prompts of ``batch_size`` chunks are generated together (greedy first;
+    re-asks sample at temperature 0.7 so they do not repeat the same reply).
+    """
+
+    def __init__(self, spec: str, *, batch_size: int = 8, max_new_tokens: int | None = None, reask: int = 2,
+                 min_grounding: float = 0.5) -> None:
+        self.spec = spec
+        self.batch_size = max(1, batch_size)
+        self.max_new_tokens = max_new_tokens
+        self.reask = reask
+        self.min_grounding = min_grounding
+        self.stats = TeacherStats()
+        self._gen: Any = None
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"teacher:{self.spec}"
+
+    def _generator(self) -> Any:
+        if self._gen is None:
+            from kotune.generation import Generator
+
+            # instruct_chat: a model with its own chat template (an instruct model) is asked in it;
+            # a tuned run in its training template (the resolver's one rule).
+            gen = Generator(self.spec, instruct_chat=True, log=lambda *_: None)
+            self._gen = gen
+        return self._gen
+
+    def _prompt(self, chunk: dict[str, Any], n: int, reask: bool) -> str:
+        gen = self._generator()
+        if gen.template.name == "chat":
+            return gen.tokenizer.apply_chat_template(build_messages(chunk, n, reask), tokenize=False, add_generation_prompt=True)
+        return gen.prompt(SYSTEM_PROMPT + "\n" + build_instruction(n, reask), format_document(chunk))
+
+    def generate(self, chunk: dict[str, Any], n: int) -> list[Record]:
+        return self.generate_batch([chunk], n)[0]
+
+    def generate_batch(self, chunks: list[dict[str, Any]], n: int) -> list[list[Record]]:
+        from kotune.generation import GenerationSettings
+
+        gen = self._generator()
+        results: list[list[Record]] = [[] for _ in chunks]
+        pending = list(range(len(chunks)))
+        for round_ in range(1 + self.reask):
+            if not pending:
+                break
+            if round_:
+                self.stats.bump("reasks", len(pending))
+            prompts = [self._prompt(chunks[i], n, reask=round_ > 0) for i in pending]
+            longest = max(len(gen.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+            context = int(getattr(gen.model.config, "max_position_embeddings", 0) or 4096)
+            wanted = self.max_new_tokens or min(1024, 64 + 160 * n)
+            settings = GenerationSettings(
+                max_new_tokens=max(16, min(wanted, context - longest - 1)),
+                temperature=0.0 if round_ == 0 else 0.7, top_p=0.95, repetition_penalty=1.1,
+            )
+            answers = gen.generate(prompts, settings, batch_size=self.batch_size)
+            self.stats.bump("requests", len(prompts))
+            still: list[int] = []
+            for i, ans in zip(pending, answers):
+                pairs = parse_qa(ans.text)
+                if not pairs:
+                    self.stats.reject("unparseable")
+                    still.append(i)
+                    continue
+                recs = accept_pairs(chunks[i], pairs, n, self.name, self.stats, self.min_grounding)
+                if recs:
+                    results[i] = recs
+                else:
+                    still.append(i)
+            pending = still
+        return results

@@ -1,0 +1,181 @@
+"""The rule teacher: deterministic, model-free QA from a chunk's own sentences.
+
+``RuleTeacher`` (the default teacher) mines definition, number/goal,
+agency-role, law, industry and heading questions whose answers are sentences
+of the chunk, so the whole pipeline runs offline and every answer is grounded
+by construction.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from kotune.data.chunk import match_heading
+from kotune.data.teacher import Teacher
+from kotune.korean import QUANTITY, ROUTINE_NOUNS, answer_keywords, josa, noun_runs, split_sentences
+from kotune.records import Record
+
+__all__ = ["RuleTeacher"]
+
+_BULLET = re.compile(r"^(?:[○●◦▪■□◆◇※•·\-–*]|\d+\)|[①-⑳])\s*")
+_DEFINITION = re.compile(
+    r"^[「“\"']?(?P<term>[^\s,.「」]{1,12}(?:\s[^\s,.「」]{1,12}){0,3}?)[」”\"']?"
+    r"(?:\([^)]{1,30}\))?\s*(?:이란|란|이라\s*함은|라\s*함은|은|는)\s+(?P<body>.+(?:말한다|의미한다|뜻한다|일컫는다|정의한다)\.)$"
+)
+_LAW = re.compile(r"「([^」]{2,40}(?:법|법률|령|규칙|규정|조례))」")
+_AGENCY = re.compile(
+    r"^(?P<agency>[가-힣A-Za-z·]{2,25}(?:부|처|청|원|위원회|센터|공단|재단|연구소|진흥원|협의회))"
+    r"(?:\s?\([A-Za-z가-힣]{2,10}\))?(?:은|는|이|가)\s"
+)
+_AGENCY_WORDS = ("담당", "총괄", "운영", "지원", "수행", "추진", "관리", "심의", "조정", "주관", "협력")
+_MONEY = re.compile(r"\d[\d,.]*\s*(?:억|조|만)\s*원")
+_GOAL = re.compile(r"(\d{4})년까지")
+_INDUSTRY = re.compile(r"산업|기업|제조|바이오|반도체|자동차|스타트업|중소")
+
+
+def _topic(breadcrumbs: str) -> str:
+    """Last heading without its numbering: "Ⅲ. 추진 전략 > 1. 인프라 확충" → "인프라 확충"."""
+    last = breadcrumbs.split(" > ")[-1] if breadcrumbs else ""
+    last = re.sub(r"^(?:[ⅠⅡⅢⅣⅤⅥⅦⅧⅨⅩ]+|\d{1,2}|[가-하]|#+)\s*[.．)]?\s*", "", last)
+    last = re.sub(r"^제\s*\d+\s*[장절조]\s*", "", last).strip("() ")
+    last = re.sub(r"^(?:추진과제|전략|과제)\s*[\d-]+\s*[:：.]\s*", "", last)
+    return last.strip()
+
+
+def _focus(sentence: str, avoid: str = "") -> str:
+    """What the sentence is about: its subject/topic noun phrase unless routine
+    ("정부는"), else its object, else its longest noun phrase."""
+    runs = [(p, t, f) for p, t, f in noun_runs(sentence) if p not in ROUTINE_NOUNS and p != avoid and len(p) >= 2]
+    for phrase, tag, _ in runs:
+        if tag in ("JX", "JKS", "JKB"):
+            return phrase
+        break
+    objects = [p for p, t, _ in runs if t == "JKO"]
+    if objects:
+        return objects[-1]
+    return max((p for p, _, _ in runs), key=len, default="")
+
+
+@dataclass
+class _Candidate:
+    rule: str
+    question: str
+    answer: str
+    category: str
+    difficulty: str
+
+
+class RuleTeacher(Teacher):
+    """Deterministic, model-free QA from a chunk's own sentences."""
+
+    name = "rule"
+    RULE_ORDER = ("definition", "number", "agency", "law", "industry", "heading")
+
+    def candidates(self, chunk: dict[str, Any]) -> list[_Candidate]:
+        meta = chunk.get("metadata") or {}
+        topic = _topic(meta.get("breadcrumbs", "")) or meta.get("title", "") or "이 문서"
+        crumbs = meta.get("breadcrumbs", "")
+        own_heading = crumbs.split(" > ")[-1] if crumbs else ""
+        sentences: list[str] = []
+        # The heading question's answer: the first sentences of the chunk's own
+        # section (after its heading, so not the overlap carried from the
+        # previous section), and only sentences that stand next to each other.
+        summary: list[str] = []
+        summary_open = True
+        for line in chunk.get("text", "").split("\n"):
+            if not line.strip():
+                continue
+            if match_heading(line):
+                if own_heading and line.strip() == own_heading:
+                    summary, summary_open = [], True
+                elif summary:
+                    summary_open = False
+                continue
+            for s in split_sentences(line):
+                s = s if s.startswith("※") else _BULLET.sub("", s).strip()
+                if s.startswith("※") or len(s) < 15 or not s.endswith((".", "다")):
+                    # Notes and disclaimers are not content; fragments are not answers.
+                    if summary:
+                        summary_open = False
+                    continue
+                sentences.append(s)
+                if summary_open and len(summary) < 2:
+                    summary.append(s)
+        out: list[_Candidate] = []
+        for s in sentences:
+            out.extend(self._from_sentence(s, topic))
+        if summary:
+            out.append(_Candidate("heading", f"{josa(topic, '과/와')} 관련된 주요 내용은 무엇인가요?", " ".join(summary), "개요", "중급"))
+        return out
+
+    def _from_sentence(self, s: str, topic: str) -> Iterable[_Candidate]:
+        m = _DEFINITION.match(s)
+        if m:
+            term = m.group("term").strip("「」“”\"' ")
+            yield _Candidate("definition", f"{josa(term, '이란/란')} 무엇인가요?", s, "정의", "초급")
+            return
+        law = _LAW.search(s)
+        if law:
+            name = law.group(1)
+            subject = _focus(s[: law.start()]) if law.start() > 0 else ""
+            if subject and not subject.startswith("「"):
+                q = f"「{name}」에 따라 {josa(subject, '은/는')} 무엇을 하나요?"
+            else:
+                q = f"「{name}」에서는 어떤 내용을 정하고 있나요?"
+            yield _Candidate("law", q, s, "법령", "중급")
+            return
+        ag = _AGENCY.match(s)
+        if ag and any(w in s for w in _AGENCY_WORDS):
+            agency = ag.group("agency")
+            if "역할" in topic or "체계" in topic or not topic:
+                q = f"{josa(agency, '은/는')} 어떤 역할을 맡나요?"
+            else:
+                q = f"{topic} 과제에서 {josa(agency, '은/는')} 어떤 역할을 맡나요?"
+            yield _Candidate("agency", q, s, "기관", "중급")
+            return
+        if QUANTITY.search(s):
+            focus = _focus(s, avoid=topic) or topic
+            if _MONEY.search(s):
+                q = f"{focus}에 투입되는 예산은 얼마인가요?"
+            elif (g := _GOAL.search(s)) is not None:
+                q = f"{g.group(1)}년까지 {josa(focus, '과/와')} 관련한 목표는 무엇인가요?"
+            elif "%" in s or "퍼센트" in s:
+                q = f"{focus}의 비율은 어느 정도인가요?"
+            else:
+                q = f"{focus}의 규모나 목표 수치는 어떻게 되나요?"
+            yield _Candidate("number", q, s, "수치", "중급")
+            return
+        if _INDUSTRY.search(s):
+            focus = _focus(s, avoid=topic) or topic
+            yield _Candidate("industry", f"{josa(focus, '과/와')} 관련하여 무엇을 추진하나요?", s, "산업", "고급")
+
+    def generate(self, chunk: dict[str, Any], n: int) -> list[Record]:
+        cands = self.candidates(chunk)
+        # Round-robin over rules so a chunk's records cover several question types.
+        by_rule: dict[str, list[_Candidate]] = {r: [] for r in self.RULE_ORDER}
+        for c in cands:
+            by_rule[c.rule].append(c)
+        picked: list[_Candidate] = []
+        seen_q: set[str] = set()
+        while len(picked) < n and any(by_rule.values()):
+            for rule in self.RULE_ORDER:
+                if by_rule[rule] and len(picked) < n:
+                    c = by_rule[rule].pop(0)
+                    if c.question not in seen_q:
+                        seen_q.add(c.question)
+                        picked.append(c)
+        meta = chunk.get("metadata") or {}
+        return [
+            Record(
+                instruction=c.question,
+                output=c.answer,
+                category=c.category,
+                difficulty=c.difficulty,
+                source=meta.get("source", ""),
+                chunk_id=chunk["chunk_id"],
+                extra={"generator": f"rule:{c.rule}", "keywords": answer_keywords(c.answer)},
+            )
+            for c in picked
+        ]
