@@ -135,11 +135,11 @@ def prepare(work: Path, preset: str, samples: int, long_samples: int, cuda: bool
     from transformers import AutoModelForCausalLM
 
     from bench_train import SEED, Setup, synth_records
-    from kotune.models import _train_tokenizer, corpus_texts
+    from kotune.models import train_tokenizer, corpus_texts
     from kotune.templates import get_template
 
     torch.manual_seed(SEED)
-    tokenizer = _train_tokenizer(corpus_texts(), vocab_size=16384)
+    tokenizer = train_tokenizer(corpus_texts(), vocab_size=16384)
     config = model_config(preset, tokenizer)
     dtype = torch.bfloat16 if cuda else torch.float32
     with torch.device("cuda" if cuda else "cpu"):  # random init on the GPU: seconds, even for 8B

@@ -199,13 +199,13 @@ def prepare(work: Path, setup: Setup) -> None:
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from kotune.models import _train_tokenizer, corpus_texts
+    from kotune.models import train_tokenizer, corpus_texts
     from kotune.records import Record
     from kotune.templates import encode_example, get_template
 
     random.seed(SEED)
     torch.manual_seed(SEED)
-    tokenizer = _train_tokenizer(corpus_texts(), vocab_size=setup.tokenizer_vocab)
+    tokenizer = train_tokenizer(corpus_texts(), vocab_size=setup.tokenizer_vocab)
     config = GPTNeoXConfig(
         vocab_size=max(setup.vocab, len(tokenizer)), hidden_size=setup.hidden, num_hidden_layers=setup.layers,
         num_attention_heads=setup.heads, intermediate_size=4 * setup.hidden, max_position_embeddings=2048,

@@ -34,7 +34,6 @@ attention layers; ``kotune serve`` then uses static batching.
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager
@@ -42,7 +41,7 @@ from typing import Any, Callable, ContextManager
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from kotune.generation import Answer, GenerationSettings, Generator
+from kotune.generation import Answer, GenerationSettings, Generator, find_stop, next_token
 
 
 def _text_config(model: Any) -> Any:
@@ -381,31 +380,13 @@ class _Session:
 
     # ------------------------------------------------------------ tokens
     def _choose(self, logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
-        """The next token of each row: greedy, or sampled with the row's temperature / top-p (and repetition penalty)."""
+        """The next token of each row (:func:`kotune.generation.next_token`; plain argmax for greedy rows)."""
         picked = logits.argmax(-1)
         for i, r in enumerate(rows):
             s = r.settings
             if r.finished or (s.temperature <= 0 and s.repetition_penalty == 1.0):
                 continue
-            row = logits[i]
-            if s.repetition_penalty != 1.0 and r.seen:
-                # as transformers' RepetitionPenaltyLogitsProcessor: over the prompt and the answer so far
-                idx = torch.tensor(sorted(r.seen), device=row.device)
-                got = row[idx]
-                row[idx] = torch.where(got < 0, got * s.repetition_penalty, got / s.repetition_penalty)
-            if s.temperature <= 0:
-                picked[i] = row.argmax()
-                continue
-            row = row / s.temperature
-            if 0 < self.top_k < row.shape[-1]:
-                cut = torch.topk(row, self.top_k).values[-1]
-                row = row.masked_fill(row < cut, float("-inf"))
-            if s.top_p < 1.0:
-                sorted_logits, order = torch.sort(row, descending=True)
-                probs = sorted_logits.softmax(-1)
-                drop = probs.cumsum(-1) - probs > s.top_p  # keeps the smallest set reaching top_p (at least one)
-                row = row.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
-            picked[i] = torch.multinomial(row.softmax(-1), 1, generator=r.rng)[0]
+            picked[i] = next_token(logits[i], s, r.seen, r.rng, self.top_k)
         return picked
 
     def _advance(self, rows: list[Row], tokens: torch.Tensor) -> None:
@@ -424,10 +405,10 @@ class _Session:
             if not stop and s.stop:
                 tail = self.gen.tokenizer.decode(r.tokens[-(4 * max(len(x) for x in s.stop) + 4):],
                                                  skip_special_tokens=True)
-                stop = any(x in tail for x in s.stop)
+                stop = find_stop(tail, s.stop) is not None
             if stop:
                 r.finished = True
-                r.done(self.gen._decode(r.tokens, len(r.ids), s))
+                r.done(self.gen.decode(r.tokens, len(r.ids), s))
 
 
 __all__ = ["ContinuousBatcher", "Row", "supports"]

@@ -55,10 +55,10 @@ def _meta_model(base_path: str, trust_remote_code: bool = False):
 
 def _raw_texts(path: str) -> list[str] | None:
     """Raw training strings when the data is ``{"text": ...}`` rows, else None."""
-    from kotune.records import _raw_rows  # the same reader, before normalisation
+    from kotune.records import raw_rows  # the same reader, before normalisation
 
     texts = []
-    for _, row in _raw_rows(Path(path)):
+    for _, row in raw_rows(Path(path)):
         if "text" in row and isinstance(row["text"], str) and "instruction" not in row and "output" not in row:
             texts.append(row["text"])
         else:
@@ -67,23 +67,22 @@ def _raw_texts(path: str) -> list[str] | None:
 
 
 def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
-    from kotune.models import lora_targets, module_names, read_run_info, resolve_base, run_base, run_trusts_remote_code
-    from kotune.models import load_tokenizer
+    from kotune.models import lora_targets, module_names, resolve_base
     from kotune.records import read_records
-    from kotune.templates import IGNORE_INDEX, encode_example, get_template, Template
+    from kotune.resolver import resolve
+    from kotune.templates import IGNORE_INDEX, encode_example
 
-    run = read_run_info(setup.run_dir) if setup.run_dir else None
+    spec = str(setup.run_dir or setup.base_model or "")
+    if not spec:
+        raise KotuneError("give --base-model or a kotune output folder")
+    resolved = resolve(spec, template=setup.template, device="cpu", log=log)  # the run's template, EOS, trust
+    run = resolved.run
     if setup.run_dir and run is None:
         raise KotuneError("not a kotune output (no kotune.json)", path=setup.run_dir)
-    base = setup.base_model or (run or {}).get("base_model")
-    if not base:
-        raise KotuneError("give --base-model or a kotune output folder")
-    template = Template.from_dict(run["template"]) if run and not setup.template else get_template(setup.template or "kotune")
-    data = setup.data or ((run or {}).get("data") or {}).get("path")
-    max_length = setup.max_length or ((run or {}).get("config") or {}).get("max_length") or 1024
-    base_path = run_base(run, log) if run and not setup.base_model else resolve_base(base, log=log)
-    trust = run_trusts_remote_code(run)
-    tokenizer = load_tokenizer(setup.run_dir or base_path, trust)
+    template, tokenizer, trust = resolved.template, resolved.tokenizer, resolved.trust_remote_code
+    data = setup.data or (run.data_path if run else None)
+    max_length = setup.max_length or (run.max_length if run else None) or 1024
+    base_path = resolve_base(setup.base_model, log=log) if setup.run_dir and setup.base_model else resolved.ref.base
     model = _meta_model(base_path, trust)
     findings: list[Finding] = []
 
@@ -98,7 +97,7 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
 
     # LoRA targets that do not exist in this architecture.
     names = module_names(model)
-    targets = setup.lora_targets or (((run or {}).get("config") or {}).get("lora_targets")) or lora_targets(model)
+    targets = setup.lora_targets or (run.lora_targets if run else None) or lora_targets(model)
     missing = [t for t in targets if t not in names]
     linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if m.__class__.__name__ in ("Linear", "Conv1D", "Linear4bit")})
     if missing:
@@ -167,7 +166,7 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
                                 f"raise --max-length to {max(lengths)} or shorten the inputs", severity="warning"))
 
     # Too few optimizer steps: the seed-004 failure ("140 samples, the model did not learn").
-    steps = (((run or {}).get("final") or {}).get("steps"))
+    steps = run.steps if run else None
     if steps is not None:
         from kotune.train import MIN_LEARNING_STEPS
 

@@ -7,28 +7,18 @@ compared, so base and tuned see the same prompt.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from kotune.errors import KotuneError
-from kotune.io import decode_bytes, check_input_file
+from kotune.io import check_input_file, decode_bytes
+from kotune.metrics import split_keywords
+from kotune.records import raw_rows
 
 
 # ---------------------------------------------------------------- questions
-def _keywords(value: Any) -> list[str]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, list):
-        return [str(v).strip() for v in value if str(v).strip()]
-    sep = "|" if "|" in str(value) else ","
-    return [v.strip() for v in str(value).split(sep) if v.strip()]
-
-
 def _question_row(raw: dict[str, Any], i: int) -> dict[str, Any]:
     q = raw.get("question") or raw.get("instruction") or raw.get("query") or raw.get("prompt") or ""
     ref = raw.get("reference") or raw.get("answer") or raw.get("output") or ""
@@ -37,47 +27,26 @@ def _question_row(raw: dict[str, Any], i: int) -> dict[str, Any]:
         "question": str(q).strip(),
         "input": str(raw.get("input") or "").strip(),
         "reference": str(ref).strip(),
-        "keywords": _keywords(raw.get("keywords")),
+        "keywords": split_keywords(raw.get("keywords")),
         "category": str(raw.get("category") or "").strip(),
         "context": str(raw.get("context") or "").strip(),
     }
 
 
 def load_questions(path: str | Path) -> list[dict[str, Any]]:
-    """Questions from .txt (one per line), .jsonl/.json or .csv (``question`` or record fields)."""
+    """Questions from .txt (one per line), .jsonl/.json or .csv/.tsv (``question`` or record fields)."""
     path = check_input_file(path)
-    data = path.read_bytes()
-    if not data.strip():
-        raise KotuneError("file is empty", path=path)
-    text, _ = decode_bytes(data, path)
-    suffix = path.suffix.lower()
-    rows: list[dict[str, Any]] = []
-    if suffix == ".txt":
-        lines = [l.strip() for l in text.splitlines()]
+    if path.suffix.lower() == ".txt":
+        data = path.read_bytes()
+        if not data.strip():
+            raise KotuneError("file is empty", path=path)
+        text, _ = decode_bytes(data, path)
+        lines = (l.strip() for l in text.splitlines())
         rows = [_question_row({"question": l}, i) for i, l in enumerate((l for l in lines if l and not l.startswith("#")), 1)]
-    elif suffix == ".jsonl":
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise KotuneError(f"invalid JSON ({e.msg})", path=path, line=lineno) from None
-            if not isinstance(obj, dict):
-                raise KotuneError("expected a JSON object", path=path, line=lineno)
-            rows.append(_question_row(obj, len(rows) + 1))
-    elif suffix == ".json":
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise KotuneError(f"invalid JSON ({e.msg})", path=path, line=e.lineno) from None
-        items = obj if isinstance(obj, list) else obj.get("questions", []) if isinstance(obj, dict) else []
-        rows = [_question_row(o, i) for i, o in enumerate(items, 1) if isinstance(o, dict)]
-    elif suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        rows = [_question_row({k.strip().lstrip("\ufeff"): v for k, v in r.items() if k}, i) for i, r in enumerate(reader, 1)]
+    elif path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv"):
+        rows = [_question_row(raw, i) for i, (_, raw) in enumerate(raw_rows(path), 1)]
     else:
-        raise KotuneError(f"unsupported questions format {suffix!r}; use .txt, .jsonl, .json or .csv", path=path)
+        raise KotuneError(f"unsupported questions format {path.suffix.lower()!r}; use .txt, .jsonl, .json or .csv", path=path)
     rows = [r for r in rows if r["question"]]
     if not rows:
         raise KotuneError("no questions found (need a 'question' or 'instruction' field, or one per line in .txt)", path=path)
@@ -130,22 +99,17 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
     from kotune.metrics import score_rows
     from kotune.models import resolve_model
     from kotune.report import render_html, render_markdown
+    from kotune.resolver import decide_template
 
     settings = settings or EvalSettings()
     out = Path(out_dir)
-    # Resolve every model before any work, so a bad path fails fast.
+    # Resolve every model before any work, so a bad path or a refused --template fails fast.
     refs = {name: resolve_model(spec, log=log) for name, spec in models}
+    for name, spec in models:
+        decide_template(refs[name].run, settings.template, spec=spec)
     # A model without a run of its own (a plain base) answers in the compared run's whole
     # template, system prompts included, so both models see byte-identical prompts.
-    from kotune.templates import Template, get_template
-
-    from kotune.templates import choose_template
-
-    for name, spec in models:  # a tuned run keeps its template: a different --template is refused
-        choose_template(refs[name].run, settings.template, spec=spec)
-    shared_template = (get_template(settings.template) if settings.template else
-                       next((Template.from_dict(r.run["template"]) for r in refs.values()
-                             if r.run and r.run.get("template")), None))
+    shared_template = next((r.run.own_template for r in refs.values() if r.run and r.run.own_template), None)
 
     retriever = None
     if chunks_path:
@@ -167,8 +131,7 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
     prompts_by_model: dict[str, list[str]] = {}
     timing: dict[str, float] = {}
     for name, spec in models:
-        ref = refs[name]
-        gen = Generator(spec, template=None if ref.run else (shared_template or "kotune"), log=log)
+        gen = Generator(spec, template=settings.template, default_template=shared_template, log=log)
         prompts = [gen.prompt(q["question"], q["input"], category=q["category"], context=ctx or None)
                    for q, (ctx, _) in zip(questions, contexts)]
         prompts_by_model[name] = prompts
@@ -196,7 +159,8 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
         metrics["bleu_signature"] = scored.get("bleu_signature")
     with atomic_writer(out / "responses.jsonl") as f:
         for i, (q, (ctx, ids)) in enumerate(zip(questions, contexts)):
-            entry = {"id": q["id"], "question": q["question"], "category": q["category"], "reference": q["reference"],
+            entry = {"id": q["id"], "question": q["question"], "input": q["input"], "category": q["category"],
+                     "reference": q["reference"],
                      "keywords": q["keywords"], "answers": {}}
             for name, _ in models:
                 a = answers[name][i]

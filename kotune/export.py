@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from kotune.errors import KotuneError
-from kotune.models import load_tokenizer, read_run_info, resolve_base, run_base, run_trusts_remote_code
-from kotune.templates import Template, eos_ids, get_template
+from kotune.resolver import Resolved, load_model, resolve
+from kotune.runinfo import RunInfo
+from kotune.templates import Template
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SKIP_DIRS = {"checkpoints", "logs", "runs"}
@@ -109,11 +110,11 @@ def export(model_dir: str | Path, output: str | Path | None = None, *, merge: bo
         raise KotuneError("no such folder", path=src)
     if not src.is_dir():
         raise KotuneError("not a folder (give a kotune output folder)", path=src)
-    run = read_run_info(src)
+    run = RunInfo.read(src)
     if run is None:
         raise KotuneError("not a kotune output (no kotune.json)", path=src)
-    if run.get("status", "complete") != "complete":
-        raise KotuneError(f"training has not finished (status {run.get('status')!r}); finish or --resume it first",
+    if not run.complete:
+        raise KotuneError(f"training has not finished (status {run.status!r}); finish or --resume it first",
                           path=src)
     is_adapter = (src / "adapter_config.json").exists()
     is_model = (src / "config.json").exists()
@@ -122,10 +123,11 @@ def export(model_dir: str | Path, output: str | Path | None = None, *, merge: bo
     if dtype not in DTYPES:
         raise KotuneError(f"unknown --dtype {dtype!r}; one of {', '.join(DTYPES)}")
     out = Path(output) if output is not None else None
-    template = Template.from_dict(run["template"]) if run.get("template") else get_template("kotune")
+    resolved = resolve(str(src), device="cpu", log=log)  # the run's base, template, EOS, tokenizer, trust
+    template = resolved.template
 
     if not merge:
-        return _no_merge(src, out, run, template, is_adapter, name=name, overwrite=overwrite, log=log)
+        return _no_merge(src, out, resolved, is_adapter, name=name, overwrite=overwrite, log=log)
     if out is None:
         raise KotuneError("give -o/--output DIR for the merged model (or --no-merge for a vLLM LoRA command)")
     _check_output(out, src, overwrite)
@@ -133,10 +135,10 @@ def export(model_dir: str | Path, output: str | Path | None = None, *, merge: bo
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         if is_adapter:
-            info = _merge(src, tmp, run, template, dtype, log=log)
+            info = _merge(src, tmp, resolved, dtype, log=log)
             kind = "merged"
         else:
-            info = _copy_full(src, tmp, run, template, log=log)
+            info = _copy_full(src, tmp, resolved, log=log)
             kind = "copied"
         _replace_dir(tmp, out)
     except BaseException:
@@ -147,19 +149,19 @@ def export(model_dir: str | Path, output: str | Path | None = None, *, merge: bo
     return {"kind": kind, "output": str(out), "command": command}
 
 
-def _no_merge(src: Path, out: Path | None, run: dict[str, Any], template: Template, is_adapter: bool, *,
+def _no_merge(src: Path, out: Path | None, resolved: Resolved, is_adapter: bool, *,
               name: str | None, overwrite: bool, log) -> dict[str, Any]:
     if not is_adapter:
         log("a full fine-tune has no adapter: vLLM serves the folder itself")
         return {"kind": "full", "output": None, "command": f"vllm serve {shlex.quote(str(src.resolve()))}"}
     cfg = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
-    base = run_base(run, log) if run.get("base_model") else resolve_base(cfg.get("base_model_name_or_path") or "", log=log)
+    template, base = resolved.template, resolved.ref.base
     lora_name = name or src.resolve().name
     if not lora_name or any(c.isspace() or c == "=" for c in lora_name):
         raise KotuneError(f"--name {lora_name!r}: an adapter name has no spaces or '='")
     parts = ["vllm serve", shlex.quote(base), "--enable-lora", "--lora-modules",
              shlex.quote(f"{lora_name}={src.resolve()}")]
-    if run_trusts_remote_code(run):
+    if resolved.trust_remote_code:
         parts.append("--trust-remote-code")  # trained with it: vLLM needs it to load the architecture too
     rank = int(cfg.get("r") or 0)
     if rank > 16:  # vLLM's default --max-lora-rank is 16
@@ -168,8 +170,7 @@ def _no_merge(src: Path, out: Path | None, run: dict[str, Any], template: Templa
         log(f"warning: the adapter also trains {', '.join(cfg['modules_to_save'])} (modules_to_save), which vLLM's "
             "LoRA serving does not load; export with --merge instead")
     written = None
-    tokenizer = load_tokenizer(str(src), run_trusts_remote_code(run))
-    jinja = instruction_chat_template(template, tokenizer)
+    jinja = instruction_chat_template(template, resolved.tokenizer)
     if jinja is not None:
         if out is not None:
             if out.exists() and not out.is_dir():
@@ -203,46 +204,26 @@ def _finish_tokenizer(tokenizer, template: Template) -> None:
         tokenizer.chat_template = jinja
 
 
-def _write_run_info(dest: Path, run: dict[str, Any], src: Path, method: str, eos: list[int], pad: int | None) -> None:
-    info = dict(run)
-    info["method"] = method
-    info["eos_token_ids"] = list(eos)
-    info["generation"] = {"eos_token_id": list(eos), "pad_token_id": pad}
-    info["exported_from"] = {"run": str(src.resolve()), "method": run.get("method"), "base_model": run.get("base_model")}
-    (dest / "kotune.json").write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-
-
-def _merge(src: Path, dest: Path, run: dict[str, Any], template: Template, dtype: str, log) -> dict[str, Any]:
+def _merge(src: Path, dest: Path, resolved: Resolved, dtype: str, log) -> dict[str, Any]:
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    cfg = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
-    base = run_base(run, log) if run.get("base_model") else resolve_base(cfg.get("base_model_name_or_path") or "", log=log)
-    trust = run_trusts_remote_code(run)
-    tokenizer = load_tokenizer(str(src), trust)
+    run, base, tokenizer = resolved.run, resolved.ref.base, resolved.tokenizer
     torch_dtype = _torch_dtype(dtype, base)
-    log(f"merging {src} into {run.get('base_model') or base} ({str(torch_dtype).replace('torch.', '')}) ...")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, trust_remote_code=trust)
-    except OSError as e:
-        raise KotuneError(f"cannot load the base model: {str(e).splitlines()[0]}", path=base) from None
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
+    log(f"merging {src} into {run.base_model or base} ({str(torch_dtype).replace('torch.', '')}) ...")
     with torch.no_grad():
-        model = PeftModel.from_pretrained(model, str(src)).merge_and_unload()
+        model = load_model(base, resolved.load, adapters=[("default", str(src))], vocab=len(tokenizer),
+                           dtype=torch_dtype).merge_and_unload()
     model.eval()
-    eos = list(run.get("eos_token_ids") or eos_ids(tokenizer))
-    pad = tokenizer.pad_token_id
+    eos, pad = resolved.eos_ids, tokenizer.pad_token_id
     _save_generation_config(model, eos, pad)
     model.save_pretrained(str(dest))
-    _finish_tokenizer(tokenizer, template)
+    _finish_tokenizer(tokenizer, resolved.template)
     tokenizer.save_pretrained(str(dest))
-    _write_run_info(dest, run, src, "merged", eos, pad)
+    run.exported(src, "merged", eos, pad).write(dest)
     return {"eos": eos, "pad": pad}
 
 
-def _copy_full(src: Path, dest: Path, run: dict[str, Any], template: Template, log) -> dict[str, Any]:
+def _copy_full(src: Path, dest: Path, resolved: Resolved, log) -> dict[str, Any]:
     """A full fine-tune (or an earlier export): model files copied, generation config and template set."""
     from transformers import GenerationConfig
 
@@ -254,9 +235,8 @@ def _copy_full(src: Path, dest: Path, run: dict[str, Any], template: Template, l
             shutil.copytree(item, dest / item.name)
         else:
             shutil.copy2(item, dest / item.name)
-    tokenizer = load_tokenizer(str(src))
-    eos = list(run.get("eos_token_ids") or eos_ids(tokenizer))
-    pad = tokenizer.pad_token_id
+    tokenizer, run = resolved.tokenizer, resolved.run
+    eos, pad = resolved.eos_ids, tokenizer.pad_token_id
     try:
         gc = GenerationConfig.from_pretrained(str(src))
     except OSError:
@@ -265,7 +245,7 @@ def _copy_full(src: Path, dest: Path, run: dict[str, Any], template: Template, l
     if pad is not None:
         gc.pad_token_id = pad
     gc.save_pretrained(str(dest))
-    _finish_tokenizer(tokenizer, template)
+    _finish_tokenizer(tokenizer, resolved.template)
     tokenizer.save_pretrained(str(dest))
-    _write_run_info(dest, run, src, run.get("method") or "full", eos, pad)
+    run.exported(src, run.method or "full", eos, pad).write(dest)
     return {"eos": eos, "pad": pad}

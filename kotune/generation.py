@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from kotune.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, resolve_model, run_trusts_remote_code
-from kotune.templates import Template, choose_template, encode_prompt, eos_ids, get_template
+from kotune.models import ModelRef
+from kotune.resolver import Resolved, load_model, resolve
+from kotune.templates import Template, encode_prompt
 
 
 @dataclass
@@ -31,6 +32,42 @@ class Answer:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+
+
+def find_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the first stop string begins in ``text`` (None: no stop string): the one stop
+    matcher of answers, streamed pieces and the continuous batcher."""
+    hits = [k for k in (text.find(s) for s in stops if s) if k >= 0]
+    return min(hits) if hits else None
+
+
+def next_token(logits: Any, settings: GenerationSettings, seen: set[int] | None = None, rng: Any = None,
+               top_k: int = 0) -> int:
+    """One token from one row of logits, as ``generate()``'s processors choose it: repetition
+    penalty over ``seen`` (prompt and answer so far), then greedy, or temperature, top-k and
+    top-p sampling. Why our own: the continuous batcher decodes rows that joined at
+    different steps, which ``generate()`` cannot; this keeps its choices the same as
+    :meth:`Generator.generate`'s (greedy answers are identical, tested)."""
+    import torch
+
+    row = logits
+    if settings.repetition_penalty != 1.0 and seen:
+        idx = torch.tensor(sorted(seen), device=row.device)
+        got = row[idx]
+        row = row.clone()
+        row[idx] = torch.where(got < 0, got * settings.repetition_penalty, got / settings.repetition_penalty)
+    if settings.temperature <= 0:
+        return int(row.argmax())
+    row = row / settings.temperature
+    if 0 < top_k < row.shape[-1]:
+        cut = torch.topk(row, top_k).values[-1]
+        row = row.masked_fill(row < cut, float("-inf"))
+    if settings.top_p < 1.0:
+        sorted_logits, order = torch.sort(row, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > settings.top_p  # keeps the smallest set reaching top_p (at least one)
+        row = row.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+    return int(torch.multinomial(row.softmax(-1), 1, generator=rng)[0])
 
 
 class TextPieces:
@@ -57,10 +94,9 @@ class TextPieces:
             return ""
         hold = max((len(s) - 1 for s in self.stop), default=0)  # a stop string may be forming
         visible = text[: len(text) - hold] if hold else text
-        for s in self.stop:
-            k = text.find(s)
-            if k >= 0:
-                visible = text[:k]
+        k = find_stop(text, self.stop)
+        if k is not None:
+            visible = text[:k]
         if len(visible) > len(self.shown) and visible.startswith(self.shown):
             piece, self.shown = visible[len(self.shown):], visible
             return piece
@@ -74,32 +110,39 @@ class TextPieces:
 
 
 class Generator:
-    """A loaded model (base or base + adapter) that answers with its training template."""
+    """A loaded model (base or base + adapter) that answers with its training template.
 
-    def __init__(self, spec: str, *, template: "str | Template | None" = None, device: str | None = None, log=print):
-        self.ref: ModelRef = resolve_model(spec, log=log)
-        self.device = device or pick_device()
-        tok_path = self.ref.adapter or self.ref.base
-        trust = run_trusts_remote_code(self.ref.run)
-        self.tokenizer = load_tokenizer(tok_path, trust)
+    Everything about how to query the model (template, EOS, pad, load options) comes
+    from :func:`kotune.resolver.resolve`; :meth:`over` wraps a model that is already
+    loaded and shared (kotune serve's adapters)."""
+
+    def __init__(self, spec: str, *, template: str | None = None, default_template: Template | None = None,
+                 instruct_chat: bool = False, device: str | None = None, log=print):
+        resolved = resolve(spec, template=template, default_template=default_template, instruct_chat=instruct_chat,
+                           device=device, log=log)
+        adapters = [("default", resolved.ref.adapter)] if resolved.ref.adapter else []
+        model = load_model(resolved.ref.base, resolved.load, adapters=adapters, vocab=len(resolved.tokenizer))
+        self._bind(resolved, model)
+
+    @classmethod
+    def over(cls, resolved: Resolved, model: Any) -> "Generator":
+        """A generator over an already-loaded model: the same prompt encoding, batching,
+        stop handling and streaming as everywhere else."""
+        gen = cls.__new__(cls)
+        gen._bind(resolved, model)
+        return gen
+
+    def _bind(self, resolved: Resolved, model: Any) -> None:
+        self.resolved = resolved
+        self.ref: ModelRef = resolved.ref
+        self.device = resolved.load.device
+        self.tokenizer = resolved.tokenizer
         self.tokenizer.padding_side = "left"
-        model = load_causal_lm(self.ref.base, device=self.device, trust_remote_code=trust)
-        if self.ref.adapter:
-            from peft import PeftModel
-
-            if len(self.tokenizer) != model.get_input_embeddings().weight.shape[0]:
-                model.resize_token_embeddings(len(self.tokenizer))
-            model = PeftModel.from_pretrained(model, self.ref.adapter)
-        self.model = model.eval()
-        run = self.ref.run or {}
-        if isinstance(template, Template) and not run.get("template"):
-            self.template = template  # a whole template, system prompts included (eval's shared one)
-        else:
-            self.template = (choose_template(run, template if isinstance(template, str) else None, spec=spec)
-                             or get_template("kotune"))
-        self.eos_ids = list(run.get("eos_token_ids") or eos_ids(self.tokenizer))
         if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token_id = self.eos_ids[0]
+            self.tokenizer.pad_token_id = resolved.pad_id
+        self.model = model
+        self.template: Template = resolved.template
+        self.eos_ids = list(resolved.eos_ids)
 
     def prompt(self, question: str, input: str = "", *, category: str = "", context: str | None = None,
                history: list[dict[str, str]] | None = None) -> str:
@@ -141,7 +184,7 @@ class Generator:
             with torch.no_grad():
                 gen = self.model.generate(input_ids=input_ids, attention_mask=attn, **kwargs)
             for row, i in enumerate(idx):
-                results[i] = self._decode(gen[row, width:].tolist(), len(ids[row]), settings)
+                results[i] = self.decode(gen[row, width:].tolist(), len(ids[row]), settings)
         out = [results[i] for i in range(len(prompts))]
         return out
 
@@ -150,6 +193,7 @@ class Generator:
 
         Pieces are cut by :class:`TextPieces` (never inside a Hangul syllable).
         """
+        import queue
         import threading
 
         import torch
@@ -157,7 +201,7 @@ class Generator:
 
         settings = settings or GenerationSettings()
         ids = encode_prompt(self.tokenizer, prompt, self.template)
-        q: "queue.Queue[list[int] | None]" = __import__("queue").Queue()
+        q: queue.Queue[list[int] | None] = queue.Queue()
 
         class _Collect(BaseStreamer):
             first = True
@@ -205,13 +249,14 @@ class Generator:
         thread.join()
         if errors:
             raise errors[0]
-        answer = self._decode(pieces.tokens, len(ids), settings)
+        answer = self.decode(pieces.tokens, len(ids), settings)
         rest = pieces.rest(answer)
         if rest:
             yield rest
         yield answer
 
-    def _decode(self, tokens: list[int], prompt_len: int, settings: GenerationSettings) -> Answer:
+    def decode(self, tokens: list[int], prompt_len: int, settings: GenerationSettings) -> Answer:
+        """Generated token ids → the answer: cut at the first EOS id, then at the first stop string."""
         pad = self.tokenizer.pad_token_id
         finish = "length"
         cut = len(tokens)
@@ -221,8 +266,7 @@ class Generator:
                 break
         body = [t for t in tokens[:cut] if t != pad]
         text = self.tokenizer.decode(body, skip_special_tokens=True)
-        for s in settings.stop:
-            k = text.find(s)
-            if k >= 0:
-                text, finish = text[:k], "stop"
+        k = find_stop(text, settings.stop)
+        if k is not None:
+            text, finish = text[:k], "stop"
         return Answer(text.strip(), finish, prompt_len, len(body) + (1 if finish == "eos" else 0))

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kotune.errors import KotuneError
+from kotune.runinfo import RunInfo
 
 BUILTIN_TINY = "builtin:tiny-ko"
 TINY_VERSION = "tiny-ko-v2"
@@ -55,7 +56,7 @@ def corpus_texts() -> list[str]:
     return [(folder / n).read_text(encoding="utf-8") for n in names]
 
 
-def _train_tokenizer(texts: list[str], vocab_size: int):
+def train_tokenizer(texts: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -86,7 +87,7 @@ def build_tiny_ko(dest: Path, *, steps: int = 200, seed: int = 0, lr: float = 5e
 
     t0 = time.time()
     texts = corpus_texts()
-    tokenizer = _train_tokenizer(texts, vocab_size=vocab_size)
+    tokenizer = train_tokenizer(texts, vocab_size=vocab_size)
     config = GPTNeoXConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
         intermediate_size=4 * hidden, max_position_embeddings=2048, rotary_pct=0.5, rotary_emb_base=10000,
@@ -309,17 +310,7 @@ class ModelRef:
     spec: str                # as the user wrote it
     base: str                # HF id or local folder of the base weights
     adapter: str | None      # folder holding a PEFT adapter, if any
-    run: dict[str, Any] | None = None  # kotune.json of a kotune output
-
-
-def read_run_info(folder: str | Path) -> dict[str, Any] | None:
-    p = Path(folder) / "kotune.json"
-    if not p.exists():
-        return None
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise KotuneError(f"broken kotune.json ({e.msg})", path=p) from None
+    run: RunInfo | None = None  # the run record of a kotune output
 
 
 # How the builtin toy model is trained by default. A 3.4M-parameter model needs
@@ -350,19 +341,13 @@ def resolve_base(spec: str, log=print) -> str:
     return spec
 
 
-def run_base(run: dict[str, Any], log=print) -> str:
+def run_base(run: RunInfo, log=print) -> str:
     """The base folder of a finished run. A GGUF base is found by the hash its record
     names, so a run keeps loading after its .gguf file moves or the cwd changes."""
-    sha = ((run.get("base_source") or {}).get("gguf") or {}).get("sha256")
+    sha = run.gguf_sha256
     if sha and (_gguf_dir(sha) / GGUF_MARKER).exists():
         return str(_gguf_dir(sha))
-    return resolve_base(run.get("base_model") or "", log)
-
-
-def run_trusts_remote_code(run: dict[str, Any] | None) -> bool:
-    """Whether a run was trained with ``--trust-remote-code``: every later load of it
-    (eval, chat, serve, export, doctor) needs the same to load that architecture."""
-    return bool(((run or {}).get("config") or {}).get("trust_remote_code"))
+    return resolve_base(run.base_model, log)
 
 
 def base_source(spec: str) -> dict[str, Any] | None:
@@ -375,6 +360,12 @@ def base_source(spec: str) -> dict[str, Any] | None:
     return None
 
 
+def adapter_base(folder: str | Path, log=print) -> str:
+    """The base model a PEFT adapter folder names (``base_model_name_or_path``)."""
+    cfg = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
+    return resolve_base(cfg.get("base_model_name_or_path") or "", log)
+
+
 def resolve_model(spec: str, log=print) -> ModelRef:
     """A HF id, a local model folder, a kotune output (base + adapter), a ``.gguf`` file or a builtin."""
     path = Path(spec)
@@ -384,16 +375,16 @@ def resolve_model(spec: str, log=print) -> ModelRef:
         if not path.is_dir():
             raise KotuneError("a model must be a folder, a .gguf file, a Hugging Face id or a builtin: "
                               f"{', '.join(BUILTINS)}", path=spec)
-        run = read_run_info(path)
+        run = RunInfo.read(path)
         if run is not None:
-            base = run_base(run, log)
             adapter = str(path) if (path / "adapter_config.json").exists() else None
-            if adapter is None and run.get("method") in ("full", "merged"):
+            if adapter is None and run.is_full_weights:
                 return ModelRef(spec, str(path), None, run)
-            return ModelRef(spec, base, adapter, run)
+            if not run.base_model and adapter:  # an older record without base: the adapter names it
+                return ModelRef(spec, adapter_base(path, log), adapter, run)
+            return ModelRef(spec, run_base(run, log), adapter, run)
         if (path / "adapter_config.json").exists():
-            cfg = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
-            return ModelRef(spec, resolve_base(cfg.get("base_model_name_or_path") or "", log), str(path))
+            return ModelRef(spec, adapter_base(path, log), str(path))
         if not (path / "config.json").exists():
             raise KotuneError("folder holds no model (no config.json, adapter_config.json or kotune.json)", path=spec)
         return ModelRef(spec, str(path), None)
@@ -457,10 +448,11 @@ def ensure_pad_token(tokenizer, model=None) -> bool:
     return True
 
 
-def load_causal_lm(path: str, *, device: str, quantize_4bit: bool = False, trust_remote_code: bool = False):
+def load_causal_lm(path: str, *, device: str, quantize_4bit: bool = False, trust_remote_code: bool = False, dtype=None):
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": pick_dtype(device), "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"dtype": dtype if dtype is not None else pick_dtype(device),
+                              "trust_remote_code": trust_remote_code}
     if quantize_4bit:
         import torch
         from transformers import BitsAndBytesConfig

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kotune import __version__
 from kotune.errors import KotuneError
-from kotune.models import read_run_info
+from kotune.runinfo import RunInfo
 from kotune.report import METRICS as REPORT_METRICS
 
 STEP_ORDER = ("prepare", "generate", "validate", "split", "train", "doctor", "eval")
@@ -590,8 +590,8 @@ def run_recipe(plan: Plan, out: Path, *, invoke: Callable[[list[str]], int | Non
             argv.append("--resume" if resumed else "--overwrite")
         elif call.name == "train":
             model_dir = call.outputs[0].parent
-            info = read_run_info(model_dir)
-            resumed = (info is not None and info.get("status") == "running" and prev.get("status") == "started"
+            info = RunInfo.read(model_dir)
+            resumed = (info is not None and info.status == "running" and prev.get("status") == "started"
                        and prev.get("key") == key and not force)
             if resumed:
                 argv.append("--resume")

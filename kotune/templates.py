@@ -1,7 +1,7 @@
 """Prompt templates, shared by training and every inference path.
 
 The template is chosen once at training time, saved in ``OUT/kotune.json`` and
-read back by eval, chat, serve and export, so the model is never queried in a
+read back (through :mod:`kotune.resolver`) by eval, chat, serve and export, so the model is never queried in a
 format it was not trained on. ``encode_example`` is the only place where a
 training sample is tokenized: prompt tokens get label -100, the answer is
 followed by EOS, and EOS is in the labels.
@@ -72,6 +72,28 @@ class Template:
         msgs = [{"role": "system", "content": system}] if system else []
         return msgs + list(history or []) + [{"role": "user", "content": user}]
 
+    def chat_prompt(self, messages: list[dict[str, str]], *, category: str = "", context: str | None = None,
+                    tokenizer: Any = None) -> str:
+        """The prompt for an OpenAI-style conversation (kotune serve's chat endpoint).
+
+        Instruction templates were trained on one question: the last user message is
+        asked (with ``context``, if any). The chat template keeps the whole conversation;
+        ``context`` joins the last user message as in :meth:`messages`, and the
+        category's system prompt is added unless the client sent its own."""
+        last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        question = messages[last_user]["content"]
+        if self.name != "chat":
+            return self.prompt(question, category=category, context=context, tokenizer=tokenizer)
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise KotuneError("the chat template needs a tokenizer with a chat_template")
+        msgs = [dict(m) for m in messages]
+        if context:
+            msgs[last_user]["content"] = f"{question}\n\n{context}"
+        system = self.system_prompts.get(category) or self.default_system
+        if system and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": system})
+        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
     def completion(self, output: str) -> str:
         # KoAlpaca puts a space after "### 답변:"; the others start on a new line.
         return (" " + output) if self.name == "koalpaca" else output
@@ -105,21 +127,6 @@ def get_template(name: str, system_prompts: dict[str, str] | None = None, defaul
     if default_system is None:
         default_system = DEFAULT_SYSTEM if name == "chat" else ""
     return Template(name, dict(system_prompts or {}), default_system)
-
-
-def choose_template(run: dict[str, Any] | None, override: str | None, *, spec: str = "the model") -> Template | None:
-    """The one rule for ``--template`` at inference: a tuned run answers in the template
-    it was trained with (system prompts included); an override naming another template
-    is refused with one line, since answering in a format it was not trained on is
-    exactly the seeds' train/inference mismatch. Without a run, the override (or None).
-    """
-    own = Template.from_dict(run["template"]) if run and run.get("template") else None
-    if own is not None:
-        if override is not None and override != own.name:
-            raise KotuneError(f"--template {override}: {spec} was trained with template {own.name!r} and answers in "
-                              "it; drop --template (it applies to plain base models only)")
-        return own
-    return get_template(override) if override else None
 
 
 def encode_prompt(tokenizer: Any, prompt: str, template: Template) -> list[int]:

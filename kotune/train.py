@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -29,6 +28,7 @@ from typing import Any
 
 from kotune import __version__
 from kotune.errors import KotuneError
+from kotune.runinfo import DataInfo, FinalInfo, GenerationInfo, RunInfo, TemplateInfo
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Named as in the civil-law seed; values tuned for LoRA-style adapters.
@@ -182,9 +182,8 @@ def tokenize_records(records, tokenizer, template, max_length: int):
 # ---------------------------------------------------------------- output folder
 def prepare_output_dir(out: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> Path | None:
     """Refuse to clobber another run; returns the checkpoint to resume from, if any."""
-    info_path = out / "kotune.json"
     if out.exists() and any(out.iterdir()):
-        info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else None
+        info = RunInfo.read(out)
         if overwrite:
             if info is None:
                 raise KotuneError("is not a kotune output folder; refusing to delete it — choose an empty or new folder", path=out)
@@ -192,12 +191,12 @@ def prepare_output_dir(out: Path, config: TrainConfig, *, resume: bool, overwrit
         elif resume:
             if info is None:
                 raise KotuneError("has no kotune.json to resume from", path=out)
-            if info.get("config") != config.fingerprint():
-                diff = sorted(k for k, v in config.fingerprint().items() if (info.get("config") or {}).get(k) != v)
+            if info.config != config.fingerprint():
+                diff = sorted(k for k, v in config.fingerprint().items() if info.config.get(k) != v)
                 raise KotuneError(f"holds a different run (differs in: {', '.join(diff)}); use a new folder or --overwrite", path=out)
             return last_checkpoint(out)
         else:
-            what = f"a {info.get('status', 'previous')} run" if info else "other files"
+            what = f"a {info.status} run" if info else "other files"
             raise KotuneError(f"already holds {what}; pass --resume to continue it or --overwrite to replace it", path=out)
     elif resume:
         raise KotuneError("nothing to resume: the folder is empty or missing", path=out)
@@ -209,12 +208,6 @@ def last_checkpoint(out: Path) -> Path | None:
     ckpts = sorted((p for p in (out / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").exists()),
                    key=lambda p: int(p.name.split("-")[-1]))
     return ckpts[-1] if ckpts else None
-
-
-def write_run_info(out: Path, info: dict[str, Any]) -> None:
-    from kotune.io import write_json
-
-    write_json(out / "kotune.json", info)
 
 
 # ---------------------------------------------------------------- estimates
@@ -246,8 +239,8 @@ def estimate(n_train: int, tokens: int, config: TrainConfig, model, trainable: i
 
 
 # ---------------------------------------------------------------- main entry
-def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=print) -> dict[str, Any]:
-    """Fine-tune and save to ``config.output_dir``; returns the run info written to kotune.json."""
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=print) -> RunInfo:
+    """Fine-tune and save to ``config.output_dir``; returns the run record written to kotune.json."""
     import torch
     from accelerate import PartialState
 
@@ -405,31 +398,23 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     tokens = sum(train_ds["length"])
     supervised = sum(sum(1 for t in lab if t != -100) for lab in train_ds["labels"])
 
-    info: dict[str, Any] = {
-        "kotune_version": __version__,
-        "status": "running",
-        "base_model": config.base_model,
-        "base_source": base_source(config.base_model),
-        "method": config.method,
-        "template": template.to_dict(),
-        "eos_token_ids": eos_ids(tokenizer),
-        "config": config.fingerprint(),
-        "data": {"path": str(data_path), "sha256": sha256_file(data_path), "train_records": len(records),
-                 "eval_records": len(eval_records or []), "truncated": truncated,
-                 "train_tokens": tokens, "supervised_tokens": supervised},
-        "device": device,
-        "processes": state.num_processes,
-        "batching": batching,
-        "attention": attention,
-        "trainable_parameters": trainable,
-    }
+    info = RunInfo(
+        kotune_version=__version__, status="running", base_model=config.base_model,
+        base_source=base_source(config.base_model), method=config.method, template=TemplateInfo.of(template),
+        eos_token_ids=eos_ids(tokenizer), config=config.fingerprint(),
+        data=DataInfo(path=str(data_path), sha256=sha256_file(data_path), train_records=len(records),
+                      eval_records=len(eval_records or []), truncated=truncated, train_tokens=tokens,
+                      supervised_tokens=supervised),
+        device=device, processes=state.num_processes, batching=batching, attention=attention,
+        trainable_parameters=trainable,
+    )
     if main:
         eval_tokens = sum(eval_ds["length"]) if eval_ds is not None else 0
         est = estimate(len(records), tokens, config, trainer.model, trainable, _time_per_token(trainer, train_ds),
                        eval_tokens=eval_tokens)
         if epochs_reason:
             est["epochs_reason"] = epochs_reason
-        info["estimate"] = est
+        info.estimate = est
         log(f"training {config.method} on {len(records)} records ({tokens} tokens, {supervised} supervised), "
             f"eval {len(eval_records or [])}; {trainable / 1e6:.2f}M trainable parameters; device {device}"
             f"{f' x{state.num_processes} processes' if state.num_processes > 1 else ''}, "
@@ -441,7 +426,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         if epochs_reason:
             log(f"note: {epochs_reason}")
         out.mkdir(parents=True, exist_ok=True)
-        write_run_info(out, info)
+        info.write(out)
 
     # The untuned model's eval loss, so the run reports what tuning changed.
     initial_eval = trainer.evaluate()["eval_loss"] if eval_ds is not None and not resume else None
@@ -455,17 +440,16 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         trainer.model.save_pretrained(str(out))
         tokenizer.save_pretrained(str(out))
         history = [h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]
-        info.update({
-            "status": "complete",
-            "final": {"train_loss": round(result.training_loss, 4),
-                      "eval_loss": round(final_eval["eval_loss"], 4) if "eval_loss" in final_eval else None,
-                      "initial_eval_loss": round(initial_eval, 4) if initial_eval is not None else None,
-                      "steps": trainer.state.global_step, "seconds": round(elapsed, 1),
-                      "tokens_per_second": round(trainer.state.num_input_tokens_seen / max(elapsed, 1e-9), 1)},
-            "history": history,
-            "generation": {"eos_token_id": eos_ids(tokenizer), "pad_token_id": tokenizer.pad_token_id},
-        })
-        write_run_info(out, info)
+        info.status = "complete"
+        info.final = FinalInfo(
+            train_loss=round(result.training_loss, 4),
+            eval_loss=round(final_eval["eval_loss"], 4) if "eval_loss" in final_eval else None,
+            initial_eval_loss=round(initial_eval, 4) if initial_eval is not None else None,
+            steps=trainer.state.global_step, seconds=round(elapsed, 1),
+            tokens_per_second=round(trainer.state.num_input_tokens_seen / max(elapsed, 1e-9), 1))
+        info.history = history
+        info.generation = GenerationInfo(eos_token_id=eos_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        info.write(out)
     state.wait_for_everyone()
     return info
 

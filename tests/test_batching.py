@@ -18,7 +18,7 @@ BASE = "builtin:tiny-ko"
 
 @pytest.fixture(scope="module")
 def engine(trained_run):
-    from kotune.serve import Engine
+    from kotune.engine import Engine
 
     return Engine(BASE, [("tuned", str(trained_run))], log=lambda *_: None)
 
@@ -37,7 +37,7 @@ class Collector:
     def __init__(self, engine, max_batch: int = 4):
         self.engine = engine
         self.batcher = ContinuousBatcher(lambda n: engine.served[n].generator,
-                                         lambda n: engine._active(engine.served[n]),
+                                         lambda n: engine.active(engine.served[n]),
                                          max_batch=max_batch, lock=engine.lock)
         self.results: dict[int, Answer | BaseException] = {}
         self.done = threading.Condition()
@@ -181,7 +181,7 @@ def test_a_failing_row_does_not_stop_the_batcher(engine, prompts):
 
 
 def test_a_shared_prompt_prefix_is_computed_once(engine, sample_chunks):
-    from kotune.data.teachers import SYSTEM_PROMPT, build_instruction
+    from kotune.data.qa import SYSTEM_PROMPT, build_instruction
     from conftest import read_jsonl
 
     gen = engine.served["tuned"].generator

@@ -232,7 +232,7 @@ def test_base_gets_the_compared_runs_whole_template_byte_for_byte(tiny_model, tm
 
 @pytest.mark.parametrize("command", ["chat", "eval", "serve"])
 def test_another_template_for_a_tuned_run_is_refused_everywhere(command, trained_run, tmp_path):
-    """One rule (templates.choose_template): a run answers in its training template; before,
+    """One rule (resolver.decide_template): a run answers in its training template; before,
     `kotune chat --template` silently overrode it."""
     args = {"chat": ["chat", "--model", trained_run, "--template", "alpaca"],
             "eval": ["eval", "--questions", REPO / "recipes" / "data" / "civil-law" / "civil_law_qa.csv",
@@ -247,16 +247,15 @@ def test_another_template_for_a_tuned_run_is_refused_everywhere(command, trained
 
 def test_trust_remote_code_of_a_run_reaches_every_later_load(tiny_model, tmp_path, monkeypatch):
     """A run trained with --trust-remote-code is loaded with it by eval/chat (Generator), serve
-    and doctor; before, only training had it."""
+    and doctor; before, only training had it. All of them load through kotune.resolver."""
     import shutil
 
     import kotune.doctor
-    import kotune.generation
-    import kotune.serve
+    import kotune.resolver
     from kotune.doctor import DoctorSetup, diagnose
+    from kotune.engine import Engine
     from kotune.generation import Generator
     from kotune.io import write_json
-    from kotune.serve import Engine
     from kotune.templates import get_template
 
     run = tmp_path / "run"
@@ -265,20 +264,15 @@ def test_trust_remote_code_of_a_run_reaches_every_later_load(tiny_model, tmp_pat
                                      "template": get_template("kotune").to_dict(), "eos_token_ids": [0],
                                      "config": {"trust_remote_code": True}})
     seen = []
-    for module in (kotune.generation, kotune.serve, kotune.doctor):
-        for fn in ("load_causal_lm", "load_tokenizer"):
-            if hasattr(module, fn):
-                real = getattr(module, fn)
-                monkeypatch.setattr(module, fn, lambda *a, _real=real, _fn=fn, **k: (
-                    seen.append((_fn, k.get("trust_remote_code", a[1] if len(a) > 1 else False))), _real(*a, **k))[1])
+    for fn in ("load_causal_lm", "load_tokenizer"):
+        real = getattr(kotune.resolver, fn)
+        monkeypatch.setattr(kotune.resolver, fn, lambda *a, _real=real, _fn=fn, **k: (
+            seen.append((_fn, k.get("trust_remote_code", a[1] if len(a) > 1 else False))), _real(*a, **k))[1])
     Generator(str(run), log=lambda *_: None)
     Engine(str(run), log=lambda *_: None)
-    import kotune.models as models
-
     real_meta = kotune.doctor._meta_model
     monkeypatch.setattr(kotune.doctor, "_meta_model", lambda path, trust=False: (seen.append(("meta", trust)),
                                                                                  real_meta(path, trust))[1])
-    monkeypatch.setattr(models, "load_tokenizer", lambda *a, _real=models.load_tokenizer, **k: (
-        seen.append(("load_tokenizer", a[1] if len(a) > 1 else k.get("trust_remote_code", False))), _real(*a, **k))[1])
     diagnose(DoctorSetup(run_dir=str(run)), log=lambda *_: None)
+    assert [name for name, _ in seen].count("load_tokenizer") == 3 and ("meta", True) in seen
     assert len(seen) >= 5 and all(flag is True for _, flag in seen), seen

@@ -91,7 +91,7 @@ def test_generation_config_template_and_run_info(merged, trained_run, run_info, 
 
 def test_kotune_serve_engine_uses_the_merged_weights(merged, trained_run, prompts):
     from kotune.generation import GenerationSettings, Generator
-    from kotune.serve import Engine
+    from kotune.engine import Engine
 
     settings = GenerationSettings(max_new_tokens=32)
     engine = Engine(str(merged), log=lambda *_: None)

@@ -217,7 +217,7 @@ class _FakeEngine:
 
 def test_batcher_groups_concurrent_requests_by_model_and_settings():
     from kotune.generation import GenerationSettings
-    from kotune.serve import Batcher
+    from kotune.engine import Batcher
 
     engine = _FakeEngine()
 
@@ -261,7 +261,7 @@ def test_serve_start_up_errors_are_one_line(trained_run, tmp_path, monkeypatch):
 
 def test_engine_holds_several_adapters_on_one_base(trained_run, questions):
     from kotune.generation import GenerationSettings, Generator
-    from kotune.serve import Engine
+    from kotune.engine import Engine
 
     engine = Engine(BASE, [("p1", str(trained_run)), ("p2", str(trained_run))], log=lambda *_: None)
     assert engine.names == [BASE, "p1", "p2"] and engine.get("base") is engine.served[BASE]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kotune.errors import KotuneError
-from kotune.models import _train_tokenizer, corpus_texts, ensure_pad_token
+from kotune.models import train_tokenizer, corpus_texts, ensure_pad_token
 from kotune.records import Record
 from kotune.templates import IGNORE_INDEX, TEMPLATES, encode_example, encode_prompt, get_template
 
@@ -13,7 +13,7 @@ from kotune.templates import IGNORE_INDEX, TEMPLATES, encode_example, encode_pro
 @pytest.fixture(scope="module")
 def tokenizer():
     # The builtin model's tokenizer, trained the same way (fast: no model weights).
-    return _train_tokenizer(corpus_texts(), vocab_size=4096)
+    return train_tokenizer(corpus_texts(), vocab_size=4096)
 
 
 RECORDS = [
@@ -48,7 +48,7 @@ def test_builtin_tokenizer_pad_is_not_eos(tokenizer):
 
 
 def test_pad_token_is_added_when_it_equals_eos(tokenizer):
-    tok = _train_tokenizer(corpus_texts()[:1], vocab_size=512)
+    tok = train_tokenizer(corpus_texts()[:1], vocab_size=512)
     tok.pad_token = tok.eos_token  # the seed projects' setup: pad = eos, so EOS gets masked
     assert ensure_pad_token(tok) is False or tok.pad_token_id != tok.eos_token_id
     assert tok.pad_token_id != tok.eos_token_id

@@ -1,0 +1,400 @@
+"""The serving engine: one base model, its adapters, and the batchers every request goes through.
+
+The base model is loaded once (:func:`kotune.resolver.load_model`); every
+``--adapter NAME=OUT`` (a kotune output) is attached to it as a named PEFT
+adapter and switched per batch. Each served name answers in its own run's
+template and stops at its own EOS ids, as decided by
+:func:`kotune.resolver.resolve` — the same prompts ``kotune eval`` and
+``kotune chat`` build, through the same :class:`~kotune.generation.Generator`.
+
+Concurrency: the event loop only parses, validates and answers. Generation
+runs in one thread. For full-attention decoders (GPT-NeoX, Llama, Qwen2, ...)
+it is :class:`~kotune.batching.ContinuousBatcher` (:class:`LiveBatcher` here):
+every request, streaming or not, joins the running batch at the next decode
+step and leaves it when it is done. Other models use :class:`Batcher`:
+requests collected for up to ``batch_wait_ms`` (or until ``max_batch``
+prompts) are grouped by model and sampling settings, and each group is one
+batched ``generate``; streaming requests then run in their own thread. Every
+generation holds the engine's lock, because the active adapter is model-wide
+state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from kotune.errors import KotuneError
+from kotune.generation import Answer, GenerationSettings, Generator, TextPieces
+from kotune.openai_protocol import ApiError
+from kotune.resolver import LoadOptions, Resolved, load_model, resolve
+from kotune.templates import encode_prompt
+
+BASE_ALIAS = "base"
+
+
+@dataclass
+class Served:
+    """One name the API answers to: the shared model with one adapter (or none) active."""
+
+    name: str
+    adapter: str | None          # internal PEFT adapter name; None = adapters disabled
+    generator: Generator         # shares the one model; own tokenizer, template and EOS ids
+    source: str                  # what the user passed (path or id), for /v1/models
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def _same_model(a: str, b: str) -> bool:
+    """The same HF id, or the same folder however it was written."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def parse_adapter_args(items: list[str] | None) -> list[tuple[str, str]]:
+    """``NAME=PATH`` (or a bare PATH, named after its folder) → ``[(name, path)]``."""
+    out: list[tuple[str, str]] = []
+    for item in items or []:
+        for part in item.split():
+            name, sep, path = part.partition("=")
+            if not sep:
+                name, path = Path(part).name, part
+            if not name or not path:
+                raise KotuneError(f"--adapter takes NAME=PATH, got {part!r}")
+            out.append((name, path))
+    return out
+
+
+class Engine:
+    """The loaded model, its served names, and the lock every generation holds.
+
+    Every name is decided by :func:`kotune.resolver.resolve` (template, EOS, pad,
+    trust_remote_code), exactly as eval and chat decide it; the weights are loaded
+    once by :func:`kotune.resolver.load_model` with every adapter attached."""
+
+    def __init__(self, model_spec: str, adapters: list[tuple[str, str]] | None = None, *, template: str | None = None,
+                 device: str | None = None, log=print):
+        adapters = list(adapters or [])
+        # --template is for the --model entry when it is a plain base (refused for a run, before loading).
+        main = resolve(model_spec, template=template, device=device, log=log)
+        self.device = main.load.device
+        self.lock = threading.Lock()
+        base_path = main.ref.base
+        if main.ref.adapter is None and main.run and main.run.method == "merged" and (Path(model_spec) / "config.json").exists():
+            base_path = str(model_spec)  # a `kotune export` folder: its own (merged) weights
+        entries: list[tuple[str, Resolved]] = [(model_spec, main)]
+        names = {model_spec, BASE_ALIAS}
+        for name, path in adapters:
+            if name in names:
+                raise KotuneError(f"adapter name {name!r} is taken (the base is served as {model_spec!r} and {BASE_ALIAS!r}; "
+                                  "names must be unique)")
+            names.add(name)
+            if not Path(path).is_dir():
+                raise KotuneError("no such adapter folder", path=path)
+            sub = resolve(path, device=self.device, log=log)
+            if sub.ref.adapter is None:
+                raise KotuneError("not a LoRA adapter (a full or merged model); serve it with --model", path=path)
+            if not _same_model(sub.ref.base, base_path):
+                raise KotuneError(f"adapter was trained on {(sub.run.base_model if sub.run else '') or sub.ref.base}, "
+                                  f"not on {model_spec}", path=path)
+            entries.append((name, sub))
+        # A plain base answers in its --template, else in the first adapter's (the format it
+        # will be compared with), else kotune's.
+        if main.run is None and template is None and len(entries) > 1:
+            main.template = entries[1][1].template
+
+        log(f"loading {model_spec} on {self.device} ...")
+        internal = {name: f"a{i}" for i, (name, r) in enumerate(entries) if r.ref.adapter}  # PEFT names: no dots/colons
+        trust = any(r.trust_remote_code for _, r in entries)
+        load = LoadOptions(self.device, main.load.dtype, trust)
+        model = load_model(base_path, load, adapters=[(internal[n], r.ref.adapter) for n, r in entries if n in internal],
+                           vocab=max(len(r.tokenizer) for _, r in entries))
+        for name, r in entries:
+            if name in internal:
+                log(f"adapter {name} ← {r.ref.adapter}")
+        self.model = model
+        self.is_peft = bool(internal)  # then self.model is a PeftModel
+        self.served: dict[str, Served] = {
+            name: Served(name, internal.get(name), Generator.over(r, self.model), r.spec) for name, r in entries}
+        self.base_name = model_spec
+        cfg = getattr(self.model, "config", None)
+        self.max_context = int(getattr(cfg, "max_position_embeddings", 0) or 0) or None
+
+    # ------------------------------------------------------------ lookup
+    @property
+    def names(self) -> list[str]:
+        return list(self.served)
+
+    def get(self, name: Any) -> Served:
+        if isinstance(name, str):
+            if name == BASE_ALIAS and BASE_ALIAS not in self.served:
+                return self.served[self.base_name]
+            if name in self.served:
+                return self.served[name]
+        available = ", ".join(self.names + ([BASE_ALIAS] if BASE_ALIAS not in self.served else []))
+        raise ApiError(404, f"The model {name!r} does not exist. Available models: {available}",
+                       param="model", code="model_not_found")
+
+    # ------------------------------------------------------------ generation (call with nothing held)
+    @contextlib.contextmanager
+    def active(self, served: Served) -> Iterator[None]:
+        """``served``'s adapter active (or adapters disabled for the base) while generating."""
+        if not self.is_peft:
+            yield
+        elif served.adapter is None:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(served.adapter)
+            yield
+
+    def check_length(self, served: Served, prompt: str, max_new_tokens: int) -> None:
+        """400 when prompt + max_tokens cannot fit the model's context (fast tokenizers
+        encode concurrently without trouble; nothing here changes tokenizer state)."""
+        if self.max_context is None:
+            return
+        n = len(encode_prompt(served.generator.tokenizer, prompt, served.generator.template))
+        if n + max_new_tokens > self.max_context:
+            raise ApiError(400, f"This model's maximum context length is {self.max_context} tokens; the prompt has {n} "
+                           f"and max_tokens is {max_new_tokens}.", param="messages", code="context_length_exceeded")
+
+    def generate(self, name: str, prompts: list[str], settings: GenerationSettings, batch_size: int = 16) -> list[Answer]:
+        """One batched generation with ``name``'s adapter active."""
+        served = self.served[name]
+        with self.lock, self.active(served):
+            return served.generator.generate(prompts, settings, batch_size=batch_size)
+
+    def stream(self, name: str, prompt: str, settings: GenerationSettings) -> Iterator[str | Answer]:
+        """Text pieces, then the final Answer. Holds the lock until the answer is complete."""
+        served = self.served[name]
+        with self.lock, self.active(served):
+            # Consumed to the end even if nobody listens: Generator.stream's own
+            # generate thread must finish before the adapter may change.
+            yield from served.generator.stream(prompt, settings)
+
+
+# ---------------------------------------------------------------- batching
+@dataclass
+class _Job:
+    model: str
+    prompts: list[str]
+    settings: GenerationSettings
+    future: asyncio.Future
+
+    @property
+    def key(self) -> tuple:
+        s = self.settings
+        return (self.model, s.max_new_tokens, s.temperature, s.top_p, s.repetition_penalty, tuple(s.stop))
+
+
+class Batcher:
+    """Collects concurrent non-streaming requests and answers them in batched generate calls.
+
+    One asyncio task takes the first waiting job, then keeps taking jobs until
+    ``wait_s`` has passed since that first one or ``max_batch`` prompts are
+    collected; jobs that queued up while the previous batch ran are taken at
+    once without waiting. The collected jobs are grouped by (model, settings) and
+    each group is one ``Engine.generate`` in a single worker thread, so the event
+    loop keeps answering (health checks, errors, new requests) meanwhile.
+    """
+
+    def __init__(self, engine: Engine, *, max_batch: int = 16, wait_s: float = 0.01):
+        self.engine = engine
+        self.max_batch = max(1, int(max_batch))
+        self.wait_s = max(0.0, float(wait_s))
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kotune-gen")
+        self.queue: asyncio.Queue[_Job] | None = None
+        self.task: asyncio.Task | None = None
+        self.batches: list[int] = []  # prompts per generate call (recent), for /health and tests
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def submit(self, model: str, prompts: list[str], settings: GenerationSettings) -> list[Answer]:
+        assert self.queue is not None, "Batcher.start() was not awaited"
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put(_Job(model, prompts, settings, fut))
+        return await fut
+
+    async def _collect(self) -> list[_Job]:
+        assert self.queue is not None
+        loop = asyncio.get_running_loop()
+        jobs = [await self.queue.get()]
+        size = len(jobs[0].prompts)
+        deadline = loop.time() + self.wait_s
+        while size < self.max_batch:
+            try:
+                job = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), remaining)
+                except (asyncio.TimeoutError, TimeoutError):
+                    break
+            jobs.append(job)
+            size += len(job.prompts)
+        return jobs
+
+    async def stream(self, model: str, prompt: str, settings: GenerationSettings):
+        """Engine.stream in its own thread, its items handed to the event loop as they come."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        def hand(item) -> None:
+            _to_loop(loop, q.put_nowait, item)
+
+        def work():
+            try:
+                for item in self.engine.stream(model, prompt, settings):
+                    hand(item)
+            except BaseException as e:  # noqa: BLE001 - handed to the response
+                hand(e)
+            hand(done)
+
+        threading.Thread(target=work, daemon=True, name="kotune-stream").start()
+        while True:
+            item = await q.get()
+            if item is done:
+                return
+            yield item
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = await self._collect()
+            groups: dict[tuple, list[_Job]] = {}
+            for job in jobs:
+                if not job.future.done():  # the client may have gone away
+                    groups.setdefault(job.key, []).append(job)
+            for group in groups.values():
+                prompts = [p for j in group for p in j.prompts]
+                self.batches = (self.batches + [len(prompts)])[-1000:]
+                try:
+                    results = await loop.run_in_executor(self.executor, self.engine.generate, group[0].model, prompts,
+                                                         group[0].settings, self.max_batch)
+                except Exception as e:  # noqa: BLE001 - every waiting request gets the error
+                    for j in group:
+                        if not j.future.done():
+                            j.future.set_exception(e)
+                    continue
+                at = 0
+                for j in group:
+                    part = results[at:at + len(j.prompts)]
+                    at += len(j.prompts)
+                    if not j.future.done():
+                        j.future.set_result(part)
+
+
+class LiveBatcher:
+    """The event loop's side of :class:`~kotune.batching.ContinuousBatcher`.
+
+    The same ``submit`` as :class:`Batcher`, and ``stream`` for streaming
+    requests, which join the running batch like any other. A request whose
+    client goes away leaves the batch at the next step."""
+
+    def __init__(self, engine: Engine, *, max_batch: int = 16):
+        self.engine = engine
+        self.max_batch = max(1, int(max_batch))
+        self.core = None
+
+    async def start(self) -> None:
+        from kotune.batching import ContinuousBatcher
+
+        engine = self.engine
+        self.core = ContinuousBatcher(lambda name: engine.served[name].generator,
+                                      lambda name: engine.active(engine.served[name]),
+                                      max_batch=self.max_batch, lock=engine.lock)
+
+    async def stop(self) -> None:
+        if self.core is not None:
+            await asyncio.to_thread(self.core.close)
+
+    def _row(self, model: str, prompt: str, settings: GenerationSettings, done, on_tokens=None):
+        from kotune.batching import Row
+
+        gen = self.engine.served[model].generator
+        return self.core.submit(Row(model, encode_prompt(gen.tokenizer, prompt, gen.template), settings, done, on_tokens))
+
+    async def submit(self, model: str, prompts: list[str], settings: GenerationSettings) -> list[Answer]:
+        assert self.core is not None, "LiveBatcher.start() was not awaited"
+        loop = asyncio.get_running_loop()
+        futures, rows = [], []
+        for p in prompts:
+            fut = loop.create_future()
+            futures.append(fut)
+            rows.append(self._row(model, p, settings, lambda a, fut=fut: _settle(loop, fut, a)))
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            for r in rows:  # no-op for finished rows; a client that went away frees its slots
+                r.cancel()
+
+    async def stream(self, model: str, prompt: str, settings: GenerationSettings):
+        """Text pieces as the row's tokens come, then the final Answer (or an exception)."""
+        assert self.core is not None, "LiveBatcher.start() was not awaited"
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue = asyncio.Queue()
+
+        def hand(item) -> None:
+            _to_loop(loop, q.put_nowait, item)
+
+        gen = self.engine.served[model].generator
+        pieces = TextPieces(gen.tokenizer, gen.eos_ids, settings.stop)
+        row = self._row(model, prompt, settings, hand, hand)
+        try:
+            while True:
+                item = await q.get()
+                if isinstance(item, list):
+                    piece = pieces.add(item)
+                    if piece:
+                        yield piece
+                    continue
+                if isinstance(item, Answer):
+                    rest = pieces.rest(item)
+                    if rest:
+                        yield rest
+                yield item
+                return
+        finally:
+            row.cancel()
+
+
+def _to_loop(loop: asyncio.AbstractEventLoop, fn, *args) -> None:
+    """Run ``fn(*args)`` on the event loop, from a generation thread."""
+    with contextlib.suppress(RuntimeError):  # the loop closed (server shutting down)
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def _settle(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, result: Answer | BaseException) -> None:
+    """Hand a result from the batching thread to a waiting future."""
+
+    def put() -> None:
+        if fut.done():
+            return
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
+
+    _to_loop(loop, put)
+
+
+__all__ = ["BASE_ALIAS", "Batcher", "Engine", "LiveBatcher", "Served", "parse_adapter_args"]
