@@ -1,60 +1,59 @@
 """Render an evaluation (metrics.json + responses) as one HTML file and as Markdown.
 
+Both outputs come from one model of the report (:func:`build_report`): the meta
+lines, the metrics table, one table per headline metric by category, the error
+types, the LLM judge and the answers, each built once as small dataclasses
+(:class:`Table`, :class:`Cell`, ...). :func:`render_markdown` prints them as pipe
+tables; :func:`render_html` hands the same objects to the Jinja2 template
+``kotune/assets/report.html.j2``. Labels, scales, directions and meanings of the
+metrics come from :data:`kotune.metrics.CATALOGUE`.
+
 The HTML is self-contained: inline CSS, charts drawn as inline SVG, no scripts,
 no external URLs, so it opens offline and can be mailed or attached as is. All
 text that came from data (questions, answers, model and category names) is
-escaped. Both renderers are pure functions of their inputs (no timestamps), so
-the same evaluation renders to the same bytes.
+escaped (template autoescape; the SVG helpers escape their own text). Both
+renderers are pure functions of their inputs (no timestamps), so the same
+evaluation renders to the same bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 import re
 import unicodedata
-from typing import Any, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
-__all__ = ["render_html", "render_markdown", "METRICS", "HEADLINE"]
+from kotune.metrics import CATALOGUE, MetricInfo
 
-# (key, label, scale max, higher is better)
-METRICS: tuple[tuple[str, str, float, bool], ...] = (
-    ("rouge1", "ROUGE-1", 100.0, True),
-    ("rouge2", "ROUGE-2", 100.0, True),
-    ("rougeL", "ROUGE-L", 100.0, True),
-    ("bleu", "BLEU", 100.0, True),
-    ("chrf", "chrF", 100.0, True),
-    ("keyword_coverage", "keyword coverage", 1.0, True),
-    ("eos_rate", "EOS rate", 1.0, True),
-    ("repetition", "repetition", 1.0, False),
-    ("unsupported_rate", "unsupported rate", 1.0, False),
-)
+__all__ = ["render_html", "render_markdown", "bar_chart", "hbar_chart", "build_report",
+           "Report", "Table", "Cell", "METRICS", "HEADLINE"]
+
+# The catalogue's old (key, label, scale max, higher is better) shape, derived from
+# kotune.metrics.CATALOGUE (not a copy): kotune.recipe unpacks these 4-tuples.
+METRICS: tuple[tuple[str, str, float, bool], ...] = tuple(
+    (m.key, m.label, m.vmax, m.higher_is_better) for m in CATALOGUE)
+# The metrics that get a chart and a table per category.
 HEADLINE = ("rougeL", "keyword_coverage", "eos_rate", "unsupported_rate")
-_INFO = {k: (label, vmax, up) for k, label, vmax, up in METRICS}
-_DESCRIPTIONS = {
-    "rouge1": "unigram overlap with the reference (Kiwi morphemes), F1",
-    "rouge2": "bigram overlap with the reference (Kiwi morphemes), F1",
-    "rougeL": "longest common subsequence with the reference (Kiwi morphemes), F1",
-    "bleu": "corpus BLEU on Kiwi morphemes",
-    "chrf": "corpus chrF on characters",
-    "keyword_coverage": "share of expected keywords the answer contains (morpheme match)",
-    "eos_rate": "share of answers that ended on their own (not cut at the length limit)",
-    "repetition": "share of repeated n-grams in the answer",
-    "unsupported_rate": "share of answer content not found in reference or context",
-}
+_INFO: dict[str, MetricInfo] = {m.key: m for m in CATALOGUE}
 # Tableau 10: distinct, colour-blind-friendly enough, readable on white.
 _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
             "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
 _ERROR_COLOURS = ("#e15759", "#f28e2b", "#b07aa1", "#9c755f", "#4e79a7")
+_NO_COLOUR = "#8c959f"
 _OK_FINISH = {"eos", "stop"}
-FONT_STACK = ('"Noto Sans CJK KR", "Noto Sans KR", "Apple SD Gothic Neo", "Malgun Gothic", '
-              '"NanumGothic", "Nanum Gothic", sans-serif')
+_CUT_FINISH = {"length", "max_tokens"}
+_TEMPLATE = "report.html.j2"  # in kotune/assets, shipped as package data
 
 
 # --------------------------------------------------------------------------- shared
 
 
 def _esc(value: Any) -> str:
+    """Text for the SVG strings (the template autoescapes everything else)."""
     return html.escape("" if value is None else str(value), quote=True)
 
 
@@ -99,7 +98,13 @@ def _fmt(key: str, value: Any) -> str:
     v = _num(value)
     if v is None:
         return "—"
-    return f"{v:.1f}" if _INFO.get(key, ("", 1.0, True))[1] > 1 else f"{v:.3f}"
+    info = _INFO.get(key)
+    return f"{v:.1f}" if info is not None and info.vmax > 1 else f"{v:.3f}"
+
+
+def _rate(value: Any) -> str:
+    """A 0–1 share as the report writes them (three decimals)."""
+    return _fmt("eos_rate", value)
 
 
 def _best(values: dict[str, float | None], higher: bool) -> set[str]:
@@ -157,6 +162,10 @@ def _tick_label(v: float) -> str:
 
 
 # --------------------------------------------------------------------------- SVG
+#
+# Drawn by hand rather than with matplotlib or plotly: matplotlib is no dependency
+# of kotune and plotly's charts need its JavaScript; plain <rect>/<text> keep the
+# page script-free, offline and small, and the text selectable.
 
 
 def _legend(names: list[str], colours: list[str], x0: float, y0: float, max_x: float) -> tuple[list[str], float]:
@@ -274,241 +283,218 @@ def hbar_chart(title: str, rows: list[str], series: list[tuple[str, str, list[fl
     return "".join(parts)
 
 
-# --------------------------------------------------------------------------- HTML
+# --------------------------------------------------------------------------- the report model
+#
+# Built once by build_report() and printed by both renderers, so a number, a best
+# mark or a note cannot differ between report.md and report.html.
 
-_CSS = """
-:root { color-scheme: light; }
-* { box-sizing: border-box; }
-body { font-family: %(font)s; margin: 0; padding: 24px 32px 48px; color: #1f2328; background: #fff;
-       line-height: 1.55; font-size: 15px; }
-h1 { font-size: 26px; margin: 0 0 4px; }
-h2 { font-size: 20px; margin: 36px 0 12px; padding-bottom: 4px; border-bottom: 1px solid #d0d7de; }
-.meta { color: #57606a; margin: 2px 0; font-size: 13px; }
-.meta code, td code { font-size: 12px; background: #f6f8fa; padding: 1px 4px; border-radius: 4px; overflow-wrap: anywhere; }
-table { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
-th, td { border: 1px solid #d0d7de; padding: 5px 10px; text-align: right; vertical-align: top; }
-th { background: #f6f8fa; font-weight: 600; }
-th:first-child, td:first-child { text-align: left; }
-td.best { background: #dafbe1; font-weight: 700; }
-.scroll { overflow-x: auto; max-width: 100%%; }
-.note { color: #57606a; font-size: 13px; margin: 4px 0; }
-.charts { display: flex; flex-wrap: wrap; gap: 18px; }
-figure { margin: 0; padding: 8px; width: fit-content; border: 1px solid #d0d7de; border-radius: 6px; max-width: 100%%; overflow-x: auto; }
-svg.chart { display: block; max-width: 100%%; height: auto; font-family: inherit; }
-svg .grid { stroke: #e6e8eb; stroke-width: 1; }
-svg .axis { stroke: #57606a; stroke-width: 1; }
-svg text { fill: #1f2328; }
-svg .tick, svg .na { fill: #57606a; }
-svg .val { fill: #3d444d; }
-article.q { border: 1px solid #d0d7de; border-radius: 6px; margin: 14px 0; padding: 10px 14px; }
-article.q h3 { font-size: 15px; margin: 0 0 6px; }
-.qid { color: #57606a; font-weight: 400; font-size: 12px; margin-right: 6px; }
-.cat { display: inline-block; background: #ddf4ff; color: #0969da; border-radius: 10px; padding: 0 8px;
-       font-size: 12px; font-weight: 600; margin-right: 6px; }
-.question { font-weight: 600; }
-.ref { background: #f6f8fa; border-left: 3px solid #8c959f; padding: 6px 10px; margin: 6px 0; }
-.label { color: #57606a; font-size: 12px; font-weight: 600; }
-.answers { display: grid; gap: 10px; margin-top: 8px; }
-.answer { border: 1px solid #d0d7de; border-radius: 6px; padding: 8px 10px; min-width: 0; }
-.answer h4 { margin: 0 0 4px; font-size: 13px; display: flex; flex-wrap: wrap; gap: 4px; align-items: center; }
-.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; }
-.text, .ref .body { white-space: pre-wrap; overflow-wrap: anywhere; word-break: keep-all; }
-.badge { display: inline-block; border-radius: 10px; padding: 0 7px; font-size: 11px; font-weight: 600;
-         border: 1px solid transparent; }
-.finish-ok { background: #dafbe1; color: #116329; }
-.finish-cut { background: #ffebe9; color: #a40e26; }
-.finish-unknown { background: #eaeef2; color: #57606a; }
-.err { color: #fff; }
-.small { color: #57606a; font-size: 12px; overflow-wrap: anywhere; }
-.empty { color: #8c959f; font-style: italic; }
-ul.defs { font-size: 13px; color: #57606a; margin: 6px 0; padding-left: 20px; }
-""" % {"font": FONT_STACK}
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: its text as shown, and whether it holds its column's best value."""
+
+    text: str
+    best: bool = False
+    hint: str = ""  # what the column means (HTML tooltip; Markdown has none)
+    colour: str = ""  # the model's chart colour (HTML swatch; Markdown has none)
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table: a header row, body rows of cells, and notes printed after it."""
+
+    title: str
+    header: tuple[Cell, ...]
+    rows: tuple[tuple[Cell, ...], ...]
+    notes: tuple[str, ...] = ()
+    kind: str = ""  # the HTML table's class ("metrics", "errors")
+
+
+@dataclass(frozen=True)
+class MetaLine:
+    """One ``label: value`` line under the title."""
+
+    label: str
+    value: str
+    verbatim: bool = True  # a machine string (signature, path): Markdown shows it as code
+
+
+@dataclass(frozen=True)
+class Judge:
+    """The LLM-judge section: who judged, against which baseline, and the rates."""
+
+    model: str
+    baseline: str
+    table: Table
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One model's answer to one question."""
+
+    model: str
+    colour: str
+    text: str
+    finish: str  # the finish reason as given, "" when unknown
+    errors: tuple[str, ...]
+    scores: str  # "ROUGE-L 12.5 · keyword coverage 0.500", "" when none
+    retrieved: tuple[str, ...]
+
+    @property
+    def blank(self) -> bool:
+        return not self.text.strip()
+
+    @property
+    def finish_kind(self) -> str:
+        """ok (ended on its own), cut (hit the length limit) or unknown."""
+        r = self.finish.lower()
+        return "ok" if r in _OK_FINISH else ("cut" if r in _CUT_FINISH else "unknown")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question with its reference and every model's answer, numbered from 1."""
+
+    number: int
+    qid: str | None
+    category: str
+    question: str
+    reference: str
+    keywords: str
+    answers: tuple[Answer, ...]
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything both renderers print; ``metrics`` is None (and the tables empty) without models."""
+
+    title: str
+    meta: tuple[MetaLine, ...]
+    metrics: Table | None
+    definitions: tuple[MetricInfo, ...]  # the metrics the metrics table shows
+    categories: tuple[Table, ...]
+    errors: Table | None  # None when no error types were recorded
+    judge: Judge | None
+    questions: tuple[Question, ...]
+
+    @property
+    def tables(self) -> tuple[Table, ...]:
+        """Every table in page order."""
+        return tuple(t for t in (self.metrics, *self.categories, self.errors,
+                                 self.judge.table if self.judge else None) if t is not None)
 
 
 def _model_colours(names: list[str]) -> dict[str, str]:
     return {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(names)}
 
 
-def _metrics_table_html(models: dict[str, dict], colours: dict[str, str]) -> str:
-    keys = _metric_keys(models)
-    best = {k: _best({n: _num((m.get("overall") or {}).get(k)) for n, m in models.items()}, _INFO[k][2]) for k in keys}
-    head = "".join(f'<th title="{_esc(_DESCRIPTIONS.get(k, ""))}">{_esc(_INFO[k][0])} {"↑" if _INFO[k][2] else "↓"}</th>'
-                   for k in keys)
-    rows = []
-    for name, m in models.items():
-        overall = m.get("overall") or {}
-        n = overall.get("n", m.get("n_rows"))
-        cells = "".join(f'<td class="best">{_fmt(k, overall.get(k))}</td>' if name in best[k]
-                        else f"<td>{_fmt(k, overall.get(k))}</td>" for k in keys)
-        rows.append(f'<tr><td><span class="swatch" style="background:{colours[name]}"></span> {_esc(name)}</td>'
-                    f'<td>{_esc("—" if n is None else n)}</td>{cells}</tr>')
-    return (f'<div class="scroll"><table class="metrics"><thead><tr><th>model</th><th>n</th>{head}</tr></thead>'
-            f'<tbody>{"".join(rows)}</tbody></table></div>')
+def _arrow(info: MetricInfo) -> str:
+    return "↑" if info.higher_is_better else "↓"
 
 
-def _category_table_html(models: dict[str, dict], key: str) -> str:
+def _n_answers(m: dict) -> str:
+    n = (m.get("overall") or {}).get("n", m.get("n_rows"))
+    return "—" if n is None else str(n)
+
+
+def _metrics_table(models: dict[str, dict], colours: dict[str, str]) -> Table:
+    infos = [_INFO[k] for k in _metric_keys(models)]
+    best = {i.key: _best({n: _num((m.get("overall") or {}).get(i.key)) for n, m in models.items()}, i.higher_is_better)
+            for i in infos}
+    header = (Cell("model"), Cell("n"), *(Cell(f"{i.label} {_arrow(i)}", hint=i.description) for i in infos))
+    rows = tuple((Cell(name, colour=colours.get(name, _NO_COLOUR)), Cell(_n_answers(m)),
+                  *(Cell(_fmt(i.key, (m.get("overall") or {}).get(i.key)), best=name in best[i.key]) for i in infos))
+                 for name, m in models.items())
+    return Table("Metrics", header, rows, notes=tuple(_notes(models)), kind="metrics")
+
+
+def _category_table(models: dict[str, dict], key: str) -> Table:
+    info = _INFO[key]
     cats = _categories(models)
-    higher = _INFO[key][2]
-    head = "".join(f"<th>{_esc(c)}</th>" for c in ["overall", *cats])
-    rows = []
-    for name, m in models.items():
-        vals = [(m.get("overall") or {}).get(key)] + [((m.get("by_category") or {}).get(c) or {}).get(key) for c in cats]
-        rows.append((name, vals))
-    body = []
-    for name, vals in rows:
-        cells = []
-        for ci, v in enumerate(vals):
-            col = {n: _num(vs[ci]) for n, vs in rows}
-            cls = ' class="best"' if name in _best(col, higher) else ""
-            cells.append(f"<td{cls}>{_fmt(key, v)}</td>")
-        body.append(f"<tr><td>{_esc(name)}</td>{''.join(cells)}</tr>")
-    return (f'<div class="scroll"><table><caption class="note">{_esc(_INFO[key][0])}</caption>'
-            f"<thead><tr><th>model</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>")
+    values = {name: [(m.get("overall") or {}).get(key)] + [((m.get("by_category") or {}).get(c) or {}).get(key)
+                                                           for c in cats]
+              for name, m in models.items()}
+    best = [_best({n: _num(vs[ci]) for n, vs in values.items()}, info.higher_is_better) for ci in range(len(cats) + 1)]
+    rows = tuple((Cell(name), *(Cell(_fmt(key, v), best=name in best[ci]) for ci, v in enumerate(vals)))
+                 for name, vals in values.items())
+    return Table(f"{info.label} ({info.direction} is better)", (Cell("model"), Cell("overall"), *map(Cell, cats)), rows)
 
 
-def _category_charts_html(models: dict[str, dict], colours: dict[str, str]) -> str:
-    cats = _categories(models)
-    first = next(iter(models.values()), {})
-    counts = {c: ((first.get("by_category") or {}).get(c) or {}).get("n") for c in cats}
-    groups = [("overall", f"n={(first.get('overall') or {}).get('n', '?')}")] + [
-        (c, "" if counts[c] is None else f"n={counts[c]}") for c in cats]
-    figures = []
-    for key in HEADLINE:
-        label, vmax, higher = _INFO[key]
-        series = []
-        for name, m in models.items():
-            vals = [_num((m.get("overall") or {}).get(key))]
-            vals += [_num(((m.get("by_category") or {}).get(c) or {}).get(key)) for c in cats]
-            series.append((name, colours[name], vals))
-        scale = "0–100" if vmax > 1 else "0–1"
-        title = f"{label} by category ({'higher' if higher else 'lower'} is better)"
-        fmt = (lambda v: f"{v:.1f}") if vmax > 1 else (lambda v: f"{v:.2f}")
-        svg = bar_chart(title, groups, series, vmax=vmax, y_label=f"{label} ({scale})", x_label="category", fmt=fmt)
-        if all(v is None for _, _, vals in series for v in vals):
-            reason = _skipped_reason(models, key)
-            svg = (f'<p class="note"><b>{_esc(label)}</b>: not computed'
-                   f'{" — " + _esc(reason) if reason else ""}.</p>')
-        figures.append(f'<figure data-metric="{_esc(key)}">{svg}</figure>')
-    return f'<div class="charts">{"".join(figures)}</div>'
-
-
-def _skipped_reason(models: dict[str, dict], key: str) -> str:
-    for m in models.values():
-        for s in m.get("skipped") or []:
-            if isinstance(s, dict) and s.get("metric") == key:
-                return str(s.get("reason") or "")
-    return ""
-
-
-def _errors_html(models: dict[str, dict], colours: dict[str, str]) -> str:
+def _errors_table(models: dict[str, dict]) -> Table | None:
     types = _error_types(models)
     if not types:
-        return '<p class="note">No error types recorded.</p>'
-    head = "".join(f"<th>{_esc(t)}</th>" for t in types)
+        return None
     rows = []
     for name, m in models.items():
-        counts = m.get("error_types") or {}
-        n = (m.get("overall") or {}).get("n", m.get("n_rows"))
-        total = sum(int(_num(counts.get(t)) or 0) for t in types)
-        cells = "".join(f"<td>{int(_num(counts.get(t)) or 0)}</td>" for t in types)
-        rows.append(f"<tr><td>{_esc(name)}</td><td>{_esc('—' if n is None else n)}</td>{cells}<td>{total}</td></tr>")
-    table = (f'<div class="scroll"><table class="errors"><thead><tr><th>model</th><th>answers</th>{head}<th>total tags</th></tr>'
-             f'</thead><tbody>{"".join(rows)}</tbody></table></div>')
-    series = [(name, colours[name], [float(_num((m.get("error_types") or {}).get(t)) or 0) for t in types])
-              for name, m in models.items()]
-    svg = hbar_chart("Error types (answers tagged)", types, series, x_label="answers")
-    return f'{table}<p class="note">An answer can carry several tags.</p><figure>{svg}</figure>'
+        counts = [int(_num((m.get("error_types") or {}).get(t)) or 0) for t in types]
+        rows.append((Cell(name), Cell(_n_answers(m)), *(Cell(str(c)) for c in counts), Cell(str(sum(counts)))))
+    header = (Cell("model"), Cell("answers"), *map(Cell, types), Cell("total tags"))
+    return Table("Error types", header, tuple(rows), notes=("An answer can carry several tags.",), kind="errors")
 
 
-def _judge_html(judge: dict) -> str:
-    pairs = judge.get("pairs") or {}
-    if not pairs:
-        return ""
-    rows = "".join(
-        f"<tr><td>{_esc(other)}</td>" + "".join(f"<td>{_fmt('eos_rate', p.get(k))}</td>"
-                                                 for k in ("win_rate", "loss_rate", "tie_rate", "order_disagreement")) + "</tr>"
-        for other, p in pairs.items())
-    return (f'<h2>LLM judge</h2><p class="meta">judge <code>{_esc(judge.get("judge_model"))}</code>, each model against '
-            f'<b>{_esc(judge.get("baseline"))}</b>, both answer orders; a verdict counts only when both orders agree.</p>'
-            f'<div class="scroll"><table><thead><tr><th>model</th><th>win</th><th>loss</th><th>tie</th>'
-            f'<th>order disagreement</th></tr></thead><tbody>{rows}</tbody></table></div>')
-
-
-def _finish_badge(reason: Any) -> str:
-    r = str(reason or "").strip()
-    if not r:
-        return '<span class="badge finish-unknown">finish: ?</span>'
-    cls = "finish-ok" if r.lower() in _OK_FINISH else ("finish-cut" if r.lower() in {"length", "max_tokens"} else "finish-unknown")
-    return f'<span class="badge {cls}">{_esc(r)}</span>'
+def _judge(judge: Any) -> Judge | None:
+    pairs = judge.get("pairs") if isinstance(judge, dict) else None
+    if not isinstance(pairs, dict) or not pairs:
+        return None
+    rows = tuple((Cell(str(other)), *(Cell(_rate((p if isinstance(p, dict) else {}).get(k)))
+                                      for k in ("win_rate", "loss_rate", "tie_rate", "order_disagreement")))
+                 for other, p in pairs.items())
+    table = Table("LLM judge", tuple(map(Cell, ("model", "win", "loss", "tie", "order disagreement"))), rows,
+                  notes=("A verdict counts only when both answer orders agree.",))
+    model, baseline = judge.get("judge_model"), judge.get("baseline")
+    return Judge("" if model is None else str(model), "" if baseline is None else str(baseline), table)
 
 
 def _answer_metrics_line(a: dict) -> str:
     bits = []
     for key in ("rougeL", "keyword_coverage", "unsupported_rate"):
         if _num(a.get(key)) is not None:
-            bits.append(f"{_INFO[key][0]} {_fmt(key, a.get(key))}")
+            bits.append(f"{_INFO[key].label} {_fmt(key, a.get(key))}")
     return " · ".join(bits)
 
 
-def _answers_html(responses: list[dict], names: list[str], colours: dict[str, str], error_colours: dict[str, str]) -> str:
-    if not responses:
-        return '<p class="note">No responses.</p>'
-    cols = max(1, min(len(names), 3))
+def _questions(responses: list[dict], names: list[str], colours: dict[str, str]) -> tuple[Question, ...]:
     out = []
     for i, r in enumerate(responses, 1):
-        cat = str(r.get("category") or "").strip()
-        parts = [f'<article class="q" id="q-{i}"><h3><span class="qid">#{i} · {_esc(r.get("id", ""))}</span>'
-                 + (f'<span class="cat">{_esc(cat)}</span>' if cat else "")
-                 + f'<span class="question">{_esc(r.get("question", ""))}</span></h3>']
-        ref = r.get("reference")
-        if ref:
-            parts.append(f'<div class="ref"><div class="label">reference</div><div class="body">{_esc(ref)}</div></div>')
         kws = r.get("keywords")
-        if kws:
-            kw = ", ".join(map(str, kws)) if isinstance(kws, (list, tuple)) else str(kws)
-            parts.append(f'<div class="small">keywords: {_esc(kw)}</div>')
-        parts.append(f'<div class="answers" style="grid-template-columns: repeat({cols}, minmax(0, 1fr))">')
-        answers = r.get("answers") or {}
+        keywords = (", ".join(map(str, kws)) if isinstance(kws, (list, tuple)) else str(kws)) if kws else ""
+        answers = []
+        given = r.get("answers") or {}
         for name in names:
-            a = answers.get(name)
+            a = given.get(name)
             if a is None:
                 continue
             if not isinstance(a, dict):
                 a = {"text": a}
-            errs = [e for e in (a.get("errors") or []) if e]
-            tags = "".join(f'<span class="badge err" style="background:{error_colours.get(e, "#8c959f")}">{_esc(e)}</span>'
-                           for e in errs)
-            text = str(a.get("text") or "")
-            body = f'<div class="text">{_esc(text)}</div>' if text.strip() else '<div class="text empty">(empty answer)</div>'
-            extra = _answer_metrics_line(a)
-            retrieved = a.get("retrieved") or []
-            parts.append(
-                f'<div class="answer"><h4><span class="swatch" style="background:{colours.get(name, "#8c959f")}"></span>'
-                f'{_esc(name)} {_finish_badge(a.get("finish_reason"))}{tags}</h4>{body}'
-                + (f'<div class="small">{_esc(extra)}</div>' if extra else "")
-                + (f'<div class="small">retrieved: {_esc(", ".join(map(str, retrieved)))}</div>' if retrieved else "")
-                + "</div>")
-        parts.append("</div></article>")
-        out.append("".join(parts))
-    return "".join(out)
+            answers.append(Answer(
+                model=name, colour=colours.get(name, _NO_COLOUR), text=str(a.get("text") or ""),
+                finish=str(a.get("finish_reason") or "").strip(),
+                errors=tuple(str(e) for e in (a.get("errors") or []) if e),
+                scores=_answer_metrics_line(a), retrieved=tuple(map(str, a.get("retrieved") or []))))
+        q, qid = r.get("question"), r.get("id")
+        out.append(Question(number=i, qid=None if qid is None else str(qid),
+                            category=str(r.get("category") or "").strip(), question="" if q is None else str(q),
+                            reference=str(r.get("reference") or ""), keywords=keywords, answers=tuple(answers)))
+    return tuple(out)
 
 
-def _meta_lines(metrics: dict, models: dict[str, dict], responses: list[dict]) -> list[tuple[str, str]]:
+def _meta_lines(metrics: dict, models: dict[str, dict], responses: list[dict]) -> tuple[MetaLine, ...]:
     first = next(iter(models.values()), {})
     tok = metrics.get("tokenization") or first.get("tokenization")
     bleu_sig = metrics.get("bleu_signature") or first.get("bleu_signature")
     chrf_sig = metrics.get("chrf_signature") or first.get("chrf_signature")
     n_q = metrics.get("questions") or len(responses) or (first.get("overall") or {}).get("n")
-    lines = [("questions", str(n_q if n_q is not None else "—")), ("models", ", ".join(models) or "—")]
+    lines = [MetaLine("questions", str(n_q if n_q is not None else "—")),
+             MetaLine("models", ", ".join(models) or "—", verbatim=False)]
     if tok:
-        lines.append(("tokenization (ROUGE, BLEU)", str(tok)))
+        lines.append(MetaLine("tokenization (ROUGE, BLEU)", str(tok)))
     if bleu_sig:
-        lines.append(("BLEU signature", str(bleu_sig)))
+        lines.append(MetaLine("BLEU signature", str(bleu_sig)))
     if chrf_sig:
-        lines.append(("chrF signature", str(chrf_sig)))
+        lines.append(MetaLine("chrF signature", str(chrf_sig)))
     if metrics.get("context"):
-        lines.append(("retrieval context", str(metrics["context"])))
-    return lines
+        lines.append(MetaLine("retrieval context", str(metrics["context"])))
+    return tuple(lines)
 
 
 def _notes(models: dict[str, dict]) -> list[str]:
@@ -525,46 +511,119 @@ def _notes(models: dict[str, dict]) -> list[str]:
     return seen
 
 
-def render_html(metrics: dict, responses: list[dict], title: str = "kotune eval") -> str:
-    """The whole report as one self-contained HTML page (UTF-8, inline CSS and SVG, no scripts)."""
+def build_report(metrics: dict, responses: list[dict], title: str = "kotune eval") -> Report:
+    """The report model both renderers print: every table, meta line and answer, built once."""
     models = _models(metrics)
     names = _model_names(metrics, responses)
     colours = _model_colours(names)
-    types = _error_types(models)
-    for r in responses:
-        for a in (r.get("answers") or {}).values():
-            for e in (a.get("errors") or []) if isinstance(a, dict) else []:
-                if e not in types:
-                    types.append(e)
-    error_colours = {t: _ERROR_COLOURS[i % len(_ERROR_COLOURS)] for i, t in enumerate(types)}
+    return Report(
+        title=str(title),
+        meta=_meta_lines(metrics, models, responses),
+        metrics=_metrics_table(models, colours) if models else None,
+        definitions=tuple(_INFO[k] for k in _metric_keys(models)) if models else (),
+        categories=tuple(_category_table(models, k) for k in HEADLINE) if models else (),
+        errors=_errors_table(models),
+        judge=_judge(metrics.get("judge")),
+        questions=_questions(responses, names, colours),
+    )
 
-    meta = "".join(f'<p class="meta">{_esc(k)}: <code>{_esc(v)}</code></p>' for k, v in _meta_lines(metrics, models, responses))
-    notes = "".join(f'<p class="note">{_esc(n)}</p>' for n in _notes(models))
-    defs = "".join(f"<li><b>{_esc(_INFO[k][0])}</b> ({'0–100' if _INFO[k][1] > 1 else '0–1'}, "
-                   f"{'higher' if _INFO[k][2] else 'lower'} is better): {_esc(_DESCRIPTIONS[k])}</li>"
-                   for k in _metric_keys(models))
-    sections = [f"<header><h1>{_esc(title)}</h1>{meta}</header>"]
-    if models:
-        sections.append(f'<section id="metrics"><h2>Metrics</h2>{_metrics_table_html(models, colours)}'
-                        f'<p class="note">Best value per column highlighted. ↑ higher is better, ↓ lower is better.</p>'
-                        f'{notes}<details><summary class="note">What the metrics mean</summary><ul class="defs">{defs}</ul></details>'
-                        f"</section>")
-        cat_tables = "".join(_category_table_html(models, k) for k in HEADLINE)
-        sections.append(f'<section id="categories"><h2>By category</h2>{_category_charts_html(models, colours)}'
-                        f'<details><summary class="note">Same numbers as tables</summary>{cat_tables}</details></section>')
-        sections.append(f'<section id="errors"><h2>Error types</h2>{_errors_html(models, colours)}</section>')
-    if isinstance(metrics.get("judge"), dict):
-        sections.append(f'<section id="judge">{_judge_html(metrics["judge"])}</section>')
-    sections.append(f'<section id="answers"><h2>Answers side by side ({len(responses)})</h2>'
-                    f"{_answers_html(responses, names, colours, error_colours)}</section>")
-    return ("<!DOCTYPE html>\n"
-            '<html lang="ko">\n<head>\n<meta charset="utf-8">\n'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(sections) + "\n</body>\n</html>\n")
+
+# --------------------------------------------------------------------------- HTML
+
+
+@dataclass(frozen=True)
+class _Figure:
+    """One per-category chart: its SVG, or why the metric has no values."""
+
+    key: str
+    label: str
+    svg: str  # "" when no model has a value for the metric
+    reason: str = ""
+
+
+def _skipped_reason(models: dict[str, dict], key: str) -> str:
+    for m in models.values():
+        for s in m.get("skipped") or []:
+            if isinstance(s, dict) and s.get("metric") == key:
+                return str(s.get("reason") or "")
+    return ""
+
+
+def _category_figures(models: dict[str, dict], colours: dict[str, str]) -> list[_Figure]:
+    cats = _categories(models)
+    first = next(iter(models.values()), {})
+    counts = {c: ((first.get("by_category") or {}).get(c) or {}).get("n") for c in cats}
+    groups = [("overall", f"n={(first.get('overall') or {}).get('n', '?')}")] + [
+        (c, "" if counts[c] is None else f"n={counts[c]}") for c in cats]
+    figures = []
+    for key in HEADLINE:
+        info = _INFO[key]
+        series = []
+        for name, m in models.items():
+            vals = [_num((m.get("overall") or {}).get(key))]
+            vals += [_num(((m.get("by_category") or {}).get(c) or {}).get(key)) for c in cats]
+            series.append((name, colours[name], vals))
+        if all(v is None for _, _, vals in series for v in vals):
+            figures.append(_Figure(key, info.label, "", _skipped_reason(models, key)))
+            continue
+        title = f"{info.label} by category ({info.direction} is better)"
+        fmt = (lambda v: f"{v:.1f}") if info.vmax > 1 else (lambda v: f"{v:.2f}")
+        figures.append(_Figure(key, info.label, bar_chart(title, groups, series, vmax=info.vmax,
+                                                          y_label=f"{info.label} ({info.scale})",
+                                                          x_label="category", fmt=fmt)))
+    return figures
+
+
+def _error_chart(models: dict[str, dict], colours: dict[str, str]) -> str:
+    types = _error_types(models)
+    if not types:
+        return ""
+    series = [(name, colours[name], [float(_num((m.get("error_types") or {}).get(t)) or 0) for t in types])
+              for name, m in models.items()]
+    return hbar_chart("Error types (answers tagged)", types, series, x_label="answers")
+
+
+@functools.lru_cache(maxsize=1)
+def _template():
+    """The page template from package data, compiled once.
+
+    Jinja2 rather than string concatenation: autoescape makes every data string safe
+    by default (answers are untrusted), and the page's structure reads as HTML.
+    Imported here, not at module level: only the HTML report needs it (it comes
+    with torch and trl).
+    """
+    import jinja2
+
+    source = (resources.files("kotune") / "assets" / _TEMPLATE).read_text(encoding="utf-8")
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    return env.from_string(source)
+
+
+def render_html(metrics: dict, responses: list[dict], title: str = "kotune eval") -> str:
+    """The whole report as one self-contained HTML page (UTF-8, inline CSS and SVG, no scripts)."""
+    report = build_report(metrics, responses, title)
+    models = _models(metrics)
+    colours = _model_colours(_model_names(metrics, responses))
+    types = _error_types(models)
+    for e in (e for q in report.questions for a in q.answers for e in a.errors):
+        if e not in types:
+            types.append(e)
+    error_colours = {t: _ERROR_COLOURS[i % len(_ERROR_COLOURS)] for i, t in enumerate(types)}
+    return _template().render(
+        r=report,
+        figures=_category_figures(models, colours) if models else [],
+        error_chart=_error_chart(models, colours),
+        error_colours=error_colours,
+        columns=max(1, min(len(colours), 3)),
+    )
 
 
 # --------------------------------------------------------------------------- Markdown
+#
+# Written by hand rather than with a table library (tabulate and the like): none of
+# them applies CommonMark backslash escapes to cell text, which is what keeps a "|"
+# or "<script>" in a model answer or name from breaking the table or the page.
 
 _MD_SPECIAL = set("\\`*_[]<>|#")
 
@@ -591,90 +650,54 @@ def _md_code(text: Any) -> str:
     return f"{fence}{pad}{s}{pad}{fence}"
 
 
-def _md_table(header: list[str], rows: Iterable[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
+def _md_cell(c: Cell) -> str:
+    return f"**{_md(c.text)}**" if c.best else _md(c.text)
+
+
+def _md_table(t: Table) -> list[str]:
+    """A pipe table (first column left-aligned, numbers right-aligned), then its notes as a list."""
+    out = ["| " + " | ".join(_md_cell(c) for c in t.header) + " |",
+           "| " + " | ".join(["---"] + ["---:"] * (len(t.header) - 1)) + " |"]
+    out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
+    return out
+
+
+def _md_notes(t: Table) -> list[str]:
+    return [f"- {_md(n)}" for n in t.notes]
 
 
 def render_markdown(metrics: dict, responses: list[dict], title: str = "kotune eval") -> str:
     """The report as Markdown: metric tables (best in bold), per-category tables, error types, answers."""
-    models = _models(metrics)
-    names = _model_names(metrics, responses)
-    out = [f"# {_md(title)}", ""]
-    for k, v in _meta_lines(metrics, models, responses):
-        out.append(f"- {k}: " + (", ".join(_md(n) for n in models) if k == "models" else _md_code(v)))
+    report = build_report(metrics, responses, title)
+    out = [f"# {_md(report.title)}", ""]
+    out += [f"- {m.label}: {_md_code(m.value) if m.verbatim else _md(m.value)}" for m in report.meta]
     out.append("")
-    if models:
-        keys = _metric_keys(models)
-        best = {k: _best({n: _num((m.get("overall") or {}).get(k)) for n, m in models.items()}, _INFO[k][2]) for k in keys}
-        out += ["## Metrics", ""]
-        rows = []
-        for name, m in models.items():
-            overall = m.get("overall") or {}
-            n = overall.get("n", m.get("n_rows"))
-            cells = [f"**{_fmt(k, overall.get(k))}**" if name in best[k] else _fmt(k, overall.get(k)) for k in keys]
-            rows.append([_md(name), _md("—" if n is None else n), *cells])
-        out.append(_md_table(["model", "n", *[f"{_INFO[k][0]} {'↑' if _INFO[k][2] else '↓'}" for k in keys]], rows))
-        out += ["", "Best value per column in bold. ↑ higher is better, ↓ lower is better."]
-        out += [f"- {_md(n)}" for n in _notes(models)]
+    if report.metrics is not None:
+        out += [f"## {report.metrics.title}", "", *_md_table(report.metrics), "",
+                "Best value per column in bold. ↑ higher is better, ↓ lower is better.", *_md_notes(report.metrics)]
         out += ["", "## By category", ""]
-        cats = _categories(models)
-        for key in HEADLINE:
-            label, _vmax, higher = _INFO[key]
-            table_rows = []
-            for name, m in models.items():
-                vals = [(m.get("overall") or {}).get(key)] + [((m.get("by_category") or {}).get(c) or {}).get(key) for c in cats]
-                table_rows.append((name, vals))
-            md_rows = []
-            for name, vals in table_rows:
-                cells = []
-                for ci, v in enumerate(vals):
-                    col = {n: _num(vs[ci]) for n, vs in table_rows}
-                    cells.append(f"**{_fmt(key, v)}**" if name in _best(col, higher) else _fmt(key, v))
-                md_rows.append([_md(name), *cells])
-            out += [f"### {label} ({'higher' if higher else 'lower'} is better)", "",
-                    _md_table(["model", "overall", *map(_md, cats)], md_rows), ""]
-        types = _error_types(models)
-        if types:
-            out += ["## Error types", ""]
-            rows = []
-            for name, m in models.items():
-                counts = m.get("error_types") or {}
-                vals = [int(_num(counts.get(t)) or 0) for t in types]
-                n = (m.get("overall") or {}).get("n", m.get("n_rows"))
-                rows.append([_md(name), _md("—" if n is None else n), *map(str, vals), str(sum(vals))])
-            out += [_md_table(["model", "answers", *map(_md, types), "total tags"], rows), ""]
-    judge = metrics.get("judge")
-    if isinstance(judge, dict) and judge.get("pairs"):
-        out += ["## LLM judge", "", f"Judge {_md_code(judge.get('judge_model'))}, each model against {_md(judge.get('baseline'))}, "
-                "both answer orders.", ""]
-        rows = [[_md(o), *[_fmt("eos_rate", p.get(k)) for k in ("win_rate", "loss_rate", "tie_rate", "order_disagreement")]]
-                for o, p in judge["pairs"].items()]
-        out += [_md_table(["model", "win", "loss", "tie", "order disagreement"], rows), ""]
-    out += [f"## Answers side by side ({len(responses)})", ""]
-    for i, r in enumerate(responses, 1):
-        cat = str(r.get("category") or "").strip()
-        out += [f"### {i}. {'[' + _md(cat) + '] ' if cat else ''}{_md(r.get('question', ''))}", ""]
-        if r.get("id") is not None:
-            out += [f"id: {_md_code(r.get('id'))}", ""]
-        if r.get("reference"):
-            out += ["**Reference**", "", _md_block(r["reference"]), ""]
-        answers = r.get("answers") or {}
-        for name in names:
-            a = answers.get(name)
-            if a is None:
-                continue
-            if not isinstance(a, dict):
-                a = {"text": a}
-            errs = [e for e in (a.get("errors") or []) if e]
-            info = [f"finish: {_md(a.get('finish_reason') or '?')}"]
-            if errs:
-                info.append("errors: " + ", ".join(_md(e) for e in errs))
-            extra = _answer_metrics_line(a)
-            if extra:
-                info.append(_md(extra))
-            out += [f"**{_md(name)}** — " + " · ".join(info), ""]
-            text = str(a.get("text") or "")
-            out += [_md_block(text) if text.strip() else "> *(empty answer)*", ""]
+        for t in report.categories:
+            out += [f"### {_md(t.title)}", "", *_md_table(t), ""]
+    if report.errors is not None:
+        out += [f"## {report.errors.title}", "", *_md_table(report.errors), "", *_md_notes(report.errors), ""]
+    if report.judge is not None:
+        j = report.judge
+        out += [f"## {j.table.title}", "",
+                f"Judge {_md_code(j.model) if j.model else '—'}, each model against {_md(j.baseline)}, both answer orders.",
+                "", *_md_table(j.table), "", *_md_notes(j.table), ""]
+    out += [f"## Answers side by side ({len(report.questions)})", ""]
+    for q in report.questions:
+        out += [f"### {q.number}. {'[' + _md(q.category) + '] ' if q.category else ''}{_md(q.question)}", ""]
+        if q.qid is not None:
+            out += [f"id: {_md_code(q.qid)}", ""]
+        if q.reference:
+            out += ["**Reference**", "", _md_block(q.reference), ""]
+        for a in q.answers:
+            info = [f"finish: {_md(a.finish or '?')}"]
+            if a.errors:
+                info.append("errors: " + ", ".join(_md(e) for e in a.errors))
+            if a.scores:
+                info.append(_md(a.scores))
+            out += [f"**{_md(a.model)}** — " + " · ".join(info), ""]
+            out += ["> *(empty answer)*" if a.blank else _md_block(a.text), ""]
     return "\n".join(out).rstrip() + "\n"

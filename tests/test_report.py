@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import ast
+import copy
+import fnmatch
 import html
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
+from importlib import resources
 from pathlib import Path
 
 import pytest
 
-from kotune.report import render_html, render_markdown
+from kotune.report import build_report, render_html, render_markdown
 
 CATEGORIES = ("법령", "기관", "산업")
 ERRORS = ("정보 누락", "수치 오류", "기관 오용", "반복·미종료", "근거 없음")
@@ -165,7 +170,10 @@ def test_html_shows_every_question_side_by_side(html_report):
 
 def test_html_escapes_answer_text(html_report):
     assert "<script>alert" not in html_report
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html_report
+    # Jinja's autoescape writes ' as &#39; (html.escape wrote &#x27;): the same character.
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html_report
+    texts = [html.unescape(t) for t in re.findall(r'<div class="text">(.*?)</div>', html_report, re.S)]
+    assert "데이터 분석에는 <script>alert('x')</script> 특별한 규정이 없습니다." in texts
 
 
 def test_hostile_names_are_escaped_everywhere():
@@ -245,6 +253,183 @@ def test_report_renders_scores_from_metrics_module():
     # No keywords in these rows: keyword coverage gets a note instead of an empty chart.
     assert out.count("<svg") == 4 and "keyword coverage</b>: not computed — no row has keywords" in out
     assert "| model | n | ROUGE-1" in render_markdown(real, responses)
+
+
+# --------------------------------------------------------------------------- one model, two renderers
+
+PIPE_NAME = "x|<y>"  # a model name that is both a Markdown table separator and markup
+
+
+def full_example() -> tuple[dict, list[dict]]:
+    """example() plus a third model with a hostile name, notes, a judge section and a pipe in an answer."""
+    metrics, responses = example()
+    third = copy.deepcopy(metrics["models"]["base"])
+    third["overall"]["rougeL"] = 54.2  # ties tuned: both best
+    third["notes"] = ["scored | on 9 rows <only>"]
+    metrics["models"][PIPE_NAME] = third
+    metrics["judge"] = {"judge_model": "judge-7b", "baseline": "base",
+                        "pairs": {"tuned": {"win_rate": 0.778, "loss_rate": 0.111, "tie_rate": 0.111,
+                                            "order_disagreement": 0.2},
+                                  PIPE_NAME: {"win_rate": None, "loss_rate": 0.5, "tie_rate": 0.5,
+                                              "order_disagreement": 0.0}}}
+    for r in responses:
+        r["answers"][PIPE_NAME] = {"text": "표 | 아님\n| --- |\n두 번째 줄", "finish_reason": "stop", "errors": []}
+    return metrics, responses
+
+
+class _Tables(HTMLParser):
+    """Every <table> of a page: title (caption, else the section's <h2>), cells as (text, best); and the notes."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.tables: list[dict] = []
+        self.notes: list[str] = []
+        self._h2 = ""
+        self._open: list[str] = []  # what the current text goes to: h2, caption, cell, note
+        self._buf = ""
+        self._best = False
+
+    def handle_starttag(self, tag, attrs):
+        cls = dict(attrs).get("class") or ""
+        if tag == "table":
+            self.tables.append({"title": self._h2, "rows": []})
+        elif tag == "tr":
+            self.tables[-1]["rows"].append([])
+        if tag in ("h2", "caption", "td", "th") or (tag == "p" and cls == "note"):
+            self._open.append(tag)
+            self._buf, self._best = "", cls == "best"
+
+    def handle_endtag(self, tag):
+        if not self._open or self._open[-1] != tag:
+            return
+        self._open.pop()
+        text = self._buf.strip()
+        if tag == "h2":
+            self._h2 = text
+        elif tag == "caption":
+            self.tables[-1]["title"] = text
+        elif tag in ("td", "th"):
+            self.tables[-1]["rows"][-1].append((text, self._best))
+        else:
+            self.notes.append(text)
+
+    def handle_data(self, data):
+        if self._open:
+            self._buf += data
+
+
+def _md_unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def _md_tables(md: str) -> list[dict]:
+    """Every pipe table: title (the heading above it), cells as (text, best), and the "- " notes after it."""
+    tables, heading, lines = [], "", md.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("#"):
+            heading = _md_unescape(line.lstrip("#").strip())
+        if not line.startswith("|"):
+            i += 1
+            continue
+        rows = []
+        while i < len(lines) and lines[i].startswith("|"):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", lines[i].strip())[1:-1]]
+            if not all(re.fullmatch(r"-+:?", c) for c in cells):
+                rows.append([(_md_unescape(c[2:-2] if c.startswith("**") else c), c.startswith("**")) for c in cells])
+            i += 1
+        notes = []  # "- " lines up to the next heading or table
+        while i < len(lines) and not lines[i].startswith(("#", "|")):
+            if lines[i].startswith("- "):
+                notes.append(_md_unescape(lines[i][2:]))
+            i += 1
+        tables.append({"title": heading, "rows": rows, "notes": notes})
+    return tables
+
+
+def test_each_table_shows_the_same_cells_in_html_and_markdown():
+    metrics, responses = full_example()
+    report = build_report(metrics, responses, title="정책 QA")
+    expected = [{"title": t.title, "rows": [[(c.text, c.best) for c in row] for row in (t.header, *t.rows)]}
+                for t in report.tables]
+    # metrics, four headline metrics by category, error types, judge
+    assert len(expected) == 7 and [t["title"] for t in expected][-2:] == ["Error types", "LLM judge"]
+
+    page = _Tables()
+    page.feed(render_html(metrics, responses, title="정책 QA"))
+    md_tables = _md_tables(render_markdown(metrics, responses, title="정책 QA"))
+    assert [{"title": t["title"], "rows": t["rows"]} for t in page.tables] == expected
+    assert [{"title": t["title"], "rows": t["rows"]} for t in md_tables] == expected
+    for table, md_table in zip(report.tables, md_tables):
+        assert md_table["notes"] == list(table.notes)
+        assert all(note in page.notes for note in table.notes)
+
+    metrics_rows = {row[0][0]: row for row in expected[0]["rows"][1:]}
+    assert set(metrics_rows) == {"base", "tuned", PIPE_NAME}
+    rouge_l = [c[0] for c in expected[0]["rows"][0]].index("ROUGE-L ↑")
+    assert metrics_rows["tuned"][rouge_l] == ("54.2", True) and metrics_rows[PIPE_NAME][rouge_l] == ("54.2", True)
+    assert metrics_rows["base"][rouge_l] == ("18.9", False)
+    judge = {row[0][0]: [c[0] for c in row[1:]] for row in expected[-1]["rows"][1:]}
+    assert judge == {"tuned": ["0.778", "0.111", "0.111", "0.200"], PIPE_NAME: ["—", "0.500", "0.500", "0.000"]}
+    assert "scored | on 9 rows <only>" in report.metrics.notes
+
+
+def test_metric_labels_and_descriptions_come_from_the_catalogue():
+    from kotune import report as report_module
+    from kotune.metrics import CATALOGUE, REFERENCE_METRICS, ROW_METRICS
+
+    assert [m.key for m in CATALOGUE] == [*REFERENCE_METRICS, *ROW_METRICS]
+    assert report_module.METRICS == tuple((m.key, m.label, m.vmax, m.higher_is_better) for m in CATALOGUE)
+    metrics, responses = example()
+    header = build_report(metrics, responses).metrics.header[2:]
+    assert [(c.text, c.hint) for c in header] == [
+        (f"{m.label} {'↑' if m.higher_is_better else '↓'}", m.description) for m in CATALOGUE]
+    page = render_html(metrics, responses)
+    for m in CATALOGUE:
+        assert f"<li><b>{m.label}</b> ({m.scale}, {m.direction} is better): {m.description}</li>" in page
+
+
+def test_script_in_an_answer_is_inert_in_the_html():
+    metrics, responses = example()
+    attack = '</div><script>alert("pwn")</script><img src=x onerror=alert(1)> & 끝'
+    responses[0]["answers"]["tuned"]["text"] = attack
+    responses[1]["question"] = attack
+    responses[2]["reference"] = attack
+    out = render_html(metrics, responses)
+    assert "<script" not in out.lower() and "<img" not in out.lower()
+    shown = [html.unescape(t) for t in re.findall(r'<div class="text">(.*?)</div>', out, re.S)]
+    assert attack in shown
+    assert html.unescape(re.search(r'<span class="question">(.*?)</span>', out[out.index('id="q-2"'):]).group(1)) == attack
+    assert f'<div class="body">{html.escape(attack, quote=False)}</div>' in out.replace("&#34;", '"')
+
+
+def test_markdown_escapes_pipes_in_answers_and_names():
+    metrics, responses = full_example()
+    md = render_markdown(metrics, responses)
+    # Each answer line is quoted with its pipes escaped, so it can never open a table.
+    assert "> 표 \\| 아님\n> \\| --- \\|\n> 두 번째 줄" in md
+    assert "**x\\|\\<y\\>** — finish: stop" in md
+    # Every row of every pipe table has as many (unescaped) columns as its header.
+    for t in _md_tables(md):
+        assert len({len(row) for row in t["rows"]}) == 1, t["title"]
+    assert "| x\\|\\<y\\> | 9 |" in md
+
+
+def test_template_ships_as_package_data():
+    template = resources.files("kotune") / "assets" / "report.html.j2"
+    assert template.is_file()
+    text = template.read_text(encoding="utf-8")
+    assert "<!DOCTYPE html>" in text and "{{ r.title }}" in text
+    # The wheel (and an editable install) carries it: pyproject's package-data globs match the path.
+    # (read by hand: tomllib is 3.11+ and kotune supports 3.10; a TOML string array is a Python literal)
+    pyproject = (Path(__file__).parent.parent / "pyproject.toml").read_text(encoding="utf-8")
+    section = pyproject.split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
+    globs = ast.literal_eval(re.search(r"^kotune\s*=\s*(\[.*?\])", section, re.M | re.S).group(1))
+    assert any(fnmatch.fnmatch("assets/report.html.j2", g) for g in globs), globs
+    from kotune.report import _template
+
+    assert _template().environment.autoescape is True
 
 
 # --------------------------------------------------------------------------- real browser
