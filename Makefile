@@ -1,13 +1,14 @@
 # Two entry points, both self-installing on a fresh machine:
 #   make demo   install into .venv, then run the main job on a real model (builtin:gemma-3-270m)
 #   make test   install into .venv, then run the whole test suite
+# make test-fast: the unit tests only (no model built, trained or loaded).
 # make demo-fast: the same recipe on builtin:tiny-ko (about a minute).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo demo-fast test bench bench-real bench-gpu clean
+.PHONY: install demo demo-fast test test-fast bench bench-real bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +32,10 @@ demo-fast: install
 test: install
 	bash scripts/install-system-deps.sh
 	$(BIN)/python -m pytest -q
+
+# Unit tests only: no model is built, trained or loaded (tests/conftest.py marks those e2e).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not e2e"
 
 # Every benchmark, each replacing its own section of benchmarks/RESULTS.md (about an hour on 2 cores).
 bench: install

@@ -190,3 +190,17 @@ def trained_run(tmp_path_factory, sample_split, tiny_model) -> Path:
     assert res.code == 0, res.err
     (out.parent / "wall_seconds.txt").write_text(f"{time.monotonic() - t0:.1f}", encoding="utf-8")
     return out
+
+
+# ---------------------------------------------------------------- e2e marking
+# A test is end-to-end when it needs a model: any fixture that loads, builds or trains
+# one (directly or through another fixture: item.fixturenames is the closure), or an
+# explicit @pytest.mark.slow / @pytest.mark.e2e. `make test-fast` deselects them
+# (`-m "not e2e"`); `make test` runs everything.
+MODEL_FIXTURES = {"tiny_model", "trained_run", "gemma_dir", "gemma_run", "merged", "engine", "generator"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slow") or MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
