@@ -11,6 +11,8 @@ import typer
 
 from kotune import __version__
 from kotune.errors import KotuneError
+from kotune.options import (EvalOptions, GenerateOptions, PrepareOptions, SplitOptions, TrainOptions,
+                            ValidateOptions)
 from kotune.ui import console, done, warn
 from kotune.ui import progress as _progress
 
@@ -54,10 +56,11 @@ def _root(
 def prepare(
     inputs: List[Path] = typer.Argument(..., help="Documents (.txt .md .pdf .hwpx .hwp .docx) or folders of them."),
     output: Path = typer.Option(..., "--output", "-o", help="Chunks file to write (JSONL)."),
-    chunk_chars: int = typer.Option(1000, "--chunk-chars", "--chunk_chars", min=50, help="Maximum characters per chunk."),
-    overlap: int = typer.Option(100, "--overlap", min=0, help="Characters of whole sentences repeated between chunks."),
+    chunk_chars: int = typer.Option(PrepareOptions.default("chunk_chars"), "--chunk-chars", "--chunk_chars", help="Maximum characters per chunk."),
+    overlap: int = typer.Option(PrepareOptions.default("overlap"), "--overlap", help="Characters of whole sentences repeated between chunks."),
 ) -> None:
     """Documents → chunks: Kiwi sentences packed to --chunk-chars, headings as breadcrumbs."""
+    PrepareOptions.check(dict(chunk_chars=chunk_chars, overlap=overlap))
     from kotune.data.chunk import prepare as run_prepare
     from kotune.io import write_jsonl
 
@@ -74,22 +77,25 @@ def prepare(
 def generate(
     chunks_file: Path = typer.Argument(..., metavar="CHUNKS", help="Chunks JSONL from `kotune prepare`."),
     output: Path = typer.Option(..., "--output", "-o", help="QA records file to write (JSONL)."),
-    teacher: str = typer.Option("rule", "--teacher", help="rule (offline, default), hf:PATH (local model, e.g. hf:builtin:tiny-ko) or an OpenAI-compatible URL."),
+    teacher: str = typer.Option(GenerateOptions.default("teacher"), "--teacher", help="rule (offline, default), hf:PATH (local model, e.g. hf:builtin:tiny-ko) or an OpenAI-compatible URL."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name for a URL teacher (default: the server's first model)."),
-    per_chunk: int = typer.Option(8, "--per-chunk", "--per_chunk", min=1, help="At most this many records per chunk."),
-    workers: int = typer.Option(8, "--workers", min=1, help="Concurrent requests (URL teacher) or chunks per batch (hf teacher)."),
+    per_chunk: int = typer.Option(GenerateOptions.default("per_chunk"), "--per-chunk", "--per_chunk", help="At most this many records per chunk."),
+    workers: int = typer.Option(GenerateOptions.default("workers"), "--workers", help="Concurrent requests (URL teacher) or chunks per batch (hf teacher)."),
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable(s) holding API keys, comma-separated (A,B,C); requests take them in turn."),
-    max_retries: int = typer.Option(6, "--max-retries", min=0, help="Retries per request on 429/5xx, dropped connections and timeouts."),
-    rpm: Optional[float] = typer.Option(None, "--rpm", min=0.001, help="At most this many requests per minute per API key."),
-    timeout: float = typer.Option(120.0, "--timeout", min=0.1, help="Seconds to wait for one teacher response."),
-    temperature: float = typer.Option(0.7, "--temperature", min=0.0, max=2.0, help="Sampling temperature of a URL teacher (0 = greedy)."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "--max_new_tokens", min=16, help="Token budget of one teacher reply (default: grows with --per-chunk)."),
+    max_retries: int = typer.Option(GenerateOptions.default("max_retries"), "--max-retries", help="Retries per request on 429/5xx, dropped connections and timeouts."),
+    rpm: Optional[float] = typer.Option(GenerateOptions.default("rpm"), "--rpm", help="At most this many requests per minute per API key."),
+    timeout: float = typer.Option(GenerateOptions.default("timeout"), "--timeout", help="Seconds to wait for one teacher response."),
+    temperature: float = typer.Option(GenerateOptions.default("temperature"), "--temperature", help="Sampling temperature of a URL teacher (0 = greedy)."),
+    max_new_tokens: Optional[int] = typer.Option(GenerateOptions.default("max_new_tokens"), "--max-new-tokens", "--max_new_tokens", help="Token budget of one teacher reply (default: grows with --per-chunk)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only chunks whose index % N == I-1 (merge shards with `kotune validate`)."),
-    input_context: bool = typer.Option(False, "--input-context", help="Store the source chunk as each record's input (RAG-style training with --template rag)."),
+    input_context: bool = typer.Option(GenerateOptions.default("input_context"), "--input-context", help="Store the source chunk as each record's input (RAG-style training with --template rag)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its journal."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an interrupted run's journal and start over."),
 ) -> None:
     """Chunks → QA records (instruction/output), every record tied to its chunk_id and source."""
+    GenerateOptions.check(dict(teacher=teacher, model=model, per_chunk=per_chunk, workers=workers, api_key_env=api_key_env,
+                               max_retries=max_retries, rpm=rpm, timeout=timeout, temperature=temperature,
+                               max_new_tokens=max_new_tokens, input_context=input_context))
     import time
 
     from rich.progress import TextColumn
@@ -158,14 +164,16 @@ def validate(
     report: Optional[Path] = typer.Option(None, "--report", help="Write the validation report (JSON) here."),
     chunks_file: Optional[Path] = typer.Option(None, "--chunks", help="Chunks JSONL, to check answers are grounded in their chunk."),
     mapping: Optional[List[str]] = typer.Option(None, "--map", help="Column mapping SOURCE=FIELD, e.g. --map 질문=instruction."),
-    min_answer_chars: int = typer.Option(10, "--min-answer-chars", min=0, help="Drop answers shorter than this."),
-    near_dup: float = typer.Option(0.85, "--near-dup-threshold", help="MinHash Jaccard at which records are near-duplicates, in (0, 1] (checked by ValidateConfig)."),
-    min_grounding: float = typer.Option(0.5, "--min-grounding", min=0.0, max=1.0, help="Share of answer content morphemes that must occur in the source chunk."),
-    grounding: bool = typer.Option(True, "--grounding/--no-grounding", help="Check answers against their chunk or input."),
-    one_answer: bool = typer.Option(True, "--one-answer-per-prompt/--many-answers-per-prompt", help="Whether the same instruction + input twice is a duplicate (QA) or several references per input are kept (question generation)."),
+    min_answer_chars: int = typer.Option(ValidateOptions.default("min_answer_chars"), "--min-answer-chars", help="Drop answers shorter than this."),
+    near_dup: float = typer.Option(ValidateOptions.default("near_dup_threshold"), "--near-dup-threshold", help="MinHash Jaccard at which records are near-duplicates, in (0, 1] (checked by ValidateConfig)."),
+    min_grounding: float = typer.Option(ValidateOptions.default("min_grounding"), "--min-grounding", help="Share of answer content morphemes that must occur in the source chunk."),
+    grounding: bool = typer.Option(ValidateOptions.default("grounding"), "--grounding/--no-grounding", help="Check answers against their chunk or input."),
+    one_answer: bool = typer.Option(ValidateOptions.default("one_answer_per_prompt"), "--one-answer-per-prompt/--many-answers-per-prompt", help="Whether the same instruction + input twice is a duplicate (QA) or several references per input are kept (question generation)."),
     categories: Optional[List[str]] = typer.Option(None, "--categories", help="Keep only records of these categories: comma-separated or repeated, e.g. --categories 전세사기,부동산물권."),
 ) -> None:
     """Merge QA files; drop missing, duplicate, near-duplicate, short, incomplete, evasive and ungrounded records."""
+    ValidateOptions.check(dict(min_answer_chars=min_answer_chars, near_dup_threshold=near_dup, min_grounding=min_grounding,
+                               grounding=grounding, one_answer_per_prompt=one_answer))
     from kotune.data.validate import ValidateConfig, render_tables, validate_records
     from kotune.io import write_json
     from kotune.records import load_chunks, parse_mapping, read_records, write_records
@@ -197,20 +205,20 @@ def split(
     data: Path = typer.Argument(..., help="Records to split (.jsonl .json .csv)."),
     train: Path = typer.Option(..., "--train", help="Train file to write."),
     test: Path = typer.Option(..., "--test", help="Test file to write."),
-    test_size: float = typer.Option(0.1, "--test-size", "--test_size", help="Share of groups for test (0 < X < 1)."),
-    stratify: str = typer.Option("category", "--stratify", help="Field to stratify by ('' for none)."),
-    seed: int = typer.Option(42, "--seed", help="Random seed; the same seed gives the same split."),
-    augment_n: int = typer.Option(0, "--augment", min=0, help="Add N paraphrased-instruction variants per train record."),
-    augment_test: bool = typer.Option(False, "--augment-test", help="Augment the test file too (variants stay on their original's side)."),
+    test_size: float = typer.Option(SplitOptions.default("test_size"), "--test-size", "--test_size", help="Share of groups for test (0 < X < 1)."),
+    stratify: str = typer.Option(SplitOptions.default("stratify"), "--stratify", help="Field to stratify by ('' for none)."),
+    seed: int = typer.Option(SplitOptions.default("seed"), "--seed", help="Random seed; the same seed gives the same split."),
+    augment_n: int = typer.Option(SplitOptions.default("augment"), "--augment", help="Add N paraphrased-instruction variants per train record."),
+    augment_test: bool = typer.Option(SplitOptions.default("augment_test"), "--augment-test", help="Augment the test file too (variants stay on their original's side)."),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Keep records that share this field (e.g. input, chunk_id) on the same side."),
     mapping: Optional[List[str]] = typer.Option(None, "--map", help="Column mapping SOURCE=FIELD."),
 ) -> None:
     """Stratified, deterministic train/test split; optional instruction augmentation without leakage."""
+    SplitOptions.check(dict(test_size=test_size, stratify=stratify, seed=seed, augment=augment_n, augment_test=augment_test,
+                            group_by=group_by))
     from kotune.data.split import augment, stratified_split
     from kotune.records import parse_mapping, read_records, write_records
 
-    if not 0 < test_size < 1:
-        raise KotuneError(f"--test-size must be between 0 and 1, got {test_size}")
     records = read_records(data, parse_mapping(mapping))
     if len(records) < 2:
         raise KotuneError("need at least two records to split", path=data)
@@ -230,39 +238,47 @@ def train(
     base_model: str = typer.Option("builtin:tiny-ko", "--base-model", "--base_model", help="HF id, local folder, .gguf file, builtin:tiny-ko or builtin:gemma-3-270m."),
     data: Path = typer.Option(..., "--data", "--data_path", "--data-path", help="Training records (.jsonl .json .csv)."),
     output_dir: Path = typer.Option(..., "--output-dir", "--output_dir", "-o", help="Run folder: adapter, tokenizer, kotune.json."),
-    method: str = typer.Option("lora", "--method", help="lora | qlora (4-bit NF4) | full."),
-    preset: str = typer.Option("balanced", "--preset", help="fast | balanced | quality | memory_efficient."),
-    template: str = typer.Option("kotune", "--template", help="kotune | alpaca | koalpaca | rag | chat."),
+    method: str = typer.Option(TrainOptions.default("method"), "--method", help="lora | qlora (4-bit NF4) | full."),
+    preset: str = typer.Option(TrainOptions.default("preset"), "--preset", help="fast | balanced | quality | memory_efficient."),
+    template: str = typer.Option(TrainOptions.default("template"), "--template", help="kotune | alpaca | koalpaca | rag | chat."),
     system_prompts: Optional[Path] = typer.Option(None, "--system-prompts", help="JSON {category: system prompt} for --template chat."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Override the preset."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--learning_rate", help="Override the preset."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", help="Per-device batch; overrides the preset."),
     grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps."),
-    max_length: int = typer.Option(1024, "--max-length", "--max_length", help="Tokens per sample (longer ones are truncated, EOS kept)."),
+    max_length: int = typer.Option(TrainOptions.default("max_length"), "--max-length", "--max_length", help="Tokens per sample (longer ones are truncated, EOS kept)."),
     lora_r: Optional[int] = typer.Option(None, "--lora-r", "--lora_r", help="LoRA rank."),
     lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", "--lora_alpha", help="LoRA alpha."),
-    lora_dropout: float = typer.Option(0.05, "--lora-dropout", help="LoRA dropout."),
+    lora_dropout: float = typer.Option(TrainOptions.default("lora_dropout"), "--lora-dropout", help="LoRA dropout."),
     lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Comma-separated module names (default: per architecture)."),
-    lora_mlp: bool = typer.Option(False, "--lora-mlp", help="Also adapt the MLP projections."),
-    scheduler: str = typer.Option("cosine", "--scheduler", help="cosine | linear | constant_with_warmup."),
-    warmup_ratio: float = typer.Option(0.03, "--warmup-ratio", help="Share of steps for linear warmup."),
+    lora_mlp: bool = typer.Option(TrainOptions.default("lora_mlp"), "--lora-mlp", help="Also adapt the MLP projections."),
+    scheduler: str = typer.Option(TrainOptions.default("scheduler"), "--scheduler", help="cosine | linear | constant_with_warmup."),
+    warmup_ratio: float = typer.Option(TrainOptions.default("warmup_ratio"), "--warmup-ratio", help="Share of steps for linear warmup."),
     neftune_alpha: Optional[float] = typer.Option(None, "--neftune-alpha", help="NEFTune noise alpha (e.g. 5)."),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory (default: on for QLoRA on a GPU, off otherwise)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Records for eval loss (default: 10% split of --data)."),
-    eval_split: float = typer.Option(0.1, "--eval-split", help="Share of --data held out for eval loss when no --eval-data."),
+    eval_split: float = typer.Option(TrainOptions.default("eval_split"), "--eval-split", help="Share of --data held out for eval loss when no --eval-data."),
     early_stopping: Optional[int] = typer.Option(None, "--early-stopping", help="Stop after N evaluations without improvement."),
-    save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every N steps."),
-    logging_steps: int = typer.Option(5, "--logging-steps", help="Log loss every N steps (TensorBoard, kotune.json history)."),
-    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after N optimizer steps (overrides epochs)."),
-    min_steps: int = typer.Option(30, "--min-steps", min=0, help="Small datasets: raise the preset's epochs until the run takes at least N optimizer steps (0: off; an explicit --epochs is kept)."),
-    batching: str = typer.Option("auto", "--batching", help="auto | group_by_length | padding_free."),
-    report_to: str = typer.Option("tensorboard", "--report-to", help="tensorboard | wandb | mlflow | none."),
-    seed: int = typer.Option(42, "--seed", help="Random seed."),
+    save_steps: int = typer.Option(TrainOptions.default("save_steps"), "--save-steps", help="Checkpoint every N steps."),
+    logging_steps: int = typer.Option(TrainOptions.default("logging_steps"), "--logging-steps", help="Log loss every N steps (TensorBoard, kotune.json history)."),
+    max_steps: int = typer.Option(TrainOptions.default("max_steps"), "--max-steps", help="Stop after N optimizer steps (overrides epochs)."),
+    min_steps: int = typer.Option(TrainOptions.default("min_steps"), "--min-steps", help="Small datasets: raise the preset's epochs until the run takes at least N optimizer steps (0: off; an explicit --epochs is kept)."),
+    batching: str = typer.Option(TrainOptions.default("batching"), "--batching", help="auto | group_by_length | padding_free."),
+    report_to: str = typer.Option(TrainOptions.default("report_to"), "--report-to", help="tensorboard | wandb | mlflow | none."),
+    seed: int = typer.Option(TrainOptions.default("seed"), "--seed", help="Random seed."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub (off by default)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT_DIR from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the kotune run in OUTPUT_DIR."),
 ) -> None:
     """Fine-tune with LoRA, QLoRA or full SFT: prompt masked, EOS trained, template saved for inference."""
+    targets = [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None
+    opts = TrainOptions.check(dict(
+        method=method, preset=preset, template=template, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+        grad_accum=grad_accum, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+        lora_targets=targets, lora_mlp=lora_mlp, scheduler=scheduler, warmup_ratio=warmup_ratio, neftune_alpha=neftune_alpha,
+        gradient_checkpointing=gradient_checkpointing, eval_split=eval_split, early_stopping=early_stopping,
+        save_steps=save_steps, logging_steps=logging_steps, max_steps=max_steps, min_steps=min_steps, batching=batching,
+        report_to=report_to, seed=seed))
     import json as _json
 
     from kotune.train import TrainConfig, train as run_train
@@ -276,16 +292,9 @@ def train(
             prompts = _json.loads(read_text_file(system_prompts))
         except _json.JSONDecodeError as e:
             raise KotuneError(f"invalid JSON ({e.msg})", path=system_prompts, line=e.lineno) from None
-    config = TrainConfig(
-        base_model=base_model, data=str(data), output_dir=str(output_dir), method=method, preset=preset,
-        template=template, system_prompts=prompts, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-        grad_accum=grad_accum, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-        lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
-        lora_mlp=lora_mlp, scheduler=scheduler, warmup_ratio=warmup_ratio, neftune_alpha=neftune_alpha,
-        gradient_checkpointing=gradient_checkpointing, eval_data=str(eval_data) if eval_data else None,
-        eval_split=eval_split, early_stopping=early_stopping, save_steps=save_steps, logging_steps=logging_steps, max_steps=max_steps,
-        min_steps=min_steps, batching=batching, report_to=report_to, seed=seed, trust_remote_code=trust_remote_code,
-    )
+    config = TrainConfig(base_model=base_model, data=str(data), output_dir=str(output_dir), system_prompts=prompts,
+                         eval_data=str(eval_data) if eval_data else None, trust_remote_code=trust_remote_code,
+                         **opts.model_dump())
     info = run_train(config, resume=resume, overwrite=overwrite, log=lambda m: console.print(m, markup=False))
     if info.complete and info.final:
         f = info.final
@@ -352,20 +361,22 @@ def eval_(
     models: List[str] = typer.Option(..., "--models", "--model_paths", "--model-paths", help="Models to compare: HF id, folder, kotune output, builtin:tiny-ko; NAME=SPEC to name one. Repeat or list."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for responses.jsonl, metrics.json, report.md, report.html."),
     context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL: retrieve top-k chunks per question (BM25 over Kiwi morphemes)."),
-    top_k: int = typer.Option(3, "--top-k", min=1, help="Chunks retrieved per question with --context."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", "--max_new_tokens", min=1, help="Answer length limit."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling."),
-    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.5, help="e.g. 1.2 as the insurance seed."),
+    top_k: int = typer.Option(EvalOptions.default("top_k"), "--top-k", help="Chunks retrieved per question with --context."),
+    max_new_tokens: int = typer.Option(EvalOptions.default("max_new_tokens"), "--max-new-tokens", "--max_new_tokens", help="Answer length limit."),
+    temperature: float = typer.Option(EvalOptions.default("temperature"), "--temperature", help="0 = greedy."),
+    top_p: float = typer.Option(EvalOptions.default("top_p"), "--top-p", help="Nucleus sampling."),
+    repetition_penalty: float = typer.Option(EvalOptions.default("repetition_penalty"), "--repetition-penalty", help="e.g. 1.2 as the insurance seed."),
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable); trimmed from answers."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Questions per generation batch."),
-    seed: int = typer.Option(42, "--seed", help="Sampling seed (with --temperature > 0): the same seed gives the same answers."),
+    batch_size: int = typer.Option(EvalOptions.default("batch_size"), "--batch-size", help="Questions per generation batch."),
+    seed: int = typer.Option(EvalOptions.default("seed"), "--seed", help="Sampling seed (with --temperature > 0): the same seed gives the same answers."),
     template: Optional[str] = typer.Option(None, "--template", help="Template for base models (default: the tuned model's, whole); a kotune output uses its own and refuses another."),
     judge: Optional[str] = typer.Option(None, "--judge", help="OpenAI-compatible URL of an LLM judge (pairs judged in both orders)."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name at the judge endpoint."),
     judge_api_key_env: Optional[str] = typer.Option(None, "--judge-api-key-env", help="Environment variable holding the judge's API key."),
 ) -> None:
     """Answer the same questions with every model; Korean-correct metrics, error types and an HTML report."""
+    EvalOptions.check(dict(top_k=top_k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                           repetition_penalty=repetition_penalty, stop=list(stop or []), batch_size=batch_size, seed=seed))
     from kotune.evaluate import EvalSettings, evaluate, load_questions, parse_model_args
 
     _quiet_libraries()

@@ -68,6 +68,7 @@ def _raw_texts(path: str) -> list[str] | None:
 
 def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
     from kotune.models import lora_targets, module_names, resolve_base
+    from kotune.options import TrainOptions
     from kotune.records import read_records
     from kotune.resolver import resolve
     from kotune.templates import IGNORE_INDEX, encode_example
@@ -81,7 +82,7 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
         raise KotuneError("not a kotune output (no kotune.json)", path=setup.run_dir)
     template, tokenizer, trust = resolved.template, resolved.tokenizer, resolved.trust_remote_code
     data = setup.data or (run.data_path if run else None)
-    max_length = setup.max_length or (run.max_length if run else None) or 1024
+    max_length = setup.max_length or (run.max_length if run else None) or TrainOptions.default("max_length")
     base_path = resolve_base(setup.base_model, log=log) if setup.run_dir and setup.base_model else resolved.ref.base
     model = _meta_model(base_path, trust)
     findings: list[Finding] = []

@@ -39,6 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kotune import __version__
 from kotune.errors import KotuneError
+from kotune.options import (EvalOptions, GenerateOptions, PrepareOptions, SplitOptions, TrainOptions,
+                            ValidateOptions, problem)
 from kotune.runinfo import RunInfo
 from kotune.report import METRICS as REPORT_METRICS
 
@@ -52,93 +54,44 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PrepareStep(_Strict):
+class PrepareStep(PrepareOptions):
     """Documents → ``OUT/chunks.jsonl``."""
 
     inputs: list[str] = Field(min_length=1)
-    chunk_chars: int = Field(1000, ge=50)
-    overlap: int = Field(100, ge=0)
 
 
-class GenerateStep(_Strict):
+class GenerateStep(GenerateOptions):
     """Chunks → ``OUT/qa.jsonl``."""
 
     chunks: Optional[str] = None            # default: OUT/chunks.jsonl from prepare
-    teacher: str = "rule"
-    model: Optional[str] = None
-    per_chunk: int = Field(8, ge=1)
-    workers: int = Field(8, ge=1)
-    api_key_env: Optional[str] = None
-    rpm: Optional[float] = Field(None, gt=0)
-    max_new_tokens: Optional[int] = Field(None, ge=16)
-    temperature: Optional[float] = Field(None, ge=0, le=2)
-    input_context: bool = False             # the source chunk as each record's input (RAG training)
 
 
-class ValidateStep(_Strict):
+class ValidateStep(ValidateOptions):
     """Generated QA plus ``data`` files → ``OUT/clean.jsonl``, ``OUT/validation.json``."""
 
     data: list[str] = Field(default_factory=list)
     map: dict[str, str] = Field(default_factory=dict)
-    min_answer_chars: int = Field(10, ge=0)
-    near_dup_threshold: float = Field(0.85, gt=0, le=1)  # as ValidateConfig.check: (0, 1]
-    min_grounding: float = Field(0.5, ge=0, le=1)
-    grounding: bool = True
-    one_answer_per_prompt: bool = True
-    categories: list[str] = Field(default_factory=list)   # keep only these (the civil-law seed's --categories)
 
 
-class SplitStep(_Strict):
+class SplitStep(SplitOptions):
     """Records → ``OUT/train.jsonl``, ``OUT/test.jsonl``."""
 
     data: Optional[str] = None
     map: dict[str, str] = Field(default_factory=dict)
-    test_size: float = Field(0.15, gt=0, lt=1)
-    stratify: str = "category"
-    seed: int = 42
-    augment: int = Field(0, ge=0)
-    augment_test: bool = False
-    group_by: Optional[str] = None
 
 
-class TrainStep(_Strict):
-    """``OUT/train.jsonl`` → ``OUT/model/``; fields are ``kotune train``'s options."""
+class TrainStep(TrainOptions):
+    """``OUT/train.jsonl`` → ``OUT/model/``; the other fields are ``kotune train``'s options."""
 
     data: Optional[str] = None
-    method: Literal["lora", "qlora", "full"] = "lora"
-    preset: Literal["fast", "balanced", "quality", "memory_efficient"] = "balanced"
-    template: Literal["kotune", "alpaca", "koalpaca", "rag", "chat"] = "kotune"
     system_prompts: dict[str, str] = Field(default_factory=dict)
-    epochs: Optional[float] = Field(None, gt=0)
-    learning_rate: Optional[float] = Field(None, gt=0)
-    batch_size: Optional[int] = Field(None, ge=1)
-    grad_accum: Optional[int] = Field(None, ge=1)
-    max_length: int = Field(1024, ge=16)
-    lora_r: Optional[int] = Field(None, ge=1)
-    lora_alpha: Optional[int] = Field(None, ge=1)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    lora_targets: Optional[list[str]] = None
-    lora_mlp: bool = False
-    scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    neftune_alpha: Optional[float] = Field(None, gt=0)
-    gradient_checkpointing: Optional[bool] = None
-    eval_split: float = Field(0.1, ge=0, lt=1)
-    early_stopping: Optional[int] = Field(None, ge=1)
-    save_steps: int = Field(50, ge=1)
-    logging_steps: int = Field(5, ge=1)
-    max_steps: int = -1
-    min_steps: int = Field(30, ge=0)
-    batching: Literal["auto", "group_by_length", "padding_free"] = "auto"
-    report_to: Literal["tensorboard", "wandb", "mlflow", "none"] = "tensorboard"
-    seed: int = 42
 
 
 class DoctorStep(_Strict):
     """Pitfall check of ``OUT/model`` (no settings)."""
 
 
-class EvalStep(_Strict):
+class EvalStep(EvalOptions):
     """Base vs tuned on the test split → ``OUT/eval/``; ``train_sample: N`` adds
     ``OUT/eval-train/`` on the first N training records (did tuning take?)."""
 
@@ -147,14 +100,6 @@ class EvalStep(_Strict):
     train_sample: Optional[int] = Field(None, ge=1)
     models: Optional[list[str]] = None       # default: base=<base_model> tuned=OUT/model
     context: Union[bool, str] = False        # true: retrieve from OUT/chunks.jsonl
-    top_k: int = Field(3, ge=1)
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    top_p: float = Field(1.0, ge=0, le=1)
-    repetition_penalty: float = Field(1.0, ge=0.5)
-    stop: list[str] = Field(default_factory=list)
-    batch_size: int = Field(16, ge=1)
-    seed: int = 42
     headline: Literal[METRICS] = "rougeL"  # type: ignore[valid-type]
 
 
@@ -224,6 +169,8 @@ def _first_error(e: ValidationError) -> str:
         return f"{where}: {what}{hint}; expected one of {', '.join(known)}"
     if err["type"] == "missing":
         return f"{where}: required field missing"
+    if len(loc) >= 3 and loc[0] == "steps" and loc[1] in _STEP_MODELS:  # the step's options: the CLI's words
+        return problem(_STEP_MODELS[loc[1]], err, where)
     value = err.get("input")
     shown = "" if isinstance(value, (dict, list)) or value is None else f" (got {value!r})"
     return f"{where}: {err['msg']}{shown}"

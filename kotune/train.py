@@ -28,6 +28,7 @@ from typing import Any
 
 from kotune import __version__
 from kotune.errors import KotuneError
+from kotune.options import TrainOptions
 from kotune.runinfo import DataInfo, FinalInfo, GenerationInfo, RunInfo, TemplateInfo
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -44,8 +45,12 @@ SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
 MAX_AUTO_EPOCHS = 30  # min_steps never makes a run pass over its data more often than this
 # Optimizer steps below which a run is unlikely to have learned the answer format and EOS
 # (doctor's too_few_steps warning; the default --min-steps).
-MIN_LEARNING_STEPS = 30
+MIN_LEARNING_STEPS = TrainOptions.default("min_steps")
 _USER_TB_DIR = os.environ.get("TENSORBOARD_LOGGING_DIR")  # full fine-tuning wants ~10x smaller steps than LoRA
+
+
+def _default(name: str):  # the options' defaults, declared once in kotune.options
+    return TrainOptions.default(name)
 
 
 @dataclass
@@ -53,35 +58,35 @@ class TrainConfig:
     base_model: str
     data: str
     output_dir: str
-    method: str = "lora"                 # lora | qlora | full
-    preset: str = "balanced"
-    template: str = "kotune"
+    method: str = _default("method")                 # lora | qlora | full
+    preset: str = _default("preset")
+    template: str = _default("template")
     system_prompts: dict[str, str] = field(default_factory=dict)
-    epochs: float | None = None
-    learning_rate: float | None = None
-    batch_size: int | None = None
-    grad_accum: int | None = None
-    max_length: int = 1024
-    lora_r: int | None = None
-    lora_alpha: int | None = None
-    lora_dropout: float = 0.05
-    lora_targets: list[str] | None = None
-    lora_mlp: bool = False
-    scheduler: str = "cosine"
-    warmup_ratio: float = 0.03
+    epochs: float | None = _default("epochs")
+    learning_rate: float | None = _default("learning_rate")
+    batch_size: int | None = _default("batch_size")
+    grad_accum: int | None = _default("grad_accum")
+    max_length: int = _default("max_length")
+    lora_r: int | None = _default("lora_r")
+    lora_alpha: int | None = _default("lora_alpha")
+    lora_dropout: float = _default("lora_dropout")
+    lora_targets: list[str] | None = _default("lora_targets")
+    lora_mlp: bool = _default("lora_mlp")
+    scheduler: str = _default("scheduler")
+    warmup_ratio: float = _default("warmup_ratio")
     weight_decay: float = 0.0
-    neftune_alpha: float | None = None
-    gradient_checkpointing: bool | None = None
+    neftune_alpha: float | None = _default("neftune_alpha")
+    gradient_checkpointing: bool | None = _default("gradient_checkpointing")
     eval_data: str | None = None
-    eval_split: float = 0.1
-    early_stopping: int | None = None    # patience in evaluations
-    save_steps: int = 50
-    logging_steps: int = 5
-    seed: int = 42
-    report_to: str = "tensorboard"
-    batching: str = "auto"               # auto | group_by_length | padding_free
+    eval_split: float = _default("eval_split")
+    early_stopping: int | None = _default("early_stopping")    # patience in evaluations
+    save_steps: int = _default("save_steps")
+    logging_steps: int = _default("logging_steps")
+    seed: int = _default("seed")
+    report_to: str = _default("report_to")
+    batching: str = _default("batching")               # auto | group_by_length | padding_free
     trust_remote_code: bool = False
-    max_steps: int = -1
+    max_steps: int = _default("max_steps")
     min_steps: int = MIN_LEARNING_STEPS  # optimizer steps a run gets at least, when epochs come from the preset
 
     def resolved(self, hints: dict[str, Any] | None = None, device: str = "cpu") -> "TrainConfig":

@@ -216,7 +216,7 @@ BAD = {
     "unknown step": ("steps:\n  finetune:\n    epochs: 2\n", "steps.finetune: unknown step"),
     "unknown top-level key": ("steps:\n  split: {}\nbase: x\n", "base: unknown key"),
     "step without input": ("steps:\n  train:\n    epochs: 2\n", "steps.train: needs training data"),
-    "bad value": ("steps:\n  train:\n    method: lorax\n", "steps.train.method:"),
+    "bad value": ("steps:\n  train:\n    method: lorax\n", "unknown steps.train.method 'lorax'; one of 'lora'"),
 }
 
 

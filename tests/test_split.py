@@ -128,7 +128,7 @@ def test_test_size_must_be_strictly_between_0_and_1(tmp_path: Path, cli, data_fi
     res = cli(["split", data_file, "--train", train, "--test", test, "--test-size", size])
 
     assert res.code == 2
-    assert res.err_lines == [f"error: --test-size must be between 0 and 1, got {float(size)}"]
+    assert res.err_lines == [f"error: --test-size must be in (0, 1), got {float(size)}"]
     assert not train.exists() and not test.exists()
     assert leftover_temp_files(tmp_path) == []
 
