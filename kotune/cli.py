@@ -13,8 +13,8 @@ from kotune import __version__
 from kotune.errors import KotuneError
 from kotune.options import (EvalOptions, GenerateOptions, PrepareOptions, SplitOptions, TrainOptions,
                             ValidateOptions)
-from kotune.ui import console, done, warn
-from kotune.ui import progress as _progress
+from kotune import steps
+from kotune.ui import console, done
 
 app = typer.Typer(
     name="kotune",
@@ -26,14 +26,6 @@ app = typer.Typer(
 )
 
 _DEBUG = False
-
-
-def progress():
-    """A progress bar on a terminal only: in logs and pipes its last frame would
-    be a stray line in front of the result (or of the one ``error:`` line)."""
-    bar = _progress()
-    bar.disable = not console.is_interactive
-    return bar
 
 
 def _version(value: bool) -> None:
@@ -60,17 +52,7 @@ def prepare(
     overlap: int = typer.Option(PrepareOptions.default("overlap"), "--overlap", help="Characters of whole sentences repeated between chunks."),
 ) -> None:
     """Documents → chunks: Kiwi sentences packed to --chunk-chars, headings as breadcrumbs."""
-    PrepareOptions.check(dict(chunk_chars=chunk_chars, overlap=overlap))
-    from kotune.data.chunk import prepare as run_prepare
-    from kotune.io import write_jsonl
-
-    with progress() as bar:
-        task = bar.add_task("reading documents", total=None)
-        chunks = run_prepare(inputs, chunk_chars=chunk_chars, overlap=overlap, on_file=lambda p: bar.advance(task))
-        bar.update(task, total=bar.tasks[0].completed)
-    write_jsonl(output, (c.to_dict() for c in chunks))
-    sources = len({c.metadata["source"] for c in chunks})
-    done(f"{len(chunks)} chunks from {sources} document(s) → {output}")
+    steps.prepare(inputs, output, PrepareOptions.check(dict(chunk_chars=chunk_chars, overlap=overlap)))
 
 
 @app.command()
@@ -93,68 +75,10 @@ def generate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an interrupted run's journal and start over."),
 ) -> None:
     """Chunks → QA records (instruction/output), every record tied to its chunk_id and source."""
-    GenerateOptions.check(dict(teacher=teacher, model=model, per_chunk=per_chunk, workers=workers, api_key_env=api_key_env,
-                               max_retries=max_retries, rpm=rpm, timeout=timeout, temperature=temperature,
-                               max_new_tokens=max_new_tokens, input_context=input_context))
-    import time
-
-    from rich.progress import TextColumn
-
-    from kotune.data.generate import generate_file, make_teacher, parse_shard, shard_chunks
-    from kotune.records import load_chunks
-
-    is_url = teacher.startswith(("http://", "https://"))
-    options: dict = {"workers": workers, "max_tokens": max_new_tokens}
-    if is_url:
-        from kotune.openai_client import read_api_keys
-
-        options.update(api_keys=read_api_keys(api_key_env), max_retries=max_retries, rpm=rpm, timeout=timeout,
-                       temperature=temperature)
-    elif api_key_env or rpm:
-        warn("--api-key-env and --rpm only apply to a URL teacher; ignored")
-    every = load_chunks(chunks_file)
-    sh = parse_shard(shard)
-    chunks = shard_chunks(every, sh)
-    t = make_teacher(teacher, model, **options)
-    if not chunks:
-        raise KotuneError(f"shard {shard} of {len(every)} chunks is empty")
-    stats = t.stats
-    with progress() as bar:
-        # A model name ("teacher:m:7b", "[org]/x") is plain text, neither markup nor an :emoji: code.
-        bar.columns = (*(TextColumn("{task.description}", style="bold", markup=False)
-                         if isinstance(c, TextColumn) and "task.description" in c.text_format else c for c in bar.columns),
-                       TextColumn("{task.fields[info]}", markup=False))
-        task = bar.add_task(f"generating ({t.name})", total=len(chunks), info="")
-        started, finished = time.monotonic(), [0, 0]  # chunks done at start (resumed), chunks done
-
-        def refresh(*_: object) -> None:
-            rate = (finished[1] - finished[0]) / max(time.monotonic() - started, 1e-6)
-            info = f"{rate:.2f} chunks/s"
-            if stats is not None:
-                info += f" · {stats.accepted} QA · retries {stats.retries} · errors {stats.errors}"
-                if stats.rejected:
-                    info += f" · rejected {sum(stats.rejected.values())}"
-            bar.update(task, info=info)
-
-        def skipped(n: int) -> None:
-            finished[0] = n  # chunks taken from the journal do not count toward the rate
-
-        def advance(n: int) -> None:
-            finished[1] += n
-            bar.advance(task, n)
-            refresh()
-
-        if stats is not None:
-            stats.on_change = refresh
-        records = generate_file(chunks, t, output, per_chunk=per_chunk, resume=resume, overwrite=overwrite,
-                                on_chunk=advance, on_start=skipped, input_context=input_context)
-    if stats is not None:
-        stats.on_change = None
-        console.print(f"{t.name}: {stats.summary()}", markup=False, emoji=False)
-    if not records:
-        warn("the teacher produced no records from these chunks")
-    where = f" (shard {sh[0]}/{sh[1]} of {len(every)})" if sh else ""
-    done(f"{len(records)} records from {len(chunks)} chunks{where} → {output}")
+    opts = GenerateOptions.check(dict(teacher=teacher, model=model, per_chunk=per_chunk, workers=workers,
+                                      api_key_env=api_key_env, max_retries=max_retries, rpm=rpm, timeout=timeout,
+                                      temperature=temperature, max_new_tokens=max_new_tokens, input_context=input_context))
+    steps.generate(chunks_file, output, opts, shard=shard, resume=resume, overwrite=overwrite)
 
 
 @app.command()
@@ -172,32 +96,12 @@ def validate(
     categories: Optional[List[str]] = typer.Option(None, "--categories", help="Keep only records of these categories: comma-separated or repeated, e.g. --categories 전세사기,부동산물권."),
 ) -> None:
     """Merge QA files; drop missing, duplicate, near-duplicate, short, incomplete, evasive and ungrounded records."""
-    ValidateOptions.check(dict(min_answer_chars=min_answer_chars, near_dup_threshold=near_dup, min_grounding=min_grounding,
-                               grounding=grounding, one_answer_per_prompt=one_answer))
-    from kotune.data.validate import ValidateConfig, render_tables, validate_records
-    from kotune.io import write_json
-    from kotune.records import load_chunks, parse_mapping, read_records, write_records
+    from kotune.records import parse_mapping
 
-    mp = parse_mapping(mapping)
-    records = []
-    for path in inputs:
-        for r in read_records(path, mp):
-            r.extra["_file"] = str(path)
-            records.append(r)
-    chunks = {c["chunk_id"]: c["text"] for c in load_chunks(chunks_file)} if chunks_file else None
-    config = ValidateConfig(min_answer_chars=min_answer_chars, near_dup_threshold=near_dup,
-                            min_grounding=min_grounding, check_grounding=grounding, one_answer_per_prompt=one_answer,
-                            categories=tuple(c.strip() for v in categories or [] for c in v.split(",") if c.strip()))
-    with console.status(f"validating {len(records)} records"):
-        result = validate_records(records, chunks, config)
-    for table in render_tables(result):
-        console.print(table)
-    if not result.kept:
-        raise KotuneError(f"no records left after validation (of {len(records)}); see the table above")
-    write_records(output, result.kept)
-    if report:
-        write_json(report, result.report())
-    done(f"kept {len(result.kept)} of {len(records)} records → {output}" + (f" (report: {report})" if report else ""))
+    opts = ValidateOptions.check(dict(min_answer_chars=min_answer_chars, near_dup_threshold=near_dup,
+                                      min_grounding=min_grounding, grounding=grounding, one_answer_per_prompt=one_answer,
+                                      categories=list(categories or [])))
+    steps.validate(inputs, output, opts, report=report, chunks_file=chunks_file, mapping=parse_mapping(mapping))
 
 
 @app.command()
@@ -214,22 +118,11 @@ def split(
     mapping: Optional[List[str]] = typer.Option(None, "--map", help="Column mapping SOURCE=FIELD."),
 ) -> None:
     """Stratified, deterministic train/test split; optional instruction augmentation without leakage."""
-    SplitOptions.check(dict(test_size=test_size, stratify=stratify, seed=seed, augment=augment_n, augment_test=augment_test,
-                            group_by=group_by))
-    from kotune.data.split import augment, stratified_split
-    from kotune.records import parse_mapping, read_records, write_records
+    from kotune.records import parse_mapping
 
-    records = read_records(data, parse_mapping(mapping))
-    if len(records) < 2:
-        raise KotuneError("need at least two records to split", path=data)
-    tr, te = stratified_split(records, test_size=test_size, stratify=stratify or None, seed=seed, group_by=group_by)
-    if augment_n:
-        tr = augment(tr, augment_n, seed=seed)
-        if augment_test:
-            te = augment(te, augment_n, seed=seed)
-    write_records(train, tr)
-    write_records(test, te)
-    done(f"train {len(tr)} → {train}, test {len(te)} → {test}")
+    opts = SplitOptions.check(dict(test_size=test_size, stratify=stratify, seed=seed, augment=augment_n,
+                                   augment_test=augment_test, group_by=group_by))
+    steps.split(data, train, test, opts, mapping=parse_mapping(mapping))
 
 
 # ---------------------------------------------------------------- training
@@ -279,27 +172,9 @@ def train(
         gradient_checkpointing=gradient_checkpointing, eval_split=eval_split, early_stopping=early_stopping,
         save_steps=save_steps, logging_steps=logging_steps, max_steps=max_steps, min_steps=min_steps, batching=batching,
         report_to=report_to, seed=seed))
-    import json as _json
-
-    from kotune.train import TrainConfig, train as run_train
-
     _quiet_libraries()
-    prompts = {}
-    if system_prompts:
-        from kotune.io import read_text_file
-
-        try:
-            prompts = _json.loads(read_text_file(system_prompts))
-        except _json.JSONDecodeError as e:
-            raise KotuneError(f"invalid JSON ({e.msg})", path=system_prompts, line=e.lineno) from None
-    config = TrainConfig(base_model=base_model, data=str(data), output_dir=str(output_dir), system_prompts=prompts,
-                         eval_data=str(eval_data) if eval_data else None, trust_remote_code=trust_remote_code,
-                         **opts.model_dump())
-    info = run_train(config, resume=resume, overwrite=overwrite, log=lambda m: console.print(m, markup=False))
-    if info.complete and info.final:
-        f = info.final
-        done(f"trained in {f.seconds} s ({f.steps} steps): train loss {f.train_loss}, "
-             f"eval loss {f.eval_loss} → {output_dir}")
+    steps.train(opts, base_model=base_model, data=data, output_dir=output_dir, system_prompts=system_prompts,
+                eval_data=eval_data, trust_remote_code=trust_remote_code, resume=resume, overwrite=overwrite)
 
 
 @app.command()
@@ -315,38 +190,11 @@ def doctor(
     inference_template: Optional[str] = typer.Option(None, "--inference-template", help="Template used when querying the model."),
 ) -> None:
     """Check a fine-tuning setup for the classic pitfalls (EOS, pad, prompt loss, LoRA targets, truncation, template)."""
-    from rich.table import Table
-
-    from kotune.doctor import DoctorSetup, diagnose
-
-    if run_dir is None and base_model is None:
-        raise KotuneError("give a kotune output folder or --base-model (with --data)")
-    if run_dir is not None and not run_dir.exists():
-        raise KotuneError("no such folder", path=run_dir)
-    if data is not None and not data.exists():
-        raise KotuneError("no such file", path=data)
-    setup = DoctorSetup(
-        base_model=base_model, data=str(data) if data else None, template=template,
-        run_dir=str(run_dir) if run_dir else None, max_length=max_length,
-        lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
-        pad_token=pad_token, loss_on=loss_on, inference_template=inference_template,
-    )
-    findings = diagnose(setup, log=lambda m: console.print(m, markup=False))
-    table = Table(title="kotune doctor", show_lines=False)
-    table.add_column("check")
-    table.add_column("")
-    table.add_column("finding")
-    table.add_column("fix")
-    for f in findings:
-        mark = "[green]ok[/green]" if f.ok else ("[yellow]warn[/yellow]" if f.severity == "warning" else "[red]FAIL[/red]")
-        table.add_row(f.code, mark, f.message, "" if f.ok else f.fix)
-    console.print(table)
-    problems = [f for f in findings if not f.ok and f.severity == "error"]
-    warnings = [f for f in findings if not f.ok and f.severity == "warning"]
-    if problems:
-        console.print(f"[red]{len(problems)} problem(s)[/red]: {', '.join(f.code for f in problems)}")
-        raise typer.Exit(1)
-    done("no pitfalls found" + (f" ({len(warnings)} warning(s))" if warnings else ""))
+    code = steps.doctor(run_dir, base_model=base_model, data=data, template=template, max_length=max_length,
+                        lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
+                        pad_token=pad_token, loss_on=loss_on, inference_template=inference_template)
+    if code:
+        raise typer.Exit(code)
 
 
 # ---------------------------------------------------------------- evaluation and use
@@ -375,53 +223,12 @@ def eval_(
     judge_api_key_env: Optional[str] = typer.Option(None, "--judge-api-key-env", help="Environment variable holding the judge's API key."),
 ) -> None:
     """Answer the same questions with every model; Korean-correct metrics, error types and an HTML report."""
-    EvalOptions.check(dict(top_k=top_k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                           repetition_penalty=repetition_penalty, stop=list(stop or []), batch_size=batch_size, seed=seed))
-    from kotune.evaluate import EvalSettings, evaluate, load_questions, parse_model_args
-
+    opts = EvalOptions.check(dict(top_k=top_k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)),
+                                  batch_size=batch_size, seed=seed))
     _quiet_libraries()
-    specs = [m for item in models for m in item.split()]
-    qs = load_questions(questions)
-    if context is not None and not context.exists():
-        raise KotuneError("no such file", path=context)
-    settings = EvalSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            repetition_penalty=repetition_penalty, stop=_stop_list(stop), seed=seed, batch_size=batch_size,
-                            top_k=top_k, template=template, judge_url=judge, judge_model=judge_model,
-                            judge_api_key_env=judge_api_key_env)
-    pairs = parse_model_args(specs)
-    with progress() as bar:
-        task = bar.add_task(f"answering {len(qs)} questions × {len(pairs)} models", total=len(qs) * len(pairs))
-        metrics = evaluate(qs, pairs, output, settings=settings, chunks_path=str(context) if context else None,
-                           log=lambda m: console.print(m, markup=False), on_progress=lambda name, n: bar.advance(task, n))
-    _print_metrics(metrics)
-    for other, r in (metrics.get("judge") or {}).get("pairs", {}).items():
-        console.print(f"judge: {other} vs {metrics['judge']['baseline']}: win {r['win_rate']:.0%}, "
-                      f"loss {r['loss_rate']:.0%}, tie {r['tie_rate']:.0%} (orders disagreed {r['order_disagreement']:.0%})")
-    done(f"{len(qs)} questions × {len(pairs)} models → {output}/ (responses.jsonl, metrics.json, report.md, report.html)")
-
-
-def _print_metrics(metrics: dict) -> None:
-    from rich.table import Table
-
-    keys = ["rougeL", "bleu", "chrf", "keyword_coverage", "eos_rate", "repetition", "unsupported_rate"]
-    table = Table(title=f"metrics ({metrics.get('tokenization', '')})")
-    table.add_column("model")
-    for k in keys:
-        table.add_column(k, justify="right")
-    for name, m in metrics["models"].items():
-        o = m.get("overall", {})
-        table.add_row(name, *["–" if o.get(k) is None else str(o.get(k)) for k in keys])
-    console.print(table)
-    if metrics.get("bleu_signature"):
-        console.print(f"BLEU signature: {metrics['bleu_signature']}", markup=False)
-    for name, m in metrics["models"].items():
-        for item in m.get("skipped", []):
-            if isinstance(item, dict):
-                warn(f"{name}: {item.get('metric')} skipped — {item.get('reason')}")
-            else:
-                warn(f"{name}: {item}")
-        for note in m.get("notes", []):
-            warn(f"{name}: {note}")
+    steps.evaluate(questions, [m for item in models for m in item.split()], output, opts, context=context,
+                   template=template, judge=judge, judge_model=judge_model, judge_api_key_env=judge_api_key_env)
 
 
 @app.command()
@@ -452,7 +259,7 @@ def score(
     if not computable:
         raise KotuneError("no metric could be computed from these predictions", path=predictions)
     write_json(output, metrics)
-    _print_metrics(metrics)
+    steps.print_metrics(metrics)
     done(f"scores for {sum(len(r) for r in groups.values())} predictions → {output}")
 
 
@@ -569,11 +376,9 @@ def run(
             typer.echo("kotune " + shlex.join(call.args))
         return
 
-    def invoke(argv: list[str]) -> int | None:
-        return app(args=argv, prog_name="kotune", standalone_mode=False)
-
+    _quiet_libraries()
     console.rule(f"kotune run {plan.recipe.name} → {out}", style="bold")
-    results = run_recipe(plan, out, invoke=invoke, force=force,
+    results = run_recipe(plan, out, force=force,
                          header=lambda m: console.print(m, style="bold cyan", markup=False, highlight=False,
                                                         soft_wrap=True))  # a whole command line, copyable
     table = Table(title=f"recipe {plan.recipe.name}")

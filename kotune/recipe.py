@@ -1,8 +1,10 @@
 """``kotune run RECIPE.yaml``: a whole pipeline from one YAML file.
 
 A recipe is data (as in torchtune): which steps to run and their settings. Every
-step is an ordinary ``kotune`` command — ``run`` builds its command line, prints
-it (so a user can rerun or adapt one step by hand) and calls it in-process:
+step is an ordinary ``kotune`` command: a step's settings are that command's
+options model (:mod:`kotune.options`), ``run`` prints the equivalent command line
+(so a user can rerun or adapt one step by hand) and calls the step function
+(:mod:`kotune.steps`) with the same model:
 
     prepare → generate → validate → split → train → doctor → eval
 
@@ -37,7 +39,7 @@ from typing import Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kotune import __version__
+from kotune import __version__, steps
 from kotune.errors import KotuneError
 from kotune.options import (EvalOptions, GenerateOptions, PrepareOptions, SplitOptions, TrainOptions,
                             ValidateOptions, problem)
@@ -275,6 +277,7 @@ class StepCall:
     label: str = ""                       # state key (eval and eval-train are two calls of one step)
     sample: Optional[tuple[Path, Path, int]] = None  # (records, questions file, n): first n records as questions
     anchors: tuple[tuple[str, str], ...] = ()         # (path prefix, placeholder): keys survive a moved folder
+    run: Optional[Callable[..., Any]] = None          # the step function, with this call's files and options
 
     def _portable(self, text: str) -> str:
         for prefix, name in self.anchors:  # also inside "tuned=OUT/model"
@@ -336,7 +339,8 @@ class Plan:
             inputs = [self._need(f"steps.prepare.inputs[{i}]", self.rel(v)) for i, v in enumerate(s.prepare.inputs)]
             files = sorted(f for p in inputs for f in (p.rglob("*") if p.is_dir() else [p]) if f.is_file())
             calls.append(StepCall("prepare", ["prepare", *map(str, inputs), "-o", str(chunks),
-                                              *_flags(s.prepare, {"inputs"})], files, [chunks]))
+                                              *_flags(s.prepare, {"inputs"})], files, [chunks],
+                                  run=lambda p=s.prepare, i=inputs, o=chunks: steps.prepare(i, o, p)))
             produced["chunks"] = chunks
         if s.generate:
             g = s.generate
@@ -346,7 +350,9 @@ class Plan:
                                   path=self.path)
             qa = out / "qa.jsonl"
             args = ["generate", str(src), "-o", str(qa), *_flags(g, {"chunks"})]
-            calls.append(StepCall("generate", args, [src], [qa]))
+            calls.append(StepCall("generate", args, [src], [qa],
+                                  run=lambda resume, overwrite, g=g, src=src, qa=qa: steps.generate(
+                                      src, qa, g, resume=resume, overwrite=overwrite)))
             produced["qa"] = qa
             produced["chunks"] = produced["chunks"] or src
         records_in: Path | None = produced["qa"]
@@ -361,8 +367,11 @@ class Plan:
             args = ["validate", *map(str, sources), "-o", str(clean), "--report", str(report), *_flags(v, {"data"})]
             if produced["qa"] and produced["chunks"] and v.grounding:
                 args += ["--chunks", str(produced["chunks"])]
-            ins = sources + ([produced["chunks"]] if "--chunks" in args else [])
-            calls.append(StepCall("validate", args, ins, [clean, report]))
+            grounding_chunks = produced["chunks"] if "--chunks" in args else None
+            ins = sources + ([grounding_chunks] if grounding_chunks else [])
+            calls.append(StepCall("validate", args, ins, [clean, report],
+                                  run=lambda v=v, sources=sources, clean=clean, report=report, c=grounding_chunks:
+                                  steps.validate(sources, clean, v, report=report, chunks_file=c, mapping=v.map)))
             records_in = clean
         if s.split:
             sp = s.split
@@ -372,7 +381,9 @@ class Plan:
                                   path=self.path)
             train, test = out / "train.jsonl", out / "test.jsonl"
             args = ["split", str(src), "--train", str(train), "--test", str(test), *_flags(sp, {"data"})]
-            calls.append(StepCall("split", args, [src], [train, test]))
+            calls.append(StepCall("split", args, [src], [train, test],
+                                  run=lambda sp=sp, src=src, train=train, test=test: steps.split(
+                                      src, train, test, sp, mapping=sp.map)))
             produced["train"], produced["test"] = train, test
         if s.train:
             t = s.train
@@ -384,15 +395,21 @@ class Plan:
             args = ["train", "--base-model", self.recipe.base_model, "--data", str(src), "--output-dir", str(model)]
             args += _flags(t, {"data", "system_prompts"})
             ins = [src]
-            if t.system_prompts:  # written into OUT by run_recipe before the step runs
-                args += ["--system-prompts", str(out / "system_prompts.json")]
-                ins.append(out / "system_prompts.json")
-            calls.append(StepCall("train", args, ins, [model / "kotune.json"]))
+            prompts = out / "system_prompts.json" if t.system_prompts else None
+            if prompts:  # written into OUT by run_recipe before the step runs
+                args += ["--system-prompts", str(prompts)]
+                ins.append(prompts)
+            base = self.recipe.base_model
+            calls.append(StepCall("train", args, ins, [model / "kotune.json"],
+                                  run=lambda resume, overwrite, t=t, src=src, model=model, prompts=prompts, base=base:
+                                  steps.train(t, base_model=base, data=src, output_dir=model, system_prompts=prompts,
+                                              resume=resume, overwrite=overwrite)))
             produced["model"] = model
         if s.doctor:
             if produced["model"] is None:
                 raise KotuneError("steps.doctor: needs a train step", path=self.path)
-            calls.append(StepCall("doctor", ["doctor", str(produced["model"])], [produced["model"]], []))
+            calls.append(StepCall("doctor", ["doctor", str(produced["model"])], [produced["model"]], [],
+                                  run=lambda m=produced["model"]: steps.doctor(m)))
         if s.eval:
             e = s.eval
             if e.models:
@@ -437,7 +454,9 @@ class Plan:
                     args += ["--models", m]
                 ins = [questions] + model_inputs + ([context] if context is not None else [])
                 calls.append(StepCall("eval", args, ins, [dest / "metrics.json", dest / "report.html"], label=label,
-                                      sample=(questions, qfile, limit) if limit else None))
+                                      sample=(questions, qfile, limit) if limit else None,
+                                      run=lambda e=e, q=qfile, dest=dest, ms=list(models), c=context:
+                                      steps.evaluate(q, ms, dest, e, context=c)))
         anchors = ((str(out), "$OUT"), (str(self.root), "$RECIPE"))
         for call in calls:
             call.anchors = anchors
@@ -504,9 +523,10 @@ class StepResult:
 
 
 # ---------------------------------------------------------------- running
-def run_recipe(plan: Plan, out: Path, *, invoke: Callable[[list[str]], int | None], force: bool = False,
-               log: Callable[[str], None] = print, header: Callable[[str], None] | None = None) -> list[StepResult]:
-    """Run every step not up to date. ``invoke(argv)`` runs one kotune command (the CLI)."""
+def run_recipe(plan: Plan, out: Path, *, force: bool = False, log: Callable[[str], None] = print,
+               header: Callable[[str], None] | None = None) -> list[StepResult]:
+    """Run every step not up to date: its step function (:mod:`kotune.steps`) with the recipe's
+    options, after printing the equivalent ``kotune`` command line."""
     calls = plan.calls(out)  # checks every input before any work starts
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "run.json"
@@ -530,25 +550,26 @@ def run_recipe(plan: Plan, out: Path, *, invoke: Callable[[list[str]], int | Non
             results.append(StepResult(label, "skipped"))
             continue
         argv = list(call.args)
-        resumed = False
+        resumed = overwrite = False
         if call.name == "generate":
             journal = Path(str(call.outputs[0]) + ".journal")
             resumed = journal.exists() and prev.get("status") == "started" and prev.get("key") == key and not force
-            argv.append("--resume" if resumed else "--overwrite")
+            overwrite = not resumed
         elif call.name == "train":
             model_dir = call.outputs[0].parent
             info = RunInfo.read(model_dir)
             resumed = (info is not None and info.status == "running" and prev.get("status") == "started"
                        and prev.get("key") == key and not force)
-            if resumed:
-                argv.append("--resume")
-            elif model_dir.exists() and any(model_dir.iterdir()):
-                argv.append("--overwrite")
+            overwrite = not resumed and model_dir.exists() and any(model_dir.iterdir())
+        if resumed:
+            argv.append("--resume")
+        elif overwrite:
+            argv.append("--overwrite")
         header(f"[{i}/{len(calls)}] {label}{' (resuming)' if resumed else ''}: kotune {shlex.join(argv)}")
         state["steps"][label] = {"key": key, "status": "started", "started": _now()}
         _write_state(state_path, state)
         t0 = time.monotonic()
-        rc = invoke(argv)
+        rc = call.run(resume=resumed, overwrite=overwrite) if call.name in ("generate", "train") else call.run()
         if rc not in (None, 0):
             raise KotuneError(f"step {label} failed (exit code {rc}); fix it and run the recipe again")
         seconds = round(time.monotonic() - t0, 1)

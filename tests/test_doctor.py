@@ -86,6 +86,15 @@ def test_inference_template_differing_from_training_is_flagged(trained_run):
     assert res.code == 1 and "template_mismatch" in res.err
 
 
+def test_a_template_other_than_the_runs_is_refused_as_everywhere(trained_run):
+    """The resolver's one rule: doctor, like eval/chat/serve, refuses --template naming another
+    template than the run's (before, doctor silently checked the run with the other template)."""
+    res = call_cli(["doctor", trained_run, "--template", "alpaca"])
+    assert res.code == 2 and len(res.err_lines) == 1, res.err
+    assert "trained with template 'kotune'" in res.err_lines[0] and "drop --template" in res.err_lines[0]
+    assert call_cli(["doctor", trained_run, "--template", "kotune"]).code == 0
+
+
 def test_token_type_ids_the_model_rejects_are_flagged(sample_split, tiny_model, tmp_path):
     model_dir = tmp_path / "tti-model"
     shutil.copytree(tiny_model, model_dir)

@@ -1,0 +1,277 @@
+"""The pipeline's steps as functions: prepare, generate, validate, split, train, doctor, eval.
+
+Each takes its files and its options model (:mod:`kotune.options`) and does the
+step, progress and summary included. The ``kotune`` commands parse the command
+line into those models and call these; ``kotune run RECIPE`` calls them directly
+with the recipe's step models and prints the equivalent command line, built
+from the same model (``recipe._flags``), so the printed command does exactly
+what the recipe did.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kotune.errors import KotuneError
+from kotune.options import (EvalOptions, GenerateOptions, PrepareOptions, SplitOptions, TrainOptions,
+                            ValidateOptions)
+from kotune.ui import console, done, warn
+from kotune.ui import progress as _progress
+
+
+def progress():
+    """A progress bar on a terminal only: in logs and pipes its last frame would
+    be a stray line in front of the result (or of the one ``error:`` line)."""
+    bar = _progress()
+    bar.disable = not console.is_interactive
+    return bar
+
+
+def _log(message: str) -> None:
+    console.print(message, markup=False)
+
+
+# ---------------------------------------------------------------- data stage
+def prepare(inputs: list[Path], output: Path, opts: PrepareOptions) -> None:
+    """Documents → chunks: Kiwi sentences packed to ``chunk_chars``, headings as breadcrumbs."""
+    from kotune.data.chunk import prepare as chunk_documents
+    from kotune.io import write_jsonl
+
+    with progress() as bar:
+        task = bar.add_task("reading documents", total=None)
+        chunks = chunk_documents(inputs, chunk_chars=opts.chunk_chars, overlap=opts.overlap,
+                                 on_file=lambda p: bar.advance(task))
+        bar.update(task, total=bar.tasks[0].completed)
+    write_jsonl(output, (c.to_dict() for c in chunks))
+    sources = len({c.metadata["source"] for c in chunks})
+    done(f"{len(chunks)} chunks from {sources} document(s) → {output}")
+
+
+def generate(chunks_file: Path, output: Path, opts: GenerateOptions, *, shard: str | None = None,
+             resume: bool = False, overwrite: bool = False) -> None:
+    """Chunks → QA records through the teacher, journaled (``resume`` continues a cut-off run)."""
+    import time
+
+    from rich.progress import TextColumn
+
+    from kotune.data.generate import generate_file, make_teacher, parse_shard, shard_chunks
+    from kotune.records import load_chunks
+
+    is_url = opts.teacher.startswith(("http://", "https://"))
+    options: dict = {"workers": opts.workers, "max_tokens": opts.max_new_tokens}
+    if is_url:
+        from kotune.openai_client import read_api_keys
+
+        options.update(api_keys=read_api_keys(opts.api_key_env), max_retries=opts.max_retries, rpm=opts.rpm,
+                       timeout=opts.timeout, temperature=opts.temperature)
+    elif opts.api_key_env or opts.rpm:
+        warn("--api-key-env and --rpm only apply to a URL teacher; ignored")
+    every = load_chunks(chunks_file)
+    sh = parse_shard(shard)
+    chunks = shard_chunks(every, sh)
+    t = make_teacher(opts.teacher, opts.model, **options)
+    if not chunks:
+        raise KotuneError(f"shard {shard} of {len(every)} chunks is empty")
+    stats = t.stats
+    with progress() as bar:
+        # A model name ("teacher:m:7b", "[org]/x") is plain text, neither markup nor an :emoji: code.
+        bar.columns = (*(TextColumn("{task.description}", style="bold", markup=False)
+                         if isinstance(c, TextColumn) and "task.description" in c.text_format else c for c in bar.columns),
+                       TextColumn("{task.fields[info]}", markup=False))
+        task = bar.add_task(f"generating ({t.name})", total=len(chunks), info="")
+        started, finished = time.monotonic(), [0, 0]  # chunks done at start (resumed), chunks done
+
+        def refresh(*_: object) -> None:
+            rate = (finished[1] - finished[0]) / max(time.monotonic() - started, 1e-6)
+            info = f"{rate:.2f} chunks/s"
+            if stats is not None:
+                info += f" · {stats.accepted} QA · retries {stats.retries} · errors {stats.errors}"
+                if stats.rejected:
+                    info += f" · rejected {sum(stats.rejected.values())}"
+            bar.update(task, info=info)
+
+        def skipped(n: int) -> None:
+            finished[0] = n  # chunks taken from the journal do not count toward the rate
+
+        def advance(n: int) -> None:
+            finished[1] += n
+            bar.advance(task, n)
+            refresh()
+
+        if stats is not None:
+            stats.on_change = refresh
+        records = generate_file(chunks, t, output, per_chunk=opts.per_chunk, resume=resume, overwrite=overwrite,
+                                on_chunk=advance, on_start=skipped, input_context=opts.input_context)
+    if stats is not None:
+        stats.on_change = None
+        console.print(f"{t.name}: {stats.summary()}", markup=False, emoji=False)
+    if not records:
+        warn("the teacher produced no records from these chunks")
+    where = f" (shard {sh[0]}/{sh[1]} of {len(every)})" if sh else ""
+    done(f"{len(records)} records from {len(chunks)} chunks{where} → {output}")
+
+
+def validate(inputs: list[Path], output: Path, opts: ValidateOptions, *, report: Path | None = None,
+             chunks_file: Path | None = None, mapping: dict[str, str] | None = None) -> None:
+    """Merge QA files; drop missing, duplicate, near-duplicate, short, incomplete, evasive and ungrounded records."""
+    from kotune.data.validate import ValidateConfig, render_tables, validate_records
+    from kotune.io import write_json
+    from kotune.records import load_chunks, read_records, write_records
+
+    records = []
+    for path in inputs:
+        for r in read_records(path, mapping or {}):
+            r.extra["_file"] = str(path)
+            records.append(r)
+    chunks = {c["chunk_id"]: c["text"] for c in load_chunks(chunks_file)} if chunks_file else None
+    config = ValidateConfig(min_answer_chars=opts.min_answer_chars, near_dup_threshold=opts.near_dup_threshold,
+                            min_grounding=opts.min_grounding, check_grounding=opts.grounding,
+                            one_answer_per_prompt=opts.one_answer_per_prompt,
+                            categories=tuple(c.strip() for v in opts.categories for c in v.split(",") if c.strip()))
+    with console.status(f"validating {len(records)} records"):
+        result = validate_records(records, chunks, config)
+    for table in render_tables(result):
+        console.print(table)
+    if not result.kept:
+        raise KotuneError(f"no records left after validation (of {len(records)}); see the table above")
+    write_records(output, result.kept)
+    if report:
+        write_json(report, result.report())
+    done(f"kept {len(result.kept)} of {len(records)} records → {output}" + (f" (report: {report})" if report else ""))
+
+
+def split(data: Path, train: Path, test: Path, opts: SplitOptions, *, mapping: dict[str, str] | None = None) -> None:
+    """Stratified, deterministic train/test split; optional instruction augmentation without leakage."""
+    from kotune.data.split import augment, stratified_split
+    from kotune.records import read_records, write_records
+
+    records = read_records(data, mapping or {})
+    if len(records) < 2:
+        raise KotuneError("need at least two records to split", path=data)
+    tr, te = stratified_split(records, test_size=opts.test_size, stratify=opts.stratify or None, seed=opts.seed,
+                              group_by=opts.group_by)
+    if opts.augment:
+        tr = augment(tr, opts.augment, seed=opts.seed)
+        if opts.augment_test:
+            te = augment(te, opts.augment, seed=opts.seed)
+    write_records(train, tr)
+    write_records(test, te)
+    done(f"train {len(tr)} → {train}, test {len(te)} → {test}")
+
+
+# ---------------------------------------------------------------- training
+def train(opts: TrainOptions, *, base_model: str, data: Path, output_dir: Path, system_prompts: Path | None = None,
+          eval_data: Path | None = None, trust_remote_code: bool = False, resume: bool = False,
+          overwrite: bool = False) -> None:
+    """Fine-tune with LoRA, QLoRA or full SFT: prompt masked, EOS trained, template saved for inference."""
+    import json
+
+    from kotune.train import TrainConfig, train as run_train
+
+    prompts = {}
+    if system_prompts:
+        from kotune.io import read_text_file
+
+        try:
+            prompts = json.loads(read_text_file(system_prompts))
+        except json.JSONDecodeError as e:
+            raise KotuneError(f"invalid JSON ({e.msg})", path=system_prompts, line=e.lineno) from None
+    config = TrainConfig(base_model=base_model, data=str(data), output_dir=str(output_dir), system_prompts=prompts,
+                         eval_data=str(eval_data) if eval_data else None, trust_remote_code=trust_remote_code,
+                         **opts.model_dump(include=set(TrainOptions.model_fields)))
+    info = run_train(config, resume=resume, overwrite=overwrite, log=_log)
+    if info.complete and info.final:
+        f = info.final
+        done(f"trained in {f.seconds} s ({f.steps} steps): train loss {f.train_loss}, "
+             f"eval loss {f.eval_loss} → {output_dir}")
+
+
+def doctor(run_dir: Path | None = None, *, base_model: str | None = None, data: Path | None = None,
+           template: str | None = None, max_length: int | None = None, lora_targets: list[str] | None = None,
+           pad_token: str | None = None, loss_on: str | None = None, inference_template: str | None = None) -> int:
+    """Check a fine-tuning setup for the classic pitfalls; 1 when a problem is found, else 0."""
+    from rich.table import Table
+
+    from kotune.doctor import DoctorSetup, diagnose
+
+    if run_dir is None and base_model is None:
+        raise KotuneError("give a kotune output folder or --base-model (with --data)")
+    if run_dir is not None and not Path(run_dir).exists():
+        raise KotuneError("no such folder", path=run_dir)
+    if data is not None and not Path(data).exists():
+        raise KotuneError("no such file", path=data)
+    setup = DoctorSetup(base_model=base_model, data=str(data) if data else None, template=template,
+                        run_dir=str(run_dir) if run_dir else None, max_length=max_length, lora_targets=lora_targets,
+                        pad_token=pad_token, loss_on=loss_on, inference_template=inference_template)
+    findings = diagnose(setup, log=_log)
+    table = Table(title="kotune doctor", show_lines=False)
+    table.add_column("check")
+    table.add_column("")
+    table.add_column("finding")
+    table.add_column("fix")
+    for f in findings:
+        mark = "[green]ok[/green]" if f.ok else ("[yellow]warn[/yellow]" if f.severity == "warning" else "[red]FAIL[/red]")
+        table.add_row(f.code, mark, f.message, "" if f.ok else f.fix)
+    console.print(table)
+    problems = [f for f in findings if not f.ok and f.severity == "error"]
+    warnings = [f for f in findings if not f.ok and f.severity == "warning"]
+    if problems:
+        console.print(f"[red]{len(problems)} problem(s)[/red]: {', '.join(f.code for f in problems)}")
+        return 1
+    done("no pitfalls found" + (f" ({len(warnings)} warning(s))" if warnings else ""))
+    return 0
+
+
+# ---------------------------------------------------------------- evaluation
+def evaluate(questions: Path, models: list[str], output: Path, opts: EvalOptions, *, context: Path | None = None,
+             template: str | None = None, judge: str | None = None, judge_model: str | None = None,
+             judge_api_key_env: str | None = None) -> None:
+    """Answer the same questions with every model; Korean-correct metrics, error types and an HTML report."""
+    from kotune.evaluate import EvalSettings, evaluate as run_eval, load_questions, parse_model_args
+
+    qs = load_questions(questions)
+    if context is not None and not Path(context).exists():
+        raise KotuneError("no such file", path=context)
+    settings = EvalSettings(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
+                            repetition_penalty=opts.repetition_penalty, stop=tuple(opts.stop), seed=opts.seed,
+                            batch_size=opts.batch_size, top_k=opts.top_k, template=template, judge_url=judge,
+                            judge_model=judge_model, judge_api_key_env=judge_api_key_env)
+    pairs = parse_model_args(models)
+    with progress() as bar:
+        task = bar.add_task(f"answering {len(qs)} questions × {len(pairs)} models", total=len(qs) * len(pairs))
+        metrics = run_eval(qs, pairs, output, settings=settings, chunks_path=str(context) if context else None,
+                           log=_log, on_progress=lambda name, n: bar.advance(task, n))
+    print_metrics(metrics)
+    for other, r in (metrics.get("judge") or {}).get("pairs", {}).items():
+        console.print(f"judge: {other} vs {metrics['judge']['baseline']}: win {r['win_rate']:.0%}, "
+                      f"loss {r['loss_rate']:.0%}, tie {r['tie_rate']:.0%} (orders disagreed {r['order_disagreement']:.0%})")
+    done(f"{len(qs)} questions × {len(pairs)} models → {output}/ (responses.jsonl, metrics.json, report.md, report.html)")
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    """The overall metrics per model as a terminal table, then skipped metrics and notes."""
+    from rich.table import Table
+
+    keys = ["rougeL", "bleu", "chrf", "keyword_coverage", "eos_rate", "repetition", "unsupported_rate"]
+    table = Table(title=f"metrics ({metrics.get('tokenization', '')})")
+    table.add_column("model")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for name, m in metrics["models"].items():
+        o = m.get("overall", {})
+        table.add_row(name, *["–" if o.get(k) is None else str(o.get(k)) for k in keys])
+    console.print(table)
+    if metrics.get("bleu_signature"):
+        console.print(f"BLEU signature: {metrics['bleu_signature']}", markup=False)
+    for name, m in metrics["models"].items():
+        for item in m.get("skipped", []):
+            if isinstance(item, dict):
+                warn(f"{name}: {item.get('metric')} skipped — {item.get('reason')}")
+            else:
+                warn(f"{name}: {item}")
+        for note in m.get("notes", []):
+            warn(f"{name}: {note}")
+
+
+__all__ = ["doctor", "evaluate", "generate", "prepare", "print_metrics", "progress", "split", "train", "validate"]

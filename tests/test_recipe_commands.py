@@ -1,0 +1,68 @@
+"""A recipe step and its printed command line do the same thing: the command line,
+parsed by the CLI, calls the same step function with the same options and files as the
+recipe calls it directly (every bundled recipe, every profile)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+import kotune.steps
+from kotune.options import (EvalOptions, GenerateOptions, PrepareOptions, SplitOptions, TrainOptions,
+                            ValidateOptions)
+from kotune.recipe import load_recipe
+
+from conftest import REPO, call_cli
+
+OPTIONS = {"prepare": PrepareOptions, "generate": GenerateOptions, "validate": ValidateOptions, "split": SplitOptions,
+           "train": TrainOptions, "evaluate": EvalOptions}
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+def _normal(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_normal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normal(v) for k, v in value.items()}
+    return value
+
+
+def _capture(monkeypatch) -> list[tuple[str, dict]]:
+    seen: list[tuple[str, dict]] = []
+    for name in ("prepare", "generate", "validate", "split", "train", "doctor", "evaluate"):
+        signature = inspect.signature(getattr(kotune.steps, name))
+
+        def fake(*args, _name=name, _sig=signature, **kwargs):
+            bound = _sig.bind(*args, **kwargs)
+            bound.apply_defaults()  # a default left out equals the same default passed
+            call = {}
+            for key, value in bound.arguments.items():
+                if hasattr(value, "model_dump"):  # an options model: compared by the options it carries
+                    value = value.model_dump(include=set(OPTIONS[_name].model_fields))
+                call[key] = _normal(value)
+            seen.append((_name, call))
+            return 0
+        monkeypatch.setattr(kotune.steps, name, fake)
+    return seen
+
+
+@pytest.mark.parametrize("profile", [None, "gemma"])
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_the_printed_command_calls_the_step_as_the_recipe_does(recipe: Path, profile, tmp_path, monkeypatch) -> None:
+    plan = load_recipe(recipe, profile=profile)
+    seen = _capture(monkeypatch)
+    for call in plan.calls(tmp_path / "out"):
+        seen.clear()
+        if call.name in ("generate", "train"):
+            call.run(resume=False, overwrite=False)
+        else:
+            call.run()
+        direct = list(seen)
+        seen.clear()
+        res = call_cli(call.args)
+        assert res.code == 0, res.err
+        assert seen == direct, f"kotune {' '.join(call.args)}"
