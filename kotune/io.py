@@ -68,7 +68,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
         except json.JSONDecodeError as e:
             raise KotuneError(f"invalid JSON ({e.msg})", path=path, line=lineno) from None
         if not isinstance(obj, dict):
-            raise KotuneError("expected a JSON object", path=path, line=lineno)
+            raise KotuneError("expected a JSON object per line", path=path, line=lineno)
         yield lineno, obj
 
 

@@ -170,16 +170,7 @@ def raw_rows(path: Path) -> Iterable[tuple[int | None, dict[str, Any]]]:
         raise KotuneError("file is empty", path=path)
     text, _ = decode_bytes(data, path)
     if suffix == ".jsonl":
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise KotuneError(f"invalid JSON ({e.msg})", path=path, line=lineno) from None
-            if not isinstance(obj, dict):
-                raise KotuneError("expected a JSON object per line", path=path, line=lineno)
-            yield lineno, obj
+        yield from read_jsonl(path)
     elif suffix == ".json":
         try:
             obj = json.loads(text)
