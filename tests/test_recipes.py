@@ -99,10 +99,8 @@ def test_bundled_recipes_name_the_seed_models_and_check_clean(tmp_path: Path) ->
 # ---------------------------------------------------------------- up to date, changed settings
 def test_rerun_of_a_finished_recipe_does_no_work_and_says_so(policy_run: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in policy_run.rglob("*") if p.is_file() and p.name != "run.json"}
-    t0 = time.monotonic()
     res = _run("policy-qa", policy_run)
     assert res.code == 0, res.err
-    assert time.monotonic() - t0 < 10
     assert "nothing to do: all 7 steps are up to date" in res.err
     assert res.err.count("up to date, skipped") == 7
     after = {p: p.stat().st_mtime_ns for p in policy_run.rglob("*") if p.is_file() and p.name != "run.json"}

@@ -192,13 +192,11 @@ def test_32_concurrent_chat_requests_all_succeed(server, questions):
         r = _chat(client, model, f"{questions[i % len(questions)]} ({i})", max_tokens=8)
         return model, r
 
-    t0 = time.monotonic()
     with ThreadPoolExecutor(max_workers=32) as pool:
         results = list(pool.map(one, range(32)))
     assert len(results) == 32
     for model, r in results:
         assert r.model == model and r.choices[0].message.content and r.choices[0].finish_reason in ("stop", "length")
-    assert time.monotonic() - t0 < 90
     assert server.healthy()
 
 
