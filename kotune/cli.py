@@ -206,7 +206,7 @@ def _stop_list(stop: Optional[List[str]]) -> tuple[str, ...]:
 @app.command("eval")
 def eval_(
     questions: Path = typer.Option(..., "--questions", "--questions_file", "--questions-file", help="Questions: .txt (one per line) or .jsonl/.csv with question, reference, keywords, category."),
-    models: List[str] = typer.Option(..., "--models", "--model_paths", "--model-paths", help="Models to compare: HF id, folder, kotune output, builtin:tiny-ko; NAME=SPEC to name one. Repeat or list."),
+    models: List[str] = typer.Option(..., "--models", "--model_paths", "--model-paths", help="Models to compare: HF id, folder, kotune output, .gguf, builtin:tiny-ko, or an OpenAI-compatible endpoint openai:URL#MODEL[@RUN]; NAME=SPEC to name one. Repeat or list."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for responses.jsonl, metrics.json, report.md, report.html."),
     context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL: retrieve top-k chunks per question (BM25 over Kiwi morphemes)."),
     top_k: int = typer.Option(EvalOptions.default("top_k"), "--top-k", help="Chunks retrieved per question with --context."),
@@ -221,11 +221,20 @@ def eval_(
     judge: Optional[str] = typer.Option(None, "--judge", help="OpenAI-compatible URL of an LLM judge (pairs judged in both orders)."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name at the judge endpoint."),
     judge_api_key_env: Optional[str] = typer.Option(None, "--judge-api-key-env", help="Environment variable holding the judge's API key."),
+    workers: int = typer.Option(EvalOptions.default("workers"), "--workers", help="Concurrent requests per endpoint model (openai:URL#MODEL)."),
+    api_key_env: Optional[str] = typer.Option(EvalOptions.default("api_key_env"), "--api-key-env", help="Environment variable(s) holding endpoint API keys, comma-separated (A,B): requests take them in turn."),
+    rpm: Optional[float] = typer.Option(EvalOptions.default("rpm"), "--rpm", help="At most this many requests per minute per API key (endpoint models)."),
+    benchmark: Optional[List[str]] = typer.Option(None, "--benchmark", help="General ability (forgetting) with lm-evaluation-harness tasks, e.g. kmmlu,haerae,kobest (pip install 'kotune[bench]')."),
+    benchmark_data: Optional[str] = typer.Option(EvalOptions.default("benchmark_data"), "--benchmark-data", help="Folder of task YAMLs and their data, for machines without hub access."),
+    benchmark_limit: Optional[int] = typer.Option(EvalOptions.default("benchmark_limit"), "--benchmark-limit", help="First N documents of each task."),
+    forgetting_margin: float = typer.Option(EvalOptions.default("forgetting_margin"), "--forgetting-margin", help="Flag a model that lost more than this (absolute) on a task against the first model."),
 ) -> None:
     """Answer the same questions with every model; Korean-correct metrics, error types and an HTML report."""
     opts = EvalOptions.check(dict(top_k=top_k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                   repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)),
-                                  batch_size=batch_size, seed=seed))
+                                  batch_size=batch_size, seed=seed, workers=workers, api_key_env=api_key_env, rpm=rpm,
+                                  benchmark=list(benchmark or []), benchmark_data=benchmark_data,
+                                  benchmark_limit=benchmark_limit, forgetting_margin=forgetting_margin))
     _quiet_libraries()
     steps.evaluate(questions, [m for item in models for m in item.split()], output, opts, context=context,
                    template=template, judge=judge, judge_model=judge_model, judge_api_key_env=judge_api_key_env)
@@ -265,7 +274,7 @@ def score(
 
 @app.command()
 def chat(
-    model: str = typer.Option(..., "--model", help="kotune output, HF id, folder or builtin:tiny-ko."),
+    model: str = typer.Option(..., "--model", help="kotune output, HF id, folder, builtin:tiny-ko, or openai:URL#MODEL (a model behind an OpenAI-compatible server)."),
     context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL for retrieval (toggle with /context on|off)."),
     top_k: int = typer.Option(3, "--top-k", min=1, help="Chunks retrieved per question."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
@@ -275,6 +284,7 @@ def chat(
     stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable)."),
     template: Optional[str] = typer.Option(None, "--template", help="Template for a base model; a kotune output uses its own and refuses another."),
     category: str = typer.Option("", "--category", help="Category for per-category system prompts (chat template)."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable(s) holding the API key of an openai:URL#MODEL model."),
 ) -> None:
     """Interactive terminal chat with streaming. Commands: /reset, /context on|off, /settings, /exit."""
     from kotune.chat import run_chat
@@ -284,7 +294,7 @@ def chat(
         raise KotuneError("no such file", path=context)
     run_chat(model, context=str(context) if context else None, top_k=top_k, template=template, category=category,
              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-             repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)))
+             repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)), api_key_env=api_key_env)
 
 
 @app.command()

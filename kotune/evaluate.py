@@ -59,7 +59,9 @@ def parse_model_args(specs: list[str]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for spec in specs:
         name, sep, target = spec.partition("=")
-        if sep and name and not Path(spec).exists():
+        if spec.startswith("openai:"):  # an unnamed endpoint model is named after its model
+            out.append((spec.rpartition("#")[2].partition("?")[0].partition("@")[0] or spec, spec))
+        elif sep and name and not Path(spec).exists():
             out.append((name, target))
         else:
             out.append((Path(spec.rstrip("/")).name if Path(spec).exists() else spec, spec))
@@ -88,6 +90,13 @@ class EvalSettings:
     judge_url: str | None = None          # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
     judge_model: str | None = None
     judge_api_key_env: str | None = None
+    workers: int = 8                      # concurrent requests per endpoint model
+    api_key_env: str | None = None        # env variable(s) holding endpoint API keys, comma-separated
+    rpm: float | None = None              # requests per minute per key, endpoint models
+    benchmarks: tuple[str, ...] = ()      # lm-eval tasks for the general-ability check (kotune.general)
+    benchmark_data: str | None = None     # folder of task YAMLs and data (machines without hub access)
+    benchmark_limit: int | None = None    # first N documents per task
+    forgetting_margin: float = 0.02       # flag a model that lost more than this against the first
 
 
 def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out_dir: str | Path, *,
@@ -97,19 +106,38 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
     from kotune.generation import GenerationSettings, Generator
     from kotune.io import atomic_writer, dumps, write_json
     from kotune.metrics import score_rows
+    from kotune.endpoint import EndpointSpec, journal_path, open_endpoint
     from kotune.models import resolve_model
+    from kotune.openai_client import read_api_keys
     from kotune.report import render_html, render_markdown
     from kotune.resolver import decide_template
 
     settings = settings or EvalSettings()
     out = Path(out_dir)
-    # Resolve every model before any work, so a bad path or a refused --template fails fast.
-    refs = {name: resolve_model(spec, log=log) for name, spec in models}
+    # Resolve every model before any work, so a bad path, a refused --template or an endpoint
+    # that cannot answer (unreachable, key rejected, model not served) fails fast.
+    endpoints = {name: EndpointSpec.parse(spec) for name, spec in models}
+    refs = {name: resolve_model(spec, log=log) for name, spec in models if endpoints[name] is None}
     for name, spec in models:
-        decide_template(refs[name].run, settings.template, spec=spec)
-    # A model without a run of its own (a plain base) answers in the compared run's whole
-    # template, system prompts included, so both models see byte-identical prompts.
-    shared_template = next((r.run.own_template for r in refs.values() if r.run and r.run.own_template), None)
+        if name in refs:
+            decide_template(refs[name].run, settings.template, spec=spec)
+    # A model without a run of its own (a plain base, local or behind a server) answers in the
+    # compared run's whole template, system prompts included: byte-identical prompts.
+    own = [r.run.own_template for r in refs.values() if r.run and r.run.own_template]
+    api_keys = read_api_keys(settings.api_key_env, option="--api-key-env") if settings.api_key_env else []
+    opened = {name: open_endpoint(name, spec, template=settings.template, default_template=own[0] if own else None,
+                                  api_keys=api_keys, workers=settings.workers, rpm=settings.rpm)
+              for name, spec in endpoints.items() if spec is not None}
+    runs_of_endpoints = [ep.template for ep in opened.values() if ep.own_template]
+    shared_template = own[0] if own else (runs_of_endpoints[0] if runs_of_endpoints else None)
+    for ep in opened.values():
+        if not ep.own_template:
+            ep.template = decide_template(None, settings.template, default=shared_template, spec=str(ep.spec))
+    manager = None
+    if settings.benchmarks:  # a missing extra or an unknown task is an error before any work
+        from kotune.general import task_manager
+
+        manager = task_manager(list(settings.benchmarks), settings.benchmark_data)
 
     retriever = None
     if chunks_path:
@@ -131,18 +159,27 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
     prompts_by_model: dict[str, list[str]] = {}
     timing: dict[str, float] = {}
     for name, spec in models:
-        gen = Generator(spec, template=settings.template, default_template=shared_template, log=log)
-        prompts = [gen.prompt(q["question"], q["input"], category=q["category"], context=ctx or None)
-                   for q, (ctx, _) in zip(questions, contexts)]
-        prompts_by_model[name] = prompts
-        t0 = time.time()
-        answers[name] = gen.generate(prompts, gen_settings, batch_size=settings.batch_size)
+        if name in opened:
+            ep = opened[name]
+            prompts = [ep.prompt(q["question"], q["input"], category=q["category"], context=ctx or None)
+                       for q, (ctx, _) in zip(questions, contexts)]
+            log(f"{name}: {ep.spec} ({ep.mode}, template {ep.template.name}, {ep.workers} workers)")
+            t0 = time.time()
+            answers[name] = ep.answer(prompts, gen_settings, journal_path(out, name))
+        else:
+            gen = Generator(spec, template=settings.template, default_template=shared_template, log=log)
+            prompts = [gen.prompt(q["question"], q["input"], category=q["category"], context=ctx or None)
+                       for q, (ctx, _) in zip(questions, contexts)]
+            t0 = time.time()
+            answers[name] = gen.generate(prompts, gen_settings, batch_size=settings.batch_size)
+            del gen
         timing[name] = time.time() - t0
+        prompts_by_model[name] = prompts
         if on_progress:
             on_progress(name, len(prompts))
-        del gen
 
-    metrics: dict[str, Any] = {"models": {}, "settings": {**settings.__dict__, "stop": list(settings.stop)},
+    metrics: dict[str, Any] = {"models": {}, "settings": {**settings.__dict__, "stop": list(settings.stop),
+                                                          "benchmarks": list(settings.benchmarks)},
                                "questions": len(questions), "context": chunks_path}
     responses: list[dict[str, Any]] = []
     per_model_rows: dict[str, list[dict[str, Any]]] = {}
@@ -154,6 +191,10 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
         scored = score_rows(rows)
         per_model_rows[name] = scored.pop("per_row")
         scored["answers_per_second"] = round(len(questions) / max(timing[name], 1e-9), 3)
+        scored["wall_seconds"] = round(timing[name], 2)
+        scored["mode"] = opened[name].mode if name in opened else "local"
+        if name in opened:
+            scored["endpoint"] = opened[name].describe()
         metrics["models"][name] = scored
         metrics["tokenization"] = scored.get("tokenization")
         metrics["bleu_signature"] = scored.get("bleu_signature")
@@ -178,9 +219,17 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
             raise KotuneError("--judge compares models: give at least two")
         metrics["judge"] = judge_pairs(responses, [n for n, _ in models], url=settings.judge_url,
                                        judge_model=settings.judge_model or "judge", api_key_env=settings.judge_api_key_env)
+    if manager is not None:
+        from kotune.general import run_benchmarks
+
+        metrics["general_ability"] = run_benchmarks(models, list(settings.benchmarks), manager,
+                                                    limit=settings.benchmark_limit, batch_size=settings.batch_size,
+                                                    margin=settings.forgetting_margin, log=log)
     write_json(out / "metrics.json", metrics)
     with atomic_writer(out / "report.md") as f:
         f.write(render_markdown(metrics, responses))
     with atomic_writer(out / "report.html") as f:
         f.write(render_html(metrics, responses))
+    for name in opened:  # every answer is in responses.jsonl now
+        journal_path(out, name).unlink(missing_ok=True)
     return metrics

@@ -118,25 +118,26 @@ def read_api_keys(names: str | None, option: str = "--api-key-env") -> list[str]
 class TokenBucket:
     """At most ``rpm`` requests per minute, in bursts of at most ``burst``."""
 
-    def __init__(self, rpm: float, burst: int = 1) -> None:
+    def __init__(self, rpm: float, burst: int = 1, *, clock=time.monotonic, sleep=asyncio.sleep) -> None:
         if rpm <= 0:
             raise KotuneError(f"--rpm must be positive, got {rpm}")
         self.rate = rpm / 60.0
         self.capacity = float(max(1, burst))
         self.tokens = self.capacity
-        self.last = time.monotonic()
+        self.clock, self.sleep = clock, sleep  # a virtual clock in tests: waits are checked, not timed
+        self.last = clock()
         self._lock = asyncio.Lock()
 
     async def acquire(self) -> None:
         async with self._lock:  # FIFO: waiters are served in order
             while True:
-                now = time.monotonic()
+                now = self.clock()
                 self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
                 self.last = now
                 if self.tokens >= 1:
                     self.tokens -= 1
                     return
-                await asyncio.sleep((1 - self.tokens) / self.rate)
+                await self.sleep((1 - self.tokens) / self.rate)
 
 
 def parse_retry_after(value: str | None, cap: float = 300.0) -> float | None:
@@ -287,9 +288,19 @@ class OpenAIClient:
 
     async def chat(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float) -> str:
         """One completion's text, retried; raises ``RequestFailed`` or (401/403/404) ``KotuneError``."""
-        if self.token_cap:
-            max_tokens = min(max_tokens, self.token_cap)
-        body = {"model": self.model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
+        data = await self.post("chat/completions", {"messages": messages, "temperature": temperature,
+                                                    "max_tokens": max_tokens})
+        content = data["choices"][0]["message"].get("content")
+        return content if isinstance(content, str) else ""
+
+    async def post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST {base}/{endpoint}`` (``chat/completions`` or ``completions``) with the model
+        and the remembered max_tokens cap filled in; the decoded reply, whose
+        ``choices[0]`` is checked to exist. Retried as the module docstring says."""
+        url = self.url[: -len("chat/completions")] + endpoint
+        body = {"model": self.model, **body}
+        if self.token_cap and body.get("max_tokens"):
+            body["max_tokens"] = min(body["max_tokens"], self.token_cap)
         attempt = 0
         while True:
             turn = next(self._turn)  # keys round-robin over requests (a retry takes the next key)
@@ -299,7 +310,7 @@ class OpenAIClient:
             retry_after: float | None = None
             status: int | None = None
             try:
-                resp = await self._client().post(self.url, json=body, headers=self._headers(turn))
+                resp = await self._client().post(url, json=body, headers=self._headers(turn))
             except httpx.TransportError as e:  # refused, dropped, timed out
                 error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 transport = True
@@ -308,19 +319,23 @@ class OpenAIClient:
                 status = resp.status_code
                 if status == 200:
                     try:
-                        content = resp.json()["choices"][0]["message"].get("content")
-                        return content if isinstance(content, str) else ""
+                        data = resp.json()
+                        choice = data["choices"][0]
+                        if endpoint.startswith("chat") and not isinstance(choice["message"], dict):
+                            raise TypeError
+                        return data
                     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-                        error = "malformed response (no choices[0].message)"
+                        error = f"malformed response (no choices[0]{'.message' if endpoint.startswith('chat') else ''})"
                         status = None
                 elif status in FATAL_STATUS:
                     hint = FATAL_STATUS[status].format(key_option=self.key_option)
-                    raise KotuneError(f"{self.name} {self.url} answered HTTP {status}: {hint} — {_snippet(resp)}")
+                    raise KotuneError(f"{self.name} {url} answered HTTP {status}: {hint} — {_snippet(resp)}")
                 elif status in RETRY_STATUS or status >= 500:
                     error = f"HTTP {status}"
                     retry_after = parse_retry_after(resp.headers.get("retry-after"))
                 else:
-                    limit = token_limit_from_error(resp.text, body["max_tokens"]) if status == 400 else None
+                    asked = body.get("max_tokens") or 0
+                    limit = token_limit_from_error(resp.text, asked) if status == 400 and asked else None
                     if limit is not None:
                         # Ask again within the server's stated limit, and remember it for every
                         # later request (not a failure: no retry counted, no back-off).
@@ -339,3 +354,21 @@ class OpenAIClient:
             self.stats.bump("retries")
             await asyncio.sleep(delay)
             attempt += 1
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """``GET /models``: the served model objects. Raises ``KotuneError`` (one line) when the
+        server cannot be reached, rejects the key or does not answer with a model list."""
+        url = models_url(self.url)
+        try:
+            resp = await self._client().get(url, headers=self._headers(0))
+        except httpx.TransportError as e:
+            raise KotuneError(f"{self.name} {url} cannot be reached ({type(e).__name__})") from None
+        if resp.status_code in FATAL_STATUS:
+            hint = FATAL_STATUS[resp.status_code].format(key_option=self.key_option)
+            raise KotuneError(f"{self.name} {url} answered HTTP {resp.status_code}: {hint}")
+        try:
+            resp.raise_for_status()
+            return [m for m in resp.json().get("data", []) if isinstance(m, dict) and m.get("id")]
+        except (httpx.HTTPError, ValueError, AttributeError):
+            raise KotuneError(f"{self.name} {url} did not answer with a model list "
+                              f"(HTTP {resp.status_code}: {_snippet(resp)})") from None

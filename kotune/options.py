@@ -166,6 +166,13 @@ class EvalOptions(Options):
     stop: list[str] = Field(default_factory=list)
     batch_size: int = Field(16, ge=1)
     seed: int = 42
+    workers: int = Field(8, ge=1)            # concurrent requests per endpoint model (openai:URL#MODEL)
+    api_key_env: Optional[str] = None        # environment variable(s) holding endpoint API keys
+    rpm: Optional[float] = Field(None, gt=0)  # requests per minute per key, endpoint models
+    benchmark: list[str] = Field(default_factory=list)    # lm-eval tasks: the general-ability check
+    benchmark_data: Optional[str] = None     # task YAMLs and their data, for machines without hub access
+    benchmark_limit: Optional[int] = Field(None, ge=1)   # first N documents per task
+    forgetting_margin: float = Field(0.02, ge=0, le=1)   # a loss beyond this against the first model is flagged
 
 
 __all__ = ["problem", "BATCHING_NAMES", "EvalOptions", "GenerateOptions", "METHODS", "Options", "PRESET_NAMES", "PrepareOptions",

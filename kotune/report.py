@@ -376,12 +376,13 @@ class Report:
     errors: Table | None  # None when no error types were recorded
     judge: Judge | None
     questions: tuple[Question, ...]
+    general: Table | None = None  # lm-eval tasks per model (kotune eval --benchmark)
 
     @property
     def tables(self) -> tuple[Table, ...]:
         """Every table in page order."""
         return tuple(t for t in (self.metrics, *self.categories, self.errors,
-                                 self.judge.table if self.judge else None) if t is not None)
+                                 self.judge.table if self.judge else None, self.general) if t is not None)
 
 
 def _model_colours(names: list[str]) -> dict[str, str]:
@@ -445,6 +446,37 @@ def _judge(judge: Any) -> Judge | None:
     return Judge("" if model is None else str(model), "" if baseline is None else str(baseline), table)
 
 
+def _general(general: Any) -> Table | None:
+    """The general-ability table (kotune.general): each task's score per model and the change
+    against the first model, marked ⚠ beyond the forgetting margin."""
+    tasks = general.get("tasks") if isinstance(general, dict) else None
+    if not isinstance(tasks, dict) or not tasks:
+        return None
+    base = general.get("baseline")
+    names = list(dict.fromkeys(n for e in tasks.values() for n in (e.get("models") or {})))
+    others = [n for n in names if n != base]
+    margin = _num(general.get("margin")) or 0.0
+    header = (Cell("task"), Cell("metric"), *(Cell(n) for n in names), *(Cell(f"Δ {n}") for n in others))
+    rows = []
+    for task, e in tasks.items():
+        scores = e.get("models") or {}
+        cells = [Cell(str(task)), Cell(str(e.get("metric") or ""))]
+        best = max((v for v in scores.values() if _num(v) is not None), default=None)
+        cells += [Cell("—" if _num(scores.get(n)) is None else f"{scores[n]:.4f}", best=scores.get(n) == best)
+                  for n in names]
+        for n in others:
+            if _num(scores.get(n)) is None or _num(scores.get(base)) is None:
+                cells.append(Cell("—"))
+                continue
+            delta = scores[n] - scores[base]
+            cells.append(Cell(f"{delta:+.4f}{' ⚠' if -delta > margin else ''}"))
+        rows.append(tuple(cells))
+    notes = [f"Δ against {base}; ⚠ marks a loss of more than {margin:g} (forgetting)." if base and others else ""]
+    notes += [f"{n}: not run — {why}" for n, why in (general.get("not_run") or {}).items()]
+    return Table("General ability (lm-evaluation-harness)", header, tuple(rows),
+                 notes=tuple(n for n in notes if n), kind="metrics")
+
+
 def _answer_metrics_line(a: dict) -> str:
     bits = []
     for key in ("rougeL", "keyword_coverage", "unsupported_rate"):
@@ -494,6 +526,14 @@ def _meta_lines(metrics: dict, models: dict[str, dict], responses: list[dict]) -
         lines.append(MetaLine("chrF signature", str(chrf_sig)))
     if metrics.get("context"):
         lines.append(MetaLine("retrieval context", str(metrics["context"])))
+    if any(m.get("mode") for m in models.values()):  # how each model was asked: in-process or over the API
+        asked = []
+        for name, m in models.items():
+            ep = m.get("endpoint") or {}
+            where = f" {ep.get('url')}#{ep.get('model')}" if ep else ""
+            timing = f", {m['answers_per_second']} answers/s" if m.get("answers_per_second") is not None else ""
+            asked.append(f"{name}: {m.get('mode') or 'local'}{where}{timing}")
+        lines.append(MetaLine("how models were asked", "; ".join(asked)))
     return tuple(lines)
 
 
@@ -525,6 +565,7 @@ def build_report(metrics: dict, responses: list[dict], title: str = "kotune eval
         errors=_errors_table(models),
         judge=_judge(metrics.get("judge")),
         questions=_questions(responses, names, colours),
+        general=_general(metrics.get("general_ability")),
     )
 
 
@@ -685,6 +726,8 @@ def render_markdown(metrics: dict, responses: list[dict], title: str = "kotune e
         out += [f"## {j.table.title}", "",
                 f"Judge {_md_code(j.model) if j.model else '—'}, each model against {_md(j.baseline)}, both answer orders.",
                 "", *_md_table(j.table), "", *_md_notes(j.table), ""]
+    if report.general is not None:
+        out += [f"## {report.general.title}", "", *_md_table(report.general), "", *_md_notes(report.general), ""]
     out += [f"## Answers side by side ({len(report.questions)})", ""]
     for q in report.questions:
         out += [f"### {q.number}. {'[' + _md(q.category) + '] ' if q.category else ''}{_md(q.question)}", ""]

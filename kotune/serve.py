@@ -155,16 +155,25 @@ async def list_models(request: Request):
     authenticate(request)
     engine = _state(request).engine
     data = [{"id": s.name, "object": "model", "created": s.created, "owned_by": "kotune",
-             "root": engine.base_name, "parent": None if s.name == engine.base_name else engine.base_name}
-            for s in engine.served.values()]
+             "root": engine.base_name, "parent": None if s.name == engine.base_name else engine.base_name,
+             "kotune": _announce(s)} for s in engine.served.values()]
     return {"object": "list", "data": data}
+
+
+def _announce(served: Served) -> dict[str, Any]:
+    """What kotune eval needs to ask this model as it was trained (an extension field that
+    OpenAI clients ignore): the run's template (None for a plain base: the caller's applies),
+    and the EOS ids the server stops at."""
+    run = served.generator.resolved.run
+    own = run.own_template if run else None
+    return {"template": own.to_dict() if own else None, "eos_token_ids": served.generator.eos_ids}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request):
     authenticate(request)
     s = _state(request).engine.get(model_id)
-    return {"id": s.name, "object": "model", "created": s.created, "owned_by": "kotune"}
+    return {"id": s.name, "object": "model", "created": s.created, "owned_by": "kotune", "kotune": _announce(s)}
 
 
 @router.post("/v1/chat/completions")

@@ -236,7 +236,11 @@ def evaluate(questions: Path, models: list[str], output: Path, opts: EvalOptions
     settings = EvalSettings(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
                             repetition_penalty=opts.repetition_penalty, stop=tuple(opts.stop), seed=opts.seed,
                             batch_size=opts.batch_size, top_k=opts.top_k, template=template, judge_url=judge,
-                            judge_model=judge_model, judge_api_key_env=judge_api_key_env)
+                            judge_model=judge_model, judge_api_key_env=judge_api_key_env, workers=opts.workers,
+                            api_key_env=opts.api_key_env, rpm=opts.rpm,
+                            benchmarks=tuple(t.strip() for v in opts.benchmark for t in v.split(",") if t.strip()),
+                            benchmark_data=opts.benchmark_data, benchmark_limit=opts.benchmark_limit,
+                            forgetting_margin=opts.forgetting_margin)
     pairs = parse_model_args(models)
     with progress() as bar:
         task = bar.add_task(f"answering {len(qs)} questions × {len(pairs)} models", total=len(qs) * len(pairs))

@@ -1,0 +1,237 @@
+"""Models behind an OpenAI-compatible server (vLLM, kotune serve, hosted APIs), queried as local ones are.
+
+A model argument ``openai:URL#MODEL`` (optionally ``openai:URL#MODEL@RUN``, RUN
+being the kotune run or export folder the server serves, and ``?mode=completions``
+or ``?mode=chat`` to force the mode) is an endpoint model. It gets the same prompt
+a local model would:
+
+- **completions** mode: the template is rendered here and sent to
+  ``/v1/completions`` when the endpoint serves a kotune run with an instruction
+  template — named by ``@RUN`` (a merged ``kotune export`` under vLLM), or
+  announced by kotune serve in ``/v1/models``. A plain base behind kotune serve
+  is asked in the compared run's template, exactly as a local base is.
+- **chat** mode: other models (hosted APIs, instruct models, chat-template
+  runs) get ``/v1/chat/completions`` with the template's system prompt and
+  messages.
+
+The mode is decided once per model (:func:`open_endpoint`) and recorded in
+``metrics.json``. Answers are journaled as they arrive (``OUT/.answers-NAME.jsonl``,
+fsynced), so a killed evaluation of thousands of questions resumes without
+asking again. Requests go through the one client, :class:`kotune.openai_client.OpenAIClient`
+(workers, API keys from environment variables, per-key rate limits, retries
+honouring ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kotune.errors import KotuneError
+from kotune.generation import Answer, GenerationSettings
+from kotune.openai_client import OpenAIClient, RequestFailed
+from kotune.resolver import decide_template
+from kotune.runinfo import RunInfo
+from kotune.templates import Template
+
+PREFIX = "openai:"
+MODES = ("completions", "chat")
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    url: str
+    model: str
+    run: str | None = None   # the kotune run (or export) folder the endpoint serves
+    mode: str | None = None  # forced: "completions" (e.g. a base model behind vLLM) or "chat"
+
+    @classmethod
+    def parse(cls, spec: str) -> "EndpointSpec | None":
+        """``openai:URL#MODEL[@RUN][?mode=completions|chat]`` → the spec; None for anything else."""
+        if not spec.startswith(PREFIX):
+            return None
+        url, sep, rest = spec[len(PREFIX):].rpartition("#")
+        if not sep or not url or not rest:
+            raise KotuneError(f"{spec}: an endpoint model is openai:URL#MODEL (e.g. openai:http://127.0.0.1:8000/v1#policy)")
+        rest, _, query = rest.partition("?mode=")
+        model, _, run = rest.partition("@")
+        if not re.match(r"^https?://", url):
+            raise KotuneError(f"{spec}: the endpoint URL must start with http:// or https://")
+        if query and query not in MODES:
+            raise KotuneError(f"{spec}: unknown mode {query!r}; one of {', '.join(MODES)}")
+        return cls(url, model, run or None, query or None)
+
+    def __str__(self) -> str:
+        return (f"{PREFIX}{self.url}#{self.model}" + (f"@{self.run}" if self.run else "")
+                + (f"?mode={self.mode}" if self.mode else ""))
+
+
+def is_endpoint(spec: str) -> bool:
+    return spec.startswith(PREFIX)
+
+
+@dataclass
+class EndpointModel:
+    """One endpoint model, decided: where to ask, in which mode, with which template."""
+
+    name: str
+    spec: EndpointSpec
+    mode: str
+    template: Template
+    run: RunInfo | None
+    own_template: bool = False  # the template is the served run's (@RUN or announced), not the caller's
+    api_keys: list[str] = field(default_factory=list)
+    workers: int = 8
+    rpm: float | None = None
+    requests: int = 0          # requests sent by the last answer() (resumed answers are not asked again)
+
+    # ------------------------------------------------------------ prompts
+    def prompt(self, question: str, input: str = "", *, category: str = "", context: str | None = None,
+               history: list[dict[str, str]] | None = None) -> Any:
+        """What is sent: the rendered prompt (completions) or the messages (chat, with ``history``)."""
+        if self.mode == "completions":
+            return self.template.prompt(question, input, category=category, context=context)
+        return self.template.messages(question, input, category=category, context=context, history=history)
+
+    # ------------------------------------------------------------ answers
+    def ask(self, prompt: Any, settings: GenerationSettings) -> Answer:
+        """One answer, not journaled (kotune chat)."""
+        async def one() -> Answer:
+            async with self._client() as client:
+                try:
+                    return await self._ask(client, prompt, settings)
+                except RequestFailed as e:
+                    raise KotuneError(f"model {self.name} ({self.spec}): {e}") from None
+
+        return asyncio.run(one())
+
+    def answer(self, prompts: list[Any], settings: GenerationSettings, journal: Path) -> list[Answer]:
+        """Every prompt's answer, in order; answers already in ``journal`` are not asked again."""
+        done = _read_journal(journal)
+        keys = [_key(p, settings) for p in prompts]
+        todo = [(i, p) for i, (p, k) in enumerate(zip(prompts, keys)) if k not in done]
+        if todo:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            with open(journal, "a", encoding="utf-8") as f:
+                asyncio.run(self._ask_all(todo, keys, settings, f, done))
+        self.requests = len(todo)
+        return [Answer(**done[k]) for k in keys]
+
+    async def _ask_all(self, todo, keys, settings: GenerationSettings, f, done: dict[str, dict]) -> None:
+        client = self._client()
+        gate = asyncio.Semaphore(self.workers)
+
+        async def one(i: int, prompt: Any) -> None:
+            async with gate:
+                answer = await self._ask(client, prompt, settings)
+            row = {"text": answer.text, "finish_reason": answer.finish_reason, "prompt_tokens": answer.prompt_tokens,
+                   "completion_tokens": answer.completion_tokens}
+            done[keys[i]] = row
+            f.write(json.dumps({"key": keys[i], **row}, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # a kill -9 loses only the answers in flight
+
+        async with client:
+            try:
+                await asyncio.gather(*(one(i, p) for i, p in todo))
+            except RequestFailed as e:
+                raise KotuneError(f"model {self.name} ({self.spec}): {e}") from None
+
+    async def _ask(self, client: OpenAIClient, prompt: Any, settings: GenerationSettings) -> Answer:
+        body: dict[str, Any] = {"max_tokens": settings.max_new_tokens, "temperature": settings.temperature}
+        if settings.temperature > 0:
+            body["top_p"] = settings.top_p
+            if settings.seed is not None:
+                body["seed"] = settings.seed
+        if settings.stop:
+            body["stop"] = list(settings.stop)
+        if settings.repetition_penalty != 1.0:
+            body["repetition_penalty"] = settings.repetition_penalty  # vLLM's extension of the API
+        if self.mode == "completions":
+            data = await client.post("completions", {**body, "prompt": prompt})
+            text = data["choices"][0].get("text") or ""
+        else:
+            data = await client.post("chat/completions", {**body, "messages": prompt})
+            text = data["choices"][0]["message"].get("content") or ""
+        finish = data["choices"][0].get("finish_reason") or "stop"
+        usage = data.get("usage") or {}
+        # OpenAI says "stop" for EOS and for a stop string alike; without stop strings it is EOS.
+        reason = "length" if finish == "length" else ("stop" if settings.stop else "eos")
+        return Answer(str(text).strip(), reason, int(usage.get("prompt_tokens") or 0),
+                      int(usage.get("completion_tokens") or 0))
+
+    def _client(self) -> OpenAIClient:
+        return OpenAIClient(self.spec.url, self.spec.model, api_keys=self.api_keys, rpm=self.rpm,
+                            max_connections=self.workers, name=f"model {self.name}:")
+
+    def describe(self) -> dict[str, Any]:
+        """How the model was asked (metrics.json ``models.NAME.endpoint``)."""
+        return {"url": self.spec.url, "model": self.spec.model, "run": self.spec.run, "mode": self.mode,
+                "template": self.template.name, "requests": self.requests}
+
+
+def _key(prompt: Any, settings: GenerationSettings) -> str:
+    what = {"prompt": prompt, "max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+            "top_p": settings.top_p, "stop": list(settings.stop), "seed": settings.seed,
+            "repetition_penalty": settings.repetition_penalty}
+    return hashlib.sha256(json.dumps(what, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+
+
+def _read_journal(path: Path) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    if not path.exists():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the line a kill cut off
+        key = row.pop("key", None)
+        if key:
+            done[key] = row
+    return done
+
+
+def journal_path(out: Path, name: str) -> Path:
+    return Path(out) / f".answers-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.jsonl"
+
+
+def open_endpoint(name: str, spec: EndpointSpec, *, template: str | None, default_template: Template | None,
+                  api_keys: list[str] | None = None, workers: int = 8, rpm: float | None = None) -> EndpointModel:
+    """Check the endpoint before any generation (reachable, key accepted, model served: else
+    one error line naming the model) and decide its mode and template (module docstring)."""
+    run = None
+    if spec.run:
+        run = RunInfo.read(spec.run)
+        if run is None:
+            raise KotuneError(f"model {name}: {spec.run} is not a kotune run or export (no kotune.json)")
+    client = OpenAIClient(spec.url, spec.model, api_keys=list(api_keys or []), name=f"model {name}:")
+
+    async def listed() -> list[dict[str, Any]]:
+        async with client:
+            return await client.list_models()
+
+    models = asyncio.run(listed())
+    entry = next((m for m in models if m["id"] == spec.model), None)
+    if entry is None:
+        served = ", ".join(m["id"] for m in models) or "nothing"
+        raise KotuneError(f"model {name}: {spec.url} does not serve {spec.model!r} (it serves: {served})")
+    announced = entry.get("kotune") if isinstance(entry.get("kotune"), dict) else None
+    own = run if run is not None else (RunInfo(template=announced["template"])  # a run behind kotune serve
+                                       if announced and announced.get("template") else None)
+    tmpl = decide_template(own, template, default=default_template, spec=str(spec))
+    # The prompt is rendered here only for a server that serves it as trained: a run named
+    # by @RUN, or kotune serve (which announces itself); chat templates need the server's tokenizer.
+    mode = spec.mode or ("completions" if (run is not None or announced is not None) and tmpl.name != "chat" else "chat")
+    if mode == "completions" and tmpl.name == "chat":
+        raise KotuneError(f"model {name}: the chat template is rendered by the server's tokenizer: use ?mode=chat")
+    return EndpointModel(name, spec, mode, tmpl, run, own is not None, list(api_keys or []), max(1, workers), rpm)
+
+
+__all__ = ["EndpointModel", "EndpointSpec", "MODES", "PREFIX", "is_endpoint", "journal_path", "open_endpoint"]

@@ -1,0 +1,102 @@
+"""General ability (forgetting): lm-evaluation-harness tasks on every compared model.
+
+Domain fine-tuning can quietly damage general ability. Korean teams check it with
+KMMLU, HAE-RAE Bench or KoBEST, which lm-evaluation-harness has as tasks
+(``kmmlu``, ``haerae``, ``kobest``, ``click``). ``kotune eval --benchmark
+kmmlu,kobest`` runs them through lm-eval's Python API (the optional extra
+``kotune[bench]``) on every local model of the evaluation, loaded by kotune's
+resolver (base + adapter, GGUF, builtins) and handed to lm-eval's ``HFLM``; the
+report gets a "general ability" table with each model's delta against the first
+model, flagged when it lost more than ``margin``.
+
+``--benchmark-data DIR`` is for machines without hub access: task YAMLs in DIR
+(with their data files) are added to lm-eval's tasks and replace those of the
+same name. Endpoint models are listed as not run: lm-eval's loglikelihood tasks
+need prompt log-probabilities (``echo`` with ``logprobs``), which kotune serve
+does not return.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from kotune.errors import KotuneError
+
+DEFAULT_MARGIN = 0.02  # absolute accuracy a tuned model may lose before the report flags it
+_PREFERRED = ("acc_norm,none", "acc,none", "exact_match,none", "f1,none", "mcc,none")
+
+
+def _lm_eval():
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise KotuneError("--benchmark needs lm-evaluation-harness: pip install 'kotune[bench]'") from None
+    return simple_evaluate, HFLM, TaskManager
+
+
+def parse_tasks(value: str | None) -> list[str]:
+    return [t.strip() for t in (value or "").split(",") if t.strip()]
+
+
+def task_manager(tasks: list[str], data_dir: str | Path | None = None) -> Any:
+    """lm-eval's task registry with ``data_dir``'s tasks added; checked before any model runs:
+    a missing extra, a missing folder or an unknown task is one line."""
+    _, _, TaskManager = _lm_eval()
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise KotuneError("no such folder (--benchmark-data)", path=data_dir)
+    manager = TaskManager(include_path=str(data_dir) if data_dir else None)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise KotuneError(f"--benchmark: unknown task {unknown[0]!r} (lm-eval has e.g. kmmlu, haerae, kobest; "
+                          "a local task's YAML goes in --benchmark-data DIR)")
+    from lm_eval.tasks import get_task_dict
+
+    try:  # loads (or finds cached) every task's data now, not after the answers
+        get_task_dict(list(tasks), manager)
+    except (OSError, ValueError, ConnectionError) as e:  # datasets' "couldn't reach", missing files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise KotuneError(f"--benchmark {','.join(tasks)}: the task data could not be loaded ({first}); "
+                          "on a machine without hub access put the task YAML and its data in "
+                          "--benchmark-data DIR") from None
+    return manager
+
+
+def run_benchmarks(models: list[tuple[str, str]], tasks: list[str], manager: Any, *, limit: int | None = None,
+                   batch_size: int = 8, margin: float = DEFAULT_MARGIN,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every task on every local model; ``{"tasks": {task: {"metric", "models": {name: score}}}, ...}``."""
+    from kotune.endpoint import is_endpoint
+    from kotune.resolver import load_model, resolve
+
+    simple_evaluate, HFLM, _ = _lm_eval()
+    result: dict[str, Any] = {"tasks": {}, "baseline": None, "margin": margin, "not_run": {}}
+    for name, spec in models:
+        if is_endpoint(spec):
+            result["not_run"][name] = "an endpoint model: lm-eval's tasks need prompt log-probabilities"
+            continue
+        result["baseline"] = result["baseline"] or name
+        log(f"general ability: {', '.join(tasks)} on {name} ...")
+        r = resolve(spec, log=log)
+        adapters = [("default", r.ref.adapter)] if r.ref.adapter else []
+        model = load_model(r.ref.base, r.load, adapters=adapters, vocab=len(r.tokenizer))
+        lm = HFLM(pretrained=model, tokenizer=r.tokenizer, batch_size=batch_size, device=r.load.device)
+        out = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=False,
+                              bootstrap_iters=0)
+        for task, values in (out or {}).get("results", {}).items():
+            metric = next((k for k in _PREFERRED if isinstance(values.get(k), (int, float))),
+                          next((k for k, v in values.items() if isinstance(v, (int, float)) and "stderr" not in k), None))
+            if metric is None:
+                continue
+            entry = result["tasks"].setdefault(task, {"metric": metric.split(",")[0], "models": {}})
+            entry["models"][name] = round(float(values[metric]), 4)
+        del lm, model
+    base = result["baseline"]
+    result["flagged"] = sorted({f"{name} {task}" for task, e in result["tasks"].items() for name, v in e["models"].items()
+                                if base and name != base and base in e["models"] and e["models"][base] - v > margin})
+    return result
+
+
+__all__ = ["DEFAULT_MARGIN", "parse_tasks", "run_benchmarks", "task_manager"]
