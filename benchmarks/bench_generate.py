@@ -3,8 +3,10 @@
 Side by side in one run, same model, same 64 questions, same greedy settings:
   (a) the insurance seed's evaluate loop: transformers.pipeline("text-generation"), one prompt per call;
   (b) kotune Generator with batch_size=1;
-  (c) kotune Generator batched (left padding, length-sorted batches).
-Checks that (b) and (c) give identical greedy answers, and writes a section of
+  (c) kotune Generator batched (left padding, length-sorted batches);
+  (d) the same model behind `kotune serve` (continuous batching), asked by `kotune eval`'s
+      endpoint client (openai:URL#MODEL, /v1/completions with the same prompts) with 8 workers.
+Checks that (b), (c) and (d) give identical greedy answers, and writes a section of
 benchmarks/RESULTS.md between markers.
 
     python benchmarks/bench_generate.py --model builtin:tiny-ko --write benchmarks/RESULTS.md
@@ -13,9 +15,14 @@ benchmarks/RESULTS.md between markers.
 from __future__ import annotations
 
 import argparse
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from datetime import date
 from pathlib import Path
 
@@ -36,6 +43,31 @@ def questions(n: int) -> list[str]:
     return (qs * (n // max(len(qs), 1) + 1))[:n]
 
 
+class _serve:
+    """`python -m kotune serve --model MODEL` on a free loopback port, up once /health answers."""
+
+    def __init__(self, model: str):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "kotune", "serve", "--model", model, "--port", str(port)],
+                                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    sys.exit(f"kotune serve exited with {self.proc.returncode}")
+                time.sleep(0.5)
+        sys.exit("kotune serve did not come up")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="builtin:tiny-ko")
@@ -43,6 +75,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=8, help="concurrent requests of the served variant")
     ap.add_argument("--write", type=Path, default=None)
     args = ap.parse_args()
 
@@ -70,8 +103,22 @@ def main() -> None:
     def kotune_batched():
         return [a.text for a in gen.generate(prompts, settings, batch_size=args.batch_size)]
 
+    server = _serve(args.model)
+    from kotune.endpoint import EndpointSpec, open_endpoint
+
+    ep = open_endpoint("served", EndpointSpec.parse(f"openai:{server.url}/v1#{args.model}"), template="kotune",
+                       default_template=None, workers=args.workers)
+    assert ep.mode == "completions", ep.mode
+    work = Path(tempfile.mkdtemp(prefix="kotune-bench-gen-"))
+
+    def kotune_served():
+        journal = work / "answers.jsonl"
+        journal.unlink(missing_ok=True)  # every repeat asks again
+        return [a.text for a in ep.answer(prompts, settings, journal)]
+
     variants = {"seed loop (pipeline, one at a time)": seed_loop, "kotune batch_size=1": kotune_alone,
-                f"kotune batched (batch_size={args.batch_size})": kotune_batched}
+                f"kotune batched (batch_size={args.batch_size})": kotune_batched,
+                f"kotune serve, eval endpoint client ({args.workers} workers)": kotune_served}
     times: dict[str, list[float]] = {k: [] for k in variants}
     outputs: dict[str, list[str]] = {}
     for _ in range(args.repeats):
@@ -79,10 +126,12 @@ def main() -> None:
             t = time.perf_counter()
             outputs[name] = fn()
             times[name].append(time.perf_counter() - t)
+    server.stop()
+    shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med["seed loop (pipeline, one at a time)"]
     names = list(variants)
-    identical = outputs[names[1]] == outputs[names[2]]
+    identical = outputs[names[1]] == outputs[names[2]] == outputs[names[3]]
     cmd = "python benchmarks/bench_generate.py " + " ".join(sys.argv[1:])
     lines = [
         "## Evaluation throughput: batched generation vs one question at a time",
@@ -96,10 +145,12 @@ def main() -> None:
     ]
     for name in names:
         lines.append(f"| {name} | {med[name]:.2f} | {len(prompts) / med[name]:.2f} | {base / med[name]:.2f}× |")
-    lines += ["", f"Greedy answers identical between kotune batch_size=1 and batched: **{identical}**."]
+    lines += ["", f"Greedy answers identical between kotune batch_size=1, batched and served: **{identical}**.",
+              "The served row is the whole HTTP path `kotune eval` takes for an `openai:URL#MODEL` model (its own",
+              "process for the server, JSON over loopback, continuous batching in the server), on the same cores."]
     publish("\n".join(lines) + "\n", args.write, "bench_generate")
     if not identical:
-        sys.exit("batched and one-at-a-time greedy answers differ")
+        sys.exit("one-at-a-time, batched and served greedy answers differ")
 
 
 if __name__ == "__main__":
