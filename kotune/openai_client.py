@@ -134,7 +134,7 @@ class TokenBucket:
                 now = self.clock()
                 self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
                 self.last = now
-                if self.tokens >= 1:
+                if self.tokens >= 1 - 1e-9:  # float sums of elapsed * rate land a hair under 1
                     self.tokens -= 1
                     return
                 await self.sleep((1 - self.tokens) / self.rate)
