@@ -69,7 +69,7 @@ def run_benchmarks(models: list[tuple[str, str]], tasks: list[str], manager: Any
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every task on every local model; ``{"tasks": {task: {"metric", "models": {name: score}}}, ...}``."""
     from kotune.endpoint import is_endpoint
-    from kotune.resolver import load_model, resolve
+    from kotune.resolver import load_resolved, resolve
 
     simple_evaluate, HFLM, _ = _lm_eval()
     result: dict[str, Any] = {"tasks": {}, "baseline": None, "margin": margin, "not_run": {}}
@@ -80,8 +80,7 @@ def run_benchmarks(models: list[tuple[str, str]], tasks: list[str], manager: Any
         result["baseline"] = result["baseline"] or name
         log(f"general ability: {', '.join(tasks)} on {name} ...")
         r = resolve(spec, log=log)
-        adapters = [("default", r.ref.adapter)] if r.ref.adapter else []
-        model = load_model(r.ref.base, r.load, adapters=adapters, vocab=len(r.tokenizer))
+        model = load_resolved(r)
         lm = HFLM(pretrained=model, tokenizer=r.tokenizer, batch_size=batch_size, device=r.load.device)
         out = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=False,
                               bootstrap_iters=0)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from kotune.models import ModelRef
-from kotune.resolver import Resolved, load_model, resolve
+from kotune.resolver import Resolved, load_resolved, resolve
 from kotune.templates import Template, encode_prompt
 
 
@@ -120,9 +120,7 @@ class Generator:
                  instruct_chat: bool = False, device: str | None = None, log=print):
         resolved = resolve(spec, template=template, default_template=default_template, instruct_chat=instruct_chat,
                            device=device, log=log)
-        adapters = [("default", resolved.ref.adapter)] if resolved.ref.adapter else []
-        model = load_model(resolved.ref.base, resolved.load, adapters=adapters, vocab=len(resolved.tokenizer))
-        self._bind(resolved, model)
+        self._bind(resolved, load_resolved(resolved))
 
     @classmethod
     def over(cls, resolved: Resolved, model: Any) -> "Generator":

@@ -98,6 +98,13 @@ def resolve(spec: str, *, template: str | None = None, default_template: Templat
     return Resolved(ref, tmpl, eos, pad, LoadOptions(dev, pick_dtype(dev), trust), tokenizer)
 
 
+def load_resolved(resolved: Resolved):
+    """The model a resolved argument names: its base with its own adapter (if any) attached,
+    embeddings sized to its tokenizer. What Generator and the general-ability check load."""
+    adapters = [("default", resolved.ref.adapter)] if resolved.ref.adapter else []
+    return load_model(resolved.ref.base, resolved.load, adapters=adapters, vocab=len(resolved.tokenizer))
+
+
 def load_model(base: str, load: LoadOptions, *, adapters: list[tuple[str, str]] = (), vocab: int | None = None,
                dtype: Any = None):
     """The base weights, embeddings resized to the run's tokenizer (``vocab``: training
