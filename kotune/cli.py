@@ -128,12 +128,16 @@ def split(
 # ---------------------------------------------------------------- training
 @app.command()
 def train(
-    base_model: str = typer.Option("builtin:tiny-ko", "--base-model", "--base_model", help="HF id, local folder, .gguf file, builtin:tiny-ko or builtin:gemma-3-270m."),
-    data: Path = typer.Option(..., "--data", "--data_path", "--data-path", help="Training records (.jsonl .json .csv)."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", "--base_model", help="HF id, local folder, .gguf file, builtin:tiny-ko or builtin:gemma-3-270m (default builtin:tiny-ko; with --from, the run's base)."),
+    data: Path = typer.Option(..., "--data", "--data_path", "--data-path", help="Training records (.jsonl .json .csv); for preference methods, pairs {instruction, chosen, rejected} (or TRL's formats) or labelled answers {prompt, completion, label} (KTO)."),
     output_dir: Path = typer.Option(..., "--output-dir", "--output_dir", "-o", help="Run folder: adapter, tokenizer, kotune.json."),
-    method: str = typer.Option(TrainOptions.default("method"), "--method", help="lora | qlora (4-bit NF4) | full."),
+    method: str = typer.Option(TrainOptions.default("method"), "--method", help="lora | qlora (4-bit NF4) | full; or preference tuning: dpo | orpo | kto | simpo."),
+    from_run: Optional[Path] = typer.Option(None, "--from", help="Preference methods: the SFT run to start from (its adapter, base, template; the reference model for DPO/KTO)."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Preference methods: lora | qlora | full weights (default: the --from run's, else lora)."),
+    beta: Optional[float] = typer.Option(None, "--beta", help="Preference methods: strength of the preference (default DPO/KTO/ORPO 0.1, SimPO 2.0)."),
+    sft_weight: Optional[float] = typer.Option(None, "--sft-weight", help="DPO/SimPO: weight of the chosen answers' NLL beside the preference loss, which keeps them (and their EOS) likely (default DPO 1.0, SimPO 0)."),
     preset: str = typer.Option(TrainOptions.default("preset"), "--preset", help="fast | balanced | quality | memory_efficient."),
-    template: str = typer.Option(TrainOptions.default("template"), "--template", help="kotune | alpaca | koalpaca | rag | chat."),
+    template: Optional[str] = typer.Option(None, "--template", help="kotune | alpaca | koalpaca | rag | chat (default kotune; with --from, the run's)."),
     system_prompts: Optional[Path] = typer.Option(None, "--system-prompts", help="JSON {category: system prompt} for --template chat."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Override the preset."),
     learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--learning_rate", help="Override the preset."),
@@ -163,10 +167,12 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT_DIR from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the kotune run in OUTPUT_DIR."),
 ) -> None:
-    """Fine-tune with LoRA, QLoRA or full SFT: prompt masked, EOS trained, template saved for inference."""
+    """Fine-tune with LoRA, QLoRA or full SFT, or preference-tune (DPO, ORPO, KTO, SimPO): prompt masked, EOS trained, template saved for inference."""
     targets = [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None
+    given = {k: v for k, v in (("template", template), ("adapter", adapter), ("beta", beta),
+                                                   ("sft_weight", sft_weight)) if v is not None}
     opts = TrainOptions.check(dict(
-        method=method, preset=preset, template=template, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+        **given, method=method, preset=preset, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
         grad_accum=grad_accum, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         lora_targets=targets, lora_mlp=lora_mlp, scheduler=scheduler, warmup_ratio=warmup_ratio, neftune_alpha=neftune_alpha,
         gradient_checkpointing=gradient_checkpointing, eval_split=eval_split, early_stopping=early_stopping,
@@ -174,7 +180,8 @@ def train(
         report_to=report_to, seed=seed))
     _quiet_libraries()
     steps.train(opts, base_model=base_model, data=data, output_dir=output_dir, system_prompts=system_prompts,
-                eval_data=eval_data, trust_remote_code=trust_remote_code, resume=resume, overwrite=overwrite)
+                eval_data=eval_data, trust_remote_code=trust_remote_code, resume=resume, overwrite=overwrite,
+                from_run=from_run)
 
 
 @app.command()

@@ -10,13 +10,14 @@ or the recipe field (``steps.train.batching: ...``), exit code 2.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kotune.errors import KotuneError
 
-METHODS = ("lora", "qlora", "full")
+METHODS = ("lora", "qlora", "full")                   # how the weights train (supervised fine-tuning)
+PREFERENCE_METHODS = ("dpo", "orpo", "kto", "simpo")    # preference tuning, on LoRA, QLoRA or full weights
 PRESET_NAMES = ("fast", "balanced", "quality", "memory_efficient")
 TEMPLATE_NAMES = ("kotune", "alpaca", "koalpaca", "rag", "chat")
 SCHEDULER_NAMES = ("cosine", "linear", "constant_with_warmup")
@@ -127,7 +128,12 @@ class SplitOptions(Options):
 class TrainOptions(Options):
     """Fine-tuning hyper-parameters (``kotune train``; ``steps.train`` in a recipe)."""
 
-    method: Literal[METHODS] = "lora"  # type: ignore[valid-type]
+    default_base_model: ClassVar[str] = "builtin:tiny-ko"
+
+    method: Literal[METHODS + PREFERENCE_METHODS] = "lora"  # type: ignore[valid-type]
+    adapter: Optional[Literal[METHODS]] = None  # type: ignore[valid-type]  # preference methods: lora | qlora | full
+    beta: Optional[float] = Field(None, gt=0)   # preference strength (default per method: DPO/KTO/ORPO 0.1, SimPO 2)
+    sft_weight: Optional[float] = Field(None, ge=0)  # DPO/SimPO: weight of the chosen answers' NLL (default DPO 1, SimPO 0)
     preset: Literal[PRESET_NAMES] = "balanced"  # type: ignore[valid-type]
     template: Literal[TEMPLATE_NAMES] = "kotune"  # type: ignore[valid-type]
     epochs: Optional[float] = Field(None, gt=0)
@@ -175,5 +181,5 @@ class EvalOptions(Options):
     forgetting_margin: float = Field(0.02, ge=0, le=1)   # a loss beyond this against the first model is flagged
 
 
-__all__ = ["problem", "BATCHING_NAMES", "EvalOptions", "GenerateOptions", "METHODS", "Options", "PRESET_NAMES", "PrepareOptions",
+__all__ = ["problem", "BATCHING_NAMES", "EvalOptions", "GenerateOptions", "METHODS", "Options", "PREFERENCE_METHODS", "PRESET_NAMES", "PrepareOptions",
            "REPORT_TO", "SCHEDULER_NAMES", "SplitOptions", "TEMPLATE_NAMES", "TrainOptions", "ValidateOptions"]

@@ -111,7 +111,7 @@ def parse_template_text(text: str) -> dict[str, str] | None:
     return out if "instruction" in out and "output" in out else None
 
 
-def _from_messages(messages: Any) -> dict[str, Any] | None:
+def from_messages(messages: Any) -> dict[str, Any] | None:
     if not isinstance(messages, list) or not messages:
         return None
     msgs = [m for m in messages if isinstance(m, dict) and "role" in m and "content" in m]
@@ -138,7 +138,7 @@ def normalize(raw: Mapping[str, Any], mapping: Mapping[str, str] | None = None) 
         key = (mapping or {}).get(k) or k
         row.setdefault(key, v)
     if "messages" in row and "output" not in row:
-        parsed = _from_messages(row.pop("messages"))
+        parsed = from_messages(row.pop("messages"))
         if parsed is None:
             return None
         row.update(parsed)

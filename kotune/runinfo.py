@@ -67,6 +67,24 @@ class GenerationInfo(_Part):
     pad_token_id: int | None = None
 
 
+class PreferenceInfo(_Part):
+    """A preference-tuned run: which method, from which SFT run, on which data, and the
+    held-out pairs' mean log-probability margin (chosen − rejected) before and after."""
+
+    method: str
+    beta: float | None = None
+    sft_weight: float | None = None
+    from_run: str | None = None
+    from_method: str | None = None
+    data: str | None = None
+    pairs: int = 0
+    labelled: int = 0
+    eval_margin_before: float | None = None
+    eval_margin_after: float | None = None
+    eval_reward_margin: float | None = None
+    eval_reward_accuracy: float | None = None
+
+
 class ExportedFrom(_Part):
     run: str
     method: str | None = None
@@ -97,6 +115,7 @@ class RunInfo(_Part):
     history: list[dict[str, Any]] = []
     generation: GenerationInfo | None = None
     exported_from: ExportedFrom | None = None
+    preference: PreferenceInfo | None = None
 
     # ------------------------------------------------------------ reading and writing
     @classmethod

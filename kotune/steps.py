@@ -161,10 +161,11 @@ def split(data: Path, train: Path, test: Path, opts: SplitOptions, *, mapping: d
 
 
 # ---------------------------------------------------------------- training
-def train(opts: TrainOptions, *, base_model: str, data: Path, output_dir: Path, system_prompts: Path | None = None,
+def train(opts: TrainOptions, *, base_model: str | None, data: Path, output_dir: Path, system_prompts: Path | None = None,
           eval_data: Path | None = None, trust_remote_code: bool = False, resume: bool = False,
-          overwrite: bool = False) -> None:
-    """Fine-tune with LoRA, QLoRA or full SFT: prompt masked, EOS trained, template saved for inference."""
+          overwrite: bool = False, from_run: Path | None = None) -> None:
+    """Fine-tune with LoRA, QLoRA or full SFT, or preference-tune (DPO, ORPO, KTO, SimPO),
+    from ``base_model`` or, for preference methods, from the SFT run ``from_run``."""
     import json
 
     from kotune.train import TrainConfig, train as run_train
@@ -177,14 +178,36 @@ def train(opts: TrainOptions, *, base_model: str, data: Path, output_dir: Path, 
             prompts = json.loads(read_text_file(system_prompts))
         except json.JSONDecodeError as e:
             raise KotuneError(f"invalid JSON ({e.msg})", path=system_prompts, line=e.lineno) from None
-    config = TrainConfig(base_model=base_model, data=str(data), output_dir=str(output_dir), system_prompts=prompts,
+    if from_run is not None and base_model is not None:
+        from kotune.preference import read_sft_run
+
+        run_base = read_sft_run(from_run).base_model
+        if base_model != run_base:
+            raise KotuneError(f"--base-model {base_model}: --from {from_run} was trained on {run_base}, and a preference "
+                              "run continues it on that base; drop --base-model")
+    config = TrainConfig(base_model=base_model or TrainOptions.default_base_model, data=str(data),
+                         output_dir=str(output_dir), system_prompts=prompts,
                          eval_data=str(eval_data) if eval_data else None, trust_remote_code=trust_remote_code,
+                         from_run=str(from_run) if from_run else None,
                          **opts.model_dump(include=set(TrainOptions.model_fields)))
-    info = run_train(config, resume=resume, overwrite=overwrite, log=_log)
+    if config.preference:
+        from kotune.preference import train_preference
+
+        info = train_preference(config, resume=resume, overwrite=overwrite,
+                                template_given="template" in opts.model_fields_set, log=_log)
+    else:
+        if from_run is not None:
+            raise KotuneError(f"--from starts preference tuning from an SFT run; --method {opts.method} is supervised "
+                              "(give --method dpo, orpo, kto or simpo)")
+        info = run_train(config, resume=resume, overwrite=overwrite, log=_log)
     if info.complete and info.final:
         f = info.final
+        extra = ""
+        p = info.preference
+        if p is not None and p.eval_margin_after is not None:
+            extra = f", held-out log-prob margin {p.eval_margin_before} → {p.eval_margin_after}"
         done(f"trained in {f.seconds} s ({f.steps} steps): train loss {f.train_loss}, "
-             f"eval loss {f.eval_loss} → {output_dir}")
+             f"eval loss {f.eval_loss}{extra} → {output_dir}")
 
 
 def doctor(run_dir: Path | None = None, *, base_model: str | None = None, data: Path | None = None,

@@ -147,6 +147,34 @@ def eos_ids(tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
+def encode_answer(tokenizer: Any, template: Template, text: str) -> list[int]:
+    """An answer's token ids as training supervises them: the template's completion
+    form (KoAlpaca's leading space) followed by EOS."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise KotuneError("the tokenizer has no EOS token; set one (tokenizer.eos_token) before training")
+    return list(tokenizer(template.completion(text), add_special_tokens=False)["input_ids"]) + [eos]
+
+
+def _fit(prompt_ids: list[int], answer_ids: list[int], max_length: int, eos: int) -> tuple[list[int], list[int], bool]:
+    """Cut a prompt + answer to ``max_length``: the answer keeps its end (EOS) and at most
+    half the budget, the prompt loses tokens from the left."""
+    truncated = len(prompt_ids) + len(answer_ids) > max_length
+    if truncated:
+        if len(answer_ids) >= max_length // 2:
+            answer_ids = answer_ids[: max_length // 2 - 1] + [eos]
+        keep = max_length - len(answer_ids)
+        prompt_ids = prompt_ids[-keep:] if keep > 0 else []
+    return prompt_ids, answer_ids, truncated
+
+
+def record_prompt(tokenizer: Any, template: Template, record: Any) -> list[int]:
+    """The prompt token ids of a record (instruction, input, category, chat history)."""
+    prompt = template.prompt(record.instruction, record.input, category=record.category, tokenizer=tokenizer,
+                             history=record.extra.get("history"))
+    return encode_prompt(tokenizer, prompt, template)
+
+
 def encode_example(tokenizer: Any, template: Template, record: Any, max_length: int) -> dict[str, Any]:
     """One training sample: ``input_ids``, ``labels`` (prompt masked, EOS trained), ``truncated``.
 
@@ -156,20 +184,33 @@ def encode_example(tokenizer: Any, template: Template, record: Any, max_length: 
     from the left; an answer that alone exceeds ``max_length`` is cut and still
     ends with EOS.
     """
-    prompt = template.prompt(record.instruction, record.input, category=record.category, tokenizer=tokenizer,
-                             history=record.extra.get("history"))
-    prompt_ids = encode_prompt(tokenizer, prompt, template)
-    answer_ids = list(tokenizer(template.completion(record.output), add_special_tokens=False)["input_ids"])
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise KotuneError("the tokenizer has no EOS token; set one (tokenizer.eos_token) before training")
-    answer_ids = answer_ids + [eos]
-    truncated = len(prompt_ids) + len(answer_ids) > max_length
-    if truncated:
-        if len(answer_ids) >= max_length // 2:
-            answer_ids = answer_ids[: max_length // 2 - 1] + [eos]
-        keep = max_length - len(answer_ids)
-        prompt_ids = prompt_ids[-keep:] if keep > 0 else []
+    prompt_ids, answer_ids, truncated = _fit(record_prompt(tokenizer, template, record),
+                                             encode_answer(tokenizer, template, record.output), max_length,
+                                             tokenizer.eos_token_id)
     input_ids = prompt_ids + answer_ids
     labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
     return {"input_ids": input_ids, "labels": labels, "truncated": truncated}
+
+
+def encode_preference(tokenizer: Any, template: Template, record: Any, max_length: int) -> dict[str, Any]:
+    """One preference sample, tokenized as :func:`encode_example` tokenizes an SFT one:
+    ``prompt_ids`` (the template's prompt, never supervised) and, for a pair,
+    ``chosen_ids``/``rejected_ids``, for a labelled answer (KTO) ``completion_ids`` and
+    ``label``; every answer ends with EOS. ``record`` is a
+    :class:`kotune.data.preferences.PreferenceRecord`."""
+    prompt = record_prompt(tokenizer, template, record)
+    eos = tokenizer.eos_token_id
+    out: dict[str, Any] = {}
+    truncated = False
+    sides = (("chosen", record.chosen), ("rejected", record.rejected)) if record.paired else (("completion", record.completion),)
+    keep = len(prompt)
+    for side, text in sides:
+        p, a, cut = _fit(prompt, encode_answer(tokenizer, template, text), max_length, eos)
+        out[f"{side}_ids"] = a
+        keep = min(keep, len(p))
+        truncated |= cut
+    out["prompt_ids"] = prompt[len(prompt) - keep:] if keep else []  # one prompt that fits both sides
+    if not record.paired:
+        out["label"] = bool(record.label)
+    out["truncated"] = truncated
+    return out

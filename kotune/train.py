@@ -28,7 +28,7 @@ from typing import Any
 
 from kotune import __version__
 from kotune.errors import KotuneError
-from kotune.options import TrainOptions
+from kotune.options import METHODS, PREFERENCE_METHODS, TrainOptions
 from kotune.runinfo import DataInfo, FinalInfo, GenerationInfo, RunInfo, TemplateInfo
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -40,6 +40,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                          "gradient_checkpointing": True},
 }
 FULL_LR_SCALE = 0.1
+# Preference tuning moves a model that already answers well: steps a quarter of SFT's
+# (DPO papers use 5e-7..5e-6 for full weights, 5e-6..5e-5 for LoRA).
+PREFERENCE_LR_SCALE = 0.25
+PREFERENCE_BETA = {"dpo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}  # TRL's / the papers' defaults
+# DPO alone lowers the chosen answers' likelihood along with the rejected ones' (the margin
+# grows while both fall), and with it the probability of EOS after a good answer: measured
+# on tiny-ko, a DPO run from an SFT run with eos_rate 0.93 answered with eos_rate 0.0.
+# The chosen answers' NLL beside the preference loss (RPO, Pang et al. 2024: weight 1)
+# keeps them likely. SimPO is run as published (no NLL term) unless asked.
+PREFERENCE_SFT_WEIGHT = {"dpo": 1.0, "simpo": 0.0}
 BATCHING = ("auto", "group_by_length", "padding_free")
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
 MAX_AUTO_EPOCHS = 30  # min_steps never makes a run pass over its data more often than this
@@ -58,7 +68,11 @@ class TrainConfig:
     base_model: str
     data: str
     output_dir: str
-    method: str = _default("method")                 # lora | qlora | full
+    method: str = _default("method")                 # lora | qlora | full | dpo | orpo | kto | simpo
+    adapter: str | None = _default("adapter")        # preference methods: lora | qlora | full weights
+    beta: float | None = _default("beta")            # preference methods: strength of the preference
+    sft_weight: float | None = _default("sft_weight")  # DPO/SimPO: NLL on chosen answers beside the preference loss
+    from_run: str | None = None                      # preference methods: the SFT run to start from
     preset: str = _default("preset")
     template: str = _default("template")
     system_prompts: dict[str, str] = field(default_factory=dict)
@@ -97,18 +111,34 @@ class TrainConfig:
         hints = hints or {}
         if self.preset not in PRESETS:
             raise KotuneError(f"unknown preset {self.preset!r}; one of {', '.join(PRESETS)}")
-        if self.method not in ("lora", "qlora", "full"):
-            raise KotuneError(f"unknown method {self.method!r}; one of lora, qlora, full")
+        if self.method not in METHODS + PREFERENCE_METHODS:
+            raise KotuneError(f"unknown method {self.method!r}; one of {', '.join(METHODS + PREFERENCE_METHODS)}")
+        if self.adapter is not None and not self.preference:
+            raise KotuneError(f"--adapter applies to preference methods ({', '.join(PREFERENCE_METHODS)}); "
+                              f"for supervised fine-tuning use --method {self.adapter}")
+        if self.from_run is not None and not self.preference:
+            raise KotuneError("--from starts preference tuning from an SFT run: give --method "
+                              f"{' | '.join(PREFERENCE_METHODS)}")
         for option, value, allowed in (("--batching", self.batching, BATCHING), ("--scheduler", self.scheduler, SCHEDULERS)):
             if value not in allowed:  # an unknown value must not quietly train some other way
                 raise KotuneError(f"unknown {option} {value!r}; one of {', '.join(allowed)}")
         c = dataclasses.replace(self)
+        if self.preference:
+            c.adapter = self.adapter or "lora"
+            if c.beta is None:
+                c.beta = PREFERENCE_BETA[self.method]
+            if self.method not in PREFERENCE_SFT_WEIGHT and self.sft_weight is not None:
+                raise KotuneError(f"--sft-weight applies to dpo and simpo; {self.method} "
+                                  f"{'has its own NLL term' if self.method == 'orpo' else 'has none'}")
+            if c.sft_weight is None:
+                c.sft_weight = PREFERENCE_SFT_WEIGHT.get(self.method)
         for k, v in PRESETS[self.preset].items():
             if getattr(c, k) is None:
                 setattr(c, k, v)
         if self.learning_rate is None:
             c.learning_rate = (c.learning_rate * hints.get("learning_rate_scale", 1.0)
-                               * (FULL_LR_SCALE if self.method == "full" else 1.0))
+                               * (FULL_LR_SCALE if c.weights == "full" else 1.0)
+                               * (PREFERENCE_LR_SCALE if self.preference else 1.0))
         if self.epochs is None:
             c.epochs = c.epochs * hints.get("epochs_scale", 1.0)
         if hints.get("lora_mlp") and not self.lora_targets:
@@ -119,8 +149,18 @@ class TrainConfig:
             # seed do). An 8B Llama at 2048 tokens otherwise keeps an estimated ~13 GB of activations
             # beside ~6 GB of 4-bit weights. Elsewhere speed wins: recomputing costs about a
             # third more compute, and on CPU it made TRL's defaults ~2x slower.
-            c.gradient_checkpointing = self.method == "qlora" and device == "cuda"
+            c.gradient_checkpointing = c.weights == "qlora" and device == "cuda"
         return c
+
+    @property
+    def preference(self) -> bool:
+        """Preference tuning (DPO, ORPO, KTO, SimPO) rather than supervised fine-tuning."""
+        return self.method in PREFERENCE_METHODS
+
+    @property
+    def weights(self) -> str:
+        """How the weights train: lora, qlora or full (``--method``, or ``--adapter`` for preference methods)."""
+        return (self.adapter or "lora") if self.preference else self.method
 
     def steps_per_epoch(self, n_train: int) -> int:
         return math.ceil(n_train / (self.batch_size * self.grad_accum))
@@ -221,7 +261,7 @@ def estimate(n_train: int, tokens: int, config: TrainConfig, model, trainable: i
     """Steps, seconds and memory before training starts.
 
     Time is per token: padding-free batches cost in proportion to their tokens, so
-    a measured forward+backward (``_time_per_token``) times the tokens of every
+    a measured forward+backward (``time_per_token``) times the tokens of every
     epoch, plus a forward-only pass over the eval data after each epoch (about half
     a LoRA step's cost: the frozen weights need no gradients, so backward is about
     one forward).
@@ -244,17 +284,27 @@ def estimate(n_train: int, tokens: int, config: TrainConfig, model, trainable: i
 
 
 # ---------------------------------------------------------------- main entry
-def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=print) -> RunInfo:
-    """Fine-tune and save to ``config.output_dir``; returns the run record written to kotune.json."""
-    import torch
+@dataclass
+class Start:
+    """What every training run (supervised or preference) decides before loading anything."""
+
+    config: TrainConfig
+    device: str
+    state: Any
+    base_path: str
+    epochs_given: bool
+    out: Path
+
+    @property
+    def main(self) -> bool:
+        return self.state.is_main_process
+
+
+def start(config: TrainConfig, log=print) -> Start:
+    """Device, process group, base weights, preset values and the logging folder."""
     from accelerate import PartialState
 
-    from kotune.io import sha256_file
-    from kotune.models import (base_source, ensure_pad_token, load_causal_lm, load_tokenizer, lora_targets,
-                               module_names, pick_device, resolve_base)
-    from kotune.templates import eos_ids, get_template
-
-    from kotune.models import training_hints
+    from kotune.models import pick_device, resolve_base, training_hints
 
     # cpu=True makes a CPU-only machine join the torchrun/accelerate process group
     # over gloo (DDP) instead of each process training alone.
@@ -263,7 +313,6 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     base_path = resolve_base(config.base_model, log=log if state.is_main_process else (lambda *_: None))
     epochs_given = config.epochs is not None
     config = config.resolved(training_hints(config.base_model), device=device)
-    main = state.is_main_process
     out = Path(config.output_dir)
     if config.report_to not in ("none", ""):
         import importlib.util
@@ -275,9 +324,177 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
             raise KotuneError(f"--report-to {config.report_to}: the {module} package is not installed (pip install {module})")
         # OUT/logs unless the user chose a folder (read once: in-process runs must not inherit the last OUT).
         os.environ["TENSORBOARD_LOGGING_DIR"] = _USER_TB_DIR or str(out / "logs")
+    if not Path(config.data).exists():
+        raise KotuneError("no such file", path=config.data)
+    return Start(config, device, state, base_path, epochs_given, out)
+
+
+def output_folder(s: Start, n_train: int, *, resume: bool, overwrite: bool) -> tuple[TrainConfig, str | None, Path | None]:
+    """Epochs raised for small data (``with_min_steps``), then the output folder checked:
+    the final config, why epochs changed, and the checkpoint to resume from."""
+    config, epochs_reason = s.config.with_min_steps(n_train, s.epochs_given)
+    resume_from = None
+    if s.main:
+        resume_from = prepare_output_dir(s.out, config, resume=resume, overwrite=overwrite)
+    s.state.wait_for_everyone()
+    if not s.main and resume:
+        resume_from = last_checkpoint(s.out)
+    return config, epochs_reason, resume_from
+
+
+def load_weights(config: TrainConfig, s: Start, tokenizer_path: str | None = None):
+    """Tokenizer and model to train (4-bit for QLoRA), with a pad token distinct from EOS.
+    Returns ``(tokenizer, model, added_pad)``."""
+    from kotune.models import ensure_pad_token, load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(tokenizer_path or s.base_path, config.trust_remote_code)
+    model = load_causal_lm(s.base_path, device=s.device if s.state.num_processes == 1 else "cpu",
+                           quantize_4bit=config.weights == "qlora", trust_remote_code=config.trust_remote_code)
+    if config.weights == "qlora" and s.device == "cpu":
+        # bitsandbytes repacks 4-bit weights into an inference-only layout on the first
+        # no-grad forward on CPUs with AVX512-BF16 (an eval pass) and never unpacks them,
+        # so the next training step fails ("a view of a leaf Variable ... in-place").
+        for m in model.modules():
+            if hasattr(m, "support_avx512bf16_for_cpu"):
+                m.support_avx512bf16_for_cpu = False
+    if len(tokenizer) != model.get_input_embeddings().weight.shape[0] and tokenizer.pad_token_id is not None \
+            and tokenizer.pad_token_id >= model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))  # a run's saved tokenizer with the pad it added
+    added_pad = ensure_pad_token(tokenizer, model)
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise KotuneError("pad token equals EOS after setup; EOS would be masked out of the loss")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model, added_pad
+
+
+def lora_config(config: TrainConfig, model, added_pad: bool):
+    """The LoRA adapter to train (None for full weights)."""
+    from kotune.models import lora_targets, module_names
+
+    if config.weights not in ("lora", "qlora"):
+        return None
+    from peft import LoraConfig
+
+    targets = config.lora_targets or lora_targets(model, config.lora_mlp)
+    missing = [t for t in targets if t not in module_names(model)]
+    if missing:
+        raise KotuneError(f"LoRA targets not in this model ({getattr(model.config, 'model_type', '?')}): "
+                          f"{', '.join(missing)}; it has e.g. {', '.join(lora_targets(model))}")
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM",
+                      modules_to_save=["embed_in", "embed_out"] if added_pad and model.config.model_type == "gpt_neox" else None)
+
+
+def trainer_arguments(config: TrainConfig, s: Start, *, has_eval: bool, early: bool) -> dict[str, Any]:
+    """The Trainer arguments every kotune run shares (TRL's SFT, DPO, KTO, ORPO and CPO
+    configs all extend ``TrainingArguments``): schedule, device precision, checkpoints,
+    logging. TRL 1.x defaults (bf16, gradient checkpointing) are replaced by the device's."""
+    import torch
+
+    use_bf16 = s.device == "cuda" and torch.cuda.is_bf16_supported()
+    return dict(
+        output_dir=str(s.out / "checkpoints"),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.scheduler,
+        warmup_steps=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        gradient_checkpointing=bool(config.gradient_checkpointing),
+        bf16=use_bf16,
+        fp16=False,
+        eval_strategy="epoch" if has_eval else "no",
+        # Best-model tracking (early stopping) needs saves aligned with evaluations.
+        save_strategy="epoch" if early else "steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        save_only_model=False,
+        logging_steps=config.logging_steps,
+        report_to=[] if config.report_to in ("none", "") else [config.report_to],
+        seed=config.seed,
+        data_seed=config.seed,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+        use_cpu=s.device == "cpu",
+        include_num_input_tokens_seen="non_padding",
+    )
+
+
+def run_trainer(trainer, info: RunInfo, s: Start, tokenizer, *, resume_from: Path | None, resume: bool,
+                has_eval: bool, before_save=None) -> tuple[RunInfo, dict[str, Any]]:
+    """Train (from ``resume_from`` when resuming), save the weights and tokenizer, and
+    complete the run record. ``before_save`` runs after training, before saving
+    (restoring attention switched for training). Returns the record and the final
+    evaluation's metrics."""
+    from kotune.templates import eos_ids
+
+    # The untuned model's eval loss, so the run reports what tuning changed.
+    initial_eval = trainer.evaluate()["eval_loss"] if has_eval and not resume else None
+    t0 = time.time()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    elapsed = time.time() - t0
+    final_eval = trainer.evaluate() if has_eval else {}
+    if before_save is not None:
+        before_save()
+    if trainer.is_world_process_zero():
+        trainer.model.save_pretrained(str(s.out))
+        tokenizer.save_pretrained(str(s.out))
+        history = [h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]
+        info.status = "complete"
+        seen = trainer.state.num_input_tokens_seen
+        info.final = FinalInfo(
+            train_loss=round(result.training_loss, 4),
+            eval_loss=round(final_eval["eval_loss"], 4) if "eval_loss" in final_eval else None,
+            initial_eval_loss=round(initial_eval, 4) if initial_eval is not None else None,
+            steps=trainer.state.global_step, seconds=round(elapsed, 1),
+            tokens_per_second=round(seen / max(elapsed, 1e-9), 1) if seen else None)
+        info.history = history
+        info.generation = GenerationInfo(eos_token_id=eos_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        info.write(s.out)
+    s.state.wait_for_everyone()
+    return info, final_eval
+
+
+def announce(info: RunInfo, config: TrainConfig, s: Start, what: str, est: dict[str, Any], n_train: int,
+             epochs_reason: str | None, log) -> None:
+    """Log the run's setup and estimate, and write its record (status running)."""
+    import torch
+
+    precision = "bf16" if s.device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if epochs_reason:
+        est["epochs_reason"] = epochs_reason
+    info.estimate = est
+    log(f"{what}; {info.trainable_parameters / 1e6:.2f}M trainable parameters; device {s.device}"
+        f"{f' x{s.state.num_processes} processes' if s.state.num_processes > 1 else ''}, "
+        f"{precision}, batching {info.batching}, attention {info.attention}"
+        f"{', gradient checkpointing' if config.gradient_checkpointing else ''}")
+    log(f"estimate: {est['steps']} optimizer steps ({config.epochs:g} epochs x {config.steps_per_epoch(n_train)}"
+        f" steps of {config.batch_size * config.grad_accum} records), ~{est['seconds'] or '?'} s, "
+        f"~{est['memory_gb']} GB memory")
+    if epochs_reason:
+        log(f"note: {epochs_reason}")
+    s.out.mkdir(parents=True, exist_ok=True)
+    info.write(s.out)
+
+
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=print) -> RunInfo:
+    """Fine-tune and save to ``config.output_dir``; returns the run record written to kotune.json.
+    Preference methods are :func:`kotune.preference.train_preference`."""
+    from kotune.io import sha256_file
+    from kotune.models import base_source
+    from kotune.templates import eos_ids, get_template
+
+    if config.preference:
+        raise KotuneError(f"--method {config.method} is preference tuning: kotune.preference.train_preference runs it")
+    s = start(config, log)
+    config, main, out, device = s.config, s.main, s.out, s.device
     data_path = Path(config.data)
-    if not data_path.exists():
-        raise KotuneError("no such file", path=data_path)
     template = get_template(config.template, config.system_prompts)
     records = load_training_records(config.data)
     check_template_fields(records, template, config.data)
@@ -286,41 +503,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         from kotune.data.split import stratified_split
 
         records, eval_records = stratified_split(records, test_size=config.eval_split, seed=config.seed)
-    config, epochs_reason = config.with_min_steps(len(records), epochs_given)
-    resume_from = None
-    if main:
-        resume_from = prepare_output_dir(out, config, resume=resume, overwrite=overwrite)
-    state.wait_for_everyone()
-    if not main and resume:
-        resume_from = last_checkpoint(out)
-
-    tokenizer = load_tokenizer(base_path, config.trust_remote_code)
-    model = load_causal_lm(base_path, device=device if state.num_processes == 1 else "cpu",
-                           quantize_4bit=config.method == "qlora", trust_remote_code=config.trust_remote_code)
-    if config.method == "qlora" and device == "cpu":
-        # bitsandbytes repacks 4-bit weights into an inference-only layout on the first
-        # no-grad forward on CPUs with AVX512-BF16 (an eval pass) and never unpacks them,
-        # so the next training step fails ("a view of a leaf Variable ... in-place").
-        for m in model.modules():
-            if hasattr(m, "support_avx512bf16_for_cpu"):
-                m.support_avx512bf16_for_cpu = False
-    added_pad = ensure_pad_token(tokenizer, model)
-    if tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise KotuneError("pad token equals EOS after setup; EOS would be masked out of the loss")
-    model.config.pad_token_id = tokenizer.pad_token_id
-
-    peft_config = None
-    if config.method in ("lora", "qlora"):
-        from peft import LoraConfig
-
-        targets = config.lora_targets or lora_targets(model, config.lora_mlp)
-        missing = [t for t in targets if t not in module_names(model)]
-        if missing:
-            raise KotuneError(f"LoRA targets not in this model ({getattr(model.config, 'model_type', '?')}): "
-                              f"{', '.join(missing)}; it has e.g. {', '.join(lora_targets(model))}")
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                 target_modules=targets, bias="none", task_type="CAUSAL_LM",
-                                 modules_to_save=["embed_in", "embed_out"] if added_pad and model.config.model_type == "gpt_neox" else None)
+    config, epochs_reason, resume_from = output_folder(s, len(records), resume=resume, overwrite=overwrite)
+    tokenizer, model, added_pad = load_weights(config, s)
+    peft_config = lora_config(config, model, added_pad)
 
     train_ds, truncated = tokenize_records(records, tokenizer, template, config.max_length)
     eval_ds = tokenize_records(eval_records, tokenizer, template, config.max_length)[0] if eval_records else None
@@ -342,48 +527,18 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     datasets.disable_progress_bars()
 
-    use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
     early = bool(config.early_stopping and eval_ds is not None)
     args = SFTConfig(
-        output_dir=str(out / "checkpoints"),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.scheduler,
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
+        **trainer_arguments(config, s, has_eval=eval_ds is not None, early=early),
         neftune_noise_alpha=config.neftune_alpha,
-        gradient_checkpointing=bool(config.gradient_checkpointing),
-        bf16=use_bf16,
-        fp16=False,
         # Samples are already cut to max_length by encode_example (answer and EOS kept);
         # TRL's padding-free collator wants max_length=None (no truncation of its own).
         max_length=None if batching == "padding_free" else config.max_length,
         padding_free=batching == "padding_free",
         train_sampling_strategy="group_by_length" if batching == "group_by_length" else "random",
-        eval_strategy="epoch" if eval_ds is not None else "no",
-        # Best-model tracking (early stopping) needs saves aligned with evaluations.
-        save_strategy="epoch" if early else "steps",
-        save_steps=config.save_steps,
-        save_total_limit=2,
-        load_best_model_at_end=early,
-        metric_for_best_model="eval_loss" if early else None,
-        save_only_model=False,
-        logging_steps=config.logging_steps,
         # Eval needs the loss only: without this Trainer gathers every position's logits
         # (262k floats per token on Gemma, ~1 MB each in fp32).
         prediction_loss_only=True,
-        report_to=[] if config.report_to in ("none", "") else [config.report_to],
-        seed=config.seed,
-        data_seed=config.seed,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        include_num_input_tokens_seen="non_padding",
-        dataset_num_proc=None,
-        use_cpu=device == "cpu",
     )
     # Padding-free rows need attention that keeps their samples apart; restored after
     # training, before anything is saved (the model is not used past this function).
@@ -410,52 +565,17 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         data=DataInfo(path=str(data_path), sha256=sha256_file(data_path), train_records=len(records),
                       eval_records=len(eval_records or []), truncated=truncated, train_tokens=tokens,
                       supervised_tokens=supervised),
-        device=device, processes=state.num_processes, batching=batching, attention=attention,
+        device=device, processes=s.state.num_processes, batching=batching, attention=attention,
         trainable_parameters=trainable,
     )
     if main:
         eval_tokens = sum(eval_ds["length"]) if eval_ds is not None else 0
-        est = estimate(len(records), tokens, config, trainer.model, trainable, _time_per_token(trainer, train_ds),
+        est = estimate(len(records), tokens, config, trainer.model, trainable, time_per_token(trainer, train_ds),
                        eval_tokens=eval_tokens)
-        if epochs_reason:
-            est["epochs_reason"] = epochs_reason
-        info.estimate = est
-        log(f"training {config.method} on {len(records)} records ({tokens} tokens, {supervised} supervised), "
-            f"eval {len(eval_records or [])}; {trainable / 1e6:.2f}M trainable parameters; device {device}"
-            f"{f' x{state.num_processes} processes' if state.num_processes > 1 else ''}, "
-            f"{'bf16' if use_bf16 else 'fp32'}, batching {batching}, attention {attention}"
-            f"{', gradient checkpointing' if config.gradient_checkpointing else ''}")
-        log(f"estimate: {est['steps']} optimizer steps ({config.epochs:g} epochs x {config.steps_per_epoch(len(records))}"
-            f" steps of {config.batch_size * config.grad_accum} records), ~{est['seconds'] or '?'} s, "
-            f"~{est['memory_gb']} GB memory")
-        if epochs_reason:
-            log(f"note: {epochs_reason}")
-        out.mkdir(parents=True, exist_ok=True)
-        info.write(out)
-
-    # The untuned model's eval loss, so the run reports what tuning changed.
-    initial_eval = trainer.evaluate()["eval_loss"] if eval_ds is not None and not resume else None
-    t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    elapsed = time.time() - t0
-    final_eval = trainer.evaluate() if eval_ds is not None else {}
-    attention_switch.close()
-
-    if trainer.is_world_process_zero():
-        trainer.model.save_pretrained(str(out))
-        tokenizer.save_pretrained(str(out))
-        history = [h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]
-        info.status = "complete"
-        info.final = FinalInfo(
-            train_loss=round(result.training_loss, 4),
-            eval_loss=round(final_eval["eval_loss"], 4) if "eval_loss" in final_eval else None,
-            initial_eval_loss=round(initial_eval, 4) if initial_eval is not None else None,
-            steps=trainer.state.global_step, seconds=round(elapsed, 1),
-            tokens_per_second=round(trainer.state.num_input_tokens_seen / max(elapsed, 1e-9), 1))
-        info.history = history
-        info.generation = GenerationInfo(eos_token_id=eos_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
-        info.write(out)
-    state.wait_for_everyone()
+        announce(info, config, s, f"training {config.method} on {len(records)} records ({tokens} tokens, "
+                 f"{supervised} supervised), eval {len(eval_records or [])}", est, len(records), epochs_reason, log)
+    info, _ = run_trainer(trainer, info, s, tokenizer, resume_from=resume_from, resume=resume,
+                          has_eval=eval_ds is not None, before_save=attention_switch.close)
     return info
 
 
@@ -508,7 +628,7 @@ def answer_only_head(base: type) -> type:
     return AnswerOnlyHeadTrainer
 
 
-def _time_per_token(trainer, ds, batches: int = 2) -> float | None:
+def time_per_token(trainer, ds, batches: int = 2) -> float | None:
     """Seconds per token of a training step (forward through kotune's loss and
     backward), measured on ``batches`` batches after one untimed warm-up batch: the
     first step pays for allocations and kernel selection, and timing it alone put
@@ -530,7 +650,7 @@ def _time_per_token(trainer, ds, batches: int = 2) -> float | None:
             model.zero_grad(set_to_none=True)
             if b:
                 spent += time.perf_counter() - t
-                seen += sum(len(r["input_ids"]) for r in rows)
+                seen += sum(r["length"] for r in rows)
         for metrics in trainer._metrics.values():
             metrics.clear()
         return spent / max(seen, 1)

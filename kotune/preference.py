@@ -1,0 +1,292 @@
+"""Preference tuning: DPO, KTO, ORPO and SimPO on TRL's trainers, with kotune's template contract.
+
+TRL does the optimisation (``DPOTrainer``, ``KTOTrainer``, and ``ORPOTrainer`` /
+``CPOTrainer`` with ``loss_type="simpo"`` from ``trl.experimental``). kotune
+adds what TRL leaves to the user, and why:
+
+- samples are tokenized by ``templates.encode_preference``, the tokenization SFT
+  uses: the prompt rendered with the run's template and never supervised, EOS
+  after the chosen and the rejected answer, pad distinct from EOS. TRL's own
+  tokenization would render prompts with the tokenizer's chat template (or take
+  text as is) and add EOS as text; the trainers below take kotune's tokens as
+  they are;
+- ``--from RUN`` starts from an SFT run: its adapter is the starting point, its
+  base, template and tokenizer are kept, and for DPO/KTO TRL copies the adapter
+  as the frozen reference ("ref" adapter), so the preference is learned
+  relative to the SFT model, not the base;
+- the run folder, checkpoints, resume, estimate, progress bar and run record are
+  those of supervised training (``kotune.train``); the record's ``preference``
+  section names the method, the SFT run and the preference data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+from typing import Any
+
+from kotune import __version__
+from kotune.errors import KotuneError
+from kotune.train import (TrainConfig, announce, estimate, load_weights, lora_config, output_folder,
+                          rich_training_progress, run_trainer, start, time_per_token, trainer_arguments)
+from kotune.runinfo import DataInfo, PreferenceInfo, RunInfo, TemplateInfo
+
+
+def read_sft_run(folder: str | Path) -> RunInfo:
+    """The SFT run ``--from`` names, or one line saying why it is not one."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise KotuneError("--from: not a folder (give the output folder of kotune train)", path=path)
+    info = RunInfo.read(path)
+    if info is None:
+        raise KotuneError("--from: not a kotune run (no kotune.json); give the output folder of kotune train", path=path)
+    if not info.complete:
+        raise KotuneError(f"--from: the run is {info.status}, not complete; finish it with kotune train --resume", path=path)
+    return info
+
+
+def starting_point(info: RunInfo, folder: Path, adapter: str | None) -> tuple[str, str]:
+    """``(base_model, weights)`` of a preference run that starts from the SFT run ``info``:
+    a LoRA/QLoRA run continues its adapter on its base; a full or merged run is the base."""
+    if info.is_full_weights:
+        return str(folder.resolve()), adapter or "lora"
+    if adapter == "full":
+        raise KotuneError(f"--adapter full from a {info.method} run: merge it first (kotune export {folder} --merge -o M) "
+                          "and give the merged folder as --from")
+    return info.base_model, adapter or info.method or "lora"
+
+
+# ---------------------------------------------------------------- trainers
+def _trainer_class(method: str):
+    """TRL's trainer for ``method``, taking kotune-tokenized samples as they are."""
+    import warnings
+
+    if method == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        class KotuneDPOTrainer(DPOTrainer):
+            def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+                return dataset  # prompt_ids / chosen_ids / rejected_ids from encode_preference
+
+        return KotuneDPOTrainer, DPOConfig
+    if method == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        class KotuneKTOTrainer(KTOTrainer):
+            def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+                if not self.calculate_KL:
+                    return dataset
+                # As TRL's own preparation does after tokenizing: the KL term's mismatched
+                # completions, rotated by one within each batch.
+                def add_kl(examples):
+                    examples["KL_completion_ids"] = [examples["completion_ids"][-1]] + examples["completion_ids"][:-1]
+                    return examples
+
+                return dataset.map(add_kl, batched=True, batch_size=args.per_device_train_batch_size)
+
+        return KotuneKTOTrainer, KTOConfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # trl.experimental announces itself on import
+        if method == "orpo":
+            from trl.experimental.orpo import ORPOConfig as Config, ORPOTrainer as Base
+        else:
+            from trl.experimental.cpo import CPOConfig as Config, CPOTrainer as Base
+
+    class KotunePairTrainer(Base):
+        def tokenize_row(self, feature, model=None):
+            # ORPO/CPO's row format, built from encode_preference's tokens: labels mask the prompt.
+            prompt = list(feature["prompt_ids"])
+            row = {"prompt_input_ids": prompt, "prompt_attention_mask": [1] * len(prompt)}
+            for side in ("chosen", "rejected"):
+                ids = prompt + list(feature[f"{side}_ids"])
+                row[f"{side}_input_ids"] = ids
+                row[f"{side}_attention_mask"] = [1] * len(ids)
+                row[f"{side}_labels"] = [-100] * len(prompt) + list(feature[f"{side}_ids"])
+            return row
+
+    KotunePairTrainer.__name__ = f"Kotune{Base.__name__}"
+    return KotunePairTrainer, Config
+
+
+def _method_arguments(config: TrainConfig) -> dict[str, Any]:
+    if config.method == "dpo":
+        losses = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, config.sft_weight]) if config.sft_weight else {}
+        return dict(beta=config.beta, max_length=None, precompute_ref_log_probs=False, **losses)
+    if config.method == "kto":
+        return dict(beta=config.beta, max_length=None)
+    if config.method == "orpo":
+        return dict(beta=config.beta, max_length=config.max_length * 2, max_completion_length=config.max_length)
+    # SimPO (Meng et al. 2024) as TRL runs it: CPO's trainer, the length-normalised margin loss, no BC term.
+    return dict(beta=config.beta, loss_type="simpo", cpo_alpha=config.sft_weight or 0.0, max_length=config.max_length * 2,
+                max_completion_length=config.max_length)
+
+
+# ---------------------------------------------------------------- data
+def encode_records(records, tokenizer, template, max_length: int):
+    """Records → a datasets.Dataset of kotune-tokenized preference samples, and how many were cut."""
+    from datasets import Dataset
+
+    from kotune.templates import encode_preference
+
+    rows = [encode_preference(tokenizer, template, r, max_length) for r in records]
+    truncated = sum(r.pop("truncated") for r in rows)
+    for r in rows:
+        answers = [len(r[k]) for k in ("chosen_ids", "rejected_ids", "completion_ids") if k in r]
+        r["length"] = len(r["prompt_ids"]) * len(answers) + sum(answers)  # tokens one step processes
+    return Dataset.from_list(rows), truncated
+
+
+def hold_out(records: list, share: float, seed: int) -> tuple[list, list]:
+    """A seeded share of the records for evaluation (none under 20 records or with share 0)."""
+    if share <= 0 or len(records) < 20:
+        return records, []
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n = max(1, round(len(records) * share))
+    held = set(order[:n])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def log_margins(model, tokenizer, template, records, max_length: int = 1024, batch_size: int = 8) -> list[float]:
+    """Per pair: log p(chosen) − log p(rejected) under ``model`` (sums over answer tokens,
+    EOS included), prompts rendered with ``template``. The preference a model holds."""
+    import torch
+
+    from kotune.templates import encode_preference
+
+    def logp(prompt: list[int], answer: list[int]) -> float:
+        ids = torch.tensor([prompt + answer], device=model.device)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, len(prompt) - 1:-1].float()
+        return torch.log_softmax(logits, -1).gather(1, ids[0, len(prompt):, None]).sum().item()
+
+    was_training = model.training
+    model.eval()
+    out = []
+    for r in records:
+        enc = encode_preference(tokenizer, template, r, max_length)
+        out.append(logp(enc["prompt_ids"], enc["chosen_ids"]) - logp(enc["prompt_ids"], enc["rejected_ids"]))
+    if was_training:
+        model.train()
+    return out
+
+
+# ---------------------------------------------------------------- the run
+def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                     template_given: bool = False, log=print) -> RunInfo:
+    """Preference-tune and save to ``config.output_dir`` (see the module docstring)."""
+    import dataclasses
+
+    from kotune.data.preferences import check_for_method, read_preferences
+    from kotune.io import sha256_file
+    from kotune.models import base_source
+    from kotune.resolver import decide_template
+    from kotune.templates import eos_ids, get_template
+
+    sft = None
+    sft_dir = Path(config.from_run) if config.from_run else None
+    if sft_dir is not None:
+        sft = read_sft_run(sft_dir)
+        base, weights = starting_point(sft, sft_dir, config.adapter)
+        config = dataclasses.replace(config, base_model=base, adapter=weights)
+    records = check_for_method(read_preferences(config.data), config.method, config.data)
+    eval_records = (check_for_method(read_preferences(config.eval_data), config.method, config.eval_data)
+                    if config.eval_data else None)
+    s = start(config, log)
+    config, main, out = s.config, s.main, s.out
+    if sft is not None:
+        template = decide_template(sft, config.template if template_given else None, spec=str(sft_dir))
+    else:
+        template = get_template(config.template, config.system_prompts)
+    if template.name == "rag" and any(not r.input.strip() for r in records):
+        raise KotuneError("template 'rag' needs the context in field \"input\" of every preference record", path=config.data)
+    if eval_records is None:
+        records, eval_records = hold_out(records, config.eval_split, config.seed)
+    config, epochs_reason, resume_from = output_folder(s, len(records), resume=resume, overwrite=overwrite)
+    continues = sft is not None and not sft.is_full_weights
+    tokenizer, model, added_pad = load_weights(config, s, tokenizer_path=str(sft_dir) if continues else None)
+    peft_config = None
+    if continues:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(sft_dir), is_trainable=True)
+    else:
+        peft_config = lora_config(config, model, added_pad)
+    ref_model = None
+    if config.weights == "full" and config.method in ("dpo", "kto"):
+        ref_model = load_weights(config, s, tokenizer_path=None)[1].eval()  # frozen copy of the starting weights
+
+    train_ds, truncated = encode_records(records, tokenizer, template, config.max_length)
+    eval_ds = encode_records(eval_records, tokenizer, template, config.max_length)[0] if eval_records else None
+    if truncated and main:
+        log(f"warning: {truncated} of {len(records)} records exceed --max-length {config.max_length} and were cut "
+            "(prompt from the left; answers keep their end and EOS)")
+
+    import datasets
+    from transformers import EarlyStoppingCallback
+    from transformers.trainer_callback import PrinterCallback
+
+    datasets.disable_progress_bars()
+    trainer_cls, config_cls = _trainer_class(config.method)
+    early = bool(config.early_stopping and eval_ds is not None)
+    common = trainer_arguments(config, s, has_eval=eval_ds is not None, early=early)
+    if config.method in ("orpo", "simpo"):  # their batches have no "input_ids" for Trainer to count
+        common["include_num_input_tokens_seen"] = "no"
+    args = config_cls(**common, **_method_arguments(config), remove_unused_columns=False)
+    callbacks = [EarlyStoppingCallback(config.early_stopping)] if early else []
+    if main:
+        callbacks.append(rich_training_progress())
+    kwargs = dict(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
+                  callbacks=callbacks)
+    if peft_config is not None:
+        kwargs["peft_config"] = peft_config
+    if ref_model is not None:
+        kwargs["ref_model"] = ref_model
+    with contextlib.redirect_stdout(None) if not main else contextlib.nullcontext():
+        trainer = trainer_cls(**kwargs)
+    trainer.remove_callback(PrinterCallback)
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    tokens = sum(train_ds["length"])
+    data_path = Path(config.data)
+    margins_before = None
+    info = RunInfo(
+        kotune_version=__version__, status="running", base_model=config.base_model,
+        base_source=base_source(config.base_model), method=config.weights, template=TemplateInfo.of(template),
+        eos_token_ids=eos_ids(tokenizer), config=config.fingerprint(),
+        data=DataInfo(path=str(data_path), sha256=sha256_file(data_path), train_records=len(records),
+                      eval_records=len(eval_records or []), truncated=truncated, train_tokens=tokens),
+        device=s.device, processes=s.state.num_processes, batching="padded", attention=model.config._attn_implementation,
+        trainable_parameters=trainable,
+        preference=PreferenceInfo(method=config.method, beta=config.beta, sft_weight=config.sft_weight,
+                                  from_run=str(sft_dir.resolve()) if sft_dir else None,
+                                  from_method=sft.method if sft else None,
+                                  data=str(data_path), pairs=sum(1 for r in records if r.paired),
+                                  labelled=sum(1 for r in records if not r.paired)),
+    )
+    pairs_eval = [r for r in (eval_records or []) if r.paired]
+    if main:
+        if pairs_eval and not resume:
+            margins_before = log_margins(trainer.model, tokenizer, template, pairs_eval, config.max_length)
+            info.preference.eval_margin_before = round(sum(margins_before) / len(margins_before), 4)
+        eval_tokens = sum(eval_ds["length"]) if eval_ds is not None else 0
+        # A preference step runs the policy (and the reference, without gradients) over both answers.
+        est = estimate(len(records), tokens, config, trainer.model, trainable, time_per_token(trainer, train_ds),
+                       eval_tokens=eval_tokens)
+        start_from = f" from {sft_dir}" if sft_dir else ""
+        nll = f", chosen NLL weight {config.sft_weight:g}" if config.sft_weight else ""
+        announce(info, config, s, f"{config.method} ({config.weights}{start_from}, beta {config.beta:g}{nll}) on "
+                 f"{len(records)} {'pairs' if records[0].paired else 'labelled answers'} ({tokens} tokens), "
+                 f"eval {len(eval_records or [])}", est, len(records), epochs_reason, log)
+    info, final_eval = run_trainer(trainer, info, s, tokenizer, resume_from=resume_from, resume=resume,
+                                   has_eval=eval_ds is not None)
+    if main and info.complete:
+        if pairs_eval:
+            after = log_margins(trainer.model, tokenizer, template, pairs_eval, config.max_length)
+            info.preference.eval_margin_after = round(sum(after) / len(after), 4)
+        if "eval_rewards/margins" in final_eval:  # TRL's: beta x (policy - reference) log-ratio margin
+            info.preference.eval_reward_margin = round(float(final_eval["eval_rewards/margins"]), 4)
+        if "eval_rewards/accuracies" in final_eval:
+            info.preference.eval_reward_accuracy = round(float(final_eval["eval_rewards/accuracies"]), 4)
+        info.write(out)
+    return info
