@@ -11,7 +11,7 @@ import typer
 
 from kotune import __version__
 from kotune.errors import KotuneError
-from kotune.options import (EvalOptions, GenerateOptions, PrepareOptions, SplitOptions, TrainOptions,
+from kotune.options import (EvalOptions, GenerateOptions, PairsOptions, PrepareOptions, SplitOptions, TrainOptions,
                             ValidateOptions)
 from kotune import steps
 from kotune.ui import console, done
@@ -245,6 +245,42 @@ def eval_(
     _quiet_libraries()
     steps.evaluate(questions, [m for item in models for m in item.split()], output, opts, context=context,
                    template=template, judge=judge, judge_model=judge_model, judge_api_key_env=judge_api_key_env)
+
+
+@app.command()
+def pairs(
+    output: Path = typer.Option(..., "--output", "-o", help="Preference file to write (.jsonl)."),
+    model: Optional[str] = typer.Option(None, "--model", help="The model whose failures become rejected answers: a kotune run, base model or openai:URL#MODEL[@RUN]; with --from-eval, the eval's model name (default: its last)."),
+    questions: Optional[Path] = typer.Option(None, "--questions", help="Questions with references (.jsonl/.csv), e.g. the train split."),
+    from_eval: Optional[Path] = typer.Option(None, "--from-eval", help="Build pairs from a kotune eval folder's answers instead of sampling."),
+    context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL: retrieve context per question (as kotune eval --context)."),
+    samples: int = typer.Option(PairsOptions.default("samples"), "--samples", help="Answers sampled per question."),
+    temperature: float = typer.Option(PairsOptions.default("temperature"), "--temperature", help="Sampling temperature."),
+    top_p: float = typer.Option(PairsOptions.default("top_p"), "--top-p", help="Nucleus sampling."),
+    max_new_tokens: int = typer.Option(PairsOptions.default("max_new_tokens"), "--max-new-tokens", help="Answer length limit."),
+    repetition_penalty: float = typer.Option(PairsOptions.default("repetition_penalty"), "--repetition-penalty", help="Repetition penalty while sampling."),
+    stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable)."),
+    top_k: int = typer.Option(PairsOptions.default("top_k"), "--top-k", help="Chunks retrieved per question with --context."),
+    min_margin: float = typer.Option(PairsOptions.default("min_margin"), "--min-margin", help="Keep a pair when the rejected answer is this much worse (error types + no EOS + unsupported share)."),
+    chosen: str = typer.Option(PairsOptions.default("chosen"), "--chosen", help="reference (the question's reference answer) | sample (the best unflagged sample)."),
+    fmt: str = typer.Option(PairsOptions.default("format"), "--format", help="pairs (chosen/rejected, for dpo/orpo/simpo) | kto (labelled answers)."),
+    batch_size: int = typer.Option(PairsOptions.default("batch_size"), "--batch-size", help="Prompts per generation batch (local models)."),
+    workers: int = typer.Option(PairsOptions.default("workers"), "--workers", help="Concurrent requests (endpoint models)."),
+    seed: int = typer.Option(PairsOptions.default("seed"), "--seed", help="Sampling seed (sample i uses seed + i)."),
+    template: Optional[str] = typer.Option(None, "--template", help="Template for a base model; a kotune run uses its own."),
+    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable(s) holding the endpoint's API keys."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="OpenAI-compatible URL of an LLM judge that must also prefer chosen (both orders)."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name at the judge endpoint."),
+    judge_api_key_env: Optional[str] = typer.Option(None, "--judge-api-key-env", help="Environment variable holding the judge's API key."),
+) -> None:
+    """Preference pairs mined from a model's own failures: flagged answers rejected, references chosen."""
+    opts = PairsOptions.check(dict(samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                   repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)), top_k=top_k,
+                                   min_margin=min_margin, chosen=chosen, format=fmt, batch_size=batch_size,
+                                   workers=workers, seed=seed), flags={"format": "--format"})
+    _quiet_libraries()
+    steps.pairs(model, output, opts, questions=questions, from_eval=from_eval, context=context, template=template,
+                api_key_env=api_key_env, judge=judge, judge_model=judge_model, judge_api_key_env=judge_api_key_env)
 
 
 @app.command()

@@ -113,8 +113,8 @@ class EndpointModel:
 
     def answer(self, prompts: list[Any], settings: GenerationSettings, journal: Path) -> list[Answer]:
         """Every prompt's answer, in order; answers already in ``journal`` are not asked again."""
-        done = _read_journal(journal)
-        keys = [_key(p, settings) for p in prompts]
+        done = read_journal(journal)
+        keys = [answer_key(p, settings) for p in prompts]
         todo = [(i, p) for i, (p, k) in enumerate(zip(prompts, keys)) if k not in done]
         if todo:
             journal.parent.mkdir(parents=True, exist_ok=True)
@@ -176,14 +176,14 @@ class EndpointModel:
                 "template": self.template.name, "requests": self.requests}
 
 
-def _key(prompt: Any, settings: GenerationSettings) -> str:
+def answer_key(prompt: Any, settings: GenerationSettings) -> str:
     what = {"prompt": prompt, "max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
             "top_p": settings.top_p, "stop": list(settings.stop), "seed": settings.seed,
             "repetition_penalty": settings.repetition_penalty}
     return hashlib.sha256(json.dumps(what, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()[:32]
 
 
-def _read_journal(path: Path) -> dict[str, dict]:
+def read_journal(path: Path) -> dict[str, dict]:
     done: dict[str, dict] = {}
     if not path.exists():
         return done

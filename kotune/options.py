@@ -181,5 +181,23 @@ class EvalOptions(Options):
     forgetting_margin: float = Field(0.02, ge=0, le=1)   # a loss beyond this against the first model is flagged
 
 
-__all__ = ["problem", "BATCHING_NAMES", "EvalOptions", "GenerateOptions", "METHODS", "Options", "PREFERENCE_METHODS", "PRESET_NAMES", "PrepareOptions",
+class PairsOptions(Options):
+    """Preference pairs mined from a model's flagged answers (``kotune pairs``; ``steps.pairs`` in a recipe)."""
+
+    samples: int = Field(4, ge=1)
+    temperature: float = Field(0.8, gt=0, le=2)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(256, ge=1)
+    repetition_penalty: float = Field(1.0, ge=0.5)
+    stop: list[str] = Field(default_factory=list)
+    top_k: int = Field(3, ge=1)
+    min_margin: float = Field(1.0, ge=0)
+    chosen: Literal["reference", "sample"] = "reference"
+    format: Literal["pairs", "kto"] = "pairs"
+    batch_size: int = Field(16, ge=1)
+    workers: int = Field(8, ge=1)
+    seed: int = 42
+
+
+__all__ = ["problem", "BATCHING_NAMES", "EvalOptions", "GenerateOptions", "METHODS", "PairsOptions", "Options", "PREFERENCE_METHODS", "PRESET_NAMES", "PrepareOptions",
            "REPORT_TO", "SCHEDULER_NAMES", "SplitOptions", "TEMPLATE_NAMES", "TrainOptions", "ValidateOptions"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from kotune.errors import KotuneError
-from kotune.options import (EvalOptions, GenerateOptions, PrepareOptions, SplitOptions, TrainOptions,
+from kotune.options import (EvalOptions, GenerateOptions, PairsOptions, PrepareOptions, SplitOptions, TrainOptions,
                             ValidateOptions)
 from kotune.ui import console, done, warn
 from kotune.ui import progress as _progress
@@ -115,10 +115,17 @@ def generate(chunks_file: Path, output: Path, opts: GenerateOptions, *, shard: s
 def validate(inputs: list[Path], output: Path, opts: ValidateOptions, *, report: Path | None = None,
              chunks_file: Path | None = None, mapping: dict[str, str] | None = None) -> None:
     """Merge QA files; drop missing, duplicate, near-duplicate, short, incomplete, evasive and ungrounded records."""
+    from kotune.data.preferences import is_preference_file
     from kotune.data.validate import ValidateConfig, render_tables, validate_records
     from kotune.io import write_json
     from kotune.records import load_chunks, read_records, write_records
 
+    kinds = {is_preference_file(p) for p in inputs if Path(p).is_file()}
+    if True in kinds:
+        if len(kinds) > 1:
+            raise KotuneError("mixes preference files (chosen/rejected or completion/label) with SFT records; "
+                              "validate them separately")
+        return _validate_preferences(inputs, output, opts, report=report)
     records = []
     for path in inputs:
         for r in read_records(path, mapping or {}):
@@ -139,6 +146,24 @@ def validate(inputs: list[Path], output: Path, opts: ValidateOptions, *, report:
     if report:
         write_json(report, result.report())
     done(f"kept {len(result.kept)} of {len(records)} records → {output}" + (f" (report: {report})" if report else ""))
+
+
+def _validate_preferences(inputs: list[Path], output: Path, opts: ValidateOptions, *, report: Path | None) -> None:
+    """Preference records: drop missing sides, chosen = rejected, duplicates and chosen answers that
+    fail the SFT answer checks; counts per reason."""
+    from kotune.data.preferences import read_preferences, render_pair_table, validate_preferences, write_preferences
+    from kotune.io import write_json
+
+    records = [r for path in inputs for r in read_preferences(path, strict=False)]
+    result = validate_preferences(records, min_answer_chars=opts.min_answer_chars)
+    console.print(render_pair_table(result))
+    if not result.kept:
+        raise KotuneError(f"no preference records left after validation (of {len(records)}); see the table above")
+    write_preferences(output, result.kept)
+    if report:
+        write_json(report, result.report())
+    done(f"kept {len(result.kept)} of {len(records)} preference records → {output}"
+         + (f" (report: {report})" if report else ""))
 
 
 def split(data: Path, train: Path, test: Path, opts: SplitOptions, *, mapping: dict[str, str] | None = None) -> None:
@@ -246,6 +271,53 @@ def doctor(run_dir: Path | None = None, *, base_model: str | None = None, data: 
     return 0
 
 
+def pairs(model: str | None, output: Path, opts: PairsOptions, *, questions: Path | None = None,
+          from_eval: Path | None = None, context: Path | None = None, template: str | None = None,
+          api_key_env: str | None = None, judge: str | None = None, judge_model: str | None = None,
+          judge_api_key_env: str | None = None) -> None:
+    """Preference pairs from a model's flagged answers (sampled now, or from an eval folder)."""
+    from rich.table import Table
+
+    from kotune.evaluate import load_questions
+    from kotune.pairs import PairSettings, from_eval as pairs_from_eval, mine
+
+    if (questions is None) == (from_eval is None):
+        raise KotuneError("give --questions (with --model) to sample answers, or --from-eval EVAL to use an eval's answers")
+    if context is not None and not Path(context).exists():
+        raise KotuneError("no such file", path=context)
+    settings = PairSettings(**opts.model_dump(exclude={"stop"}), stop=tuple(opts.stop))
+    if from_eval is not None:
+        summary = pairs_from_eval(Path(from_eval), output, settings, model=model,
+                                  chunks_path=str(context) if context else None)
+    else:
+        if model is None:
+            raise KotuneError("--model: which model answers (a kotune run, base model or openai:URL#MODEL)")
+        qs = load_questions(questions)
+        judge_cfg = {"url": judge, "model": judge_model or "judge", "api_key_env": judge_api_key_env} if judge else None
+        with progress() as bar:
+            task = bar.add_task(f"sampling {opts.samples} answers × {len(qs)} questions", total=len(qs) * opts.samples)
+            summary = mine(model, qs, output, settings, chunks_path=str(context) if context else None,
+                           template=template, api_key_env=api_key_env, judge=judge_cfg, log=_log,
+                           on_progress=lambda n, total: bar.update(task, completed=n))
+    table = Table(title=f"선호 쌍 (preference pairs): {summary['pairs']} of {summary['questions']} questions",
+                  title_justify="left")
+    table.add_column("rejected answer's failure")
+    table.add_column("pairs", justify="right")
+    for kind, n in summary["rejected_error_types"].items():
+        table.add_row(kind, str(n))
+    table.add_section()
+    for reason, n in summary["skipped"].items():
+        table.add_row(f"skipped: {reason}", str(n))
+    console.print(table)
+    from kotune.io import write_json
+
+    write_json(output.with_name(output.stem + ".summary.json"), summary)
+    if not summary["pairs"]:
+        warn("no pairs: no answer was flagged with a clear margin (more --samples, a higher --temperature, "
+             "or a lower --min-margin)")
+    done(f"{summary['pairs']} {'pairs' if opts.format == 'pairs' else 'pairs as labelled answers'} → {output}")
+
+
 # ---------------------------------------------------------------- evaluation
 def evaluate(questions: Path, models: list[str], output: Path, opts: EvalOptions, *, context: Path | None = None,
              template: str | None = None, judge: str | None = None, judge_model: str | None = None,
@@ -301,4 +373,4 @@ def print_metrics(metrics: dict[str, Any]) -> None:
             warn(f"{name}: {note}")
 
 
-__all__ = ["doctor", "evaluate", "generate", "prepare", "print_metrics", "progress", "split", "train", "validate"]
+__all__ = ["doctor", "evaluate", "generate", "pairs", "prepare", "print_metrics", "progress", "split", "train", "validate"]
