@@ -444,8 +444,9 @@ def run(
     if h and "tuned_better" in h:
         v = h["values"]
         verdict = "tuned is better" if h["tuned_better"] else "tuned is NOT better"
+        more = "".join(f" → {name} {value}" for name, value in v.items() if name not in ("base", "tuned"))
         console.print(f"headline {h['metric']}{' (lower is better)' if h['lower_is_better'] else ''}: "
-                      f"base {v['base']} → tuned {v['tuned']}: {verdict}", markup=False, soft_wrap=True)
+                      f"base {v['base']} → tuned {v['tuned']}{more}: {verdict}", markup=False, soft_wrap=True)
     if all(r.status == "skipped" for r in results):
         done(f"nothing to do: all {len(results)} steps are up to date in {out} (--force reruns them)")
     else:

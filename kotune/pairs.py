@@ -11,7 +11,7 @@ the worst flagged answer becomes ``rejected`` and the reference (or the best
 unflagged sample) ``chosen``, when the gap between them is clear. An optional
 judge endpoint must also prefer chosen in both orders.
 
-Answers are journaled (``.OUTPUT.samples.jsonl`` beside the output), so a killed
+Answers are journaled (``.OUTPUT.samples-HASH.jsonl`` beside the output), so a killed
 run resumes without asking again; the output is written atomically.
 """
 
@@ -101,8 +101,14 @@ def choose_pair(question: dict[str, Any], samples: list[tuple[str, str | None]],
 
 
 # ---------------------------------------------------------------- answering, journaled
-def _journal(output: Path) -> Path:
-    return output.with_name(f".{output.name}.samples.jsonl")
+def _journal(output: Path, model: str) -> Path:
+    """The answers journal of ``output`` for ``model`` (its spec and run record: answers of
+    another model, or of the same folder retrained, are never reused)."""
+    from kotune.io import sha256_file, short_hash
+
+    record = Path(model) / "kotune.json"
+    digest = short_hash(model, sha256_file(record) if record.is_file() else "")
+    return output.with_name(f".{output.name}.samples-{digest}.jsonl")
 
 
 def _answer_local(gen, prompts: list[str], settings, journal: Path, batch_size: int,
@@ -148,7 +154,7 @@ def mine(model: str, questions: list[dict[str, Any]], output: Path, settings: Pa
         if on_progress:
             on_progress(progress["n"], total)
 
-    journal = _journal(output)
+    journal = _journal(output, model)
     per_sample: list[list[tuple[str, str | None]]] = []
     if spec is not None:
         keys = read_api_keys(api_key_env, option="--api-key-env") if api_key_env else []

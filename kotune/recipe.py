@@ -41,12 +41,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kotune import __version__, steps
 from kotune.errors import KotuneError
-from kotune.options import (EvalOptions, GenerateOptions, PrepareOptions, SplitOptions, TrainOptions,
-                            ValidateOptions, problem)
+from kotune.options import (PREFERENCE_METHODS, EvalOptions, GenerateOptions, PairsOptions, PrepareOptions,
+                            SplitOptions, TrainOptions, ValidateOptions, problem)
 from kotune.runinfo import RunInfo
 from kotune.report import METRICS as REPORT_METRICS
 
-STEP_ORDER = ("prepare", "generate", "validate", "split", "train", "doctor", "eval")
+STEP_ORDER = ("prepare", "generate", "validate", "split", "train", "doctor", "pairs", "prefer", "eval")
 METRICS = tuple(key for key, *_ in REPORT_METRICS)
 LOWER_IS_BETTER = tuple(key for key, _, _, higher_is_better in REPORT_METRICS if not higher_is_better)
 
@@ -93,6 +93,22 @@ class DoctorStep(_Strict):
     """Pitfall check of ``OUT/model`` (no settings)."""
 
 
+class PairsStep(PairsOptions):
+    """``OUT/model``'s flagged answers → ``OUT/pairs.jsonl`` (``kotune pairs``)."""
+
+    questions: str = "train"                 # train | test | a questions file
+    limit: Optional[int] = Field(None, ge=1)  # first N questions
+    context: Union[bool, str] = False        # true: retrieve from OUT/chunks.jsonl
+
+
+class PreferStep(TrainOptions):
+    """Preference tuning from ``OUT/model`` on ``OUT/pairs.jsonl`` → ``OUT/model-METHOD/``;
+    the other fields are ``kotune train``'s options."""
+
+    method: Literal[PREFERENCE_METHODS] = "dpo"  # type: ignore[valid-type]
+    data: Optional[str] = None
+
+
 class EvalStep(EvalOptions):
     """Base vs tuned on the test split → ``OUT/eval/``; ``train_sample: N`` adds
     ``OUT/eval-train/`` on the first N training records (did tuning take?)."""
@@ -112,6 +128,8 @@ class Steps(_Strict):
     split: Optional[SplitStep] = None
     train: Optional[TrainStep] = None
     doctor: Optional[DoctorStep] = None
+    pairs: Optional[PairsStep] = None
+    prefer: Optional[PreferStep] = None
     eval: Optional[EvalStep] = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -132,7 +150,7 @@ class Recipe(_Strict):
 
 
 _STEP_MODELS = {"prepare": PrepareStep, "generate": GenerateStep, "validate": ValidateStep, "split": SplitStep,
-                "train": TrainStep, "doctor": DoctorStep, "eval": EvalStep}
+                "train": TrainStep, "doctor": DoctorStep, "pairs": PairsStep, "prefer": PreferStep, "eval": EvalStep}
 
 
 # ---------------------------------------------------------------- loading
@@ -327,13 +345,24 @@ class Plan:
             raise KotuneError(f"{field_path}: no such file: {path}", path=self.path)
         return path
 
+    def _context(self, field_path: str, value: bool | str, chunks: Path | None) -> Path | None:
+        """A step's ``context``: true → the prepared chunks, a string → that file, false → none."""
+        if value is True:
+            if chunks is None:
+                raise KotuneError(f"{field_path}: true needs chunks from a prepare step; give a file instead",
+                                  path=self.path)
+            return chunks
+        if isinstance(value, str):
+            return self._need(field_path, self.rel(value))
+        return None
+
     def calls(self, out: Path) -> list[StepCall]:
         """Every step's command, in order; checks inputs exist and that each step's input is provided."""
         s = self.recipe.steps
         calls: list[StepCall] = []
         chunks = out / "chunks.jsonl"
         produced: dict[str, Path | None] = {"chunks": None, "qa": None, "clean": None, "train": None, "test": None,
-                                            "model": None}
+                                            "model": None, "pairs": None, "preferred": None}
 
         if s.prepare:
             inputs = [self._need(f"steps.prepare.inputs[{i}]", self.rel(v)) for i, v in enumerate(s.prepare.inputs)]
@@ -410,24 +439,60 @@ class Plan:
                 raise KotuneError("steps.doctor: needs a train step", path=self.path)
             calls.append(StepCall("doctor", ["doctor", str(produced["model"])], [produced["model"]], [],
                                   run=lambda m=produced["model"]: steps.doctor(m)))
+        if s.pairs:
+            pa = s.pairs
+            if produced["model"] is None:
+                raise KotuneError("steps.pairs: needs a train step (its model's answers are mined)", path=self.path)
+            if pa.questions in ("test", "train"):
+                q = produced[pa.questions]
+                if q is None:
+                    raise KotuneError(f"steps.pairs.questions: {pa.questions!r} needs a split step; give a questions file",
+                                      path=self.path)
+            else:
+                q = self._need("steps.pairs.questions", self.rel(pa.questions))
+            qfile = out / "pairs-questions.jsonl" if pa.limit else q
+            ctx = self._context("steps.pairs.context", pa.context, produced["chunks"])
+            pairs_file = out / "pairs.jsonl"
+            args = ["pairs", "--model", str(produced["model"]), "--questions", str(qfile), "-o", str(pairs_file),
+                    *_flags(pa, {"questions", "limit", "context"})]
+            if ctx is not None:
+                args += ["--context", str(ctx)]
+            calls.append(StepCall("pairs", args, [q, produced["model"]] + ([ctx] if ctx else []), [pairs_file],
+                                  sample=(q, qfile, pa.limit) if pa.limit else None,
+                                  run=lambda pa=pa, m=produced["model"], q=qfile, o=pairs_file, c=ctx:
+                                  steps.pairs(str(m), o, pa, questions=q, context=c)))
+            produced["pairs"] = pairs_file
+        if s.prefer:
+            pr = s.prefer
+            if produced["model"] is None:
+                raise KotuneError("steps.prefer: needs a train step (preference tuning starts from its model)",
+                                  path=self.path)
+            src = self._need("steps.prefer.data", self.rel(pr.data)) if pr.data else produced["pairs"]
+            if src is None:
+                raise KotuneError("steps.prefer: needs preference data: add a pairs step or set steps.prefer.data",
+                                  path=self.path)
+            preferred = out / f"model-{pr.method}"
+            args = ["train", "--from", str(produced["model"]), "--data", str(src), "--output-dir", str(preferred),
+                    *_flags(pr, {"data"})]
+            if "method" not in pr.model_fields_set:
+                args += ["--method", pr.method]
+            calls.append(StepCall("prefer", args, [src, produced["model"]], [preferred / "kotune.json"],
+                                  run=lambda resume, overwrite, pr=pr, src=src, m=produced["model"], o=preferred:
+                                  steps.train(pr, base_model=None, data=src, output_dir=o, from_run=m,
+                                              resume=resume, overwrite=overwrite)))
+            produced["preferred"] = preferred
         if s.eval:
             e = s.eval
             if e.models:
                 models = list(e.models)
             elif produced["model"] is not None:
                 models = [f"base={self.recipe.base_model}", f"tuned={produced['model']}"]
+                if produced["preferred"] is not None:
+                    models.append(f"{s.prefer.method}={produced['preferred']}")
             else:
                 raise KotuneError("steps.eval.models: needed when there is no train step", path=self.path)
-            model_inputs = [produced["model"]] if produced["model"] is not None else []
-            if e.context is True:
-                if produced["chunks"] is None:
-                    raise KotuneError("steps.eval.context: true needs chunks from a prepare step; give a file instead",
-                                      path=self.path)
-                context: Path | None = produced["chunks"]
-            elif isinstance(e.context, str):
-                context = self._need("steps.eval.context", self.rel(e.context))
-            else:
-                context = None
+            model_inputs = [m for m in (produced["model"], produced["preferred"]) if m is not None]
+            context = self._context("steps.eval.context", e.context, produced["chunks"])
             sets: list[tuple[str, str, Path, Optional[int]]] = []
             if e.questions in ("test", "train"):
                 q = produced[e.questions]
@@ -555,7 +620,7 @@ def run_recipe(plan: Plan, out: Path, *, force: bool = False, log: Callable[[str
             journal = Path(str(call.outputs[0]) + ".journal")
             resumed = journal.exists() and prev.get("status") == "started" and prev.get("key") == key and not force
             overwrite = not resumed
-        elif call.name == "train":
+        elif call.name in ("train", "prefer"):
             model_dir = call.outputs[0].parent
             info = RunInfo.read(model_dir)
             resumed = (info is not None and info.status == "running" and prev.get("status") == "started"
@@ -569,7 +634,7 @@ def run_recipe(plan: Plan, out: Path, *, force: bool = False, log: Callable[[str
         state["steps"][label] = {"key": key, "status": "started", "started": _now()}
         _write_state(state_path, state)
         t0 = time.monotonic()
-        rc = call.run(resume=resumed, overwrite=overwrite) if call.name in ("generate", "train") else call.run()
+        rc = call.run(resume=resumed, overwrite=overwrite) if call.name in ("generate", "train", "prefer") else call.run()
         if rc not in (None, 0):
             raise KotuneError(f"step {label} failed (exit code {rc}); fix it and run the recipe again")
         seconds = round(time.monotonic() - t0, 1)

@@ -285,7 +285,7 @@ def pairs(model: str | None, output: Path, opts: PairsOptions, *, questions: Pat
         raise KotuneError("give --questions (with --model) to sample answers, or --from-eval EVAL to use an eval's answers")
     if context is not None and not Path(context).exists():
         raise KotuneError("no such file", path=context)
-    settings = PairSettings(**opts.model_dump(exclude={"stop"}), stop=tuple(opts.stop))
+    settings = PairSettings(**opts.model_dump(include=set(PairsOptions.model_fields) - {"stop"}), stop=tuple(opts.stop))
     if from_eval is not None:
         summary = pairs_from_eval(Path(from_eval), output, settings, model=model,
                                   chunks_path=str(context) if context else None)
