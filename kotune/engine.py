@@ -171,6 +171,51 @@ class Engine:
         with self.lock, self.active(served):
             return served.generator.generate(prompts, settings, batch_size=batch_size)
 
+    def score(self, name: str, prompts: list[str | list[int]], top: int, max_tokens: int) -> list[dict[str, Any]]:
+        """Each prompt's token log-probabilities under ``name`` (OpenAI ``echo`` + ``logprobs``):
+        per token its log-prob given the tokens before it (None for the first) and the ``top``
+        likeliest tokens there; with ``max_tokens`` 1, one greedy next token after them.
+        Text prompts are tokenized as the tokenizer does by default (BOS where it adds one)."""
+        import torch
+
+        served = self.served[name]
+        tok = served.generator.tokenizer
+        out = []
+        with self.lock, self.active(served), torch.no_grad():
+            for prompt in prompts:
+                ids = list(tok(prompt)["input_ids"]) if isinstance(prompt, str) else list(prompt)
+                if not ids:
+                    raise ApiError(400, "empty prompt", param="prompt")
+                if self.max_context is not None and len(ids) + max_tokens > self.max_context:
+                    raise ApiError(400, f"This model's maximum context length is {self.max_context} tokens; the prompt "
+                                   f"has {len(ids)}.", param="prompt", code="context_length_exceeded")
+                if max(ids) >= self.model.get_input_embeddings().weight.shape[0] or min(ids) < 0:
+                    raise ApiError(400, "token id out of the model's vocabulary", param="prompt")
+                x = torch.tensor([ids], device=self.model.device)
+                logp = torch.log_softmax(self.model(input_ids=x).logits[0].float(), dim=-1)
+                seq = ids + ([int(logp[-1].argmax())] if max_tokens else [])
+                token_logprobs: list[float | None] = [None]
+                top_logprobs: list[dict[str, float] | None] = [None]
+                for t in range(1, len(seq)):
+                    row = logp[t - 1]
+                    token_logprobs.append(float(row[seq[t]]))
+                    if top:
+                        values, idx = row.topk(top)
+                        entry: dict[str, float] = {}
+                        for v, i in zip(values.tolist(), idx.tolist()):
+                            entry.setdefault(tok.decode([i]), v)
+                        top_logprobs.append(entry)
+                    else:
+                        top_logprobs.append(None)
+                tokens = [tok.decode([i]) for i in seq]
+                offsets, pos = [], 0
+                for piece in tokens:
+                    offsets.append(pos)
+                    pos += len(piece)
+                out.append({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
+                            "text_offset": offsets, "text": "".join(tokens), "prompt_tokens": len(ids)})
+        return out
+
     def stream(self, name: str, prompt: str, settings: GenerationSettings) -> Iterator[str | Answer]:
         """Text pieces, then the final Answer. Holds the lock until the answer is complete."""
         served = self.served[name]

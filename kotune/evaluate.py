@@ -224,7 +224,8 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
 
         metrics["general_ability"] = run_benchmarks(models, list(settings.benchmarks), manager,
                                                     limit=settings.benchmark_limit, batch_size=settings.batch_size,
-                                                    margin=settings.forgetting_margin, log=log)
+                                                    margin=settings.forgetting_margin, api_keys=api_keys,
+                                                    workers=settings.workers, log=log)
     write_json(out / "metrics.json", metrics)
     with atomic_writer(out / "report.md") as f:
         f.write(render_markdown(metrics, responses))

@@ -11,9 +11,14 @@ model, flagged when it lost more than ``margin``.
 
 ``--benchmark-data DIR`` is for machines without hub access: task YAMLs in DIR
 (with their data files) are added to lm-eval's tasks and replace those of the
-same name. Endpoint models are listed as not run: lm-eval's loglikelihood tasks
-need prompt log-probabilities (``echo`` with ``logprobs``), which kotune serve
-does not return.
+same name.
+
+Endpoint models (``openai:URL#MODEL``) run through lm-eval's ``local-completions``
+model: loglikelihood tasks send token ids to ``/v1/completions`` with ``echo``
+and ``logprobs`` and read back the prompt's log-probabilities, tokenized by the
+server's own tokenizer endpoints (``/tokenizer_info``, ``/tokenize``). vLLM and
+kotune serve answer both; an endpoint that does not (hosted chat APIs) is listed
+as not run, with why.
 """
 
 from __future__ import annotations
@@ -64,24 +69,45 @@ def task_manager(tasks: list[str], data_dir: str | Path | None = None) -> Any:
     return manager
 
 
+def endpoint_lm(spec: Any, *, api_key: str | None = None, workers: int = 8) -> tuple[Any, str | None]:
+    """lm-eval's ``local-completions`` model over an endpoint, or ``(None, why not)``."""
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+    from lm_eval.utils import check_remote_tokenizer_support
+
+    url = spec.url.rstrip("/") + "/completions"
+    if not check_remote_tokenizer_support(url, auth_token=api_key, max_retries=1):
+        return None, ("the endpoint has no tokenizer endpoints (/tokenizer_info, /tokenize), which scoring prompts "
+                      "by token needs; vLLM and kotune serve have them")
+    lm = LocalCompletionsAPI(base_url=url, model=spec.model, tokenizer_backend="remote", auth_token=api_key,
+                             num_concurrent=workers, max_retries=3, tokenized_requests=True)
+    if api_key:
+        lm._header = {"Authorization": f"Bearer {api_key}"}
+    return lm, None
+
+
 def run_benchmarks(models: list[tuple[str, str]], tasks: list[str], manager: Any, *, limit: int | None = None,
-                   batch_size: int = 8, margin: float = DEFAULT_MARGIN,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every task on every local model; ``{"tasks": {task: {"metric", "models": {name: score}}}, ...}``."""
-    from kotune.endpoint import is_endpoint
+                   batch_size: int = 8, margin: float = DEFAULT_MARGIN, api_keys: list[str] | None = None,
+                   workers: int = 8, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every task on every model; ``{"tasks": {task: {"metric", "models": {name: score}}}, ...}``."""
+    from kotune.endpoint import EndpointSpec
     from kotune.resolver import load_resolved, resolve
 
     simple_evaluate, HFLM, _ = _lm_eval()
     result: dict[str, Any] = {"tasks": {}, "baseline": None, "margin": margin, "not_run": {}}
     for name, spec in models:
-        if is_endpoint(spec):
-            result["not_run"][name] = "an endpoint model: lm-eval's tasks need prompt log-probabilities"
-            continue
+        endpoint = EndpointSpec.parse(spec)
+        model = None
+        if endpoint is not None:
+            lm, why = endpoint_lm(endpoint, api_key=(api_keys or [None])[0], workers=workers)
+            if lm is None:
+                result["not_run"][name] = why
+                continue
+        else:
+            r = resolve(spec, log=log)
+            model = load_resolved(r)
+            lm = HFLM(pretrained=model, tokenizer=r.tokenizer, batch_size=batch_size, device=r.load.device)
         result["baseline"] = result["baseline"] or name
         log(f"general ability: {', '.join(tasks)} on {name} ...")
-        r = resolve(spec, log=log)
-        model = load_resolved(r)
-        lm = HFLM(pretrained=model, tokenizer=r.tokenizer, batch_size=batch_size, device=r.load.device)
         out = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=False,
                               bootstrap_iters=0)
         for task, values in (out or {}).get("results", {}).items():

@@ -178,11 +178,65 @@ class CompletionRequest:
             raise ApiError(400, f"at most {limits.max_prompts} prompts per request", param="prompt")
         settings = parse_settings(body, limit=limits.max_tokens, default_max=limits.default_max_tokens)
         if body.get("echo"):
-            raise ApiError(400, "'echo' is not supported", param="echo")
+            raise ApiError(400, "'echo' is supported for scoring prompts: max_tokens 0 or 1 with logprobs", param="echo")
         stream, include_usage = _stream(body)
         if stream and len(prompts) != 1:
             raise ApiError(400, "streaming takes one prompt", param="prompt")
         return cls(model, prompts, settings, stream, include_usage)
+
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass
+class ScoreRequest:
+    """``POST /v1/completions`` with ``echo`` and ``logprobs``: the prompt's own token
+    log-probabilities (what lm-evaluation-harness's ``local-completions`` model asks for
+    its loglikelihood tasks, and vLLM answers), plus at most one greedy next token."""
+
+    model: Any
+    prompts: list[str | list[int]]
+    top: int
+    max_tokens: int
+
+    @classmethod
+    def wants(cls, body: dict[str, Any]) -> bool:
+        return bool(body.get("echo")) and body.get("logprobs") is not None and not body.get("stream")
+
+    @classmethod
+    def parse(cls, body: dict[str, Any], limits: Limits) -> "ScoreRequest":
+        model = model_name(body)
+        raw = body.get("prompt")
+        if isinstance(raw, str) or (isinstance(raw, list) and raw and all(isinstance(t, int) for t in raw)):
+            prompts: list[str | list[int]] = [raw]
+        elif isinstance(raw, list) and raw and all(isinstance(p, str) or (isinstance(p, list) and p and all(
+                isinstance(t, int) for t in p)) for p in raw):
+            prompts = list(raw)
+        else:
+            raise ApiError(400, "'prompt' must be a string, a list of strings, or token ids", param="prompt")
+        if len(prompts) > limits.max_prompts:
+            raise ApiError(400, f"at most {limits.max_prompts} prompts per request", param="prompt")
+        top = body.get("logprobs")
+        if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise ApiError(400, f"'logprobs' must be an integer in [0, {MAX_TOP_LOGPROBS}]", param="logprobs")
+        max_tokens = body.get("max_tokens", 1)
+        if max_tokens not in (0, 1):
+            raise ApiError(400, "with 'echo', 'max_tokens' must be 0 or 1 (prompt scoring)", param="max_tokens")
+        return cls(model, prompts, top, int(max_tokens))
+
+
+def scored_completion(model: str, scored: list[dict[str, Any]]) -> dict[str, Any]:
+    """The response to a :class:`ScoreRequest` (OpenAI's legacy completions ``logprobs`` object)."""
+    prompt_tokens = sum(s["prompt_tokens"] for s in scored)
+    completion_tokens = sum(len(s["tokens"]) - s["prompt_tokens"] for s in scored)
+    return {
+        "id": "cmpl-" + uuid.uuid4().hex, "object": "text_completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": i, "text": s["text"], "finish_reason": "length",
+                     "logprobs": {k: s[k] for k in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}}
+                    for i, s in enumerate(scored)],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
 
 
 # ---------------------------------------------------------------- responses

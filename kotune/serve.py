@@ -10,6 +10,7 @@ cross-cutting parts (API key, body limit, OpenAI-shaped errors) and the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -22,8 +23,8 @@ from fastapi import APIRouter, Request  # module level: FastAPI resolves the (st
 from kotune.engine import BASE_ALIAS, Batcher, Engine, LiveBatcher, Served, parse_adapter_args
 from kotune.errors import KotuneError
 from kotune.generation import Answer, GenerationSettings
-from kotune.openai_protocol import (ApiError, ChatRequest, CompletionRequest, Limits, StreamChunks, chat_completion,
-                                    finish_reason, model_name, text_completion)
+from kotune.openai_protocol import (ApiError, ChatRequest, CompletionRequest, Limits, ScoreRequest, StreamChunks,
+                                    chat_completion, finish_reason, model_name, scored_completion, text_completion)
 
 
 @dataclass
@@ -200,12 +201,55 @@ async def completions(request: Request):
     state = _state(request)
     body = await read_json(request)
     served = state.engine.get(model_name(body))
+    if ScoreRequest.wants(body):
+        score = ScoreRequest.parse(body, state.options.limits)
+        scored = await asyncio.to_thread(state.engine.score, served.name, score.prompts, score.top, score.max_tokens)
+        return scored_completion(served.name, scored)
     req = CompletionRequest.parse(body, state.options.limits)
     for p in req.prompts:
         state.engine.check_length(served, p, req.settings.max_new_tokens)
     if req.stream:
         return _streaming(state, served.name, req.prompts[0], req.settings, chat=False, include_usage=req.include_usage)
     return text_completion(served.name, await state.batcher.submit(served.name, req.prompts, req.settings))
+
+
+# vLLM's tokenizer endpoints (at the server root, beside /v1): lm-evaluation-harness's
+# remote tokenizer uses them to send token ids to /v1/completions for scoring.
+def _tokenizer(state: _State, body: dict[str, Any]):
+    served = state.engine.get(body["model"]) if body.get("model") is not None else state.engine.get(state.engine.base_name)
+    return served.generator.tokenizer
+
+
+@router.get("/tokenizer_info")
+async def tokenizer_info(request: Request):
+    authenticate(request)
+    state = _state(request)
+    tok = _tokenizer(state, {})
+    return {"eos_token": tok.eos_token, "bos_token": tok.bos_token, "pad_token": tok.pad_token,
+            "model_max_length": state.engine.max_context, "tokenizer_class": type(tok).__name__}
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request):
+    authenticate(request)
+    state = _state(request)
+    body = await read_json(request)
+    if not isinstance(body.get("prompt"), str):
+        raise ApiError(400, "'prompt' must be a string", param="prompt")
+    tokens = list(_tokenizer(state, body)(body["prompt"], add_special_tokens=bool(body.get("add_special_tokens", True)))
+                  ["input_ids"])
+    return {"tokens": tokens, "count": len(tokens), "max_model_len": state.engine.max_context}
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request):
+    authenticate(request)
+    state = _state(request)
+    body = await read_json(request)
+    tokens = body.get("tokens")
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise ApiError(400, "'tokens' must be a list of token ids", param="tokens")
+    return {"prompt": _tokenizer(state, body).decode(tokens)}
 
 
 # ---------------------------------------------------------------- the app

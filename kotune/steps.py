@@ -203,6 +203,8 @@ def train(opts: TrainOptions, *, base_model: str | None, data: Path, output_dir:
             prompts = json.loads(read_text_file(system_prompts))
         except json.JSONDecodeError as e:
             raise KotuneError(f"invalid JSON ({e.msg})", path=system_prompts, line=e.lineno) from None
+    TrainConfig(base_model="", data=str(data), output_dir=str(output_dir), from_run=str(from_run) if from_run else None,
+                **opts.model_dump(include=set(TrainOptions.model_fields))).check()
     if from_run is not None and base_model is not None:
         from kotune.preference import read_sft_run
 
@@ -221,9 +223,6 @@ def train(opts: TrainOptions, *, base_model: str | None, data: Path, output_dir:
         info = train_preference(config, resume=resume, overwrite=overwrite,
                                 template_given="template" in opts.model_fields_set, log=_log)
     else:
-        if from_run is not None:
-            raise KotuneError(f"--from starts preference tuning from an SFT run; --method {opts.method} is supervised "
-                              "(give --method dpo, orpo, kto or simpo)")
         info = run_train(config, resume=resume, overwrite=overwrite, log=_log)
     if info.complete and info.final:
         f = info.final

@@ -111,14 +111,7 @@ class TrainConfig:
         hints = hints or {}
         if self.preset not in PRESETS:
             raise KotuneError(f"unknown preset {self.preset!r}; one of {', '.join(PRESETS)}")
-        if self.method not in METHODS + PREFERENCE_METHODS:
-            raise KotuneError(f"unknown method {self.method!r}; one of {', '.join(METHODS + PREFERENCE_METHODS)}")
-        if self.adapter is not None and not self.preference:
-            raise KotuneError(f"--adapter applies to preference methods ({', '.join(PREFERENCE_METHODS)}); "
-                              f"for supervised fine-tuning use --method {self.adapter}")
-        if self.from_run is not None and not self.preference:
-            raise KotuneError("--from starts preference tuning from an SFT run: give --method "
-                              f"{' | '.join(PREFERENCE_METHODS)}")
+        self.check()
         for option, value, allowed in (("--batching", self.batching, BATCHING), ("--scheduler", self.scheduler, SCHEDULERS)):
             if value not in allowed:  # an unknown value must not quietly train some other way
                 raise KotuneError(f"unknown {option} {value!r}; one of {', '.join(allowed)}")
@@ -127,9 +120,6 @@ class TrainConfig:
             c.adapter = self.adapter or "lora"
             if c.beta is None:
                 c.beta = PREFERENCE_BETA[self.method]
-            if self.method not in PREFERENCE_SFT_WEIGHT and self.sft_weight is not None:
-                raise KotuneError(f"--sft-weight applies to dpo and simpo; {self.method} "
-                                  f"{'has its own NLL term' if self.method == 'orpo' else 'has none'}")
             if c.sft_weight is None:
                 c.sft_weight = PREFERENCE_SFT_WEIGHT.get(self.method)
         for k, v in PRESETS[self.preset].items():
@@ -161,6 +151,23 @@ class TrainConfig:
     def weights(self) -> str:
         """How the weights train: lora, qlora or full (``--method``, or ``--adapter`` for preference methods)."""
         return (self.adapter or "lora") if self.preference else self.method
+
+    def check(self) -> None:
+        """Options that do not go together: one line, before any data or weights are read."""
+        if self.method not in METHODS + PREFERENCE_METHODS:
+            raise KotuneError(f"unknown method {self.method!r}; one of {', '.join(METHODS + PREFERENCE_METHODS)}")
+        if self.adapter is not None and not self.preference:
+            raise KotuneError(f"--adapter applies to preference methods ({', '.join(PREFERENCE_METHODS)}); "
+                              f"for supervised fine-tuning use --method {self.adapter}")
+        if self.from_run is not None and not self.preference:
+            raise KotuneError(f"--from starts preference tuning from an SFT run; --method {self.method} is supervised "
+                              f"(give --method {' | '.join(PREFERENCE_METHODS)})")
+        for option, value in (("--beta", self.beta), ("--sft-weight", self.sft_weight)):
+            if value is not None and not self.preference:
+                raise KotuneError(f"{option} applies to preference methods ({', '.join(PREFERENCE_METHODS)})")
+        if self.sft_weight is not None and self.preference and self.method not in PREFERENCE_SFT_WEIGHT:
+            raise KotuneError(f"--sft-weight applies to dpo and simpo; {self.method} "
+                              f"{'has its own NLL term' if self.method == 'orpo' else 'has none'}")
 
     def steps_per_epoch(self, n_train: int) -> int:
         return math.ceil(n_train / (self.batch_size * self.grad_accum))

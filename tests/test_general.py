@@ -70,3 +70,51 @@ def test_what_is_missing_is_one_line(case, questions, tmp_path, monkeypatch) -> 
     assert res.code == 2 and len(res.err_lines) == 1, res.err
     assert {"unknown task": "unknown task 'kmmlu_nope'", "missing data": "--benchmark-data DIR",
             "missing extra": "pip install 'kotune[bench]'"}[case] in res.err_lines[0]
+
+
+def test_the_benchmark_runs_on_an_endpoint_model_with_the_local_models_scores(questions, tmp_path, tiny_model) -> None:
+    # kotune serve answers lm-eval's scoring requests (echo + logprobs over token ids from its
+    # /tokenize): the same model local and served gets the same accuracy.
+    from conftest import serve_process
+
+    tasks = _task(tmp_path / "tasks")
+    with serve_process(["--model", "builtin:tiny-ko", "--access-log"], tmp_path / "serve.log") as (url, _):
+        res = call_cli(["eval", "--questions", questions, "--models", "base=builtin:tiny-ko",
+                        f"served=openai:{url}/v1#builtin:tiny-ko?mode=completions", "-o", tmp_path / "ev",
+                        "--max-new-tokens", "8", "--benchmark", "ko_tiny", "--benchmark-data", tasks])
+    assert res.code == 0, res.err
+    general = json.loads((tmp_path / "ev" / "metrics.json").read_text(encoding="utf-8"))["general_ability"]
+    scores = general["tasks"]["ko_tiny"]["models"]
+    assert set(scores) == {"base", "served"} and scores["served"] == scores["base"] and not general["not_run"]
+    log = (tmp_path / "serve.log").read_text(encoding="utf-8")
+    assert "POST /v1/completions" in log and "POST /tokenize" in log
+
+
+def test_scoring_returns_each_prompt_tokens_log_probability(tiny_model) -> None:
+    import math
+
+    from fastapi.testclient import TestClient
+
+    from kotune.engine import Engine
+    from kotune.serve import create_app
+
+    engine = Engine("builtin:tiny-ko", log=lambda *_: None)
+    with TestClient(create_app(engine)) as client:
+        ids = client.post("/tokenize", json={"prompt": "대한민국의 수도는 서울", "add_special_tokens": False}).json()["tokens"]
+        body = client.post("/v1/completions", json={"model": "builtin:tiny-ko", "prompt": [ids], "echo": True,
+                                                     "logprobs": 2, "max_tokens": 1}).json()
+        bad = client.post("/v1/completions", json={"model": "builtin:tiny-ko", "prompt": "x", "echo": True,
+                                                    "logprobs": 1, "max_tokens": 5})
+        info = client.get("/tokenizer_info").json()
+    lp = body["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(ids) + 1 and lp["token_logprobs"][0] is None
+    assert all(v <= 0 for v in lp["token_logprobs"][1:]) and all(len(t) <= 2 for t in lp["top_logprobs"][1:])
+    # Each logged probability is the model's own: recompute one position.
+    import torch
+
+    with torch.no_grad():
+        logits = engine.model(input_ids=torch.tensor([ids])).logits[0].float()
+    want = torch.log_softmax(logits[2], -1)[ids[3]].item()
+    assert math.isclose(lp["token_logprobs"][3], want, abs_tol=1e-4)
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
+    assert info["eos_token"] == engine.served["builtin:tiny-ko"].generator.tokenizer.eos_token

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 import kotune.steps
-from kotune.options import (EvalOptions, GenerateOptions, PrepareOptions, SplitOptions, TrainOptions,
+from kotune.options import (EvalOptions, GenerateOptions, PairsOptions, PrepareOptions, SplitOptions, TrainOptions,
                             ValidateOptions)
 from kotune.recipe import load_recipe
 
 from conftest import REPO, call_cli
 
 OPTIONS = {"prepare": PrepareOptions, "generate": GenerateOptions, "validate": ValidateOptions, "split": SplitOptions,
-           "train": TrainOptions, "evaluate": EvalOptions}
+           "train": TrainOptions, "evaluate": EvalOptions, "pairs": PairsOptions}
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 
@@ -33,7 +33,7 @@ def _normal(value):
 
 def _capture(monkeypatch) -> list[tuple[str, dict]]:
     seen: list[tuple[str, dict]] = []
-    for name in ("prepare", "generate", "validate", "split", "train", "doctor", "evaluate"):
+    for name in ("prepare", "generate", "validate", "split", "train", "doctor", "pairs", "evaluate"):
         signature = inspect.signature(getattr(kotune.steps, name))
 
         def fake(*args, _name=name, _sig=signature, **kwargs):
@@ -57,7 +57,7 @@ def test_the_printed_command_calls_the_step_as_the_recipe_does(recipe: Path, pro
     seen = _capture(monkeypatch)
     for call in plan.calls(tmp_path / "out"):
         seen.clear()
-        if call.name in ("generate", "train"):
+        if call.name in ("generate", "train", "prefer"):
             call.run(resume=False, overwrite=False)
         else:
             call.run()

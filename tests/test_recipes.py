@@ -25,8 +25,15 @@ SMALL = ["--max-steps", "6", "--set", "steps.eval.limit=4", "--set", "steps.eval
          "--set", "steps.eval.train_sample=null", "--set", "steps.train.report_to=none"]
 
 
+# The insurance recipe's preference round, as small: a few questions, short samples, few DPO steps.
+SMALL_PREFERENCE = ["--set", "steps.pairs.limit=6", "--set", "steps.pairs.samples=2",
+                    "--set", "steps.pairs.max_new_tokens=24", "--set", "steps.prefer.max_steps=3",
+                    "--set", "steps.prefer.report_to=none"]
+
+
 def _run(name: str, out: Path, *extra: str):
-    return call_cli(["run", RECIPES / f"{name}.yaml", "-o", out, *SMALL, *extra])
+    small = SMALL + (SMALL_PREFERENCE if name == "insurance-rag-qlora" else [])
+    return call_cli(["run", RECIPES / f"{name}.yaml", "-o", out, *small, *extra])
 
 
 def _state(out: Path) -> dict:
@@ -61,17 +68,24 @@ def test_recipe_runs_every_step_end_to_end(name: str, tmp_path: Path, tiny_model
     assert run["method"] == train.get("method", "lora") and run["template"]["name"] == train["template"]
     assert run["final"]["steps"] == 6
     metrics = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))["models"]
-    assert set(metrics) == {"base", "tuned"}
+    models = {"base", "tuned"} | ({recipe["steps"]["prefer"]["method"]} if "prefer" in recipe["steps"] else set())
+    assert set(metrics) == models
     assert recipe["steps"]["eval"]["headline"] in metrics["tuned"]["overall"]
     html = (out / "eval" / "report.html").read_text(encoding="utf-8")
-    assert "tuned" in html and "base" in html
+    assert all(m in html for m in models)
     responses = read_jsonl(out / "eval" / "responses.jsonl")
-    assert len(responses) == 4 and all(set(r["answers"]) == {"base", "tuned"} for r in responses)
+    assert len(responses) == 4 and all(set(r["answers"]) == models for r in responses)
 
     train_rows, test_rows = read_jsonl(out / "train.jsonl"), read_jsonl(out / "test.jsonl")
     assert train_rows and test_rows
     if name == "insurance-rag-qlora":  # RAG-style: the chunk is the input, retrieval at eval
         assert all(r["input"].startswith("[문서 1]") for r in train_rows)
+        # The seed's third round: SFT answers mined into pairs, DPO from the SFT run, three models compared.
+        preferred = json.loads((out / "model-dpo" / "kotune.json").read_text(encoding="utf-8"))
+        assert preferred["preference"]["method"] == "dpo" and preferred["final"]["steps"] == 3
+        assert preferred["preference"]["from_run"] == str((out / "model").resolve())
+        assert preferred["template"]["name"] == "rag" and preferred["method"] == "qlora"
+        assert all(p["rejected_errors"] for p in read_jsonl(out / "pairs.jsonl"))
         assert all(a["retrieved"] for r in responses for a in r["answers"].values())
         assert metrics["tuned"]["overall"]["unsupported_rate"] is not None
     if name == "civil-law-qa":  # per-category system prompts saved with the template
