@@ -199,3 +199,18 @@ def test_an_endpoint_that_cannot_answer_is_one_error_line_before_any_generation(
     assert {"unreachable": "cannot be reached", "unknown model": "does not serve 'nope' (it serves: stub)",
             "wrong key": "HTTP 401"}[case] in line
     assert asked == 0 and not (tmp_path / "ev").exists()
+
+
+def test_pairs_samples_an_endpoint_model(questions, tmp_path) -> None:
+    # kotune pairs takes endpoint models too: each sample pass is one request per question, with its own seed.
+    out = tmp_path / "prefs.jsonl"
+    with StubOpenAI() as stub:
+        res = call_cli(["pairs", "--model", f"openai:{stub.url}#stub", "--questions", questions, "--template", "chat",
+                        "--samples", "2", "-o", out])
+        sent = list(stub.requests)
+    assert res.code == 0, res.err
+    assert len(sent) == 2 * 6 and {r["seed"] for r in sent} == {42, 43}
+    pairs = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(pairs) == 6 and all(p["rejected"].startswith("답변") and p["chosen_source"] == "reference" for p in pairs)
+    assert all("정보 누락" in p["rejected_errors"] for p in pairs)
+    assert not list(tmp_path.glob(".prefs.jsonl.samples-*"))
