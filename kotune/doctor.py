@@ -127,7 +127,27 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
     else:
         findings.append(Finding("template_mismatch", True, f"inference uses the training template {template.name!r}"))
 
+    preference_data = False
     if data:
+        from kotune.data.preferences import is_preference_file
+
+        preference_data = Path(data).is_file() and is_preference_file(data)
+    if data and preference_data:
+        # A preference run: both answers of every pair end with EOS, prompts are never supervised
+        # (encode_preference keeps them apart), and the longest pair must fit.
+        from kotune.data.preferences import read_preferences
+        from kotune.templates import encode_preference
+
+        encoded = [encode_preference(tokenizer, template, r, max_length=10**9) for r in read_preferences(data)]
+        answers = [e[k] for e in encoded for k in ("chosen_ids", "rejected_ids", "completion_ids") if k in e]
+        no_eos = sum(1 for a in answers if not a or a[-1] != tokenizer.eos_token_id)
+        findings.append(Finding("eos_in_labels", no_eos == 0,
+                                f"EOS ends every chosen and rejected answer ({len(answers)})" if no_eos == 0
+                                else f"{no_eos} answers lack EOS", "append the EOS token to every answer"))
+        findings.append(Finding("prompt_in_loss", True, "prompts are kept apart from the answers (never in the loss)"))
+        lengths = [len(e["prompt_ids"]) + max(len(a) for k, a in e.items() if k.endswith("_ids") and k != "prompt_ids")
+                   for e in encoded]
+    if data and not preference_data:
         texts = _raw_texts(data)
         if texts is not None:
             # Raw strings fed whole to the trainer: labels = input_ids.
@@ -159,6 +179,7 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
                                         "prompt tokens carry label -100" if leaked == 0 else f"{leaked} samples score prompt tokens",
                                         "mask prompt tokens with -100"))
             lengths = [len(e["input_ids"]) for e in encoded]
+    if data:
         over = sum(1 for n in lengths if n > max_length)
         findings.append(Finding("truncation", over == 0,
                                 f"{over} of {len(lengths)} samples are longer than max_length {max_length} "

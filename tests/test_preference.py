@@ -110,6 +110,8 @@ def test_preference_run_keeps_the_sft_runs_template_eos_and_pad(sft_run, dpo_run
     enc = encode_preference(tok, template, PreferenceRecord("질문입니다", chosen="좋은 답.", rejected="나쁜 답."), 512)
     assert enc["chosen_ids"][-1] == tok.eos_token_id and enc["rejected_ids"][-1] == tok.eos_token_id
     assert tok.decode(enc["prompt_ids"]).endswith("### Response:\n")
+    doctor = call_cli(["doctor", dpo_run])  # checks the preference data the run trained on
+    assert doctor.code == 0 and "EOS ends every chosen and rejected answer" in doctor.out, doctor.out
 
 
 
