@@ -111,7 +111,7 @@ def test_preference_run_keeps_the_sft_runs_template_eos_and_pad(sft_run, dpo_run
     assert enc["chosen_ids"][-1] == tok.eos_token_id and enc["rejected_ids"][-1] == tok.eos_token_id
     assert tok.decode(enc["prompt_ids"]).endswith("### Response:\n")
     doctor = call_cli(["doctor", dpo_run])  # checks the preference data the run trained on
-    assert doctor.code == 0 and "EOS ends every chosen and rejected answer" in doctor.out, doctor.out
+    assert doctor.code == 0 and "EOS ends every chosen" in doctor.err, doctor.err
 
 
 
@@ -138,7 +138,7 @@ def test_preference_run_loads_in_eval_chat_serve_and_export(sft_run, dpo_run, ta
     chat = subprocess.run([sys.executable, "-m", "kotune", "chat", "--model", str(dpo_run), "--max-new-tokens", "24"],
                           input="국가센터란 무엇인가요?\n/exit\n", cwd=REPO, env=_subprocess_env(), capture_output=True,
                           text=True, timeout=300)
-    assert chat.returncode == 0 and "template=alpaca" in chat.stdout, chat.stderr
+    assert chat.returncode == 0 and "(template alpaca)" in chat.stdout, chat.stderr
 
     with serve_process(["--model", dpo_run], tmp_path / "serve.log") as (url, _):
         with urllib.request.urlopen(url + "/v1/models", timeout=30) as r:
@@ -289,7 +289,7 @@ def test_pairs_rejects_the_flagged_answers_and_chooses_valid_references(sft_run,
     assert len(checked.kept) == len(pairs) and not checked.dropped
     summary = json.loads((tmp_path / "mined.summary.json").read_text(encoding="utf-8"))
     assert summary["pairs"] == len(pairs) and summary["rejected_error_types"]["근거 없음"] >= 1
-    assert "근거 없음" in res.out  # the table of pairs per failure type
+    assert "근거 없음" in res.err  # the table of pairs per failure type
     assert not list(tmp_path.glob(".mined.jsonl.samples-*"))  # the journal is gone once the output is written
 
 
