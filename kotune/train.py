@@ -241,6 +241,12 @@ def tokenize_records(records, tokenizer, template, max_length: int):
 # ---------------------------------------------------------------- output folder
 def prepare_output_dir(out: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> Path | None:
     """Refuse to clobber another run; returns the checkpoint to resume from, if any."""
+    if out.exists() and not RunInfo.read(out):
+        # A run killed while loading (before its record was written) leaves only the empty
+        # folders Trainer made: nothing to keep, nothing to refuse.
+        for p in list(out.iterdir()):
+            if p.name in ("checkpoints", "logs") and p.is_dir() and not any(p.rglob("*")):
+                shutil.rmtree(p)
     if out.exists() and any(out.iterdir()):
         info = RunInfo.read(out)
         if overwrite:
