@@ -215,3 +215,17 @@ def test_two_process_ddp_on_cpu_trains(sample_split, tmp_path, tiny_model):
     assert info["final"]["steps"] == 12
     assert info["final"]["eval_loss"] < info["final"]["initial_eval_loss"]
     assert res.stderr.count("training lora on") == 1  # only rank 0 reports
+
+
+def test_a_folder_left_by_a_run_killed_while_loading_does_not_block_the_rerun(tmp_path):
+    # Trainer makes OUT/checkpoints before kotune.json is written; a kill in between left a
+    # folder that refused both --overwrite ("not a kotune output") and a plain rerun.
+    from kotune.train import TrainConfig, prepare_output_dir
+
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    config = TrainConfig(base_model="builtin:tiny-ko", data="d.jsonl", output_dir=str(out))
+    assert prepare_output_dir(out, config, resume=False, overwrite=False) is None
+    (out / "notes.txt").write_text("mine", encoding="utf-8")  # anything else is still protected
+    with pytest.raises(Exception, match="already holds other files"):
+        prepare_output_dir(out, config, resume=False, overwrite=False)
