@@ -106,16 +106,7 @@ def export(model_dir: str | Path, output: str | Path | None = None, *, merge: bo
            dtype: str = "auto", overwrite: bool = False, log=print) -> dict[str, Any]:
     """Export a kotune output. Returns ``{"kind", "output", "command"}`` (output None when nothing was written)."""
     src = Path(model_dir)
-    if not src.exists():
-        raise KotuneError("no such folder", path=src)
-    if not src.is_dir():
-        raise KotuneError("not a folder (give a kotune output folder)", path=src)
-    run = RunInfo.read(src)
-    if run is None:
-        raise KotuneError("not a kotune output (no kotune.json)", path=src)
-    if not run.complete:
-        raise KotuneError(f"training has not finished (status {run.status!r}); finish or --resume it first",
-                          path=src)
+    run = RunInfo.finished(src)
     is_adapter = (src / "adapter_config.json").exists()
     is_model = (src / "config.json").exists()
     if not is_adapter and not is_model:

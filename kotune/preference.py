@@ -35,15 +35,7 @@ from kotune.runinfo import DataInfo, PreferenceInfo, RunInfo, TemplateInfo
 
 def read_sft_run(folder: str | Path) -> RunInfo:
     """The SFT run ``--from`` names, or one line saying why it is not one."""
-    path = Path(folder)
-    if not path.is_dir():
-        raise KotuneError("--from: not a folder (give the output folder of kotune train)", path=path)
-    info = RunInfo.read(path)
-    if info is None:
-        raise KotuneError("--from: not a kotune run (no kotune.json); give the output folder of kotune train", path=path)
-    if not info.complete:
-        raise KotuneError(f"--from: the run is {info.status}, not complete; finish it with kotune train --resume", path=path)
-    return info
+    return RunInfo.finished(folder, option="--from")
 
 
 def starting_point(info: RunInfo, folder: Path, adapter: str | None) -> tuple[str, str]:

@@ -136,6 +136,25 @@ class RunInfo(_Part):
                               f"({SCHEMA_VERSION}); upgrade kotune", path=p)
         return info
 
+    @classmethod
+    def finished(cls, folder: str | Path, *, option: str = "") -> "RunInfo":
+        """The record of the finished run in ``folder``, or one line saying why there is none
+        (``option`` names the command-line option that gave the folder)."""
+        prefix = f"{option}: " if option else ""
+        path = Path(folder)
+        if not path.exists():
+            raise KotuneError(f"{prefix}no such folder", path=path)
+        if not path.is_dir():
+            raise KotuneError(f"{prefix}not a folder (give a kotune output folder)", path=path)
+        info = cls.read(path)
+        if info is None:
+            raise KotuneError(f"{prefix}not a kotune output (no kotune.json); give the output folder of kotune train",
+                              path=path)
+        if not info.complete:
+            raise KotuneError(f"{prefix}training has not finished (status {info.status!r}); finish or --resume it first",
+                              path=path)
+        return info
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON object written to disk (keys that were never set are left out)."""
         data = self.model_dump(mode="json", exclude_unset=True)

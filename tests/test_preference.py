@@ -213,9 +213,9 @@ def test_from_a_folder_that_is_not_a_run_is_one_error_line(tmp_path):
     data = _write(tmp_path / "p.jsonl", [{"instruction": "질문", "chosen": "답입니다.", "rejected": "틀린 답."}])
     (tmp_path / "notarun").mkdir()
     _one_error_line(call_cli(["train", "--method", "dpo", "--from", tmp_path / "notarun", "--data", data,
-                              "-o", tmp_path / "o"]), "not a kotune run")
+                              "-o", tmp_path / "o"]), "--from: not a kotune output")
     _one_error_line(call_cli(["train", "--method", "dpo", "--from", tmp_path / "missing", "--data", data,
-                              "-o", tmp_path / "o"]), "--from: not a folder")
+                              "-o", tmp_path / "o"]), "--from: no such folder")
 
 
 def test_kto_on_pairs_without_labels_is_one_error_line(tmp_path):
