@@ -146,7 +146,7 @@ def test_preference_run_loads_in_eval_chat_serve_and_export(sft_run, dpo_run, ta
     assert entry["kotune"]["template"]["name"] == "alpaca"
 
     merged = tmp_path / "merged"
-    res = call_cli(["export", dpo_run, "--merge", "-o", merged])
+    res = call_cli(["export", "--model", dpo_run, "-o", merged])
     assert res.code == 0, res.err
     exported = json.loads((merged / "kotune.json").read_text(encoding="utf-8"))
     assert exported["template"]["name"] == "alpaca" and exported["preference"]["method"] == "dpo"
