@@ -203,8 +203,12 @@ def train(opts: TrainOptions, *, base_model: str | None, data: Path, output_dir:
             prompts = json.loads(read_text_file(system_prompts))
         except json.JSONDecodeError as e:
             raise KotuneError(f"invalid JSON ({e.msg})", path=system_prompts, line=e.lineno) from None
-    TrainConfig(base_model="", data=str(data), output_dir=str(output_dir), from_run=str(from_run) if from_run else None,
-                **opts.model_dump(include=set(TrainOptions.model_fields))).check()
+    config = TrainConfig(base_model=base_model or TrainOptions.default_base_model, data=str(data),
+                         output_dir=str(output_dir), system_prompts=prompts,
+                         eval_data=str(eval_data) if eval_data else None, trust_remote_code=trust_remote_code,
+                         from_run=str(from_run) if from_run else None,
+                         **opts.model_dump(include=set(TrainOptions.model_fields)))
+    config.check()  # options that do not go together, before any file is read
     if from_run is not None and base_model is not None:
         from kotune.preference import read_sft_run
 
@@ -212,11 +216,6 @@ def train(opts: TrainOptions, *, base_model: str | None, data: Path, output_dir:
         if base_model != run_base:
             raise KotuneError(f"--base-model {base_model}: --from {from_run} was trained on {run_base}, and a preference "
                               "run continues it on that base; drop --base-model")
-    config = TrainConfig(base_model=base_model or TrainOptions.default_base_model, data=str(data),
-                         output_dir=str(output_dir), system_prompts=prompts,
-                         eval_data=str(eval_data) if eval_data else None, trust_remote_code=trust_remote_code,
-                         from_run=str(from_run) if from_run else None,
-                         **opts.model_dump(include=set(TrainOptions.model_fields)))
     if config.preference:
         from kotune.preference import train_preference
 
