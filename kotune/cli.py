@@ -86,6 +86,7 @@ def validate(
     inputs: List[Path] = typer.Argument(..., metavar="QA...", help="QA files to merge (.jsonl .json .csv), in priority order."),
     output: Path = typer.Option(..., "--output", "-o", help="Clean records file to write."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the validation report (JSON) here."),
+    dropped: Optional[Path] = typer.Option(None, "--dropped", help="Write every dropped record here (JSONL, with drop_reason)."),
     chunks_file: Optional[Path] = typer.Option(None, "--chunks", help="Chunks JSONL, to check answers are grounded in their chunk."),
     mapping: Optional[List[str]] = typer.Option(None, "--map", help="Column mapping SOURCE=FIELD, e.g. --map 질문=instruction."),
     min_answer_chars: int = typer.Option(ValidateOptions.default("min_answer_chars"), "--min-answer-chars", help="Drop answers shorter than this."),
@@ -101,7 +102,8 @@ def validate(
     opts = ValidateOptions.check(dict(min_answer_chars=min_answer_chars, near_dup_threshold=near_dup,
                                       min_grounding=min_grounding, grounding=grounding, one_answer_per_prompt=one_answer,
                                       categories=list(categories or [])))
-    steps.validate(inputs, output, opts, report=report, chunks_file=chunks_file, mapping=parse_mapping(mapping))
+    steps.validate(inputs, output, opts, report=report, chunks_file=chunks_file, mapping=parse_mapping(mapping),
+                   dropped=dropped)
 
 
 @app.command()
@@ -370,6 +372,20 @@ def serve(
                            context=str(context) if context else None, top_k=top_k)
     run_serve(model, parse_adapter_args(adapter), host=host, port=port, template=template, options=options,
               access_log=access_log, log=lambda m: console.print(m, markup=False))
+
+
+@app.command()
+def studio(
+    root: Path = typer.Option(Path("."), "--root", help="The folder whose runs, data, evals and recipes the studio shows (nothing outside it is read)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default; any other needs a token)."),
+    port: int = typer.Option(7860, "--port", min=1, max=65535, help="Port to listen on."),
+    token_env: Optional[str] = typer.Option(None, "--token-env", help="Environment variable holding the token other hosts must give (default: a new one, printed once)."),
+) -> None:
+    """Web UI: runs with live loss curves, data as the model sees it, eval flips, side-by-side chat, launching recipes."""
+    from kotune.studio.app import run_studio
+
+    _quiet_libraries()
+    run_studio(root, host=host, port=port, token_env=token_env, log=lambda m: console.print(m, markup=False, highlight=False))
 
 
 @app.command()

@@ -30,6 +30,7 @@ def _question_row(raw: dict[str, Any], i: int) -> dict[str, Any]:
         "keywords": split_keywords(raw.get("keywords")),
         "category": str(raw.get("category") or "").strip(),
         "context": str(raw.get("context") or "").strip(),
+        "chunk_id": str(raw.get("chunk_id") or ""),   # the chunk a generated question came from
     }
 
 
@@ -202,7 +203,8 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
         for i, (q, (ctx, ids)) in enumerate(zip(questions, contexts)):
             entry = {"id": q["id"], "question": q["question"], "input": q["input"], "category": q["category"],
                      "reference": q["reference"],
-                     "keywords": q["keywords"], "answers": {}}
+                     "keywords": q["keywords"], **({"chunk_id": q["chunk_id"]} if q.get("chunk_id") else {}),
+                     "answers": {}}
             for name, _ in models:
                 a = answers[name][i]
                 row = per_model_rows[name][i]

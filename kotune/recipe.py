@@ -11,7 +11,7 @@ options model (:mod:`kotune.options`), ``run`` prints the equivalent command lin
 Each step reads the previous step's file in ``OUT`` (or a file the recipe names)
 and writes its own there::
 
-    OUT/chunks.jsonl  qa.jsonl  clean.jsonl validation.json  train.jsonl test.jsonl
+    OUT/chunks.jsonl  qa.jsonl  clean.jsonl validation.json dropped.jsonl  train.jsonl test.jsonl
     OUT/model/        eval/ (eval-train/)    run.json (what ran, with which inputs)
 
 A step is skipped when its key — the command line with every input file replaced
@@ -30,6 +30,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
 import shlex
 import time
@@ -69,7 +70,7 @@ class GenerateStep(GenerateOptions):
 
 
 class ValidateStep(ValidateOptions):
-    """Generated QA plus ``data`` files → ``OUT/clean.jsonl``, ``OUT/validation.json``."""
+    """Generated QA plus ``data`` files → ``OUT/clean.jsonl``, ``OUT/validation.json``, ``OUT/dropped.jsonl``."""
 
     data: list[str] = Field(default_factory=list)
     map: dict[str, str] = Field(default_factory=dict)
@@ -392,15 +393,17 @@ class Plan:
             if not sources:
                 raise KotuneError("steps.validate: nothing to validate: add a generate step or steps.validate.data",
                                   path=self.path)
-            clean, report = out / "clean.jsonl", out / "validation.json"
-            args = ["validate", *map(str, sources), "-o", str(clean), "--report", str(report), *_flags(v, {"data"})]
+            clean, report, dropped = out / "clean.jsonl", out / "validation.json", out / "dropped.jsonl"
+            args = ["validate", *map(str, sources), "-o", str(clean), "--report", str(report), "--dropped", str(dropped),
+                    *_flags(v, {"data"})]
             if produced["qa"] and produced["chunks"] and v.grounding:
                 args += ["--chunks", str(produced["chunks"])]
             grounding_chunks = produced["chunks"] if "--chunks" in args else None
             ins = sources + ([grounding_chunks] if grounding_chunks else [])
-            calls.append(StepCall("validate", args, ins, [clean, report],
-                                  run=lambda v=v, sources=sources, clean=clean, report=report, c=grounding_chunks:
-                                  steps.validate(sources, clean, v, report=report, chunks_file=c, mapping=v.map)))
+            calls.append(StepCall("validate", args, ins, [clean, report, dropped],
+                                  run=lambda v=v, sources=sources, clean=clean, report=report, c=grounding_chunks,
+                                  d=dropped: steps.validate(sources, clean, v, report=report, chunks_file=c,
+                                                            mapping=v.map, dropped=d)))
             records_in = clean
         if s.split:
             sp = s.split
@@ -596,7 +599,11 @@ def run_recipe(plan: Plan, out: Path, *, force: bool = False, log: Callable[[str
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "run.json"
     state = _read_state(state_path)
-    state.update({"recipe": str(plan.path), "name": plan.recipe.name, "base_model": plan.recipe.base_model})
+    # pid: a run.json whose steps stopped at "started" and whose process is gone was killed
+    # (kotune studio shows it as resumable); "failed" steps keep their one error line.
+    state.update({"recipe": str(plan.path), "name": plan.recipe.name, "base_model": plan.recipe.base_model,
+                  "pid": os.getpid(), "steps_planned": [c.label or c.name for c in calls]})
+    state.pop("finished", None)
     header = header or log
     if plan.recipe.steps.train and plan.recipe.steps.train.system_prompts:
         from kotune.io import write_json
@@ -634,13 +641,21 @@ def run_recipe(plan: Plan, out: Path, *, force: bool = False, log: Callable[[str
         state["steps"][label] = {"key": key, "status": "started", "started": _now()}
         _write_state(state_path, state)
         t0 = time.monotonic()
-        rc = call.run(resume=resumed, overwrite=overwrite) if call.name in ("generate", "train", "prefer") else call.run()
-        if rc not in (None, 0):
-            raise KotuneError(f"step {label} failed (exit code {rc}); fix it and run the recipe again")
+        try:
+            rc = call.run(resume=resumed, overwrite=overwrite) if call.name in ("generate", "train", "prefer") else call.run()
+            if rc not in (None, 0):
+                raise KotuneError(f"step {label} failed (exit code {rc}); fix it and run the recipe again")
+        except (KotuneError, OSError) as e:
+            state["steps"][label] = {"key": key, "status": "failed", "started": state["steps"][label]["started"],
+                                     "error": str(e)}
+            _write_state(state_path, state)
+            raise
         seconds = round(time.monotonic() - t0, 1)
         state["steps"][label] = {"key": key, "status": "done", "finished": _now(), "seconds": seconds}
         _write_state(state_path, state)
         results.append(StepResult(label, "resumed" if resumed else "ran", seconds))
+    state["finished"] = _now()
+    _write_state(state_path, state)
     return results
 
 

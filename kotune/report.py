@@ -660,6 +660,14 @@ def render_html(metrics: dict, responses: list[dict], title: str = "kotune eval"
     )
 
 
+def charts(metrics: dict, responses: list[dict]) -> tuple[list[_Figure], str]:
+    """The report's charts, for pages that lay them out themselves (kotune studio's eval
+    page): the per-category figures and the error-type chart (SVG, "" when none)."""
+    models = _models(metrics)
+    colours = _model_colours(_model_names(metrics, responses))
+    return (_category_figures(models, colours) if models else []), _error_chart(models, colours)
+
+
 # --------------------------------------------------------------------------- Markdown
 #
 # Written by hand rather than with a table library (tabulate and the like): none of

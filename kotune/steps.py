@@ -113,7 +113,8 @@ def generate(chunks_file: Path, output: Path, opts: GenerateOptions, *, shard: s
 
 
 def validate(inputs: list[Path], output: Path, opts: ValidateOptions, *, report: Path | None = None,
-             chunks_file: Path | None = None, mapping: dict[str, str] | None = None) -> None:
+             chunks_file: Path | None = None, mapping: dict[str, str] | None = None,
+             dropped: Path | None = None) -> None:
     """Merge QA files; drop missing, duplicate, near-duplicate, short, incomplete, evasive and ungrounded records."""
     from kotune.data.preferences import is_preference_file
     from kotune.data.validate import ValidateConfig, render_tables, validate_records
@@ -145,7 +146,25 @@ def validate(inputs: list[Path], output: Path, opts: ValidateOptions, *, report:
     write_records(output, result.kept)
     if report:
         write_json(report, result.report())
+    if dropped:
+        _write_dropped(dropped, result.dropped)
     done(f"kept {len(result.kept)} of {len(records)} records → {output}" + (f" (report: {report})" if report else ""))
+
+
+def _write_dropped(path: Path, dropped: list) -> None:
+    """Every dropped record in full, with ``drop_reason`` (a key of the report's
+    ``dropped_by_reason``) and where it came from (``file``, ``line``)."""
+    from kotune.io import atomic_writer, dumps
+    from kotune.records import record_out
+
+    with atomic_writer(path) as f:
+        for rec, reason in dropped:
+            row = record_out(rec)
+            row["drop_reason"] = reason
+            for key in ("grounding", "duplicate_of", "similarity", "_file", "_line"):
+                if key in rec.extra:
+                    row[key.lstrip("_")] = rec.extra[key]
+            f.write(dumps(row) + "\n")
 
 
 def _validate_preferences(inputs: list[Path], output: Path, opts: ValidateOptions, *, report: Path | None) -> None:

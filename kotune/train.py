@@ -454,6 +454,8 @@ def run_trainer(trainer, info: RunInfo, s: Start, tokenizer, *, resume_from: Pat
     evaluation's metrics."""
     from kotune.templates import eos_ids
 
+    if trainer.is_world_process_zero():
+        trainer.add_callback(live_history(info, s.out))
     # The untuned model's eval loss, so the run reports what tuning changed.
     initial_eval = trainer.evaluate()["eval_loss"] if has_eval and not resume else None
     t0 = time.time()
@@ -465,7 +467,7 @@ def run_trainer(trainer, info: RunInfo, s: Start, tokenizer, *, resume_from: Pat
     if trainer.is_world_process_zero():
         trainer.model.save_pretrained(str(s.out))
         tokenizer.save_pretrained(str(s.out))
-        history = [h for h in trainer.state.log_history if "loss" in h or "eval_loss" in h]
+        history = loss_history(trainer.state.log_history)
         info.status = "complete"
         seen = trainer.state.num_input_tokens_seen
         info.final = FinalInfo(
@@ -500,6 +502,7 @@ def announce(info: RunInfo, config: TrainConfig, s: Start, what: str, est: dict[
     if epochs_reason:
         log(f"note: {epochs_reason}")
     s.out.mkdir(parents=True, exist_ok=True)
+    info.pid = os.getpid()  # a running record whose process is gone was killed (kotune studio: resumable)
     info.write(s.out)
 
 
@@ -676,6 +679,26 @@ def time_per_token(trainer, ds, batches: int = 2) -> float | None:
         return spent / max(seen, 1)
     except Exception:  # an estimate must never stop a run
         return None
+
+
+def loss_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The logged entries that carry a loss (train or eval): the run record's ``history``."""
+    return [h for h in log_history if "loss" in h or "eval_loss" in h]
+
+
+def live_history(info: RunInfo, out: Path):
+    """Rewrite the run record's ``history`` at every log while training, so a watcher
+    (kotune studio's loss curve) sees the losses live; the record is small and written
+    atomically, and TensorBoard's event files need a reader kotune does not ship."""
+    from transformers import TrainerCallback
+
+    class LiveHistory(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and ("loss" in logs or "eval_loss" in logs):
+                info.history = loss_history(state.log_history)
+                info.write(out)
+
+    return LiveHistory()
 
 
 def rich_training_progress():

@@ -1,0 +1,138 @@
+"""The studio's chat: models picked in the browser, loaded once and kept, each answering
+with its own run's template (:class:`kotune.generation.Generator`, as ``kotune chat``),
+or asked over an OpenAI-compatible endpoint (:mod:`kotune.endpoint`, as ``kotune eval``).
+
+A model is named ``run:PATH`` (a training run under ROOT), ``base:SPEC`` (a base model
+that a run under ROOT was trained from, or a builtin) or ``openai:URL#MODEL``. A base
+model asked beside a run gets that run's template, so both see the same prompt.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from kotune.endpoint import EndpointSpec, open_endpoint
+from kotune.errors import KotuneError
+from kotune.generation import Answer, GenerationSettings, Generator
+from kotune.runinfo import RunInfo
+from kotune.studio.root import Root
+
+BUILTINS = ("builtin:tiny-ko", "builtin:gemma-3-270m")
+MAX_LOADED = 3          # models kept in memory (least recently used one goes first)
+LIMITS = {"max_tokens": (1, 1024), "temperature": (0.0, 2.0), "top_p": (0.01, 1.0), "repetition_penalty": (1.0, 2.0)}
+MAX_QUESTION_CHARS = 4000
+
+
+@dataclass
+class Loaded:
+    model: Any                       # a Generator or an EndpointModel
+    lock: threading.Lock
+    label: str
+
+
+def settings_from(body: dict[str, Any]) -> GenerationSettings:
+    """Generation settings from a request, each checked against its bounds (one line when out)."""
+    def num(key: str, default: float) -> float:
+        value = body.get(key, default)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise KotuneError(f"{key}: a number, got {value!r}") from None
+        lo, hi = LIMITS[key]
+        if not lo <= value <= hi:
+            raise KotuneError(f"{key}: between {lo:g} and {hi:g}, got {value:g}")
+        return value
+
+    raw_stop = body.get("stop") or []
+    if isinstance(raw_stop, str):
+        raw_stop = raw_stop.splitlines()
+    stop = [str(s) for s in raw_stop if str(s)][:4]
+    if any(len(s) > 64 for s in stop):
+        raise KotuneError("stop: each stop string at most 64 characters")
+    return GenerationSettings(max_new_tokens=int(num("max_tokens", 128)), temperature=num("temperature", 0.0),
+                              top_p=num("top_p", 1.0), repetition_penalty=num("repetition_penalty", 1.0),
+                              stop=[s.replace("\\n", "\n") for s in stop])
+
+
+class ChatModels:
+    def __init__(self, root: Root):
+        self.root = root
+        self._loaded: OrderedDict[tuple[str, str], Loaded] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def choices(self, outputs: list[Any]) -> list[dict[str, str]]:
+        """What the chat page offers: the base models runs under ROOT came from, then every
+        finished run (its own template)."""
+        bases, runs = [], []
+        for o in outputs:
+            for m in o.models:
+                if m.status != "finished" or m.info is None:
+                    continue
+                runs.append({"id": f"run:{m.rel}", "label": m.rel, "template": m.info.template.name if m.info.template else ""})
+                if m.info.base_model and m.info.base_model not in bases:
+                    bases.append(m.info.base_model)
+        return [{"id": f"base:{b}", "label": b, "template": ""} for b in bases] + runs
+
+    def _allowed_bases(self) -> set[str]:
+        bases = set(BUILTINS)
+        for o in self.root.scan():
+            bases.update(m.info.base_model for m in o.models if m.info and m.info.base_model)
+        return bases
+
+    def _template_of(self, run_id: str):
+        if not run_id.startswith("run:"):
+            return None
+        info = RunInfo.read(self.root.path(run_id[4:]))
+        return info.own_template if info else None
+
+    def get(self, model_id: str, template_from: str = "") -> Loaded:
+        """The model named ``model_id``, loaded (or opened) once and cached."""
+        key = (model_id, template_from if model_id.startswith("base:") else "")
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+        loaded = self._open(model_id, template_from)
+        with self._lock:
+            self._loaded[key] = loaded
+            while len(self._loaded) > MAX_LOADED:
+                self._loaded.popitem(last=False)
+        return loaded
+
+    def _open(self, model_id: str, template_from: str) -> Loaded:
+        quiet = lambda *_: None  # noqa: E731
+        if model_id.startswith("run:"):
+            folder = self.root.path(model_id[4:])
+            RunInfo.finished(folder)
+            return Loaded(Generator(str(folder), log=quiet), threading.Lock(), model_id[4:])
+        if model_id.startswith("base:"):
+            spec = model_id[5:]
+            if spec not in self._allowed_bases():
+                raise KotuneError(f"{spec}: not a base model of a run under the studio root")
+            return Loaded(Generator(spec, default_template=self._template_of(template_from), log=quiet),
+                          threading.Lock(), spec)
+        endpoint = EndpointSpec.parse(model_id)
+        if endpoint is not None:
+            em = open_endpoint(model_id, endpoint, template=None, default_template=self._template_of(template_from))
+            return Loaded(em, threading.Lock(), str(endpoint))
+        raise KotuneError(f"{model_id}: pick a model (run:PATH, base:MODEL or openai:URL#MODEL)")
+
+    def answer(self, loaded: Loaded, question: str, settings: GenerationSettings, context: str | None) -> Iterator[str | Answer]:
+        """Pieces of the answer as they come, then the Answer. An endpoint's answer comes
+        whole (kotune's OpenAI client asks without streaming)."""
+        if not question.strip():
+            raise KotuneError("ask a question")
+        if len(question) > MAX_QUESTION_CHARS:
+            raise KotuneError(f"question: at most {MAX_QUESTION_CHARS} characters")
+        model = loaded.model
+        prompt = model.prompt(question, context=context)
+        with loaded.lock:  # one answer at a time per model; different models answer together
+            if isinstance(model, Generator):
+                yield from model.stream(prompt, settings)
+            else:
+                answer = model.ask(prompt, settings)
+                yield answer.text
+                yield answer
