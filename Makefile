@@ -31,7 +31,7 @@ demo-fast: install
 # The report test renders HTML in headless Chromium with a Korean font (Debian packages).
 test: install
 	bash scripts/install-system-deps.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # Unit tests only: no model is built, trained or loaded (tests/conftest.py marks those e2e).
 test-fast: install

@@ -148,9 +148,7 @@ def test_unknown_override_key_gets_the_clis_line(root: Path, monkeypatch) -> Non
     res = c.post("/api/launch/check", json={"recipe": "recipes/policy-qa.yaml", "overrides": "steps.train.epoch=2"},
                  headers=HEADERS)
     assert res.status_code == 400
-    studio_line = res.json()["error"]
-    # The same line; the recipe path is absolute in the studio, as given on the command line.
-    assert studio_line.replace(str(root / "recipes"), "recipes") == line
+    assert res.json()["error"] == line  # the same line, paths relative to ROOT as typed there
     ok = c.post("/api/launch/check", json={"recipe": "recipes/policy-qa.yaml", "overrides": "steps.train.epochs=2",
                                            "preset": "fast", "output": "runs/x"}, headers=HEADERS).json()
     assert ok["ok"] and ok["steps"][0] == "prepare" and ok["output"] == "runs/x" and "--preset fast" in ok["command"]

@@ -8,7 +8,9 @@ Screenshots of every page are written to the test's folder (docs/ holds copies).
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -90,6 +92,12 @@ def studio(tmp_path_factory, tiny_model):
     yield url, root
     proc.terminate()
     proc.wait(timeout=15)
+    # A launched run outlives the studio by design; a failed test must not leave one training.
+    for launch in root.glob("runs/*/studio.json"):
+        try:
+            os.killpg(json.loads(launch.read_text(encoding="utf-8"))["pid"], signal.SIGKILL)
+        except (ProcessLookupError, KeyError, ValueError, PermissionError):
+            pass
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def create_app(root: str | Path, *, token: str | None = None, allowed_hosts: tup
 
     @app.exception_handler(KotuneError)
     async def _kotune_error(request: Request, exc: KotuneError):
-        message = f"error: {exc}"  # the CLI's one line
+        message = f"error: {exc}".replace(str(r.dir) + "/", "")  # the CLI's one line, as run in ROOT
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": message}, status_code=status_of(exc))
         return page(request, "error.html.j2", status=status_of(exc), message=message)
@@ -239,7 +239,7 @@ def create_app(root: str | Path, *, token: str | None = None, allowed_hosts: tup
         form = launching.LaunchForm.parse(await body_of(request))
         checked = await asyncio.to_thread(launching.check, r, form)
         return {"ok": True, "output": r.rel(checked.output), "steps": checked.steps,
-                "command": "kotune " + " ".join(checked.argv)}
+                "command": checked.command(r)}
 
     @app.post("/api/launch")
     async def api_launch(request: Request):

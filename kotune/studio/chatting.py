@@ -18,7 +18,7 @@ from kotune.endpoint import EndpointSpec, open_endpoint
 from kotune.errors import KotuneError
 from kotune.generation import Answer, GenerationSettings, Generator
 from kotune.runinfo import RunInfo
-from kotune.studio.root import Root
+from kotune.studio.root import MODEL_LOCK, Root
 
 BUILTINS = ("builtin:tiny-ko", "builtin:gemma-3-270m")
 MAX_LOADED = 3          # models kept in memory (least recently used one goes first)
@@ -95,7 +95,8 @@ class ChatModels:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
-        loaded = self._open(model_id, template_from)
+        with MODEL_LOCK:
+            loaded = self._open(model_id, template_from)
         with self._lock:
             self._loaded[key] = loaded
             while len(self._loaded) > MAX_LOADED:

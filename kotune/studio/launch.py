@@ -11,6 +11,7 @@ resuming starts the same command again, and the recipe resumes where it stopped
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -56,6 +57,10 @@ class Checked:
     name: str
     steps: list[str]
 
+    def command(self, root: Root) -> str:
+        """The command line as typed in ROOT."""
+        return "kotune " + shlex.join(a.replace(str(root.dir) + "/", "") for a in self.argv)
+
 
 def check(root: Root, form: LaunchForm) -> Checked:
     """The form as ``kotune run`` would take it; KotuneError with the CLI's message."""
@@ -73,6 +78,8 @@ def check(root: Root, form: LaunchForm) -> Checked:
     out = root.path(form.output, must_exist=False) if form.output else root.path(f"runs/{plan.recipe.name}",
                                                                                    must_exist=False)
     calls = plan.calls(out)  # every input checked before anything starts, as kotune run does
+    # Absolute paths: the run records the paths it was given (kotune.json's data path), and
+    # the studio reads them back from its own working folder.
     argv = ["run", str(recipe), "-o", str(out)]
     for item in form.overrides:
         argv += ["--set", item]
@@ -102,7 +109,7 @@ class Launcher:
                 raise KotuneError(f"{self.root.rel(out)}: a run is already going in this folder")
             out.mkdir(parents=True, exist_ok=True)
             log = open(out / LAUNCH_LOG, "ab")
-            log.write(f"\n$ kotune {' '.join(checked.argv)}\n".encode("utf-8"))
+            log.write(f"\n$ {checked.command(self.root)}\n".encode("utf-8"))
             log.flush()
             env = dict(os.environ, COLUMNS="120", PYTHONUNBUFFERED="1", NO_COLOR="1")
             proc = subprocess.Popen([sys.executable, "-m", "kotune", *checked.argv], cwd=self.root.dir,

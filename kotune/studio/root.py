@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -24,6 +25,10 @@ MAX_DEPTH = 6
 RECIPE_STATE = "run.json"        # kotune run's state (kotune.recipe)
 LAUNCH_FILE = "studio.json"      # a run the studio launched: its command, pid and exit
 LAUNCH_LOG = "studio.log"
+# One model construction at a time in the studio's threads: transformers' loading and
+# accelerate's init_empty_weights (the doctor's meta model) patch process-wide state, and
+# two at once left one model on the meta device.
+MODEL_LOCK = threading.RLock()
 
 
 class OutsideRoot(KotuneError):
@@ -195,6 +200,13 @@ class Output:
     error: str = ""
     launch: dict[str, Any] = field(default_factory=dict)
     updated: float = 0.0
+    headline: dict[str, float] = field(default_factory=dict)   # ROUGE-L per model in OUT/eval
+
+    @property
+    def updated_text(self) -> str:
+        import time
+
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(self.updated)) if self.updated else ""
 
     @property
     def has_data(self) -> bool:
@@ -252,10 +264,13 @@ def recipe_output(root: Root, d: Path) -> Output:
     error = failed[0]["error"] if failed else ""
     if status == "failed" and not error and launch:
         error = last_error_line(d / LAUNCH_LOG)
+    models_metrics = read_json_file(d / "eval" / "metrics.json").get("models") or {}
+    headline = {name: m["overall"]["rougeL"] for name, m in models_metrics.items()
+                if isinstance(m, dict) and isinstance((m.get("overall") or {}).get("rougeL"), (int, float))}
     return Output("recipe", d, root.rel(d), str(state.get("name") or launch.get("name") or d.name), status,
                   resumable=status in ("killed", "stopped", "failed"), steps=steps, models=models, evals=evals,
                   base_model=str(state.get("base_model") or ""), recipe=str(state.get("recipe") or launch.get("recipe") or ""),
-                  error=error, launch=launch, updated=_mtime(d / RECIPE_STATE, d / LAUNCH_FILE, *(m.dir / RUN_FILE for m in models)))
+                  error=error, launch=launch, headline=headline, updated=_mtime(d / RECIPE_STATE, d / LAUNCH_FILE, *(m.dir / RUN_FILE for m in models)))
 
 
 def last_error_line(log: Path) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 from kotune.errors import KotuneError
 from kotune.runinfo import RunInfo
+from kotune.studio.root import MODEL_LOCK
 
 PAGE_SIZE = 20
 
@@ -29,7 +30,7 @@ def run_tokenizer(model_dir: Path):
     from kotune.resolver import resolve
 
     key = (str(model_dir), (model_dir / "kotune.json").stat().st_mtime)
-    with _TOKENIZER_LOCK:
+    with _TOKENIZER_LOCK, MODEL_LOCK:
         if key not in _TOKENIZERS:
             resolved = resolve(str(model_dir), log=lambda *_: None)
             _TOKENIZERS[key] = (resolved.tokenizer, resolved.template)
@@ -164,7 +165,10 @@ def data_page(root: Any, folder: Path, *, source: str = "kept", category: str = 
         item: dict[str, Any] = {"row": r, "view": None}
         rec = normalize(r)
         if tok is not None and rec is not None:
-            item["view"] = token_view(tok[0], tok[1], rec, out.max_length)
+            try:
+                item["view"] = token_view(tok[0], tok[1], rec, out.max_length)
+            except KotuneError as e:  # a record this template cannot render (shown as text, with why)
+                item["problem"] = str(e)
         out.records.append(item)
     return out
 
@@ -250,14 +254,15 @@ def find_chunk(path: Path, chunk_id: str) -> dict[str, Any] | None:
 def _doctor(run_dir: str, stamp: float) -> tuple:
     from kotune.doctor import DoctorSetup, diagnose
 
-    return tuple(diagnose(DoctorSetup(run_dir=run_dir), log=lambda *_: None))
+    with MODEL_LOCK:
+        return tuple(diagnose(DoctorSetup(run_dir=run_dir), log=lambda *_: None))
 
 
 def doctor_findings(model_dir: Path) -> list[Any]:
     """kotune doctor's findings for a finished run (cached per run record version)."""
     try:
         return list(_doctor(str(model_dir), (model_dir / "kotune.json").stat().st_mtime))
-    except KotuneError as e:
+    except (KotuneError, OSError) as e:  # e.g. the run's data file moved: said on the page, not a crash
         from kotune.doctor import Finding
 
-        return [Finding("doctor", False, str(e))]
+        return [Finding("doctor", False, str(e), fix="run kotune doctor on the run where its data is")]
