@@ -40,7 +40,7 @@ def test_demo_builds_the_dataset_and_trains(tmp_path: Path, tiny_model) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in DEMO_FILES:
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    assert sorted(p.name for p in out.iterdir()) == sorted(DEMO_FILES + ("model", "eval", "eval-train",
+    assert sorted(p.name for p in out.iterdir()) == sorted(DEMO_FILES + ("model", "eval", "eval-train", "dropped.jsonl",
                                                                          "eval-train-questions.jsonl", "run.json"))
     for ev in ("eval", "eval-train"):
         assert {p.name for p in (out / ev).iterdir()} == {"responses.jsonl", "metrics.json", "report.md", "report.html"}

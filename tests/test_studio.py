@@ -234,3 +234,19 @@ def test_token_view_marks_prompt_answer_eos_and_truncation(tiny_model) -> None:
     kinds = [s["kind"] for s in short["segments"]]
     assert short["truncated"] and kinds[0] == "cut" and kinds[-2:] == ["cut", "eos"] and short["tokens"] == 12
     assert short["segments"][0]["where"] == "prompt" and short["segments"][-2]["where"] == "answer"
+
+
+def test_data_page_of_a_train_run_renders_its_records(trained_run: Path, tmp_path_factory) -> None:
+    """A `kotune train` output (no recipe): its training records, as its template and tokenizer encode them."""
+    from kotune.runinfo import RunInfo
+
+    base = tmp_path_factory.getbasetemp()
+    c = _client(base)
+    rel = trained_run.relative_to(base).as_posix()
+    res = c.get(f"/data?path={rel}")
+    assert res.status_code == 200, res.text
+    info = RunInfo.read(trained_run)
+    shown = min(20, len(Path(info.data.path).read_text(encoding="utf-8").splitlines()))
+    records = res.text.split('id="records"', 1)[1]  # after the legend
+    assert records.count('class="record"') == shown
+    assert records.count('class="tok-eos"') == shown and records.count('class="tok-answer"') == shown

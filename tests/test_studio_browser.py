@@ -41,6 +41,7 @@ steps:
     stratify: category
   train:
     method: lora
+    max_steps: 40        # enough for a loss curve (a point every 5 steps); the tests judge the UI, not the model
   doctor:
   eval:
     questions: test
@@ -235,6 +236,15 @@ def test_eval_filters_to_tuned_worse_than_base(studio, browser, launched):
     assert all(q.get_attribute("data-flip") == "worse" for q in shown)
     assert _css(browser, "#metrics")  # the metrics table
     _shot(browser, root, "eval")
+    # A question links back to the chunk it was generated from.
+    browser.get(url + "/eval?path=runs/tiny/eval")
+    first = _css(browser, "#questions .question")[0]
+    qid = first.get_attribute("data-id")
+    chunk_id = next(r["chunk_id"] for r in rows if r["id"] == qid)
+    first.find_element("css selector", "a.chunk-link").click()
+    text = _wait(browser, lambda d: _css(d, "#chunk-text"), what="the chunk page")[0].text
+    chunks = [json.loads(l) for l in (launched / "chunks.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert text.strip() == next(c["text"] for c in chunks if c["chunk_id"] == chunk_id).strip()
 
 
 def test_chat_streams_two_answers_side_by_side(studio, browser, launched):

@@ -210,7 +210,7 @@ class Output:
 
     @property
     def has_data(self) -> bool:
-        return (self.dir / "clean.jsonl").exists() or (self.dir / "train.jsonl").exists()
+        return self.kind == "train" or (self.dir / "clean.jsonl").exists() or (self.dir / "train.jsonl").exists()
 
     def summary(self) -> dict[str, Any]:
         """The JSON the pages poll."""

@@ -128,14 +128,24 @@ def data_page(root: Any, folder: Path, *, source: str = "kept", category: str = 
     the chosen run's template (default: the output's ``model``)."""
     from kotune.records import normalize
 
-    sources = [s for s, f in SOURCES.items() if (folder / f).exists()]
-    if not sources:
-        raise KotuneError(f"{root.rel(folder)}: no records here (clean.jsonl, train.jsonl or test.jsonl)")
+    files = {s: folder / f for s, f in SOURCES.items() if (folder / f).exists()}
+    own_run = not files and (folder / "kotune.json").exists()
+    if own_run:  # a kotune train output: the records it trained on, when they are under ROOT
+        info = RunInfo.read(folder)
+        data = Path(info.data.path) if info and info.data and info.data.path else None
+        if data is not None and not data.is_absolute():
+            data = root.dir / data
+        if data is not None and data.exists() and root.inside(data):
+            files["train"] = data
+    if not files:
+        raise KotuneError(f"{root.rel(folder)}: no records here (clean.jsonl, train.jsonl or test.jsonl, or a run's "
+                          f"training data under the studio root)")
+    sources = list(files)
     if source not in sources:
         source = sources[0]
     report_path = folder / "validation.json"
     report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
-    rows = [r for _, r in _read_rows(folder / SOURCES[source])]
+    rows = [r for _, r in _read_rows(files[source])]
     categories = Counter(str(r.get("category") or "") for r in rows)
     reasons = Counter(str(r.get("drop_reason") or "") for r in rows if r.get("drop_reason"))
     picked = [r for r in rows
@@ -147,10 +157,11 @@ def data_page(root: Any, folder: Path, *, source: str = "kept", category: str = 
     page = min(max(1, page), pages)
     shown = picked[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
 
-    models = [root.rel(m) for m in sorted(folder.glob("model*")) if (m / "kotune.json").exists()]
+    models = [root.rel(m) for m in ([folder] if own_run else sorted(folder.glob("model*"))) if (m / "kotune.json").exists()]
     out = DataPage(report, source, sources, [], len(picked), page, pages, sorted(categories.items(), key=lambda kv: -kv[1]),
                    sorted(reasons.items(), key=lambda kv: -kv[1]), _length_histogram(rows), models=models)
-    model_dir = root.path(model) if model else (folder / "model" if (folder / "model" / "kotune.json").exists() else None)
+    model_dir = (root.path(model) if model else folder if own_run
+                 else folder / "model" if (folder / "model" / "kotune.json").exists() else None)
     tok = None
     if model_dir is not None:
         info = RunInfo.read(model_dir)
