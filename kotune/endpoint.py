@@ -28,10 +28,12 @@ import asyncio
 import hashlib
 import json
 import os
+import queue
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from kotune.errors import KotuneError
 from kotune.generation import Answer, GenerationSettings
@@ -143,7 +145,43 @@ class EndpointModel:
             except RequestFailed as e:
                 raise KotuneError(f"model {self.name} ({self.spec}): {e}") from None
 
-    async def _ask(self, client: OpenAIClient, prompt: Any, settings: GenerationSettings) -> Answer:
+    def stream(self, prompt: Any, settings: GenerationSettings) -> Iterator[str | Answer]:
+        """One answer's pieces as the server streams them, then the Answer (kotune studio's chat),
+        as :meth:`kotune.generation.Generator.stream` yields a local model's."""
+        pieces: queue.Queue = queue.Queue()
+        endpoint, body = self._request(prompt, settings)
+
+        async def run() -> None:
+            async with self._client() as client:
+                async for event in client.stream(endpoint, {**body, "stream_options": {"include_usage": True}}):
+                    pieces.put(event)
+
+        def work() -> None:
+            try:
+                asyncio.run(run())
+            except RequestFailed as e:
+                pieces.put(KotuneError(f"model {self.name} ({self.spec}): {e}"))
+            except BaseException as e:  # noqa: BLE001 - surfaced in the caller's thread
+                pieces.put(e)
+            pieces.put(None)
+
+        threading.Thread(target=work, daemon=True).start()
+        text: list[str] = []
+        finish, usage = None, {}
+        while (event := pieces.get()) is not None:
+            if isinstance(event, BaseException):
+                raise event
+            choice = (event.get("choices") or [{}])[0]
+            piece = choice.get("text") if self.mode == "completions" else (choice.get("delta") or {}).get("content")
+            if piece:
+                text.append(piece)
+                yield piece
+            finish = choice.get("finish_reason") or finish
+            usage = event.get("usage") or usage
+        yield self._answer("".join(text), finish, usage, settings)
+
+    def _request(self, prompt: Any, settings: GenerationSettings) -> tuple[str, dict[str, Any]]:
+        """The endpoint and body that ask for ``prompt`` with ``settings``."""
         body: dict[str, Any] = {"max_tokens": settings.max_new_tokens, "temperature": settings.temperature}
         if settings.temperature > 0:
             body["top_p"] = settings.top_p
@@ -154,14 +192,22 @@ class EndpointModel:
         if settings.repetition_penalty != 1.0:
             body["repetition_penalty"] = settings.repetition_penalty  # vLLM's extension of the API
         if self.mode == "completions":
-            data = await client.post("completions", {**body, "prompt": prompt})
+            return "completions", {**body, "prompt": prompt}
+        return "chat/completions", {**body, "messages": prompt}
+
+    async def _ask(self, client: OpenAIClient, prompt: Any, settings: GenerationSettings) -> Answer:
+        endpoint, body = self._request(prompt, settings)
+        data = await client.post(endpoint, body)
+        if self.mode == "completions":
             text = data["choices"][0].get("text") or ""
         else:
-            data = await client.post("chat/completions", {**body, "messages": prompt})
             text = data["choices"][0]["message"].get("content") or ""
-        finish = data["choices"][0].get("finish_reason") or "stop"
-        usage = data.get("usage") or {}
+        return self._answer(text, data["choices"][0].get("finish_reason"), data.get("usage") or {}, settings)
+
+    @staticmethod
+    def _answer(text: Any, finish: str | None, usage: dict[str, Any], settings: GenerationSettings) -> Answer:
         # OpenAI says "stop" for EOS and for a stop string alike; without stop strings it is EOS.
+        finish = finish or "stop"
         reason = "length" if finish == "length" else ("stop" if settings.stop else "eos")
         return Answer(str(text).strip(), reason, int(usage.get("prompt_tokens") or 0),
                       int(usage.get("completion_tokens") or 0))

@@ -38,12 +38,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import itertools
+import json
 import os
 import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator
 
 import httpx
 
@@ -354,6 +355,36 @@ class OpenAIClient:
             self.stats.bump("retries")
             await asyncio.sleep(delay)
             attempt += 1
+
+    async def stream(self, endpoint: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """``POST {base}/{endpoint}`` with ``stream: true``: each server-sent event's JSON, as it
+        arrives. Not retried: pieces already shown cannot be taken back, so a failure is
+        ``RequestFailed`` with the server's words."""
+        url = self.url[: -len("chat/completions")] + endpoint
+        body = {"model": self.model, **body, "stream": True}
+        turn = next(self._turn)
+        if self._buckets:
+            await self._buckets[turn % len(self._buckets)].acquire()
+        self.stats.bump("requests")
+        try:
+            async with self._client().stream("POST", url, json=body, headers=self._headers(turn)) as resp:
+                if resp.status_code != 200:
+                    await resp.aread()
+                    raise RequestFailed(f"HTTP {resp.status_code}: {_snippet(resp)}", status=resp.status_code)
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    try:
+                        event = json.loads(data)
+                    except ValueError:
+                        raise RequestFailed(f"malformed stream event: {data[:200]}") from None
+                    if isinstance(event, dict):
+                        yield event
+        except httpx.TransportError as e:
+            raise RequestFailed(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__, transport=True) from None
 
     async def list_models(self) -> list[dict[str, Any]]:
         """``GET /models``: the served model objects. Raises ``KotuneError`` (one line) when the

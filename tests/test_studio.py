@@ -250,3 +250,27 @@ def test_data_page_of_a_train_run_renders_its_records(trained_run: Path, tmp_pat
     records = res.text.split('id="records"', 1)[1]  # after the legend
     assert records.count('class="record"') == shown
     assert records.count('class="tok-eos"') == shown and records.count('class="tok-answer"') == shown
+
+
+def test_chat_streams_an_endpoint_models_answer(root: Path, tiny_model, tmp_path: Path) -> None:
+    """An OpenAI-compatible URL in the chat page: its answer arrives piece by piece (``stream: true``)
+    and is the answer the same server gives unstreamed."""
+    from kotune.endpoint import EndpointSpec, open_endpoint
+    from kotune.generation import GenerationSettings
+    from tests.conftest import serve_process
+
+    question = "국가초고성능컴퓨팅 기본계획은 무엇인가요?"
+    with serve_process(["--model", "builtin:tiny-ko"], tmp_path / "serve.log") as (url, _):
+        spec = f"openai:{url}/v1#builtin:tiny-ko"
+        c = _client(root)
+        with c.stream("POST", "/api/chat", json={"model": spec, "question": question, "max_tokens": 48},
+                      headers=HEADERS) as res:
+            assert res.status_code == 200
+            events = [json.loads(line[5:]) for line in res.iter_lines() if line.startswith("data:")]
+        em = open_endpoint(spec, EndpointSpec.parse(spec), template=None, default_template=None)
+        whole = em.ask(em.prompt(question), GenerationSettings(max_new_tokens=48))
+    pieces = [e["text"] for e in events if "text" in e]
+    assert events[0]["template"] == "kotune" and len(pieces) >= 2
+    assert "".join(pieces).strip() == whole.text
+    assert events[-1]["done"] and events[-1]["finish_reason"] == whole.finish_reason
+    assert events[-1]["completion_tokens"] == whole.completion_tokens

@@ -122,8 +122,8 @@ class ChatModels:
         raise KotuneError(f"{model_id}: pick a model (run:PATH, base:MODEL or openai:URL#MODEL)")
 
     def answer(self, loaded: Loaded, question: str, settings: GenerationSettings, context: str | None) -> Iterator[str | Answer]:
-        """Pieces of the answer as they come, then the Answer. An endpoint's answer comes
-        whole (kotune's OpenAI client asks without streaming)."""
+        """Pieces of the answer as they come (a local model's, or an endpoint's ``stream: true``
+        events), then the Answer."""
         if not question.strip():
             raise KotuneError("ask a question")
         if len(question) > MAX_QUESTION_CHARS:
@@ -131,9 +131,4 @@ class ChatModels:
         model = loaded.model
         prompt = model.prompt(question, context=context)
         with loaded.lock:  # one answer at a time per model; different models answer together
-            if isinstance(model, Generator):
-                yield from model.stream(prompt, settings)
-            else:
-                answer = model.ask(prompt, settings)
-                yield answer.text
-                yield answer
+            yield from model.stream(prompt, settings)
