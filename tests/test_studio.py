@@ -134,6 +134,8 @@ def test_host_header_state_changes_and_body_size_are_checked(root: Path) -> None
     res = c.post("/api/chat", json={"model": "base:builtin:tiny-ko", "question": "q", "max_tokens": 99999},
                  headers=HEADERS)
     assert res.status_code == 400 and res.json()["error"] == "error: max_tokens: between 1 and 1024, got 99999"
+    res = c.post("/api/chat", json={"model": "base:builtin:tiny-ko", "question": "  "}, headers=HEADERS)
+    assert res.status_code == 400 and res.json()["error"] == "error: ask a question"  # before any model loads
     res = c.post("/api/chat", json={"model": "base:/etc/passwd", "question": "q"}, headers=HEADERS)
     assert res.status_code == 400 and "not a base model of a run under the studio root" in res.json()["error"]
 

@@ -33,7 +33,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from kotune.errors import KotuneError
 from kotune.studio import launch as launching
 from kotune.studio import views
-from kotune.studio.chatting import ChatModels, settings_from
+from kotune.studio.chatting import ChatModels, check_question, settings_from
 from kotune.studio.i18n import LANGS, words
 from kotune.studio.root import LAUNCH_LOG, OutsideRoot, Root, find, tail
 
@@ -264,7 +264,7 @@ def create_app(root: str | Path, *, token: str | None = None, allowed_hosts: tup
     async def api_chat(request: Request):
         body = await body_of(request)
         settings = settings_from(body)
-        question = str(body.get("question") or "")
+        question = check_question(str(body.get("question") or ""))
         context_file = str(body.get("context") or "")
         loaded = await asyncio.to_thread(chat_models.get, str(body.get("model") or ""), str(body.get("template_from") or ""))
         context = None
@@ -278,7 +278,7 @@ def create_app(root: str | Path, *, token: str | None = None, allowed_hosts: tup
 
             top_k = max(1, min(int(body.get("top_k") or 3), 10))
             context = format_context(retrievers[context_file].search(question, k=top_k)) or None
-        pieces = chat_models.answer(loaded, question, settings, context)  # checks the question first
+        pieces = chat_models.answer(loaded, question, settings, context)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 

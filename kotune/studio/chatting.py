@@ -33,6 +33,15 @@ class Loaded:
     label: str
 
 
+def check_question(question: str) -> str:
+    """The question, or one line saying why it cannot be asked (before any model loads)."""
+    if not question.strip():
+        raise KotuneError("ask a question")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise KotuneError(f"question: at most {MAX_QUESTION_CHARS} characters")
+    return question
+
+
 def settings_from(body: dict[str, Any]) -> GenerationSettings:
     """Generation settings from a request, each checked against its bounds (one line when out)."""
     def num(key: str, default: float) -> float:
@@ -124,10 +133,7 @@ class ChatModels:
     def answer(self, loaded: Loaded, question: str, settings: GenerationSettings, context: str | None) -> Iterator[str | Answer]:
         """Pieces of the answer as they come (a local model's, or an endpoint's ``stream: true``
         events), then the Answer."""
-        if not question.strip():
-            raise KotuneError("ask a question")
-        if len(question) > MAX_QUESTION_CHARS:
-            raise KotuneError(f"question: at most {MAX_QUESTION_CHARS} characters")
+        check_question(question)
         model = loaded.model
         prompt = model.prompt(question, context=context)
         with loaded.lock:  # one answer at a time per model; different models answer together
