@@ -603,7 +603,6 @@ def run_recipe(plan: Plan, out: Path, *, force: bool = False, log: Callable[[str
     # (kotune studio shows it as resumable); "failed" steps keep their one error line.
     state.update({"recipe": str(plan.path), "name": plan.recipe.name, "base_model": plan.recipe.base_model,
                   "pid": os.getpid(), "steps_planned": [c.label or c.name for c in calls]})
-    state.pop("finished", None)
     header = header or log
     if plan.recipe.steps.train and plan.recipe.steps.train.system_prompts:
         from kotune.io import write_json
@@ -654,8 +653,6 @@ def run_recipe(plan: Plan, out: Path, *, force: bool = False, log: Callable[[str
         state["steps"][label] = {"key": key, "status": "done", "finished": _now(), "seconds": seconds}
         _write_state(state_path, state)
         results.append(StepResult(label, "resumed" if resumed else "ran", seconds))
-    state["finished"] = _now()
-    _write_state(state_path, state)
     return results
 
 

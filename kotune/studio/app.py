@@ -21,7 +21,6 @@ import hmac
 import json
 import secrets
 import threading
-import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,7 @@ def _env():
     return env
 
 
+@functools.lru_cache(maxsize=None)
 def _static(name: str) -> str:
     return (resources.files("kotune") / "assets" / "studio" / name).read_text(encoding="utf-8")
 
@@ -163,7 +163,7 @@ def create_app(root: str | Path, *, token: str | None = None, allowed_hosts: tup
     @app.get("/runs", response_class=HTMLResponse)
     async def runs(request: Request):
         outputs = await asyncio.to_thread(r.scan)
-        return page(request, "runs.html.j2", outputs=outputs, now=time.time())
+        return page(request, "runs.html.j2", outputs=outputs)
 
     @app.get("/run", response_class=HTMLResponse)
     async def run(request: Request, path: str):
@@ -192,9 +192,9 @@ def create_app(root: str | Path, *, token: str | None = None, allowed_hosts: tup
     async def eval_(request: Request, path: str = "", a: str = "", b: str = "", flip: str = "", metric: str = "rougeL",
                     error: str = "", category: str = ""):
         if not path:
-            folders = [e for o in await asyncio.to_thread(r.scan) for e in o.evals]
-            folders += [f for f in r.files("metrics.json") if str(Path(f).parent) not in folders]
-            folders = list(dict.fromkeys(str(Path(f).parent) if f.endswith("metrics.json") else f for f in folders))
+            # Every eval folder under ROOT (recipe outputs' included): one walk.
+            folders = list(dict.fromkeys(Path(f).parent.as_posix()
+                                         for f in await asyncio.to_thread(r.files, "metrics.json")))
             return page(request, "pick.html.j2", items=folders, target="/eval", what="eval")
         from kotune.report import build_report, charts
 

@@ -98,7 +98,6 @@ class Launcher:
 
     def __init__(self, root: Root):
         self.root = root
-        self._procs: dict[Path, subprocess.Popen] = {}
         self._lock = threading.Lock()
 
     def start(self, checked: Checked) -> Path:
@@ -118,7 +117,6 @@ class Launcher:
             log.close()
             write_json(out / LAUNCH_FILE, {"name": checked.name, "recipe": self.root.rel(checked.recipe),
                                            "argv": checked.argv, "pid": proc.pid, "started": time.time()})
-            self._procs[out] = proc
         threading.Thread(target=self._wait, args=(out, proc), daemon=True).start()
         return out
 
