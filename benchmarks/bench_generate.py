@@ -81,7 +81,7 @@ def main() -> None:
 
     from transformers import pipeline
 
-    from kotune.generation import GenerationSettings, Generator
+    from kotune.model.generation import GenerationSettings, Generator
 
     gen = Generator(args.model, template="kotune", log=lambda *_: None)
     qs = questions(args.questions)
@@ -104,7 +104,7 @@ def main() -> None:
         return [a.text for a in gen.generate(prompts, settings, batch_size=args.batch_size)]
 
     server = _serve(args.model)
-    from kotune.endpoint import EndpointSpec, open_endpoint
+    from kotune.model.endpoint import EndpointSpec, open_endpoint
 
     ep = open_endpoint("served", EndpointSpec.parse(f"openai:{server.url}/v1#{args.model}"), template="kotune",
                        default_template=None, workers=args.workers)

@@ -12,7 +12,7 @@ Runs, each in a fresh process, median of ``--repeats``:
           samples), labels = input ids, fp32 weights with bf16 autocast; QLoRA as the
           insurance seed: NF4 + double quantization, prepare_model_for_kbit_training
           (gradient checkpointing), paged_adamw_32bit
-  kotune  kotune.train.train() with its defaults for the device
+  kotune  kotune.train.sft.train() with its defaults for the device
 
 MFU counts the FLOPs the epoch needs on real tokens (bench_train.useful_flops) against
 the H200's ~790 TFLOP/s dense bf16 and against the bf16 matmul peak measured here.
@@ -105,9 +105,9 @@ def long_records(n: int, tokenizer, template, target: int = LONG) -> list[dict]:
     import random
 
     from bench_train import QUESTIONS, sentences
-    from kotune.models import corpus_texts
+    from kotune.model.loading import corpus_texts
     from kotune.records import Record
-    from kotune.templates import encode_example
+    from kotune.model.templates import encode_example
 
     rng = random.Random(7)
     pool = [s for t in corpus_texts() for s in sentences(t)]
@@ -135,8 +135,8 @@ def prepare(work: Path, preset: str, samples: int, long_samples: int, cuda: bool
     from transformers import AutoModelForCausalLM
 
     from bench_train import SEED, Setup, synth_records
-    from kotune.models import train_tokenizer, corpus_texts
-    from kotune.templates import get_template
+    from kotune.model.loading import train_tokenizer, corpus_texts
+    from kotune.model.templates import get_template
 
     torch.manual_seed(SEED)
     tokenizer = train_tokenizer(corpus_texts(), vocab_size=16384)
@@ -158,9 +158,9 @@ def prepare(work: Path, preset: str, samples: int, long_samples: int, cuda: bool
 
 def data_info(work: Path, name: str, model) -> dict:
     from bench_train import useful_flops
-    from kotune.models import load_tokenizer
+    from kotune.model.loading import load_tokenizer
     from kotune.records import Record
-    from kotune.templates import encode_example, get_template
+    from kotune.model.templates import encode_example, get_template
 
     path = work / f"{name}.jsonl"
     if not path.exists() or not path.stat().st_size:
@@ -183,9 +183,9 @@ def seed_style(work: Path, data: str, method: str, cuda: bool, max_length: int, 
     from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig,
                               DataCollatorForLanguageModeling, Trainer, TrainingArguments)
 
-    from kotune.models import lora_targets
+    from kotune.model.loading import lora_targets
     from kotune.records import Record
-    from kotune.templates import get_template
+    from kotune.model.templates import get_template
 
     template = get_template("kotune")
     records = [Record(**json.loads(line)) for line in open(work / f"{data}.jsonl", encoding="utf-8")]
@@ -220,7 +220,7 @@ def seed_style(work: Path, data: str, method: str, cuda: bool, max_length: int, 
 
 
 def kotune_run(work: Path, data: str, method: str, max_length: int, batch: int) -> None:
-    from kotune.train import TrainConfig, train
+    from kotune.train.sft import TrainConfig, train
 
     config = TrainConfig(
         base_model=str(work / "model"), data=str(work / f"{data}.jsonl"), output_dir=str(work / "kotune-out"),
@@ -296,7 +296,7 @@ def probe(result: Path) -> None:
             info["bitsandbytes"] = bitsandbytes.__version__
         except ImportError:
             info["bitsandbytes"] = None
-        from kotune.packing import has_flash_attn
+        from kotune.train.packing import has_flash_attn
 
         info["flash_attn"] = has_flash_attn()
     else:
@@ -418,7 +418,7 @@ def main() -> None:
             print(f"{preset}: building the model and {samples} + {long_samples} samples ...", flush=True)
             run_sub(["--prepare", preset, "--work", str(work), "--samples", str(samples),
                      "--long-samples", str(long_samples)], work / "prepare.log")
-            from kotune.models import lora_targets
+            from kotune.model.loading import lora_targets
 
             meta = meta_model(preset)
             preset_info[preset] = {"parameters": sum(x.numel() for x in meta.parameters()),

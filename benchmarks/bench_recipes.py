@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, header, load1, publish, table_cell, timed_process as timed  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from kotune.recipe import headline, load_recipe  # noqa: E402
+from kotune.recipe.plan import headline, load_recipe  # noqa: E402
 
 RECIPES = ("policy-qa", "insurance-rag-qlora", "civil-law-qa", "dialogue-summary", "question-generation")
 LIMIT_S = 360  # the budget per recipe on 2 cores (tiny-ko)

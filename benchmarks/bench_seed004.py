@@ -45,9 +45,9 @@ def seed_way(train: Path, out: Path, *, epochs: float, lr: float, batch: int, pa
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-    from kotune.models import resolve_base
+    from kotune.model.loading import resolve_base
     from kotune.records import read_records
-    from kotune.templates import get_template
+    from kotune.model.templates import get_template
 
     base = resolve_base(GEMMA, log=lambda *_: None)
     tok = AutoTokenizer.from_pretrained(base)

@@ -130,7 +130,7 @@ def distill_teacher(work: Path, n_chunks: int, pairs: int, epochs: int) -> tuple
     from kotune.data.qa import distillation_records
     from kotune.data.rule_teacher import RuleTeacher
     from kotune.records import write_records
-    from kotune.train import TrainConfig, train
+    from kotune.train.sft import TrainConfig, train
 
     chunks = [c.to_dict() for c in prepare([ROOT / "recipes/data/policy/policy_plan.txt"], chunk_chars=400,
                                            overlap=0)][:n_chunks]

@@ -124,7 +124,7 @@ def main() -> None:
     if (args.url is None) == (args.fake_latency is None):
         ap.error("give a server URL or --fake-latency SECONDS (not both)")
 
-    from kotune.openai_client import read_api_keys
+    from kotune.model.openai_client import read_api_keys
     from kotune.korean import kiwi
 
     kiwi().tokenize("워밍업 문장입니다.")  # Kiwi's first call takes seconds; keep it out of the timings

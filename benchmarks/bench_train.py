@@ -8,10 +8,10 @@ alike, and reports the median of the repeats:
 
   a  seed-style: plain transformers.Trainer, text padded to max_length=512, pad = eos
   b  TRL SFTTrainer with its defaults (bf16 autocast, gradient checkpointing)
-  c  kotune default: kotune.train.train() (padding-free, per-sample attention)
+  c  kotune default: kotune.train.sft.train() (padding-free, per-sample attention)
   d  TRL hand-tuned for CPU: fp32, no checkpointing, padding_free=True
   e  TRL hand-tuned for CPU: fp32, no checkpointing, group_by_length
-  f  kotune.train.train() with batching=group_by_length (ablation)
+  f  kotune.train.sft.train() with batching=group_by_length (ablation)
 
 Also measured: this machine's fp32 matmul peak (torch.mm, all threads), so each
 variant's model-FLOPs utilisation (MFU) is reported against it.
@@ -113,9 +113,9 @@ QUESTIONS = [
 def synth_records(n: int, seed: int, tokenizer, template, setup: Setup) -> list[dict]:
     """Korean QA records from the bundled corpus: answer = 1-6 consecutive sentences,
     question about the answer's opening words, half with a context passage around it."""
-    from kotune.models import corpus_texts
+    from kotune.model.loading import corpus_texts
     from kotune.records import Record
-    from kotune.templates import encode_example
+    from kotune.model.templates import encode_example
 
     rng = random.Random(seed)
     docs = [sentences(t) for t in corpus_texts()]
@@ -150,9 +150,9 @@ def prepare_gemma(work: Path, setup: Setup) -> None:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from kotune.models import resolve_base
+    from kotune.model.loading import resolve_base
     from kotune.records import Record, read_records
-    from kotune.templates import encode_example, get_template
+    from kotune.model.templates import encode_example, get_template
 
     (work / "model").symlink_to(resolve_base("builtin:gemma-3-270m", log=lambda *_: None))
     src = ROOT / "recipes" / "data" / "question-generation" / "paragraphs.jsonl"
@@ -199,9 +199,9 @@ def prepare(work: Path, setup: Setup) -> None:
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from kotune.models import train_tokenizer, corpus_texts
+    from kotune.model.loading import train_tokenizer, corpus_texts
     from kotune.records import Record
-    from kotune.templates import encode_example, get_template
+    from kotune.model.templates import encode_example, get_template
 
     random.seed(SEED)
     torch.manual_seed(SEED)
@@ -325,7 +325,7 @@ class Meter:
 
 def load_rows(work: Path):
     from kotune.records import Record
-    from kotune.templates import get_template
+    from kotune.model.templates import get_template
 
     template = get_template("kotune")
     records = [Record(**json.loads(line)) for line in open(work / "data.jsonl", encoding="utf-8")]
@@ -400,7 +400,7 @@ def run_trl(work: Path, setup: Setup, out: Path, tuned: str | None) -> None:
 
 def run_kotune(work: Path, setup: Setup, out: Path, batching: str) -> None:
     """(c)/(f) kotune's own training entry point."""
-    from kotune.train import TrainConfig, train
+    from kotune.train.sft import TrainConfig, train
 
     config = TrainConfig(
         base_model=str(work / "model"), data=str(work / "data.jsonl"), output_dir=str(out), method="lora",

@@ -13,7 +13,7 @@ from kotune import __version__
 from kotune.errors import KotuneError
 from kotune.options import (EvalOptions, GenerateOptions, PairsOptions, PrepareOptions, SplitOptions, TrainOptions,
                             ValidateOptions)
-from kotune import steps
+from kotune.recipe import steps
 from kotune.ui import console, done
 
 app = typer.Typer(
@@ -292,7 +292,7 @@ def score(
 ) -> None:
     """Metrics on existing predictions (grouped by their 'model' field)."""
     from kotune.io import read_jsonl, write_json
-    from kotune.metrics import TOKENIZATION, score_rows
+    from kotune.eval.metrics import TOKENIZATION, score_rows
 
     groups: dict[str, list[dict]] = {}
     for lineno, row in read_jsonl(predictions):
@@ -332,7 +332,7 @@ def chat(
     api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable(s) holding the API key of an openai:URL#MODEL model."),
 ) -> None:
     """Interactive terminal chat with streaming. Commands: /reset, /context on|off, /settings, /exit."""
-    from kotune.chat import run_chat
+    from kotune.serve.chat import run_chat
 
     _quiet_libraries()
     if context is not None and not context.exists():
@@ -361,7 +361,7 @@ def serve(
     access_log: bool = typer.Option(False, "--access-log", help="Log every request line (never keys or headers)."),
 ) -> None:
     """OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models, /health) over a base and its adapters."""
-    from kotune.serve import ServeOptions, api_key_from_env, parse_adapter_args, serve as run_serve
+    from kotune.serve.server import ServeOptions, api_key_from_env, parse_adapter_args, serve as run_serve
 
     _quiet_libraries()
     if batching not in ("continuous", "static"):
@@ -398,7 +398,7 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
 ) -> None:
     """A merged, standalone model (safetensors + tokenizer + generation_config + kotune.json) for vLLM and plain transformers."""
-    from kotune.export import export as run_export
+    from kotune.export.merged import export as run_export
 
     _quiet_libraries()
     result = run_export(model, output, merge=merge, name=name, dtype=dtype, overwrite=overwrite,
@@ -428,7 +428,7 @@ def run(
 
     from rich.table import Table
 
-    from kotune.recipe import headline, load_recipe, run_recipe
+    from kotune.recipe.plan import headline, load_recipe, run_recipe
 
     overrides = list(set_ or [])
     for key, value in (("steps.train.method", method), ("steps.train.preset", preset),

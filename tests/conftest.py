@@ -173,7 +173,7 @@ def sample_split(sample_qa, sample_chunks) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     """The builtin model (built into KOTUNE_HOME on first use, cached after)."""
-    from kotune.models import ensure_tiny_ko
+    from kotune.model.loading import ensure_tiny_ko
 
     return ensure_tiny_ko(log=lambda *_: None)
 

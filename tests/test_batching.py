@@ -1,4 +1,4 @@
-"""Continuous batching (kotune.batching): rows join a running batch, leave it when
+"""Continuous batching (kotune.serve.batching): rows join a running batch, leave it when
 done, and get the answers they would get alone — for the base and an adapter of
 one loaded model, with mixed settings, seeds, stop strings and cancellation."""
 
@@ -9,16 +9,16 @@ import time
 
 import pytest
 
-from kotune.batching import ContinuousBatcher, Row, supports
-from kotune.generation import Answer, GenerationSettings, Generator
-from kotune.templates import encode_prompt
+from kotune.serve.batching import ContinuousBatcher, Row, supports
+from kotune.model.generation import Answer, GenerationSettings, Generator
+from kotune.model.templates import encode_prompt
 
 BASE = "builtin:tiny-ko"
 
 
 @pytest.fixture(scope="module")
 def engine(trained_run):
-    from kotune.engine import Engine
+    from kotune.serve.engine import Engine
 
     return Engine(BASE, [("tuned", str(trained_run))], log=lambda *_: None)
 
@@ -218,7 +218,7 @@ def _random_model(kind: str, folder, tokenizer_dir):
     """A small random-weight model of another architecture (built from a config; nothing downloaded)."""
     import transformers
 
-    from kotune.models import load_tokenizer
+    from kotune.model.loading import load_tokenizer
 
     common = dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   max_position_embeddings=1024, bos_token_id=0, eos_token_id=0, pad_token_id=1)

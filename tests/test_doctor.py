@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from kotune.doctor import DoctorSetup, diagnose
+from kotune.train.doctor import DoctorSetup, diagnose
 
 from conftest import call_cli
 

@@ -154,7 +154,7 @@ def test_a_killed_endpoint_eval_resumes_without_asking_again(questions, tmp_path
 def test_kotune_chat_talks_to_an_endpoint_model(tmp_path) -> None:
     import io
 
-    from kotune.chat import run_chat
+    from kotune.serve.chat import run_chat
 
     out = io.StringIO()
     with StubOpenAI() as stub:
@@ -166,9 +166,9 @@ def test_kotune_chat_talks_to_an_endpoint_model(tmp_path) -> None:
 
 
 def test_endpoint_model_arguments_parse_and_name_themselves() -> None:
-    from kotune.endpoint import EndpointSpec
+    from kotune.model.endpoint import EndpointSpec
     from kotune.errors import KotuneError
-    from kotune.evaluate import parse_model_args
+    from kotune.eval.evaluate import parse_model_args
 
     s = EndpointSpec.parse("openai:http://h:8000/v1#org/m-8b@runs/x?mode=completions")
     assert (s.url, s.model, s.run, s.mode) == ("http://h:8000/v1", "org/m-8b", "runs/x", "completions")

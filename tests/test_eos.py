@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from kotune.generation import GenerationSettings, Generator
+from kotune.model.generation import GenerationSettings, Generator
 from kotune.records import read_records
 
 

@@ -190,7 +190,7 @@ def test_chat_streams_hangul_and_handles_commands(trained_run):
 
 def test_sampled_answers_repeat_with_the_same_seed(trained_run, train_questions):
     # The insurance seed's settings sample (temperature 0.1, top_p 0.9): --seed makes a run reproducible.
-    from kotune.generation import GenerationSettings, Generator
+    from kotune.model.generation import GenerationSettings, Generator
 
     gen = Generator(str(trained_run), log=lambda *_: None)
     prompts = [gen.prompt(r["question"]) for r in read_jsonl(train_questions)[:4]]
@@ -209,7 +209,7 @@ def test_base_gets_the_compared_runs_whole_template_byte_for_byte(tiny_model, tm
     import shutil
 
     from kotune.io import write_json
-    from kotune.templates import get_template
+    from kotune.model.templates import get_template
 
     prompts = {"임대차": "당신은 주택 임대차 분쟁을 쉽게 설명하는 민법 상담 도우미입니다.",
                "상속": "당신은 상속 순위와 상속포기를 설명하는 민법 상담 도우미입니다."}
@@ -246,16 +246,16 @@ def test_another_template_for_a_tuned_run_is_refused_everywhere(command, trained
 
 def test_trust_remote_code_of_a_run_reaches_every_later_load(tiny_model, tmp_path, monkeypatch):
     """A run trained with --trust-remote-code is loaded with it by eval/chat (Generator), serve
-    and doctor; before, only training had it. All of them load through kotune.resolver."""
+    and doctor; before, only training had it. All of them load through kotune.model.resolve."""
     import shutil
 
-    import kotune.doctor
-    import kotune.resolver
-    from kotune.doctor import DoctorSetup, diagnose
-    from kotune.engine import Engine
-    from kotune.generation import Generator
+    import kotune.train.doctor
+    import kotune.model.resolve
+    from kotune.train.doctor import DoctorSetup, diagnose
+    from kotune.serve.engine import Engine
+    from kotune.model.generation import Generator
     from kotune.io import write_json
-    from kotune.templates import get_template
+    from kotune.model.templates import get_template
 
     run = tmp_path / "run"
     shutil.copytree(tiny_model, run)
@@ -264,13 +264,13 @@ def test_trust_remote_code_of_a_run_reaches_every_later_load(tiny_model, tmp_pat
                                      "config": {"trust_remote_code": True}})
     seen = []
     for fn in ("load_causal_lm", "load_tokenizer"):
-        real = getattr(kotune.resolver, fn)
-        monkeypatch.setattr(kotune.resolver, fn, lambda *a, _real=real, _fn=fn, **k: (
+        real = getattr(kotune.model.resolve, fn)
+        monkeypatch.setattr(kotune.model.resolve, fn, lambda *a, _real=real, _fn=fn, **k: (
             seen.append((_fn, k.get("trust_remote_code", a[1] if len(a) > 1 else False))), _real(*a, **k))[1])
     Generator(str(run), log=lambda *_: None)
     Engine(str(run), log=lambda *_: None)
-    real_meta = kotune.doctor._meta_model
-    monkeypatch.setattr(kotune.doctor, "_meta_model", lambda path, trust=False: (seen.append(("meta", trust)),
+    real_meta = kotune.train.doctor._meta_model
+    monkeypatch.setattr(kotune.train.doctor, "_meta_model", lambda path, trust=False: (seen.append(("meta", trust)),
                                                                                  real_meta(path, trust))[1])
     diagnose(DoctorSetup(run_dir=str(run)), log=lambda *_: None)
     assert [name for name, _ in seen].count("load_tokenizer") == 3 and ("meta", True) in seen

@@ -29,7 +29,7 @@ def merged(trained_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def prompts(sample_split, run_info) -> list[str]:
     from kotune.records import read_records
-    from kotune.templates import Template
+    from kotune.model.templates import Template
 
     template = Template.from_dict(run_info["template"])
     return [template.prompt(r.instruction) for r in read_records(sample_split[1])[:6]]
@@ -80,7 +80,7 @@ def test_generation_config_template_and_run_info(merged, trained_run, run_info, 
     assert not (merged / "adapter_config.json").exists() and not (merged / "checkpoints").exists()
     assert list(merged.glob("*.safetensors"))
     # vLLM's chat endpoint applies the tokenizer's chat template: it renders the training format.
-    from kotune.templates import Template
+    from kotune.model.templates import Template
 
     template = Template.from_dict(run_info["template"])
     q = "이 계획의 총사업비는 얼마인가요?"
@@ -90,8 +90,8 @@ def test_generation_config_template_and_run_info(merged, trained_run, run_info, 
 
 
 def test_kotune_serve_engine_uses_the_merged_weights(merged, trained_run, prompts):
-    from kotune.generation import GenerationSettings, Generator
-    from kotune.engine import Engine
+    from kotune.model.generation import GenerationSettings, Generator
+    from kotune.serve.engine import Engine
 
     settings = GenerationSettings(max_new_tokens=32)
     engine = Engine(str(merged), log=lambda *_: None)

@@ -92,8 +92,8 @@ def test_merged_export_reloads_and_answers_like_base_plus_adapter(merged, gemma_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kotune.models import resolve_base
-    from kotune.templates import Template
+    from kotune.model.loading import resolve_base
+    from kotune.model.templates import Template
 
     template = Template.from_dict(run_info["template"])
     tok = AutoTokenizer.from_pretrained(merged)
@@ -115,7 +115,7 @@ def test_exported_chat_template_renders_the_training_prompt_byte_for_byte(merged
     from transformers import AutoTokenizer
 
     from kotune.records import read_records
-    from kotune.templates import Template, encode_prompt
+    from kotune.model.templates import Template, encode_prompt
 
     template = Template.from_dict(run_info["template"])
     tok = AutoTokenizer.from_pretrained(merged)
@@ -163,7 +163,7 @@ def test_doctor_warns_when_a_run_took_too_few_steps(gemma_run, tmp_path):
 
 @pytest.mark.parametrize("kind", ["truncated", "not_gguf", "missing", "architecture"])
 def test_bad_gguf_input_is_one_error_line_and_exit_2(kind, tmp_path):
-    from kotune.models import gemma_gguf_file
+    from kotune.model.loading import gemma_gguf_file
 
     path = tmp_path / "model.gguf"
     if kind == "truncated":
@@ -195,7 +195,7 @@ def test_missing_gguf_package_says_what_to_install(tmp_path, monkeypatch):
     import importlib.util
 
     from kotune.errors import KotuneError
-    from kotune.models import ensure_gguf
+    from kotune.model.loading import ensure_gguf
 
     path = tmp_path / "other.gguf"
     path.write_bytes(b"GGUF" + b"\0" * 64)  # a GGUF never converted before

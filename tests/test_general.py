@@ -95,8 +95,8 @@ def test_scoring_returns_each_prompt_tokens_log_probability(tiny_model) -> None:
 
     from fastapi.testclient import TestClient
 
-    from kotune.engine import Engine
-    from kotune.serve import create_app
+    from kotune.serve.engine import Engine
+    from kotune.serve.server import create_app
 
     engine = Engine("builtin:tiny-ko", log=lambda *_: None)
     with TestClient(create_app(engine)) as client:

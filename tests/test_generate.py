@@ -265,7 +265,7 @@ def test_unknown_teacher_is_an_error(tmp_path: Path, cli, sample_chunks: Path) -
 
 def test_input_context_stores_the_chunk_as_retrieval_formats_it(tmp_path: Path, cli, sample_chunks: Path,
                                                                 sample_qa: Path) -> None:
-    from kotune.retrieval import format_context
+    from kotune.model.retrieval import format_context
 
     out = tmp_path / "rag.jsonl"
     res = cli(["generate", sample_chunks, "-o", out, "--input-context"])

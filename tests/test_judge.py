@@ -1,4 +1,4 @@
-"""kotune.judge against a stub OpenAI-compatible judge: both orders asked at temperature 0
+"""kotune.eval.judge against a stub OpenAI-compatible judge: both orders asked at temperature 0
 with max_tokens 8, the verdicts mapped to models, the API key sent, and one-line errors."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kotune.errors import KotuneError
-from kotune.judge import judge_pairs
+from kotune.eval.judge import judge_pairs
 from test_openai_client import StubServer, ok, record_sleeps
 
 RESPONSES = [

@@ -1,6 +1,11 @@
-"""The codebase's layering, read from its own imports (function-level imports included):
-no import cycle, the core never imports the data pipeline, no module takes another
-module's private names, and the run record is read only through kotune.runinfo."""
+"""The codebase's layering, read from its own imports (function-level imports included).
+
+The packages are layers, lowest first (:data:`LAYERS`); a module may import its own
+layer and the layers below it, never one above. Beyond that: no import cycle, no module
+takes another module's private names (through any import form), the run record is read
+only through kotune.model.runinfo (never by string keys, ``config.get(...)`` included),
+and only the model-access layer touches the endpoint client, the generator and the loader.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,41 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "kotune"
 
-# What every step stands on. None of it may import the pipeline steps in kotune.data
-# (retrieval reading chunks through data.generate was such an upward import).
-CORE = ("errors", "io", "korean", "templates", "metrics", "records", "runinfo", "models", "resolver", "generation",
-        "retrieval", "openai_client", "judge", "report", "batching", "openai_protocol", "engine")
+# Lowest first. A layer is a package (or a top-level module); peers share a rank and may
+# not import each other.
+LAYERS: list[tuple[str, ...]] = [
+    ("kotune", "kotune.errors", "kotune.io", "kotune.ui", "kotune.korean", "kotune.records"),  # foundation
+    ("kotune.model",),     # spec → Model: run record, templates, loading, retrieval, generation, endpoints
+    ("kotune.options",),   # one options model per command; allowed values from the registries below it
+    ("kotune.data",),      # documents → chunks → records (teachers, validate, split, preferences)
+    ("kotune.train",),     # SFT, preference tuning, packing, doctor
+    ("kotune.eval",),      # metrics, evaluate, pairs, judge, general ability, report
+    ("kotune.serve", "kotune.export"),   # peers: the OpenAI server and terminal chat; export
+    ("kotune.recipe",),    # recipe schema, plan, steps
+    ("kotune.studio",),    # web UI
+    ("kotune.cli", "kotune.__main__"),
+]
+PEERS_APART = {6}  # serve and export do not import each other
+
+# What only the model-access layer may import: how a model is reached.
+MODEL_INTERNALS = ("kotune.model.endpoint", "kotune.model.generation", "kotune.model.loading",
+                   "kotune.model.openai_client")
+# Consumers of a model answering prompts that must go through kotune.model.access
+# (serve's engine and batcher *are* the local backend's serving loop, and the teachers
+# and judge are HTTP clients of their own protocol: they are allowed the pieces they need).
+INTERNAL_ALLOWED = {
+    "kotune.serve.engine": ("kotune.model.generation", "kotune.model.loading"),
+    "kotune.serve.batching": ("kotune.model.generation",),
+    "kotune.serve.protocol": ("kotune.model.generation",),
+    "kotune.serve.server": ("kotune.model.generation",),
+    "kotune.data.http_teacher": ("kotune.model.openai_client",),
+    "kotune.eval.judge": ("kotune.model.openai_client",),
+    "kotune.train.sft": ("kotune.model.loading",),
+    "kotune.train.preference": ("kotune.model.loading",),
+    "kotune.train.doctor": ("kotune.model.loading",),
+    "kotune.export.merged": ("kotune.model.loading",),
+    "kotune.cli": ("kotune.model.openai_client",),  # --api-key-env reading for the teacher's options
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -46,6 +82,33 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
+def _rank(module: str) -> tuple[int, str]:
+    """(layer index, layer name) of a module: the longest layer name it is or falls under."""
+    best = (-1, "")
+    for i, layer in enumerate(LAYERS):
+        for name in layer:
+            hit = module == name if i == 0 else (module == name or module.startswith(name + "."))
+            if hit and len(name) > len(best[1]):
+                best = (i, name)
+    return best
+
+
+def test_every_module_is_in_a_layer() -> None:
+    """A new module outside the packages must be placed in LAYERS (or, better, in a package)."""
+    assert sorted(m for m in _modules() if _rank(m)[0] < 0) == []
+
+
+def test_imports_go_down_the_layers_only() -> None:
+    upward = []
+    for m, targets in _graph().items():
+        rank, layer = _rank(m)
+        for t in targets:
+            trank, tlayer = _rank(t)
+            if trank > rank or (trank == rank and tlayer != layer and rank in PEERS_APART):
+                upward.append(f"{m} -> {t}")
+    assert sorted(upward) == []
+
+
 def test_no_import_cycle() -> None:
     graph = _graph()
     state: dict[str, int] = {}
@@ -66,33 +129,63 @@ def test_no_import_cycle() -> None:
     assert cycles == []
 
 
-def test_core_modules_do_not_import_the_data_pipeline() -> None:
-    graph = _graph()
-    upward = {f"kotune.{c}": sorted(t for t in graph[f"kotune.{c}"] if t.startswith("kotune.data")) for c in CORE}
-    assert {m: ts for m, ts in upward.items() if ts} == {}
+def test_only_the_model_layer_reaches_endpoints_generators_and_loaders() -> None:
+    """Eval, pairs, chat, studio, general ability: a model is opened by kotune.model.access."""
+    direct = []
+    for m, targets in _graph().items():
+        if m.startswith("kotune.model"):
+            continue
+        for t in targets:
+            if t in MODEL_INTERNALS and t not in INTERNAL_ALLOWED.get(m, ()):
+                direct.append(f"{m} -> {t}")
+    assert sorted(direct) == []
+
+
+def _module_aliases(tree: ast.AST, mods: dict[str, Path]) -> set[str]:
+    """Local names bound to kotune modules: ``import kotune.x as a``, ``from kotune.x import mod``."""
+    aliases = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases |= {a.asname or a.name.split(".")[0] for a in node.names if a.name.startswith("kotune")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kotune"):
+            aliases |= {a.asname or a.name for a in node.names if f"{node.module}.{a.name}" in mods}
+    return aliases
+
+
+def _root_name(node: ast.AST) -> str | None:
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
 
 
 def test_no_module_takes_another_modules_private_names() -> None:
+    mods = _modules()
     taken = []
-    for m, p in _modules().items():
+    for m, p in mods.items():
+        tree = ast.parse(p.read_text(encoding="utf-8"))
         for target, names in _imports(p):
             taken += [f"{m}: {target}.{n}" for n in names if n.startswith("_") and not n.startswith("__")]
-        aliases = {a.asname or a.name for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
-                   if isinstance(node, ast.Import) for a in node.names if a.name.startswith("kotune")}
-        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+        aliases = _module_aliases(tree, mods)
+        for node in ast.walk(tree):
             if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-                    and isinstance(node.value, ast.Name) and node.value.id in aliases):
-                taken.append(f"{m}: {node.value.id}.{node.attr}")
+                    and _root_name(node.value) in aliases):
+                taken.append(f"{m}: {ast.unparse(node)}")
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+                  and len(node.args) >= 2 and _root_name(node.args[0]) in aliases
+                  and isinstance(node.args[1], ast.Constant) and str(node.args[1].value).startswith("_")):
+                taken.append(f"{m}: {ast.unparse(node)}")
     assert taken == []
 
 
 def test_the_run_record_is_read_only_through_runinfo() -> None:
-    """kotune.json is parsed in kotune/runinfo.py alone; elsewhere it is a RunInfo's attributes."""
+    """kotune.json is parsed in kotune/model/runinfo.py alone; elsewhere it is a RunInfo's attributes
+    (a run's ``config`` dict read by string key is such a parse too)."""
     readers = []
     for m, p in _modules().items():
-        if m == "kotune.runinfo":
+        if m == "kotune.model.runinfo":
             continue
         text = p.read_text(encoding="utf-8")
-        if re.search(r"json\.loads?\([^)]*kotune\.json|RUN_FILE[^\n]*read_text|\brun(_info)?\.get\(|\brun\[\"", text):
+        if re.search(r"json\.loads?\([^)]*kotune\.json|RUN_FILE[^\n]*read_text|\brun(_info)?\.get\(|\brun\[\""
+                     r"|\b(info|run|run_info|ref\.run|self\.run)\.config\.get\(|\b(info|run|run_info)\.config\[", text):
             readers.append(m)
     assert readers == []

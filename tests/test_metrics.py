@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from kotune import metrics as m
+from kotune.eval import metrics as m
 
 REF_POLICY = ("과학기술정보통신부는 2023년부터 2027년까지 국가초고성능컴퓨팅 육성 기본계획을 추진하며, "
               "국가센터를 중심으로 초고성능컴퓨터 자원을 확충하고 1,200억 원을 투자한다.")
@@ -48,7 +48,7 @@ _PUNCT = {"SF", "SP", "SS", "SSO", "SSC", "SE", "SO", "SW", "SB"}
 
 class DirectKiwiTokenizer:
     """A Kiwi tokenizer object for rouge_score, built straight on kiwipiepy (not on
-    kotune.metrics): morpheme forms without punctuation."""
+    kotune.eval.metrics): morpheme forms without punctuation."""
 
     def __init__(self):
         from kiwipiepy import Kiwi

@@ -1,4 +1,4 @@
-"""kotune.openai_client against a stub server on 127.0.0.1: Retry-After, fatal 401,
+"""kotune.model.openai_client against a stub server on 127.0.0.1: Retry-After, fatal 401,
 key rotation, the server's max_tokens limit, giving up, dropped connections,
 model detection, and the URL/key helpers."""
 
@@ -15,7 +15,7 @@ import pytest
 
 from kotune.data.teacher import TeacherStats
 from kotune.errors import KotuneError
-from kotune.openai_client import (
+from kotune.model.openai_client import (
     OpenAIClient,
     RequestFailed,
     chat_url,

@@ -10,7 +10,7 @@ import pytest
 
 from kotune.options import (EvalOptions, GenerateOptions, PrepareOptions, SplitOptions, TrainOptions,
                             ValidateOptions)
-from kotune.recipe import EvalStep, GenerateStep, PrepareStep, SplitStep, TrainStep, ValidateStep
+from kotune.recipe.plan import EvalStep, GenerateStep, PrepareStep, SplitStep, TrainStep, ValidateStep
 
 STEPS = {  # recipe step → (its options model, its command line without the option under test)
     "prepare": (PrepareOptions, ["prepare", "{doc}", "-o", "{out}/chunks.jsonl"]),
@@ -103,7 +103,7 @@ def test_an_out_of_range_number_is_one_line_from_the_cli_and_from_a_recipe(step,
 def test_the_command_line_defaults_are_the_models() -> None:
     """`kotune train --help` and a recipe without the key use the same value (max_length was declared in four files)."""
     from kotune.cli import app
-    from kotune.train import TrainConfig
+    from kotune.train.sft import TrainConfig
 
     import typer.main
 

@@ -17,9 +17,9 @@ KEYS = ("input_ids", "attention_mask", "labels", "position_ids", "cu_seq_lens_q"
 def batches(tiny_model, sample_split):
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from kotune.models import load_tokenizer
+    from kotune.model.loading import load_tokenizer
     from kotune.records import read_records
-    from kotune.templates import encode_example, get_template
+    from kotune.model.templates import encode_example, get_template
 
     tok = load_tokenizer(str(tiny_model))
     rows = [encode_example(tok, get_template("kotune"), r, 1024) for r in read_records(sample_split[0])[:8]]
@@ -42,8 +42,8 @@ def _loss_and_grad(model, batch):
 def test_varlen_attention_matches_a_padded_batch(tiny_model, batches):
     import torch
 
-    from kotune.models import load_causal_lm
-    from kotune.packing import NAME, padding_free_attention
+    from kotune.model.loading import load_causal_lm
+    from kotune.train.packing import NAME, padding_free_attention
 
     packed, padded = batches
     torch.manual_seed(0)
@@ -64,8 +64,8 @@ def test_varlen_attention_matches_a_padded_batch(tiny_model, batches):
 
 
 def test_varlen_attention_refuses_padded_batches(tiny_model, batches):
-    from kotune.models import load_causal_lm
-    from kotune.packing import padding_free_attention
+    from kotune.model.loading import load_causal_lm
+    from kotune.train.packing import padding_free_attention
 
     _, padded = batches
     model = load_causal_lm(str(tiny_model), device="cpu")
@@ -91,9 +91,9 @@ def test_answer_only_head_loss_equals_the_full_logits_loss(tiny_model, batches, 
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    from kotune.models import load_causal_lm, load_tokenizer
-    from kotune.packing import padding_free_attention
-    from kotune.train import answer_only_head
+    from kotune.model.loading import load_causal_lm, load_tokenizer
+    from kotune.train.packing import padding_free_attention
+    from kotune.train.sft import answer_only_head
 
     packed, padded = batches
     model = load_causal_lm(str(tiny_model), device="cpu").eval()

@@ -70,8 +70,8 @@ def dpo_run(tail_data, sft_run):
 
 def _held_out_margins(run: Path, pairs_file: Path) -> list[float]:
     from kotune.data.preferences import read_preferences
-    from kotune.preference import log_margins
-    from kotune.resolver import load_resolved, resolve
+    from kotune.train.preference import log_margins
+    from kotune.model.resolve import load_resolved, resolve
 
     resolved = resolve(str(run), log=lambda *_: None)
     model = load_resolved(resolved)
@@ -101,9 +101,9 @@ def test_preference_run_keeps_the_sft_runs_template_eos_and_pad(sft_run, dpo_run
 
     # EOS closes both answers, and the prompt is never supervised.
     from kotune.data.preferences import PreferenceRecord
-    from kotune.models import load_tokenizer
-    from kotune.runinfo import RunInfo
-    from kotune.templates import encode_preference
+    from kotune.model.loading import load_tokenizer
+    from kotune.model.runinfo import RunInfo
+    from kotune.model.templates import encode_preference
 
     tok = load_tokenizer(str(dpo_run))
     template = RunInfo.read(dpo_run).own_template
@@ -294,9 +294,9 @@ def test_pairs_rejects_the_flagged_answers_and_chooses_valid_references(sft_run,
 
 
 def test_pairs_resume_asks_only_for_missing_answers(sft_run, tail_data, tmp_path, monkeypatch):
-    from kotune.generation import Generator
+    from kotune.model.generation import Generator
     from kotune.options import PairsOptions
-    from kotune.steps import pairs as run_pairs
+    from kotune.recipe.steps import pairs as run_pairs
 
     out = tmp_path / "p.jsonl"
     asked: list[int] = []

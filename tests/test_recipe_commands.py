@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import kotune.steps
+import kotune.recipe.steps
 from kotune.options import (EvalOptions, GenerateOptions, PairsOptions, PrepareOptions, SplitOptions, TrainOptions,
                             ValidateOptions)
-from kotune.recipe import load_recipe
+from kotune.recipe.plan import load_recipe
 
 from conftest import REPO, call_cli
 
@@ -34,7 +34,7 @@ def _normal(value):
 def _capture(monkeypatch) -> list[tuple[str, dict]]:
     seen: list[tuple[str, dict]] = []
     for name in ("prepare", "generate", "validate", "split", "train", "doctor", "pairs", "evaluate"):
-        signature = inspect.signature(getattr(kotune.steps, name))
+        signature = inspect.signature(getattr(kotune.recipe.steps, name))
 
         def fake(*args, _name=name, _sig=signature, **kwargs):
             bound = _sig.bind(*args, **kwargs)
@@ -46,7 +46,7 @@ def _capture(monkeypatch) -> list[tuple[str, dict]]:
                 call[key] = _normal(value)
             seen.append((_name, call))
             return 0
-        monkeypatch.setattr(kotune.steps, name, fake)
+        monkeypatch.setattr(kotune.recipe.steps, name, fake)
     return seen
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kotune.report import build_report, render_html, render_markdown
+from kotune.eval.report import build_report, render_html, render_markdown
 
 CATEGORIES = ("법령", "기관", "산업")
 ERRORS = ("정보 누락", "수치 오류", "기관 오용", "반복·미종료", "근거 없음")
@@ -239,7 +239,7 @@ def test_markdown_tables_and_answers():
 
 def test_report_renders_scores_from_metrics_module():
     """The real scorer's output (with its own keys and error types) goes straight into the report."""
-    from kotune.metrics import score_rows
+    from kotune.eval.metrics import score_rows
 
     metrics, responses = example()
     real = {"models": {}}
@@ -376,8 +376,8 @@ def test_each_table_shows_the_same_cells_in_html_and_markdown():
 
 
 def test_metric_labels_and_descriptions_come_from_the_catalogue():
-    from kotune import report as report_module
-    from kotune.metrics import CATALOGUE, REFERENCE_METRICS, ROW_METRICS
+    from kotune.eval import report as report_module
+    from kotune.eval.metrics import CATALOGUE, REFERENCE_METRICS, ROW_METRICS
 
     assert [m.key for m in CATALOGUE] == [*REFERENCE_METRICS, *ROW_METRICS]
     assert report_module.METRICS == tuple((m.key, m.label, m.vmax, m.higher_is_better) for m in CATALOGUE)
@@ -427,7 +427,7 @@ def test_template_ships_as_package_data():
     section = pyproject.split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
     globs = ast.literal_eval(re.search(r"^kotune\s*=\s*(\[.*?\])", section, re.M | re.S).group(1))
     assert any(fnmatch.fnmatch("assets/report.html.j2", g) for g in globs), globs
-    from kotune.report import _template
+    from kotune.eval.report import _template
 
     assert _template().environment.autoescape is True
 

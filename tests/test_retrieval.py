@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from kotune.errors import KotuneError
-from kotune.retrieval import Retriever, format_context, tokens
+from kotune.model.retrieval import Retriever, format_context, tokens
 
 # Hand-written questions in inflected forms (particles and endings that do not
 # appear in the document), each with a phrase that only its answer chunk holds.
@@ -105,7 +105,7 @@ def test_ties_go_to_the_earlier_chunk_and_repeat_exactly(retriever):
 def test_same_results_in_a_process_with_another_hash_seed(sample_chunks, retriever):
     queries = ["국가센터의 역할은?", "전문센터 몇 곳", "총사업비"]
     code = (
-        "import json, sys; from kotune.retrieval import Retriever; "
+        "import json, sys; from kotune.model.retrieval import Retriever; "
         "r = Retriever.from_file(sys.argv[1]); "
         f"print(json.dumps([[c['chunk_id'], s] for q in {queries!r} for c, s in r.search(q, k=4)]))"
     )

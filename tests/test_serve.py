@@ -97,7 +97,7 @@ def test_chat_from_base_and_adapter_streamed_and_not(server, questions):
 
 
 def test_completions_endpoint(server, trained_run, questions):
-    from kotune.templates import Template
+    from kotune.model.templates import Template
 
     run = json.loads((trained_run / "kotune.json").read_text(encoding="utf-8"))
     prompt = Template.from_dict(run["template"]).prompt(questions[0])
@@ -112,7 +112,7 @@ def test_completions_endpoint(server, trained_run, questions):
 
 
 def test_greedy_answers_equal_generator_with_the_runs_template(server, trained_run, questions):
-    from kotune.generation import GenerationSettings, Generator
+    from kotune.model.generation import GenerationSettings, Generator
 
     settings = GenerationSettings(max_new_tokens=40)
     tuned = Generator(str(trained_run), log=lambda *_: None)
@@ -206,7 +206,7 @@ class _FakeEngine:
         self.calls: list[tuple[str, list[str], tuple]] = []
 
     def generate(self, name, prompts, settings, batch_size=16):
-        from kotune.generation import Answer
+        from kotune.model.generation import Answer
 
         self.calls.append((name, list(prompts), (settings.max_new_tokens, settings.temperature)))
         time.sleep(0.05)
@@ -214,8 +214,8 @@ class _FakeEngine:
 
 
 def test_batcher_groups_concurrent_requests_by_model_and_settings():
-    from kotune.generation import GenerationSettings
-    from kotune.engine import Batcher
+    from kotune.model.generation import GenerationSettings
+    from kotune.serve.engine import Batcher
 
     engine = _FakeEngine()
 
@@ -258,8 +258,8 @@ def test_serve_start_up_errors_are_one_line(trained_run, tmp_path, monkeypatch):
 
 
 def test_engine_holds_several_adapters_on_one_base(trained_run, questions):
-    from kotune.generation import GenerationSettings, Generator
-    from kotune.engine import Engine
+    from kotune.model.generation import GenerationSettings, Generator
+    from kotune.serve.engine import Engine
 
     engine = Engine(BASE, [("p1", str(trained_run)), ("p2", str(trained_run))], log=lambda *_: None)
     assert engine.names == [BASE, "p1", "p2"] and engine.get("base") is engine.served[BASE]

@@ -208,8 +208,8 @@ def test_validate_writes_every_dropped_record(tmp_path: Path) -> None:
 def test_live_history_writes_the_record_while_training(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from kotune.runinfo import RunInfo
-    from kotune.train import live_history
+    from kotune.model.runinfo import RunInfo
+    from kotune.train.sft import live_history
 
     info = RunInfo(status="running", base_model="builtin:tiny-ko")
     cb = live_history(info, tmp_path)
@@ -221,7 +221,7 @@ def test_live_history_writes_the_record_while_training(tmp_path: Path) -> None:
 
 def test_token_view_marks_prompt_answer_eos_and_truncation(tiny_model) -> None:
     from kotune.records import normalize
-    from kotune.resolver import resolve
+    from kotune.model.resolve import resolve
     from kotune.studio.views import token_view
 
     resolved = resolve("builtin:tiny-ko", template="kotune", log=lambda *_: None)
@@ -240,7 +240,7 @@ def test_token_view_marks_prompt_answer_eos_and_truncation(tiny_model) -> None:
 
 def test_data_page_of_a_train_run_renders_its_records(trained_run: Path, tmp_path_factory) -> None:
     """A `kotune train` output (no recipe): its training records, as its template and tokenizer encode them."""
-    from kotune.runinfo import RunInfo
+    from kotune.model.runinfo import RunInfo
 
     base = tmp_path_factory.getbasetemp()
     c = _client(base)
@@ -257,8 +257,8 @@ def test_data_page_of_a_train_run_renders_its_records(trained_run: Path, tmp_pat
 def test_chat_streams_an_endpoint_models_answer(root: Path, tiny_model, tmp_path: Path) -> None:
     """An OpenAI-compatible URL in the chat page: its answer arrives piece by piece (``stream: true``)
     and is the answer the same server gives unstreamed."""
-    from kotune.endpoint import EndpointSpec, open_endpoint
-    from kotune.generation import GenerationSettings
+    from kotune.model.endpoint import EndpointSpec, open_endpoint
+    from kotune.model.generation import GenerationSettings
     from tests.conftest import serve_process
 
     question = "국가초고성능컴퓨팅 기본계획은 무엇인가요?"

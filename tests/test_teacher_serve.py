@@ -101,6 +101,6 @@ def test_readme_flow_with_defaults_works_against_kotune_serve(teacher, tmp_path:
     ("'max_tokens' is 900, over this server's limit of 1024", 900, None),  # not the limit's fault
 ])
 def test_token_limit_is_read_from_openai_style_errors(text: str, asked: int, limit) -> None:
-    from kotune.openai_client import token_limit_from_error
+    from kotune.model.openai_client import token_limit_from_error
 
     assert token_limit_from_error(text, asked) == limit

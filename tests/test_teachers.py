@@ -26,7 +26,7 @@ from kotune.data.generate import generate_file, journal_path, make_teacher, pars
 from kotune.data.http_teacher import OpenAITeacher
 from kotune.data.qa import answer_problem, build_messages, parse_qa
 from kotune.errors import KotuneError
-from kotune.openai_client import TokenBucket, backoff_delay, chat_url, parse_retry_after
+from kotune.model.openai_client import TokenBucket, backoff_delay, chat_url, parse_retry_after
 from kotune.records import load_chunks
 
 _BULLET = re.compile(r"^(?:[○●◦▪■□◆◇※•·\-–*]|\d+\)|[①-⑳])\s*")
@@ -358,7 +358,7 @@ def test_rpm_limits_requests_per_key() -> None:
 
 
 def test_rpm_spreads_over_keys(tmp_path: Path, chunks: list[dict], monkeypatch) -> None:
-    import kotune.openai_client as client_module
+    import kotune.model.openai_client as client_module
 
     clocks: list[VirtualClock] = []
 

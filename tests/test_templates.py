@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from kotune.errors import KotuneError
-from kotune.models import train_tokenizer, corpus_texts, ensure_pad_token
+from kotune.model.loading import train_tokenizer, corpus_texts, ensure_pad_token
 from kotune.records import Record
-from kotune.templates import IGNORE_INDEX, TEMPLATES, encode_example, encode_prompt, get_template
+from kotune.model.templates import IGNORE_INDEX, TEMPLATES, encode_example, encode_prompt, get_template
 
 
 @pytest.fixture(scope="module")

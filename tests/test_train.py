@@ -152,7 +152,7 @@ def test_unknown_enum_values_are_refused_before_loading(sample_split, tmp_path, 
     (2, None, 30, 30.0, True),      # one step an epoch: capped at MAX_AUTO_EPOCHS
 ])
 def test_min_steps_raises_preset_epochs_on_small_data(n_records, epochs, min_steps, want_epochs, changed):
-    from kotune.train import TrainConfig
+    from kotune.train.sft import TrainConfig
 
     config = TrainConfig(base_model="m", data="d", output_dir="o", epochs=epochs, min_steps=min_steps).resolved()
     got, reason = config.with_min_steps(n_records, epochs_given=epochs is not None)
@@ -171,7 +171,7 @@ def test_min_steps_raises_preset_epochs_on_small_data(n_records, epochs, min_ste
     ("lora", "cpu", "memory_efficient", None, True),
 ])
 def test_gradient_checkpointing_default_depends_on_method_and_device(method, device, preset, asked, expected):
-    from kotune.train import TrainConfig
+    from kotune.train.sft import TrainConfig
 
     config = TrainConfig(base_model="m", data="d", output_dir="o", method=method, preset=preset,
                          gradient_checkpointing=asked)
@@ -220,7 +220,7 @@ def test_two_process_ddp_on_cpu_trains(sample_split, tmp_path, tiny_model):
 def test_a_folder_left_by_a_run_killed_while_loading_does_not_block_the_rerun(tmp_path):
     # Trainer makes OUT/checkpoints before kotune.json is written; a kill in between left a
     # folder that refused both --overwrite ("not a kotune output") and a plain rerun.
-    from kotune.train import TrainConfig, prepare_output_dir
+    from kotune.train.sft import TrainConfig, prepare_output_dir
 
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)

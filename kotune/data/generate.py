@@ -134,7 +134,7 @@ def generate_file(
             def finish(chunk: dict[str, Any], recs: list[Record]) -> None:
                 """The one writer: a chunk is finished once its line is on disk."""
                 if input_context:
-                    from kotune.retrieval import format_context
+                    from kotune.model.retrieval import format_context
 
                     context = format_context([(chunk, 0.0)])
                     for r in recs:

@@ -1,7 +1,7 @@
 """The HTTP teacher: QA pairs from an OpenAI-compatible server (vLLM, TGI, Ollama, kotune serve, hosted APIs).
 
 ``OpenAITeacher`` runs ``workers`` chunks at once through one
-``kotune.openai_client.OpenAIClient`` (key rotation, per-key ``rpm`` limits,
+``kotune.model.openai_client.OpenAIClient`` (key rotation, per-key ``rpm`` limits,
 retries with backoff and ``Retry-After``, the server's ``max_tokens`` limit:
 the seed's parallel generation, section 12, without its fixed 0.2 s sleeps and
 per-process key sharding). Each chunk is asked with the shared generation
@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator
 from kotune.data.qa import accept_pairs, build_messages, parse_qa
 from kotune.data.teacher import AsyncTeacher, ChunkFailed, TeacherStats
 from kotune.errors import KotuneError
-from kotune.openai_client import OpenAIClient, RequestFailed
+from kotune.model.openai_client import OpenAIClient, RequestFailed
 from kotune.records import Record
 
 __all__ = ["OpenAITeacher", "default_max_tokens"]

@@ -1,6 +1,6 @@
 """The local-model teacher: QA pairs from a model loaded in this process (``hf:PATH``).
 
-``LocalTeacher`` asks ``kotune.generation.Generator`` with the shared
+``LocalTeacher`` asks ``kotune.model.generation.Generator`` with the shared
 generation prompt (``kotune.data.qa``), batching the prompts of several
 chunks, and validates and re-asks exactly as the HTTP teacher does.
 """
@@ -17,7 +17,7 @@ __all__ = ["LocalTeacher"]
 
 
 class LocalTeacher(Teacher):
-    """A local model (``hf:PATH``, ``hf:builtin:tiny-ko``) through kotune.generation.Generator.
+    """A local model (``hf:PATH``, ``hf:builtin:tiny-ko``) through kotune.model.generation.Generator.
 
     Prompts of ``batch_size`` chunks are generated together (greedy first;
     re-asks sample at temperature 0.7 so they do not repeat the same reply).
@@ -39,7 +39,7 @@ class LocalTeacher(Teacher):
 
     def _generator(self) -> Any:
         if self._gen is None:
-            from kotune.generation import Generator
+            from kotune.model.generation import Generator
 
             # instruct_chat: a model with its own chat template (an instruct model) is asked in it;
             # a tuned run in its training template (the resolver's one rule).
@@ -57,7 +57,7 @@ class LocalTeacher(Teacher):
         return self.generate_batch([chunk], n)[0]
 
     def generate_batch(self, chunks: list[dict[str, Any]], n: int) -> list[list[Record]]:
-        from kotune.generation import GenerationSettings
+        from kotune.model.generation import GenerationSettings
 
         gen = self._generator()
         results: list[list[Record]] = [[] for _ in chunks]

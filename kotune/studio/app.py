@@ -196,7 +196,7 @@ def create_app(root: str | Path, *, token: str | None = None, allowed_hosts: tup
             folders = list(dict.fromkeys(Path(f).parent.as_posix()
                                          for f in await asyncio.to_thread(r.files, "metrics.json")))
             return page(request, "pick.html.j2", items=folders, target="/eval", what="eval")
-        from kotune.report import build_report, charts
+        from kotune.eval.report import build_report, charts
 
         folder = r.path(path)
         view = await asyncio.to_thread(views.eval_page, r, folder, a=a, b=b, flip_=flip if flip in views.FLIPS else "",
@@ -271,10 +271,10 @@ def create_app(root: str | Path, *, token: str | None = None, allowed_hosts: tup
         if context_file:
             path = r.path(context_file)
             if context_file not in retrievers:
-                from kotune.retrieval import Retriever
+                from kotune.model.retrieval import Retriever
 
                 retrievers[context_file] = await asyncio.to_thread(Retriever.from_file, path)
-            from kotune.retrieval import format_context
+            from kotune.model.retrieval import format_context
 
             top_k = max(1, min(int(body.get("top_k") or 3), 10))
             context = format_context(retrievers[context_file].search(question, k=top_k)) or None

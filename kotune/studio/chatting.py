@@ -1,6 +1,6 @@
 """The studio's chat: models picked in the browser, loaded once and kept, each answering
-with its own run's template (:class:`kotune.generation.Generator`, as ``kotune chat``),
-or asked over an OpenAI-compatible endpoint (:mod:`kotune.endpoint`, as ``kotune eval``).
+with its own run's template (:class:`kotune.model.generation.Generator`, as ``kotune chat``),
+or asked over an OpenAI-compatible endpoint (:mod:`kotune.model.endpoint`, as ``kotune eval``).
 
 A model is named ``run:PATH`` (a training run under ROOT), ``base:SPEC`` (a base model
 that a run under ROOT was trained from, or a builtin) or ``openai:URL#MODEL``. A base
@@ -14,10 +14,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from kotune.endpoint import EndpointSpec, open_endpoint
+from kotune.model.endpoint import EndpointSpec, open_endpoint
 from kotune.errors import KotuneError
-from kotune.generation import Answer, GenerationSettings, Generator
-from kotune.runinfo import RunInfo
+from kotune.model.generation import Answer, GenerationSettings, Generator
+from kotune.model.runinfo import RunInfo
 from kotune.studio.root import MODEL_LOCK, Root
 
 BUILTINS = ("builtin:tiny-ko", "builtin:gemma-3-270m")

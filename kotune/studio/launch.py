@@ -1,6 +1,6 @@
 """Launching recipes from the studio: an ordinary ``kotune run`` process.
 
-The form is checked exactly as ``kotune run`` checks its options (:func:`kotune.recipe.load_recipe`
+The form is checked exactly as ``kotune run`` checks its options (:func:`kotune.recipe.plan.load_recipe`
 and the plan's input checks), so the studio shows the CLI's own error line. The process
 gets its own session and writes its output to ``OUT/studio.log``: closing the browser,
 or stopping the studio, does not stop it. Stopping sends SIGTERM to its process group;
@@ -64,7 +64,7 @@ class Checked:
 
 def check(root: Root, form: LaunchForm) -> Checked:
     """The form as ``kotune run`` would take it; KotuneError with the CLI's message."""
-    from kotune.recipe import load_recipe
+    from kotune.recipe.plan import load_recipe
 
     if not form.recipe:
         raise KotuneError("choose a recipe")

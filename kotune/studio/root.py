@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kotune.errors import KotuneError
-from kotune.runinfo import RUN_FILE, RunInfo
+from kotune.model.runinfo import RUN_FILE, RunInfo
 
 # Folders never searched for runs: tooling, caches and a run's own internals.
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", "checkpoints", "logs", "site-packages",
              ".pytest_cache", ".mypy_cache", ".cache"}
 MAX_DEPTH = 6
-RECIPE_STATE = "run.json"        # kotune run's state (kotune.recipe)
+RECIPE_STATE = "run.json"        # kotune run's state (kotune.recipe.plan)
 LAUNCH_FILE = "studio.json"      # a run the studio launched: its command, pid and exit
 LAUNCH_LOG = "studio.log"
 # One model construction at a time in the studio's threads: transformers' loading and
@@ -236,7 +236,7 @@ def train_output(root: Root, d: Path) -> Output:
 
 
 def recipe_output(root: Root, d: Path) -> Output:
-    """A recipe output's status from ``run.json`` (kotune.recipe), its model folders'
+    """A recipe output's status from ``run.json`` (kotune.recipe.plan), its model folders'
     records and, when the studio launched it, ``studio.json``."""
     state = read_json_file(d / RECIPE_STATE)
     launch = read_json_file(d / LAUNCH_FILE)

@@ -1,5 +1,5 @@
 """What the studio's pages show, computed from kotune's own files and functions: records
-as the model sees them (:func:`kotune.templates.encode_example`, the training code's
+as the model sees them (:func:`kotune.model.templates.encode_example`, the training code's
 own tokenization), eval flips, doctor findings. No HTTP here (:mod:`kotune.studio.app`)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kotune.errors import KotuneError
-from kotune.runinfo import RunInfo
+from kotune.model.runinfo import RunInfo
 from kotune.studio.root import MODEL_LOCK
 
 PAGE_SIZE = 20
@@ -25,9 +25,9 @@ _TOKENIZER_LOCK = threading.Lock()
 
 
 def run_tokenizer(model_dir: Path):
-    """The run's tokenizer and template, decided by :func:`kotune.resolver.resolve` as
+    """The run's tokenizer and template, decided by :func:`kotune.model.resolve.resolve` as
     training and inference decide them (no weights are loaded); cached per record version."""
-    from kotune.resolver import resolve
+    from kotune.model.resolve import resolve
 
     key = (str(model_dir), (model_dir / "kotune.json").stat().st_mtime)
     with _TOKENIZER_LOCK, MODEL_LOCK:
@@ -41,7 +41,7 @@ def token_view(tokenizer: Any, template: Any, record: Any, max_length: int) -> d
     """One record tokenized exactly as training tokenizes it, cut into segments: ``prompt``
     (label -100), ``answer`` (supervised), ``special`` (BOS and the like), ``eos`` (the
     supervised end), ``cut`` (where truncation removed tokens)."""
-    from kotune.templates import IGNORE_INDEX, encode_answer, encode_example, eos_ids, record_prompt
+    from kotune.model.templates import IGNORE_INDEX, encode_answer, encode_example, eos_ids, record_prompt
 
     ex = encode_example(tokenizer, template, record, max_length)
     full_prompt = len(record_prompt(tokenizer, template, record))
@@ -210,7 +210,7 @@ def flip(a: dict[str, Any], b: dict[str, Any], metric: str) -> str:
     """How ``b``'s answer compares with ``a``'s: better, worse or same. ``errors``: fewer
     error types is better; else the metric's value (higher is better but for the rates
     where lower is)."""
-    from kotune.recipe import LOWER_IS_BETTER
+    from kotune.recipe.plan import LOWER_IS_BETTER
 
     if metric == "errors":
         ea, eb = len(_errors_of(a)), len(_errors_of(b))
@@ -263,7 +263,7 @@ def find_chunk(path: Path, chunk_id: str) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- doctor
 @functools.lru_cache(maxsize=32)
 def _doctor(run_dir: str, stamp: float) -> tuple:
-    from kotune.doctor import DoctorSetup, diagnose
+    from kotune.train.doctor import DoctorSetup, diagnose
 
     with MODEL_LOCK:
         return tuple(diagnose(DoctorSetup(run_dir=run_dir), log=lambda *_: None))
@@ -274,6 +274,6 @@ def doctor_findings(model_dir: Path) -> list[Any]:
     try:
         return list(_doctor(str(model_dir), (model_dir / "kotune.json").stat().st_mtime))
     except (KotuneError, OSError) as e:  # e.g. the run's data file moved: said on the page, not a crash
-        from kotune.doctor import Finding
+        from kotune.train.doctor import Finding
 
         return [Finding("doctor", False, str(e), fix="run kotune doctor on the run where its data is")]

@@ -4,7 +4,7 @@ A recipe is data (as in torchtune): which steps to run and their settings. Every
 step is an ordinary ``kotune`` command: a step's settings are that command's
 options model (:mod:`kotune.options`), ``run`` prints the equivalent command line
 (so a user can rerun or adapt one step by hand) and calls the step function
-(:mod:`kotune.steps`) with the same model:
+(:mod:`kotune.recipe.steps`) with the same model:
 
     prepare → generate → validate → split → train → doctor → eval
 
@@ -40,12 +40,13 @@ from typing import Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kotune import __version__, steps
+from kotune import __version__
+from kotune.recipe import steps
 from kotune.errors import KotuneError
 from kotune.options import (PREFERENCE_METHODS, EvalOptions, GenerateOptions, PairsOptions, PrepareOptions,
                             SplitOptions, TrainOptions, ValidateOptions, problem)
-from kotune.runinfo import RunInfo
-from kotune.report import METRICS as REPORT_METRICS
+from kotune.model.runinfo import RunInfo
+from kotune.eval.report import METRICS as REPORT_METRICS
 
 STEP_ORDER = ("prepare", "generate", "validate", "split", "train", "doctor", "pairs", "prefer", "eval")
 METRICS = tuple(key for key, *_ in REPORT_METRICS)
@@ -593,7 +594,7 @@ class StepResult:
 # ---------------------------------------------------------------- running
 def run_recipe(plan: Plan, out: Path, *, force: bool = False, log: Callable[[str], None] = print,
                header: Callable[[str], None] | None = None) -> list[StepResult]:
-    """Run every step not up to date: its step function (:mod:`kotune.steps`) with the recipe's
+    """Run every step not up to date: its step function (:mod:`kotune.recipe.steps`) with the recipe's
     options, after printing the equivalent ``kotune`` command line."""
     calls = plan.calls(out)  # checks every input before any work starts
     out.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
 Judges prefer whichever answer they see first (position bias), so each pair is
 asked twice with the answers swapped; a model wins a question only when both
 orders agree, otherwise it is a tie. Requests go through
-``kotune.openai_client.OpenAIClient`` (the HTTP teacher's client: retries with
+``kotune.model.openai_client.OpenAIClient`` (the HTTP teacher's client: retries with
 backoff and ``Retry-After``, a one-line error for a rejected key), one at a
 time, at temperature 0 with ``max_tokens`` 8.
 """
@@ -15,7 +15,7 @@ import re
 from typing import Any, Callable
 
 from kotune.errors import KotuneError
-from kotune.openai_client import OpenAIClient, RequestFailed, read_api_keys
+from kotune.model.openai_client import OpenAIClient, RequestFailed, read_api_keys
 
 JUDGE_PROMPT = """당신은 한국어 답변을 공정하게 평가하는 심사위원입니다.
 질문과 참고 답변을 보고, 두 답변 중 더 정확하고 근거가 있으며 간결한 답변을 고르세요.

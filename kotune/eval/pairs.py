@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kotune.errors import KotuneError
-from kotune.metrics import ERROR_TYPES
+from kotune.eval.metrics import ERROR_TYPES
 
 NO_EOS = "미종료"  # an answer cut at the length limit (counted with its error types)
 SKIP_REASONS = ("no_flagged_answer", "no_clear_margin", "chosen_fails")
@@ -59,7 +59,7 @@ def flags(scored: dict[str, Any]) -> list[str]:
 
 def score(answers: list[tuple[str, str | None]], question: dict[str, Any], context: str) -> list[dict[str, Any]]:
     """Each ``(text, finish_reason)`` scored as ``kotune eval`` scores it (per-row metrics and error types)."""
-    from kotune.metrics import score_rows
+    from kotune.eval.metrics import score_rows
 
     rows = [{"answer": text, "reference": question["reference"] or None, "keywords": question["keywords"],
              "category": question["category"], "context": context, "question": question["question"],
@@ -115,7 +115,7 @@ def _answer_local(gen, prompts: list[str], settings, journal: Path, batch_size: 
                   on_done: Callable[[int], None]) -> list[tuple[str, str | None]]:
     """A local model's answers, appended to ``journal`` batch by batch (kotune eval's endpoint
     journal format and keys: a rerun asks only for answers not yet written)."""
-    from kotune.endpoint import answer_key, read_journal
+    from kotune.model.endpoint import answer_key, read_journal
 
     done = read_journal(journal)
     keys = [answer_key(p, settings) for p in prompts]
@@ -140,9 +140,9 @@ def mine(model: str, questions: list[dict[str, Any]], output: Path, settings: Pa
          judge: dict[str, Any] | None = None, log=print,
          on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Sample, score and pair (module docstring); returns the summary written beside the output."""
-    from kotune.endpoint import EndpointSpec, open_endpoint
-    from kotune.generation import GenerationSettings, Generator
-    from kotune.openai_client import read_api_keys
+    from kotune.model.endpoint import EndpointSpec, open_endpoint
+    from kotune.model.generation import GenerationSettings, Generator
+    from kotune.model.openai_client import read_api_keys
 
     contexts = _contexts(questions, chunks_path, settings.top_k)
     spec = EndpointSpec.parse(model)
@@ -209,7 +209,7 @@ def _contexts(questions: list[dict[str, Any]], chunks_path: str | None, top_k: i
     """Each question's context: its own, else the chunks retrieved for it (as kotune eval retrieves)."""
     if not chunks_path:
         return [q["context"] or "" for q in questions]
-    from kotune.retrieval import Retriever, format_context
+    from kotune.model.retrieval import Retriever, format_context
 
     retriever = Retriever.from_file(chunks_path)
     return [q["context"] or (format_context(retriever.search(q["question"], k=top_k)) if not q["input"] else "")
@@ -218,7 +218,7 @@ def _contexts(questions: list[dict[str, Any]], chunks_path: str | None, top_k: i
 
 def _judged(pairs: list[dict[str, Any]], judge: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
     """Pairs the judge also prefers chosen in (both orders, as ``kotune eval --judge`` asks)."""
-    from kotune.judge import judge_pairs
+    from kotune.eval.judge import judge_pairs
 
     responses = [{"id": str(i), "question": p["instruction"], "reference": "",
                   "answers": {"rejected": {"text": p["rejected"]}, "chosen": {"text": p["chosen"]}}}
@@ -280,7 +280,7 @@ def from_eval(eval_dir: Path, output: Path, settings: PairSettings, *, model: st
             continue
         retrieved = e["answers"][target].get("retrieved") or []
         if not q["input"] and retrieved and chunks:
-            from kotune.retrieval import format_context
+            from kotune.model.retrieval import format_context
 
             pair["input"] = format_context([(chunks[c], 0.0) for c in retrieved if c in chunks])
         pairs.append(pair)

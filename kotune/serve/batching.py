@@ -41,7 +41,7 @@ from typing import Any, Callable, ContextManager
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from kotune.generation import Answer, GenerationSettings, Generator, find_stop, next_token
+from kotune.model.generation import Answer, GenerationSettings, Generator, find_stop, next_token
 
 
 def _text_config(model: Any) -> Any:
@@ -380,7 +380,7 @@ class _Session:
 
     # ------------------------------------------------------------ tokens
     def _choose(self, logits: torch.Tensor, rows: list[Row]) -> torch.Tensor:
-        """The next token of each row (:func:`kotune.generation.next_token`; plain argmax for greedy rows)."""
+        """The next token of each row (:func:`kotune.model.generation.next_token`; plain argmax for greedy rows)."""
         picked = logits.argmax(-1)
         for i, r in enumerate(rows):
             s = r.settings

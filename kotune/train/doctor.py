@@ -67,11 +67,11 @@ def _raw_texts(path: str) -> list[str] | None:
 
 
 def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
-    from kotune.models import lora_targets, module_names, resolve_base
+    from kotune.model.loading import lora_targets, module_names, resolve_base
     from kotune.options import TrainOptions
     from kotune.records import read_records
-    from kotune.resolver import resolve
-    from kotune.templates import IGNORE_INDEX, encode_example
+    from kotune.model.resolve import resolve
+    from kotune.model.templates import IGNORE_INDEX, encode_example
 
     spec = str(setup.run_dir or setup.base_model or "")
     if not spec:
@@ -136,7 +136,7 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
         # A preference run: both answers of every pair end with EOS, prompts are never supervised
         # (encode_preference keeps them apart), and the longest pair must fit.
         from kotune.data.preferences import read_preferences
-        from kotune.templates import encode_preference
+        from kotune.model.templates import encode_preference
 
         encoded = [encode_preference(tokenizer, template, r, max_length=10**9) for r in read_preferences(data)]
         answers = [e[k] for e in encoded for k in ("chosen_ids", "rejected_ids", "completion_ids") if k in e]
@@ -190,7 +190,7 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
     # Too few optimizer steps: the seed-004 failure ("140 samples, the model did not learn").
     steps = run.steps if run else None
     if steps is not None:
-        from kotune.train import MIN_LEARNING_STEPS
+        from kotune.train.sft import MIN_LEARNING_STEPS
 
         few = steps < MIN_LEARNING_STEPS
         findings.append(Finding("too_few_steps", not few,

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from kotune.errors import KotuneError
 from kotune.io import check_input_file, decode_bytes
-from kotune.metrics import split_keywords
+from kotune.eval.metrics import split_keywords
 from kotune.records import raw_rows
 
 
@@ -94,7 +94,7 @@ class EvalSettings:
     workers: int = 8                      # concurrent requests per endpoint model
     api_key_env: str | None = None        # env variable(s) holding endpoint API keys, comma-separated
     rpm: float | None = None              # requests per minute per key, endpoint models
-    benchmarks: tuple[str, ...] = ()      # lm-eval tasks for the general-ability check (kotune.general)
+    benchmarks: tuple[str, ...] = ()      # lm-eval tasks for the general-ability check (kotune.eval.general)
     benchmark_data: str | None = None     # folder of task YAMLs and data (machines without hub access)
     benchmark_limit: int | None = None    # first N documents per task
     forgetting_margin: float = 0.02       # flag a model that lost more than this against the first
@@ -104,14 +104,14 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
              settings: EvalSettings | None = None, chunks_path: str | None = None,
              log: Callable[[str], None] = print, on_progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """Answer every question with every model; write responses.jsonl, metrics.json, report.md/html."""
-    from kotune.generation import GenerationSettings, Generator
+    from kotune.model.generation import GenerationSettings, Generator
     from kotune.io import atomic_writer, dumps, write_json
-    from kotune.metrics import score_rows
-    from kotune.endpoint import EndpointSpec, journal_path, open_endpoint
-    from kotune.models import resolve_model
-    from kotune.openai_client import read_api_keys
-    from kotune.report import render_html, render_markdown
-    from kotune.resolver import decide_template
+    from kotune.eval.metrics import score_rows
+    from kotune.model.endpoint import EndpointSpec, journal_path, open_endpoint
+    from kotune.model.loading import resolve_model
+    from kotune.model.openai_client import read_api_keys
+    from kotune.eval.report import render_html, render_markdown
+    from kotune.model.resolve import decide_template
 
     settings = settings or EvalSettings()
     out = Path(out_dir)
@@ -136,13 +136,13 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
             ep.template = decide_template(None, settings.template, default=shared_template, spec=str(ep.spec))
     manager = None
     if settings.benchmarks:  # a missing extra or an unknown task is an error before any work
-        from kotune.general import task_manager
+        from kotune.eval.general import task_manager
 
         manager = task_manager(list(settings.benchmarks), settings.benchmark_data)
 
     retriever = None
     if chunks_path:
-        from kotune.retrieval import Retriever, format_context
+        from kotune.model.retrieval import Retriever, format_context
 
         retriever = Retriever.from_file(chunks_path)
     contexts: list[tuple[str, list[str]]] = []
@@ -215,14 +215,14 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
             responses.append(entry)
             f.write(dumps(entry) + "\n")
     if settings.judge_url:
-        from kotune.judge import judge_pairs
+        from kotune.eval.judge import judge_pairs
 
         if len(models) < 2:
             raise KotuneError("--judge compares models: give at least two")
         metrics["judge"] = judge_pairs(responses, [n for n, _ in models], url=settings.judge_url,
                                        judge_model=settings.judge_model or "judge", api_key_env=settings.judge_api_key_env)
     if manager is not None:
-        from kotune.general import run_benchmarks
+        from kotune.eval.general import run_benchmarks
 
         metrics["general_ability"] = run_benchmarks(models, list(settings.benchmarks), manager,
                                                     limit=settings.benchmark_limit, batch_size=settings.batch_size,

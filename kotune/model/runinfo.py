@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from kotune.errors import KotuneError
-from kotune.templates import Template
+from kotune.model.templates import Template
 
 RUN_FILE = "kotune.json"
 SCHEMA_VERSION = 1

@@ -6,7 +6,7 @@ types, the LLM judge and the answers, each built once as small dataclasses
 (:class:`Table`, :class:`Cell`, ...). :func:`render_markdown` prints them as pipe
 tables; :func:`render_html` hands the same objects to the Jinja2 template
 ``kotune/assets/report.html.j2``. Labels, scales, directions and meanings of the
-metrics come from :data:`kotune.metrics.CATALOGUE`.
+metrics come from :data:`kotune.eval.metrics.CATALOGUE`.
 
 The HTML is self-contained: inline CSS, charts drawn as inline SVG, no scripts,
 no external URLs, so it opens offline and can be mailed or attached as is. All
@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from kotune.metrics import CATALOGUE, MetricInfo
+from kotune.eval.metrics import CATALOGUE, MetricInfo
 
 __all__ = ["render_html", "render_markdown", "bar_chart", "hbar_chart", "build_report",
            "Report", "Table", "Cell", "METRICS", "HEADLINE"]
 
 # The catalogue's old (key, label, scale max, higher is better) shape, derived from
-# kotune.metrics.CATALOGUE (not a copy): kotune.recipe unpacks these 4-tuples.
+# kotune.eval.metrics.CATALOGUE (not a copy): kotune.recipe.plan unpacks these 4-tuples.
 METRICS: tuple[tuple[str, str, float, bool], ...] = tuple(
     (m.key, m.label, m.vmax, m.higher_is_better) for m in CATALOGUE)
 # The metrics that get a chart and a table per category.
@@ -447,7 +447,7 @@ def _judge(judge: Any) -> Judge | None:
 
 
 def _general(general: Any) -> Table | None:
-    """The general-ability table (kotune.general): each task's score per model and the change
+    """The general-ability table (kotune.eval.general): each task's score per model and the change
     against the first model, marked ⚠ beyond the forgetting margin."""
     tasks = general.get("tasks") if isinstance(general, dict) else None
     if not isinstance(tasks, dict) or not tasks:

@@ -61,7 +61,7 @@ def generate(chunks_file: Path, output: Path, opts: GenerateOptions, *, shard: s
     is_url = opts.teacher.startswith(("http://", "https://"))
     options: dict = {"workers": opts.workers, "max_tokens": opts.max_new_tokens}
     if is_url:
-        from kotune.openai_client import read_api_keys
+        from kotune.model.openai_client import read_api_keys
 
         options.update(api_keys=read_api_keys(opts.api_key_env), max_retries=opts.max_retries, rpm=opts.rpm,
                        timeout=opts.timeout, temperature=opts.temperature)
@@ -212,7 +212,7 @@ def train(opts: TrainOptions, *, base_model: str | None, data: Path, output_dir:
     from ``base_model`` or, for preference methods, from the SFT run ``from_run``."""
     import json
 
-    from kotune.train import TrainConfig, train as run_train
+    from kotune.train.sft import TrainConfig, train as run_train
 
     prompts = {}
     if system_prompts:
@@ -229,14 +229,14 @@ def train(opts: TrainOptions, *, base_model: str | None, data: Path, output_dir:
                          **opts.model_dump(include=set(TrainOptions.model_fields)))
     config.check()  # options that do not go together, before any file is read
     if from_run is not None and base_model is not None:
-        from kotune.preference import read_sft_run
+        from kotune.train.preference import read_sft_run
 
         run_base = read_sft_run(from_run).base_model
         if base_model != run_base:
             raise KotuneError(f"--base-model {base_model}: --from {from_run} was trained on {run_base}, and a preference "
                               "run continues it on that base; drop --base-model")
     if config.preference:
-        from kotune.preference import train_preference
+        from kotune.train.preference import train_preference
 
         info = train_preference(config, resume=resume, overwrite=overwrite,
                                 template_given="template" in opts.model_fields_set, log=_log)
@@ -258,7 +258,7 @@ def doctor(run_dir: Path | None = None, *, base_model: str | None = None, data: 
     """Check a fine-tuning setup for the classic pitfalls; 1 when a problem is found, else 0."""
     from rich.table import Table
 
-    from kotune.doctor import DoctorSetup, diagnose
+    from kotune.train.doctor import DoctorSetup, diagnose
 
     if run_dir is None and base_model is None:
         raise KotuneError("give a kotune output folder or --base-model (with --data)")
@@ -295,8 +295,8 @@ def pairs(model: str | None, output: Path, opts: PairsOptions, *, questions: Pat
     """Preference pairs from a model's flagged answers (sampled now, or from an eval folder)."""
     from rich.table import Table
 
-    from kotune.evaluate import load_questions
-    from kotune.pairs import PairSettings, from_eval as pairs_from_eval, mine
+    from kotune.eval.evaluate import load_questions
+    from kotune.eval.pairs import PairSettings, from_eval as pairs_from_eval, mine
 
     if (questions is None) == (from_eval is None):
         raise KotuneError("give --questions (with --model) to sample answers, or --from-eval EVAL to use an eval's answers")
@@ -340,7 +340,7 @@ def evaluate(questions: Path, models: list[str], output: Path, opts: EvalOptions
              template: str | None = None, judge: str | None = None, judge_model: str | None = None,
              judge_api_key_env: str | None = None) -> None:
     """Answer the same questions with every model; Korean-correct metrics, error types and an HTML report."""
-    from kotune.evaluate import EvalSettings, evaluate as run_eval, load_questions, parse_model_args
+    from kotune.eval.evaluate import EvalSettings, evaluate as run_eval, load_questions, parse_model_args
 
     qs = load_questions(questions)
     if context is not None and not Path(context).exists():

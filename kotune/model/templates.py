@@ -1,7 +1,7 @@
 """Prompt templates, shared by training and every inference path.
 
 The template is chosen once at training time, saved in ``OUT/kotune.json`` and
-read back (through :mod:`kotune.resolver`) by eval, chat, serve and export, so the model is never queried in a
+read back (through :mod:`kotune.model.resolve`) by eval, chat, serve and export, so the model is never queried in a
 format it was not trained on. ``encode_example`` is the only place where a
 training sample is tokenized: prompt tokens get label -100, the answer is
 followed by EOS, and EOS is in the labels.

@@ -89,8 +89,8 @@ def run_benchmarks(models: list[tuple[str, str]], tasks: list[str], manager: Any
                    batch_size: int = 8, margin: float = DEFAULT_MARGIN, api_keys: list[str] | None = None,
                    workers: int = 8, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every task on every model; ``{"tasks": {task: {"metric", "models": {name: score}}}, ...}``."""
-    from kotune.endpoint import EndpointSpec
-    from kotune.resolver import load_resolved, resolve
+    from kotune.model.endpoint import EndpointSpec
+    from kotune.model.resolve import load_resolved, resolve
 
     simple_evaluate, HFLM, _ = _lm_eval()
     result: dict[str, Any] = {"tasks": {}, "baseline": None, "margin": margin, "not_run": {}}

@@ -3,9 +3,9 @@
 This module holds the routes (module level, on one ``APIRouter``), the app's
 cross-cutting parts (API key, body limit, OpenAI-shaped errors) and the
 ``serve`` entry point. The request and response shapes live in
-:mod:`kotune.openai_protocol`; the model, its adapters and the batchers in
-:mod:`kotune.engine`. Prompts are built by the served run's
-:class:`~kotune.templates.Template`, as in training, eval and chat.
+:mod:`kotune.serve.protocol`; the model, its adapters and the batchers in
+:mod:`kotune.serve.engine`. Prompts are built by the served run's
+:class:`~kotune.model.templates.Template`, as in training, eval and chat.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request  # module level: FastAPI resolves the (string) annotations from here
 
-from kotune.engine import BASE_ALIAS, Batcher, Engine, LiveBatcher, Served, parse_adapter_args
+from kotune.serve.engine import BASE_ALIAS, Batcher, Engine, LiveBatcher, Served, parse_adapter_args
 from kotune.errors import KotuneError
-from kotune.generation import Answer, GenerationSettings
-from kotune.openai_protocol import (ApiError, ChatRequest, CompletionRequest, Limits, ScoreRequest, StreamChunks,
+from kotune.model.generation import Answer, GenerationSettings
+from kotune.serve.protocol import (ApiError, ChatRequest, CompletionRequest, Limits, ScoreRequest, StreamChunks,
                                     chat_completion, finish_reason, model_name, scored_completion, text_completion)
 
 
@@ -35,7 +35,7 @@ class ServeOptions:
     max_body_bytes: int = 1_000_000
     max_batch: int = 16
     batch_wait_ms: float = 10.0
-    continuous: bool = True      # continuous batching where the model allows it (kotune.batching.supports)
+    continuous: bool = True      # continuous batching where the model allows it (kotune.serve.batching.supports)
     context: str | None = None   # chunks JSONL for retrieval
     top_k: int = 3
 
@@ -56,7 +56,7 @@ class _State:
     def retrieve(self, question: str) -> str | None:
         if self.retriever is None:
             return None
-        from kotune.retrieval import format_context
+        from kotune.model.retrieval import format_context
 
         return format_context(self.retriever.search(question, k=self.options.top_k)) or None
 
@@ -260,7 +260,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None):
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from kotune.batching import supports
+    from kotune.serve.batching import supports
 
     opts = options or ServeOptions()
     if opts.continuous and supports(engine.model):
@@ -269,7 +269,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None):
         batcher = Batcher(engine, max_batch=opts.max_batch, wait_s=opts.batch_wait_ms / 1000.0)
     retriever = None
     if opts.context:
-        from kotune.retrieval import Retriever
+        from kotune.model.retrieval import Retriever
 
         retriever = Retriever.from_file(opts.context)
 

@@ -1,15 +1,15 @@
 """The serving engine: one base model, its adapters, and the batchers every request goes through.
 
-The base model is loaded once (:func:`kotune.resolver.load_model`); every
+The base model is loaded once (:func:`kotune.model.resolve.load_model`); every
 ``--adapter NAME=OUT`` (a kotune output) is attached to it as a named PEFT
 adapter and switched per batch. Each served name answers in its own run's
 template and stops at its own EOS ids, as decided by
-:func:`kotune.resolver.resolve` — the same prompts ``kotune eval`` and
-``kotune chat`` build, through the same :class:`~kotune.generation.Generator`.
+:func:`kotune.model.resolve.resolve` — the same prompts ``kotune eval`` and
+``kotune chat`` build, through the same :class:`~kotune.model.generation.Generator`.
 
 Concurrency: the event loop only parses, validates and answers. Generation
 runs in one thread. For full-attention decoders (GPT-NeoX, Llama, Qwen2, ...)
-it is :class:`~kotune.batching.ContinuousBatcher` (:class:`LiveBatcher` here):
+it is :class:`~kotune.serve.batching.ContinuousBatcher` (:class:`LiveBatcher` here):
 every request, streaming or not, joins the running batch at the next decode
 step and leaves it when it is done. Other models use :class:`Batcher`:
 requests collected for up to ``batch_wait_ms`` (or until ``max_batch``
@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kotune.errors import KotuneError
-from kotune.generation import Answer, GenerationSettings, Generator, TextPieces
-from kotune.openai_protocol import ApiError
-from kotune.resolver import LoadOptions, Resolved, load_model, resolve
-from kotune.templates import encode_prompt
+from kotune.model.generation import Answer, GenerationSettings, Generator, TextPieces
+from kotune.serve.protocol import ApiError
+from kotune.model.resolve import LoadOptions, Resolved, load_model, resolve
+from kotune.model.templates import encode_prompt
 
 BASE_ALIAS = "base"
 
@@ -75,9 +75,9 @@ def parse_adapter_args(items: list[str] | None) -> list[tuple[str, str]]:
 class Engine:
     """The loaded model, its served names, and the lock every generation holds.
 
-    Every name is decided by :func:`kotune.resolver.resolve` (template, EOS, pad,
+    Every name is decided by :func:`kotune.model.resolve.resolve` (template, EOS, pad,
     trust_remote_code), exactly as eval and chat decide it; the weights are loaded
-    once by :func:`kotune.resolver.load_model` with every adapter attached."""
+    once by :func:`kotune.model.resolve.load_model` with every adapter attached."""
 
     def __init__(self, model_spec: str, adapters: list[tuple[str, str]] | None = None, *, template: str | None = None,
                  device: str | None = None, log=print):
@@ -349,7 +349,7 @@ class Batcher:
 
 
 class LiveBatcher:
-    """The event loop's side of :class:`~kotune.batching.ContinuousBatcher`.
+    """The event loop's side of :class:`~kotune.serve.batching.ContinuousBatcher`.
 
     The same ``submit`` as :class:`Batcher`, and ``stream`` for streaming
     requests, which join the running batch like any other. A request whose
@@ -361,7 +361,7 @@ class LiveBatcher:
         self.core = None
 
     async def start(self) -> None:
-        from kotune.batching import ContinuousBatcher
+        from kotune.serve.batching import ContinuousBatcher
 
         engine = self.engine
         self.core = ContinuousBatcher(lambda name: engine.served[name].generator,
@@ -373,7 +373,7 @@ class LiveBatcher:
             await asyncio.to_thread(self.core.close)
 
     def _row(self, model: str, prompt: str, settings: GenerationSettings, done, on_tokens=None):
-        from kotune.batching import Row
+        from kotune.serve.batching import Row
 
         gen = self.engine.served[model].generator
         return self.core.submit(Row(model, encode_prompt(gen.tokenizer, prompt, gen.template), settings, done, on_tokens))

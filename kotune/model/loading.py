@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kotune.errors import KotuneError
-from kotune.runinfo import RunInfo
+from kotune.model.runinfo import RunInfo
 
 BUILTIN_TINY = "builtin:tiny-ko"
 TINY_VERSION = "tiny-ko-v2"
@@ -60,7 +60,7 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from kotune.templates import FALLBACK_CHAT_TEMPLATE
+    from kotune.model.templates import FALLBACK_CHAT_TEMPLATE
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -418,7 +418,7 @@ def pick_dtype(device: str):
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    from kotune.templates import FALLBACK_CHAT_TEMPLATE
+    from kotune.model.templates import FALLBACK_CHAT_TEMPLATE
 
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)

@@ -3,7 +3,7 @@
 Multi-turn history is kept for chat templates (the tokenizer's template sees
 the previous turns); instruction templates answer each question on its own.
 ``--model openai:URL#MODEL`` chats with a model behind an OpenAI-compatible server,
-asked as ``kotune eval`` asks it (:mod:`kotune.endpoint`), answer by answer.
+asked as ``kotune eval`` asks it (:mod:`kotune.model.endpoint`), answer by answer.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 from typing import Any, TextIO
 
-from kotune.endpoint import EndpointSpec, open_endpoint
-from kotune.generation import GenerationSettings, Generator
-from kotune.openai_client import read_api_keys
+from kotune.model.endpoint import EndpointSpec, open_endpoint
+from kotune.model.generation import GenerationSettings, Generator
+from kotune.model.openai_client import read_api_keys
 
 HELP = "commands: /reset (forget the conversation), /context on|off, /settings, /exit"
 
@@ -34,7 +34,7 @@ def run_chat(model: str, *, context: str | None = None, top_k: int = 3, template
                                   repetition_penalty=repetition_penalty, stop=list(stop or []))
     retriever = None
     if context:
-        from kotune.retrieval import Retriever, format_context
+        from kotune.model.retrieval import Retriever, format_context
 
         retriever = Retriever.from_file(context)
     use_context = retriever is not None

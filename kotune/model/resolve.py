@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from kotune.errors import KotuneError
-from kotune.models import ModelRef, load_causal_lm, load_tokenizer, pick_device, pick_dtype, resolve_model
-from kotune.runinfo import RunInfo
-from kotune.templates import FALLBACK_CHAT_TEMPLATE, Template, eos_ids, get_template
+from kotune.model.loading import ModelRef, load_causal_lm, load_tokenizer, pick_device, pick_dtype, resolve_model
+from kotune.model.runinfo import RunInfo
+from kotune.model.templates import FALLBACK_CHAT_TEMPLATE, Template, eos_ids, get_template
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ a local model would:
 The mode is decided once per model (:func:`open_endpoint`) and recorded in
 ``metrics.json``. Answers are journaled as they arrive (``OUT/.answers-NAME.jsonl``,
 fsynced), so a killed evaluation of thousands of questions resumes without
-asking again. Requests go through the one client, :class:`kotune.openai_client.OpenAIClient`
+asking again. Requests go through the one client, :class:`kotune.model.openai_client.OpenAIClient`
 (workers, API keys from environment variables, per-key rate limits, retries
 honouring ``Retry-After``).
 """
@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kotune.errors import KotuneError
-from kotune.generation import Answer, GenerationSettings
-from kotune.openai_client import OpenAIClient, RequestFailed
-from kotune.resolver import decide_template
-from kotune.runinfo import RunInfo
-from kotune.templates import Template
+from kotune.model.generation import Answer, GenerationSettings
+from kotune.model.openai_client import OpenAIClient, RequestFailed
+from kotune.model.resolve import decide_template
+from kotune.model.runinfo import RunInfo
+from kotune.model.templates import Template
 
 PREFIX = "openai:"
 MODES = ("completions", "chat")
@@ -147,7 +147,7 @@ class EndpointModel:
 
     def stream(self, prompt: Any, settings: GenerationSettings) -> Iterator[str | Answer]:
         """One answer's pieces as the server streams them, then the Answer (kotune studio's chat),
-        as :meth:`kotune.generation.Generator.stream` yields a local model's."""
+        as :meth:`kotune.model.generation.Generator.stream` yields a local model's."""
         pieces: queue.Queue = queue.Queue()
         endpoint, body = self._request(prompt, settings)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from kotune.models import ModelRef
-from kotune.resolver import Resolved, load_resolved, resolve
-from kotune.templates import Template, encode_prompt
+from kotune.model.loading import ModelRef
+from kotune.model.resolve import Resolved, load_resolved, resolve
+from kotune.model.templates import Template, encode_prompt
 
 
 @dataclass
@@ -113,7 +113,7 @@ class Generator:
     """A loaded model (base or base + adapter) that answers with its training template.
 
     Everything about how to query the model (template, EOS, pad, load options) comes
-    from :func:`kotune.resolver.resolve`; :meth:`over` wraps a model that is already
+    from :func:`kotune.model.resolve.resolve`; :meth:`over` wraps a model that is already
     loaded and shared (kotune serve's adapters)."""
 
     def __init__(self, spec: str, *, template: str | None = None, default_template: Template | None = None,

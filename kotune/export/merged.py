@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from kotune.errors import KotuneError
-from kotune.resolver import Resolved, load_model, resolve
-from kotune.runinfo import RunInfo
-from kotune.templates import Template
+from kotune.model.resolve import Resolved, load_model, resolve
+from kotune.model.runinfo import RunInfo
+from kotune.model.templates import Template
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 SKIP_DIRS = {"checkpoints", "logs", "runs"}

@@ -8,7 +8,7 @@ What kotune adds on top of TRL/PEFT, and why:
   on bf16 and checkpointing, 2x slower on a CPU without AMX), bf16 on GPUs,
   gradient checkpointing for QLoRA on GPUs (memory is what QLoRA is for);
 - padding-free batches everywhere, with attention that keeps the packed samples
-  apart and costs Σ len² (flash-attn, or ``kotune.packing`` where it is missing:
+  apart and costs Σ len² (flash-attn, or ``kotune.train.packing`` where it is missing:
   transformers' fallback masks the whole packed row);
 - ``OUT/kotune.json`` records base model, method, template and data hash, which
   every later step reads back.
@@ -29,7 +29,7 @@ from typing import Any
 from kotune import __version__
 from kotune.errors import KotuneError
 from kotune.options import METHODS, PREFERENCE_METHODS, TrainOptions
-from kotune.runinfo import DataInfo, FinalInfo, GenerationInfo, RunInfo, TemplateInfo
+from kotune.model.runinfo import DataInfo, FinalInfo, GenerationInfo, RunInfo, TemplateInfo
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Named as in the civil-law seed; values tuned for LoRA-style adapters.
@@ -229,7 +229,7 @@ def check_template_fields(records, template, path: str) -> None:
 def tokenize_records(records, tokenizer, template, max_length: int):
     from datasets import Dataset
 
-    from kotune.templates import encode_example
+    from kotune.model.templates import encode_example
 
     rows = [encode_example(tokenizer, template, r, max_length) for r in records]
     truncated = sum(r.pop("truncated") for r in rows)
@@ -324,7 +324,7 @@ def start(config: TrainConfig, log=print) -> Start:
     """Device, process group, base weights, preset values and the logging folder."""
     from accelerate import PartialState
 
-    from kotune.models import pick_device, resolve_base, training_hints
+    from kotune.model.loading import pick_device, resolve_base, training_hints
 
     # cpu=True makes a CPU-only machine join the torchrun/accelerate process group
     # over gloo (DDP) instead of each process training alone.
@@ -365,7 +365,7 @@ def output_folder(s: Start, n_train: int, *, resume: bool, overwrite: bool) -> t
 def load_weights(config: TrainConfig, s: Start, tokenizer_path: str | None = None):
     """Tokenizer and model to train (4-bit for QLoRA), with a pad token distinct from EOS.
     Returns ``(tokenizer, model, added_pad)``."""
-    from kotune.models import ensure_pad_token, load_causal_lm, load_tokenizer
+    from kotune.model.loading import ensure_pad_token, load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_path or s.base_path, config.trust_remote_code)
     model = load_causal_lm(s.base_path, device=s.device if s.state.num_processes == 1 else "cpu",
@@ -389,7 +389,7 @@ def load_weights(config: TrainConfig, s: Start, tokenizer_path: str | None = Non
 
 def lora_config(config: TrainConfig, model, added_pad: bool):
     """The LoRA adapter to train (None for full weights)."""
-    from kotune.models import lora_targets, module_names
+    from kotune.model.loading import lora_targets, module_names
 
     if config.weights not in ("lora", "qlora"):
         return None
@@ -452,7 +452,7 @@ def run_trainer(trainer, info: RunInfo, s: Start, tokenizer, *, resume_from: Pat
     complete the run record. ``before_save`` runs after training, before saving
     (restoring attention switched for training). Returns the record and the final
     evaluation's metrics."""
-    from kotune.templates import eos_ids
+    from kotune.model.templates import eos_ids
 
     if trainer.is_world_process_zero():
         trainer.add_callback(live_history(info, s.out))
@@ -508,13 +508,13 @@ def announce(info: RunInfo, config: TrainConfig, s: Start, what: str, est: dict[
 
 def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=print) -> RunInfo:
     """Fine-tune and save to ``config.output_dir``; returns the run record written to kotune.json.
-    Preference methods are :func:`kotune.preference.train_preference`."""
+    Preference methods are :func:`kotune.train.preference.train_preference`."""
     from kotune.io import sha256_file
-    from kotune.models import base_source
-    from kotune.templates import eos_ids, get_template
+    from kotune.model.loading import base_source
+    from kotune.model.templates import eos_ids, get_template
 
     if config.preference:
-        raise KotuneError(f"--method {config.method} is preference tuning: kotune.preference.train_preference runs it")
+        raise KotuneError(f"--method {config.method} is preference tuning: kotune.train.preference.train_preference runs it")
     s = start(config, log)
     config, main, out, device = s.config, s.main, s.out, s.device
     data_path = Path(config.data)
@@ -539,7 +539,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     batching = config.batching
     if batching == "auto":
         # Padding-free on every device: no compute spent on pads, and attention per packed
-        # sample (flash-attn, or kotune.packing's per-sample SDPA). Measured against length
+        # sample (flash-attn, or kotune.train.packing's per-sample SDPA). Measured against length
         # grouping and the alternatives in benchmarks/RESULTS.md (bench_train.py).
         batching = "padding_free"
 
@@ -568,7 +568,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     attention_switch = contextlib.ExitStack()
     attention = model.config._attn_implementation
     if batching == "padding_free":
-        from kotune.packing import padding_free_attention
+        from kotune.train.packing import padding_free_attention
 
         attention = attention_switch.enter_context(padding_free_attention(model, device))
     callbacks = [EarlyStoppingCallback(config.early_stopping)] if early else []

@@ -15,7 +15,7 @@ adds what TRL leaves to the user, and why:
   as the frozen reference ("ref" adapter), so the preference is learned
   relative to the SFT model, not the base;
 - the run folder, checkpoints, resume, estimate, progress bar and run record are
-  those of supervised training (``kotune.train``); the record's ``preference``
+  those of supervised training (``kotune.train.sft``); the record's ``preference``
   section names the method, the SFT run and the preference data.
 """
 
@@ -28,9 +28,9 @@ from typing import Any
 
 from kotune import __version__
 from kotune.errors import KotuneError
-from kotune.train import (TrainConfig, announce, estimate, load_weights, lora_config, output_folder,
+from kotune.train.sft import (TrainConfig, announce, estimate, load_weights, lora_config, output_folder,
                           rich_training_progress, run_trainer, start, time_per_token, trainer_arguments)
-from kotune.runinfo import DataInfo, PreferenceInfo, RunInfo, TemplateInfo
+from kotune.model.runinfo import DataInfo, PreferenceInfo, RunInfo, TemplateInfo
 
 
 def read_sft_run(folder: str | Path) -> RunInfo:
@@ -119,7 +119,7 @@ def encode_records(records, tokenizer, template, max_length: int):
     """Records → a datasets.Dataset of kotune-tokenized preference samples, and how many were cut."""
     from datasets import Dataset
 
-    from kotune.templates import encode_preference
+    from kotune.model.templates import encode_preference
 
     rows = [encode_preference(tokenizer, template, r, max_length) for r in records]
     truncated = sum(r.pop("truncated") for r in rows)
@@ -145,7 +145,7 @@ def log_margins(model, tokenizer, template, records, max_length: int = 1024, bat
     EOS included), prompts rendered with ``template``. The preference a model holds."""
     import torch
 
-    from kotune.templates import encode_preference
+    from kotune.model.templates import encode_preference
 
     def logp(prompt: list[int], answer: list[int]) -> float:
         ids = torch.tensor([prompt + answer], device=model.device)
@@ -172,9 +172,9 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
 
     from kotune.data.preferences import check_for_method, read_preferences
     from kotune.io import sha256_file
-    from kotune.models import base_source
-    from kotune.resolver import decide_template
-    from kotune.templates import eos_ids, get_template
+    from kotune.model.loading import base_source
+    from kotune.model.resolve import decide_template
+    from kotune.model.templates import eos_ids, get_template
 
     sft = None
     sft_dir = Path(config.from_run) if config.from_run else None

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from kotune.generation import Answer, GenerationSettings
+from kotune.model.generation import Answer, GenerationSettings
 
 
 # ---------------------------------------------------------------- errors (OpenAI-shaped)
