@@ -36,6 +36,7 @@ def test_real_presets_refuse_to_run_without_a_gpu(tmp_path):
     assert not (tmp_path / "r.md").exists()
 
 
+@pytest.mark.e2e  # trains the tiny config on CPU for minutes: make test runs it, make test-fast does not
 def test_smoke_run_on_cpu_writes_every_row(tmp_path):
     """Every run of the GPU benchmark (seed vs kotune, LoRA and QLoRA, QA and ~2048-token
     data) on the tiny config, on CPU: the section lands in the results file with a row for each."""

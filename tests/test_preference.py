@@ -19,16 +19,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, _subprocess_env, call_cli, read_jsonl, serve_process
+from helpers.cli import one_error_line
 
 TAIL = " 이번에 새로 나온 상품도 함께 안내해 드립니다."
-
-
-def _one_error_line(res, *needles):
-    assert res.code == 2, (res.code, res.err)
-    lines = [l for l in res.err.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.err
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def _write(path: Path, rows) -> Path:
@@ -116,12 +109,12 @@ def test_preference_run_keeps_the_sft_runs_template_eos_and_pad(sft_run, dpo_run
 
 
 def test_another_template_than_the_sft_runs_is_refused(sft_run, tail_data):
-    _one_error_line(call_cli(["train", "--method", "dpo", "--from", sft_run, "--data", tail_data["train_pairs"],
-                              "-o", sft_run.parent / "other", "--template", "kotune"]),
-                    "--template kotune", "trained with template 'alpaca'")
-    _one_error_line(call_cli(["train", "--method", "dpo", "--from", sft_run, "--base-model", "builtin:gemma-3-270m",
-                              "--data", tail_data["train_pairs"], "-o", sft_run.parent / "other"]),
-                    "drop --base-model")
+    one_error_line(call_cli(["train", "--method", "dpo", "--from", sft_run, "--data", tail_data["train_pairs"],
+                             "-o", sft_run.parent / "other", "--template", "kotune"]),
+                   "--template kotune", "trained with template 'alpaca'")
+    one_error_line(call_cli(["train", "--method", "dpo", "--from", sft_run, "--base-model", "builtin:gemma-3-270m",
+                             "--data", tail_data["train_pairs"], "-o", sft_run.parent / "other"]),
+                   "drop --base-model")
 
 
 def test_preference_run_loads_in_eval_chat_serve_and_export(sft_run, dpo_run, tail_data, tmp_path):
@@ -205,34 +198,34 @@ def test_sigkill_during_dpo_then_resume_finishes(sft_run, tail_data, tmp_path):
 def test_pair_without_rejected_is_one_error_line(tmp_path, tiny_model):
     data = _write(tmp_path / "p.jsonl", [{"instruction": "질문", "chosen": "답입니다.", "rejected": "틀린 답."},
                                          {"instruction": "질문2", "chosen": "답입니다."}])
-    _one_error_line(call_cli(["train", "--method", "dpo", "--data", data, "-o", tmp_path / "o"]),
-                    'p.jsonl line 2: missing "rejected"')
+    one_error_line(call_cli(["train", "--method", "dpo", "--data", data, "-o", tmp_path / "o"]),
+                   'p.jsonl line 2: missing "rejected"')
 
 
 def test_from_a_folder_that_is_not_a_run_is_one_error_line(tmp_path):
     data = _write(tmp_path / "p.jsonl", [{"instruction": "질문", "chosen": "답입니다.", "rejected": "틀린 답."}])
     (tmp_path / "notarun").mkdir()
-    _one_error_line(call_cli(["train", "--method", "dpo", "--from", tmp_path / "notarun", "--data", data,
-                              "-o", tmp_path / "o"]), "--from: not a kotune output")
-    _one_error_line(call_cli(["train", "--method", "dpo", "--from", tmp_path / "missing", "--data", data,
-                              "-o", tmp_path / "o"]), "--from: no such folder")
+    one_error_line(call_cli(["train", "--method", "dpo", "--from", tmp_path / "notarun", "--data", data,
+                             "-o", tmp_path / "o"]), "--from: not a kotune output")
+    one_error_line(call_cli(["train", "--method", "dpo", "--from", tmp_path / "missing", "--data", data,
+                             "-o", tmp_path / "o"]), "--from: no such folder")
 
 
 def test_kto_on_pairs_without_labels_is_one_error_line(tmp_path):
     data = _write(tmp_path / "p.jsonl", [{"instruction": "질문", "chosen": "답입니다.", "rejected": "틀린 답."}])
-    _one_error_line(call_cli(["train", "--method", "kto", "--data", data, "-o", tmp_path / "o"]),
-                    "--method kto learns from labelled answers")
+    one_error_line(call_cli(["train", "--method", "kto", "--data", data, "-o", tmp_path / "o"]),
+                   "--method kto learns from labelled answers")
 
 
 def test_dpo_on_labelled_answers_and_unknown_adapter_are_refused(tmp_path):
     data = _write(tmp_path / "k.jsonl", [{"prompt": "질문", "completion": "답입니다.", "label": True}])
-    _one_error_line(call_cli(["train", "--method", "dpo", "--data", data, "-o", tmp_path / "o"]), "use --method kto")
-    _one_error_line(call_cli(["train", "--method", "dpo", "--adapter", "dora", "--data", data, "-o", tmp_path / "o"]),
-                    "unknown --adapter 'dora'")
-    _one_error_line(call_cli(["train", "--method", "lora", "--adapter", "qlora", "--data", data, "-o", tmp_path / "o"]),
-                    "--adapter applies to preference methods")
-    _one_error_line(call_cli(["train", "--method", "kto", "--sft-weight", "1", "--data", data, "-o", tmp_path / "o"]),
-                    "--sft-weight applies to dpo and simpo")
+    one_error_line(call_cli(["train", "--method", "dpo", "--data", data, "-o", tmp_path / "o"]), "use --method kto")
+    one_error_line(call_cli(["train", "--method", "dpo", "--adapter", "dora", "--data", data, "-o", tmp_path / "o"]),
+                   "unknown --adapter 'dora'")
+    one_error_line(call_cli(["train", "--method", "lora", "--adapter", "qlora", "--data", data, "-o", tmp_path / "o"]),
+                   "--adapter applies to preference methods")
+    one_error_line(call_cli(["train", "--method", "kto", "--sft-weight", "1", "--data", data, "-o", tmp_path / "o"]),
+                   "--sft-weight applies to dpo and simpo")
 
 
 # ---------------------------------------------------------------- data formats and validation
@@ -334,5 +327,5 @@ def test_pairs_from_an_eval_folder(sft_run, tail_data, tmp_path):
     for r in bad:  # the rejected answer is the eval's flagged answer, chosen its reference
         assert r["completion"] == responses[r["instruction"]]["answers"]["tuned"]["text"] and r["errors"]
     assert all(r["completion"] == responses[r["instruction"]]["reference"] for r in rows if r["label"])
-    _one_error_line(call_cli(["pairs", "--from-eval", ev, "--model", "nope", "-o", tmp_path / "x.jsonl"]),
-                    "--model nope: not in this eval")
+    one_error_line(call_cli(["pairs", "--from-eval", ev, "--model", "nope", "-o", tmp_path / "x.jsonl"]),
+                   "--model nope: not in this eval")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, _subprocess_env, call_cli, read_jsonl
+from helpers.cli import one_error_line
 
 
 def test_output_folder_holds_adapter_tokenizer_and_run_info(trained_run, sample_split):
@@ -101,18 +102,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run(sample_split, tmp_path, t
 
 
 # ---------------------------------------------------------------- bad input: exit 2, one line, nothing overwritten
-def _one_error_line(res, *needles):
-    assert res.code == 2, (res.code, res.err)
-    lines = [l for l in res.err.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.err
-    assert "Traceback" not in res.err
-    for n in needles:
-        assert n in lines[0]
-
-
 def test_missing_data_file(tmp_path):
     res = call_cli(["train", "--data", tmp_path / "nope.jsonl", "--output-dir", tmp_path / "out"])
-    _one_error_line(res, "nope.jsonl")
+    one_error_line(res, "nope.jsonl")
     assert not (tmp_path / "out").exists()
 
 
@@ -120,19 +112,19 @@ def test_zero_usable_records(tmp_path):
     data = tmp_path / "empty_answers.jsonl"
     data.write_text('{"instruction": "질문입니다", "output": ""}\n{"instruction": "", "output": "답입니다."}\n', encoding="utf-8")
     res = call_cli(["train", "--data", data, "--output-dir", tmp_path / "out"])
-    _one_error_line(res, "empty_answers.jsonl", "no usable records")
+    one_error_line(res, "empty_answers.jsonl", "no usable records")
     assert not (tmp_path / "out").exists()
 
 
 def test_template_field_missing_from_data(sample_split, tmp_path):
     res = call_cli(["train", "--data", sample_split[0], "--output-dir", tmp_path / "out", "--template", "rag"])
-    _one_error_line(res, "input")
+    one_error_line(res, "input")
     assert not (tmp_path / "out").exists()
 
 
 def test_unknown_preset(sample_split, tmp_path):
     res = call_cli(["train", "--data", sample_split[0], "--output-dir", tmp_path / "out", "--preset", "turbo"])
-    _one_error_line(res, "turbo", "balanced")
+    one_error_line(res, "turbo", "balanced")
 
 
 @pytest.mark.parametrize("option,value,listed", [("--batching", "foo", "padding_free"),
@@ -140,7 +132,7 @@ def test_unknown_preset(sample_split, tmp_path):
 def test_unknown_enum_values_are_refused_before_loading(sample_split, tmp_path, option, value, listed):
     # Before: --batching foo trained padded in random order without a word.
     res = call_cli(["train", "--data", sample_split[0], "--output-dir", tmp_path / "out", option, value])
-    _one_error_line(res, f"unknown {option} '{value}'", listed)
+    one_error_line(res, f"unknown {option} '{value}'", listed)
     assert not (tmp_path / "out").exists()
 
 
@@ -184,9 +176,9 @@ def test_output_dir_with_another_run_is_not_overwritten(trained_run, sample_spli
     other = tmp_path / "other.jsonl"
     other.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in read_jsonl(sample_split[1])), encoding="utf-8")
     res = call_cli(["train", "--data", other, "--output-dir", trained_run])
-    _one_error_line(res, "--resume", "--overwrite")
+    one_error_line(res, "--resume", "--overwrite")
     res = call_cli(["train", "--data", other, "--output-dir", trained_run, "--resume"])
-    _one_error_line(res, "different run")
+    one_error_line(res, "different run")
     assert (trained_run / "kotune.json").read_bytes() == before
     assert (trained_run / "adapter_model.safetensors").read_bytes() == weights
 
@@ -196,7 +188,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_kotune_run(sample_split, tmp_p
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me", encoding="utf-8")
     res = call_cli(["train", "--data", sample_split[0], "--output-dir", precious, "--overwrite"])
-    _one_error_line(res, "not a kotune output")
+    one_error_line(res, "not a kotune output")
     assert (precious / "notes.txt").read_text(encoding="utf-8") == "keep me"
 
 
