@@ -184,19 +184,37 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, que
     assert _chat(client, "policy", questions[0], max_tokens=4).choices[0].message.content
 
 
-def test_32_concurrent_chat_requests_all_succeed(server, questions):
+def test_32_concurrent_chat_requests_all_succeed(server, trained_run, questions):
+    from kotune.model.generation import GenerationSettings, Generator
+    from kotune.model.templates import encode_prompt
+
+    asked = [("policy" if i % 2 else BASE, f"{questions[i % len(questions)]} ({i})") for i in range(32)]
+    # What each request must get back: its own prompt's greedy answer, from the same model alone.
+    tuned = Generator(str(trained_run), log=lambda *_: None)
+    base = Generator(BASE, template=tuned.template.name, log=lambda *_: None)
+    gens = {"policy": tuned, BASE: base}
+    settings = GenerationSettings(max_new_tokens=8)
+    want = {}
+    for model, gen in gens.items():
+        prompts = [(i, gen.prompt(q)) for i, (m, q) in enumerate(asked) if m == model]
+        for (i, p), a in zip(prompts, gen.generate([p for _, p in prompts], settings)):
+            want[i] = (a, len(encode_prompt(gen.tokenizer, p, gen.template)))
     client = server.client()
 
     def one(i: int):
-        model = "policy" if i % 2 else BASE
-        r = _chat(client, model, f"{questions[i % len(questions)]} ({i})", max_tokens=8)
-        return model, r
+        model, question = asked[i]
+        return _chat(client, model, question, max_tokens=8)
 
     with ThreadPoolExecutor(max_workers=32) as pool:
         results = list(pool.map(one, range(32)))
-    assert len(results) == 32
-    for model, r in results:
-        assert r.model == model and r.choices[0].message.content and r.choices[0].finish_reason in ("stop", "length")
+    for i, r in enumerate(results):
+        w, prompt_tokens = want[i]
+        assert r.model == asked[i][0], i
+        assert r.choices[0].message.content == w.text, i
+        assert r.choices[0].finish_reason == ("length" if w.finish_reason == "length" else "stop"), i
+        assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (prompt_tokens, w.completion_tokens), i
+    # The "(i)" changes most answers, so one request's answer handed to another would mostly show.
+    assert len({(m, r.usage.prompt_tokens, r.choices[0].message.content) for (m, _), r in zip(asked, results)}) > 24
     assert server.healthy()
 
 
