@@ -104,17 +104,16 @@ def main() -> None:
         return [a.text for a in gen.generate(prompts, settings, batch_size=args.batch_size)]
 
     server = _serve(args.model)
-    from kotune.model.endpoint import EndpointSpec, open_endpoint
+    from kotune.model.access import open_model
 
-    ep = open_endpoint("served", EndpointSpec.parse(f"openai:{server.url}/v1#{args.model}"), template="kotune",
-                       default_template=None, workers=args.workers)
+    ep = open_model(f"openai:{server.url}/v1#{args.model}", name="served", template="kotune", workers=args.workers)
     assert ep.mode == "completions", ep.mode
     work = Path(tempfile.mkdtemp(prefix="kotune-bench-gen-"))
 
     def kotune_served():
         journal = work / "answers.jsonl"
         journal.unlink(missing_ok=True)  # every repeat asks again
-        return [a.text for a in ep.answer(prompts, settings, journal)]
+        return [a.text for a in ep.answer(prompts, settings, journal=journal)]
 
     variants = {"seed loop (pipeline, one at a time)": seed_loop, "kotune batch_size=1": kotune_alone,
                 f"kotune batched (batch_size={args.batch_size})": kotune_batched,

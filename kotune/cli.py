@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
 from kotune import __version__
 from kotune.errors import KotuneError
-from kotune.options import (EvalOptions, GenerateOptions, PairsOptions, PrepareOptions, SplitOptions, TrainOptions,
+from kotune.options import (BATCHING_NAMES, EXPORT_DTYPES, LOSS_ON, METHODS, PAD_TOKENS, PREFERENCE_METHODS,
+                            PRESET_NAMES, REPORT_TO, SCHEDULER_NAMES, SERVE_BATCHING, TEMPLATE_NAMES, ChatOptions,
+                            DoctorOptions, EvalOptions, ExportOptions, GenerateOptions, PairsOptions, PrepareOptions,
+                            RunOptions, ScoreOptions, ServeOptions, SplitOptions, StudioOptions, TrainOptions,
                             ValidateOptions)
 from kotune.recipe import steps
 from kotune.ui import console, done
@@ -26,6 +29,33 @@ app = typer.Typer(
 )
 
 _DEBUG = False
+
+
+def _choices(names: tuple[str, ...]) -> str:
+    """A registry's names as help text shows them: ``a | b | c``."""
+    return " | ".join(names)
+
+
+def _commas(value: Optional[str]) -> Optional[list[str]]:
+    """``"a, b"`` → ``["a", "b"]``; None when nothing was given."""
+    return [t.strip() for t in value.split(",") if t.strip()] if value else None
+
+
+# Options several commands take, declared once (their defaults come from each command's options model).
+TemplateOption = Annotated[Optional[str], typer.Option(
+    "--template", help=f"Prompt template: {_choices(TEMPLATE_NAMES)}. A kotune run uses its own and refuses another; "
+                       "a plain base model uses this one (default: the template of the kotune run it is tuned from, "
+                       "compared with or serving adapters of, else kotune).")]
+ClientKeysOption = Annotated[Optional[str], typer.Option(
+    "--api-key-env", help="Environment variable(s) holding the API keys kotune sends to an OpenAI-compatible server "
+                          "(a URL --teacher, openai:URL#MODEL models), comma-separated (A,B): requests take them in "
+                          "turn.")]
+ServerKeyOption = Annotated[Optional[str], typer.Option(
+    "--api-key-env", help="Environment variable holding the API key clients must send to this server as "
+                          "'Authorization: Bearer KEY'.")]
+JudgeModelOption = Annotated[Optional[str], typer.Option("--judge-model", help="Model name at the judge endpoint.")]
+JudgeKeyOption = Annotated[Optional[str], typer.Option(
+    "--judge-api-key-env", help="Environment variable holding the judge's API key.")]
 
 
 def _version(value: bool) -> None:
@@ -60,10 +90,10 @@ def generate(
     chunks_file: Path = typer.Argument(..., metavar="CHUNKS", help="Chunks JSONL from `kotune prepare`."),
     output: Path = typer.Option(..., "--output", "-o", help="QA records file to write (JSONL)."),
     teacher: str = typer.Option(GenerateOptions.default("teacher"), "--teacher", help="rule (offline, default), hf:PATH (local model, e.g. hf:builtin:tiny-ko) or an OpenAI-compatible URL."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name for a URL teacher (default: the server's first model)."),
+    model: Optional[str] = typer.Option(GenerateOptions.default("model"), "--model", help="Model name for a URL teacher (default: the server's first model)."),
     per_chunk: int = typer.Option(GenerateOptions.default("per_chunk"), "--per-chunk", "--per_chunk", help="At most this many records per chunk."),
     workers: int = typer.Option(GenerateOptions.default("workers"), "--workers", help="Concurrent requests (URL teacher) or chunks per batch (hf teacher)."),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable(s) holding API keys, comma-separated (A,B,C); requests take them in turn."),
+    api_key_env: ClientKeysOption = GenerateOptions.default("api_key_env"),
     max_retries: int = typer.Option(GenerateOptions.default("max_retries"), "--max-retries", help="Retries per request on 429/5xx, dropped connections and timeouts."),
     rpm: Optional[float] = typer.Option(GenerateOptions.default("rpm"), "--rpm", help="At most this many requests per minute per API key."),
     timeout: float = typer.Option(GenerateOptions.default("timeout"), "--timeout", help="Seconds to wait for one teacher response."),
@@ -90,11 +120,11 @@ def validate(
     chunks_file: Optional[Path] = typer.Option(None, "--chunks", help="Chunks JSONL, to check answers are grounded in their chunk."),
     mapping: Optional[List[str]] = typer.Option(None, "--map", help="Column mapping SOURCE=FIELD, e.g. --map 질문=instruction."),
     min_answer_chars: int = typer.Option(ValidateOptions.default("min_answer_chars"), "--min-answer-chars", help="Drop answers shorter than this."),
-    near_dup: float = typer.Option(ValidateOptions.default("near_dup_threshold"), "--near-dup-threshold", help="MinHash Jaccard at which records are near-duplicates, in (0, 1] (checked by ValidateConfig)."),
+    near_dup: float = typer.Option(ValidateOptions.default("near_dup_threshold"), "--near-dup-threshold", help="MinHash Jaccard at which records are near-duplicates, in (0, 1]."),
     min_grounding: float = typer.Option(ValidateOptions.default("min_grounding"), "--min-grounding", help="Share of answer content morphemes that must occur in the source chunk."),
     grounding: bool = typer.Option(ValidateOptions.default("grounding"), "--grounding/--no-grounding", help="Check answers against their chunk or input."),
     one_answer: bool = typer.Option(ValidateOptions.default("one_answer_per_prompt"), "--one-answer-per-prompt/--many-answers-per-prompt", help="Whether the same instruction + input twice is a duplicate (QA) or several references per input are kept (question generation)."),
-    categories: Optional[List[str]] = typer.Option(None, "--categories", help="Keep only records of these categories: comma-separated or repeated, e.g. --categories 전세사기,부동산물권."),
+    categories: Optional[List[str]] = typer.Option(ValidateOptions.default("categories"), "--categories", help="Keep only records of these categories: comma-separated or repeated, e.g. --categories 전세사기,부동산물권."),
 ) -> None:
     """Merge QA files; drop missing, duplicate, near-duplicate, short, incomplete, evasive and ungrounded records."""
     from kotune.records import parse_mapping
@@ -116,7 +146,7 @@ def split(
     seed: int = typer.Option(SplitOptions.default("seed"), "--seed", help="Random seed; the same seed gives the same split."),
     augment_n: int = typer.Option(SplitOptions.default("augment"), "--augment", help="Add N paraphrased-instruction variants per train record."),
     augment_test: bool = typer.Option(SplitOptions.default("augment_test"), "--augment-test", help="Augment the test file too (variants stay on their original's side)."),
-    group_by: Optional[str] = typer.Option(None, "--group-by", help="Keep records that share this field (e.g. input, chunk_id) on the same side."),
+    group_by: Optional[str] = typer.Option(SplitOptions.default("group_by"), "--group-by", help="Keep records that share this field (e.g. input, chunk_id) on the same side."),
     mapping: Optional[List[str]] = typer.Option(None, "--map", help="Column mapping SOURCE=FIELD."),
 ) -> None:
     """Stratified, deterministic train/test split; optional instruction augmentation without leakage."""
@@ -130,47 +160,47 @@ def split(
 # ---------------------------------------------------------------- training
 @app.command()
 def train(
-    base_model: Optional[str] = typer.Option(None, "--base-model", "--base_model", help="HF id, local folder, .gguf file, builtin:tiny-ko or builtin:gemma-3-270m (default builtin:tiny-ko; with --from, the run's base)."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", "--base_model", help=f"HF id, local folder, .gguf file, builtin:tiny-ko or builtin:gemma-3-270m (default {TrainOptions.default_base_model}; with --from, the run's base)."),
     data: Path = typer.Option(..., "--data", "--data_path", "--data-path", help="Training records (.jsonl .json .csv); for preference methods, pairs {instruction, chosen, rejected} (or TRL's formats) or labelled answers {prompt, completion, label} (KTO)."),
     output_dir: Path = typer.Option(..., "--output-dir", "--output_dir", "-o", help="Run folder: adapter, tokenizer, kotune.json."),
-    method: str = typer.Option(TrainOptions.default("method"), "--method", help="lora | qlora (4-bit NF4) | full; or preference tuning: dpo | orpo | kto | simpo."),
+    method: str = typer.Option(TrainOptions.default("method"), "--method", help=f"{_choices(METHODS)} (qlora: 4-bit NF4); or preference tuning: {_choices(PREFERENCE_METHODS)}."),
     from_run: Optional[Path] = typer.Option(None, "--from", help="Preference methods: the SFT run to start from (its adapter, base, template; the reference model for DPO/KTO)."),
-    adapter: Optional[str] = typer.Option(None, "--adapter", help="Preference methods: lora | qlora | full weights (default: the --from run's, else lora)."),
-    beta: Optional[float] = typer.Option(None, "--beta", help="Preference methods: strength of the preference (default DPO/KTO/ORPO 0.1, SimPO 2.0)."),
-    sft_weight: Optional[float] = typer.Option(None, "--sft-weight", help="DPO/SimPO: weight of the chosen answers' NLL beside the preference loss, which keeps them (and their EOS) likely (default DPO 1.0, SimPO 0)."),
-    preset: str = typer.Option(TrainOptions.default("preset"), "--preset", help="fast | balanced | quality | memory_efficient."),
-    template: Optional[str] = typer.Option(None, "--template", help="kotune | alpaca | koalpaca | rag | chat (default kotune; with --from, the run's)."),
+    adapter: Optional[str] = typer.Option(TrainOptions.default("adapter"), "--adapter", help=f"Preference methods: {_choices(METHODS)} weights (default: the --from run's, else lora)."),
+    beta: Optional[float] = typer.Option(TrainOptions.default("beta"), "--beta", help="Preference methods: strength of the preference (default DPO/KTO/ORPO 0.1, SimPO 2.0)."),
+    sft_weight: Optional[float] = typer.Option(TrainOptions.default("sft_weight"), "--sft-weight", help="DPO/SimPO: weight of the chosen answers' NLL beside the preference loss, which keeps them (and their EOS) likely (default DPO 1.0, SimPO 0)."),
+    preset: str = typer.Option(TrainOptions.default("preset"), "--preset", help=f"{_choices(PRESET_NAMES)}: the epochs, learning rate, batch and LoRA size the other options leave open."),
+    template: TemplateOption = None,  # None: not given (TrainOptions' default, or with --from the run's)
     system_prompts: Optional[Path] = typer.Option(None, "--system-prompts", help="JSON {category: system prompt} for --template chat."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Override the preset."),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--learning_rate", help="Override the preset."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", help="Per-device batch; overrides the preset."),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps."),
+    epochs: Optional[float] = typer.Option(TrainOptions.default("epochs"), "--epochs", help="Override the preset."),
+    learning_rate: Optional[float] = typer.Option(TrainOptions.default("learning_rate"), "--learning-rate", "--learning_rate", help="Override the preset."),
+    batch_size: Optional[int] = typer.Option(TrainOptions.default("batch_size"), "--batch-size", "--batch_size", help="Per-device batch; overrides the preset."),
+    grad_accum: Optional[int] = typer.Option(TrainOptions.default("grad_accum"), "--grad-accum", help="Gradient accumulation steps."),
     max_length: int = typer.Option(TrainOptions.default("max_length"), "--max-length", "--max_length", help="Tokens per sample (longer ones are truncated, EOS kept)."),
-    lora_r: Optional[int] = typer.Option(None, "--lora-r", "--lora_r", help="LoRA rank."),
-    lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", "--lora_alpha", help="LoRA alpha."),
+    lora_r: Optional[int] = typer.Option(TrainOptions.default("lora_r"), "--lora-r", "--lora_r", help="LoRA rank."),
+    lora_alpha: Optional[int] = typer.Option(TrainOptions.default("lora_alpha"), "--lora-alpha", "--lora_alpha", help="LoRA alpha."),
     lora_dropout: float = typer.Option(TrainOptions.default("lora_dropout"), "--lora-dropout", help="LoRA dropout."),
-    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="Comma-separated module names (default: per architecture)."),
+    lora_targets: Optional[str] = typer.Option(TrainOptions.default("lora_targets"), "--lora-targets", help="Comma-separated module names (default: per architecture)."),
     lora_mlp: bool = typer.Option(TrainOptions.default("lora_mlp"), "--lora-mlp", help="Also adapt the MLP projections."),
-    scheduler: str = typer.Option(TrainOptions.default("scheduler"), "--scheduler", help="cosine | linear | constant_with_warmup."),
+    scheduler: str = typer.Option(TrainOptions.default("scheduler"), "--scheduler", help=f"{_choices(SCHEDULER_NAMES)}."),
     warmup_ratio: float = typer.Option(TrainOptions.default("warmup_ratio"), "--warmup-ratio", help="Share of steps for linear warmup."),
-    neftune_alpha: Optional[float] = typer.Option(None, "--neftune-alpha", help="NEFTune noise alpha (e.g. 5)."),
-    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory (default: on for QLoRA on a GPU, off otherwise)."),
+    neftune_alpha: Optional[float] = typer.Option(TrainOptions.default("neftune_alpha"), "--neftune-alpha", help="NEFTune noise alpha (e.g. 5)."),
+    gradient_checkpointing: Optional[bool] = typer.Option(TrainOptions.default("gradient_checkpointing"), "--gradient-checkpointing/--no-gradient-checkpointing", help="Trade compute for memory (default: on for QLoRA on a GPU, off otherwise)."),
     eval_data: Optional[Path] = typer.Option(None, "--eval-data", help="Records for eval loss (default: 10% split of --data)."),
     eval_split: float = typer.Option(TrainOptions.default("eval_split"), "--eval-split", help="Share of --data held out for eval loss when no --eval-data."),
-    early_stopping: Optional[int] = typer.Option(None, "--early-stopping", help="Stop after N evaluations without improvement."),
+    early_stopping: Optional[int] = typer.Option(TrainOptions.default("early_stopping"), "--early-stopping", help="Stop after N evaluations without improvement."),
     save_steps: int = typer.Option(TrainOptions.default("save_steps"), "--save-steps", help="Checkpoint every N steps."),
     logging_steps: int = typer.Option(TrainOptions.default("logging_steps"), "--logging-steps", help="Log loss every N steps (TensorBoard, kotune.json history)."),
     max_steps: int = typer.Option(TrainOptions.default("max_steps"), "--max-steps", help="Stop after N optimizer steps (overrides epochs)."),
     min_steps: int = typer.Option(TrainOptions.default("min_steps"), "--min-steps", help="Small datasets: raise the preset's epochs until the run takes at least N optimizer steps (0: off; an explicit --epochs is kept)."),
-    batching: str = typer.Option(TrainOptions.default("batching"), "--batching", help="auto | group_by_length | padding_free."),
-    report_to: str = typer.Option(TrainOptions.default("report_to"), "--report-to", help="tensorboard | wandb | mlflow | none."),
+    batching: str = typer.Option(TrainOptions.default("batching"), "--batching", help=f"{_choices(BATCHING_NAMES)}."),
+    report_to: str = typer.Option(TrainOptions.default("report_to"), "--report-to", help=f"{_choices(REPORT_TO)}."),
     seed: int = typer.Option(TrainOptions.default("seed"), "--seed", help="Random seed."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub (off by default)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT_DIR from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the kotune run in OUTPUT_DIR."),
 ) -> None:
     """Fine-tune with LoRA, QLoRA or full SFT, or preference-tune (DPO, ORPO, KTO, SimPO): prompt masked, EOS trained, template saved for inference."""
-    targets = [t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None
+    targets = _commas(lora_targets)
     given = {k: v for k, v in (("template", template), ("adapter", adapter), ("beta", beta),
                                                    ("sft_weight", sft_weight)) if v is not None}
     opts = TrainOptions.check(dict(
@@ -191,17 +221,17 @@ def doctor(
     run_dir: Optional[Path] = typer.Argument(None, metavar="[OUT]", help="A kotune output folder to check."),
     base_model: Optional[str] = typer.Option(None, "--base-model", "--base_model", help="Base model (HF id, folder, builtin:tiny-ko)."),
     data: Optional[Path] = typer.Option(None, "--data", "--data_path", help="Training data: records or raw {\"text\": ...} rows."),
-    template: Optional[str] = typer.Option(None, "--template", help="Template for a base model (default kotune); a kotune output uses its own and refuses another."),
-    max_length: Optional[int] = typer.Option(None, "--max-length", "--max_length", help="Training max_length to check truncation against."),
-    lora_targets: Optional[str] = typer.Option(None, "--lora-targets", help="LoRA target modules the setup uses (comma-separated)."),
-    pad_token: Optional[str] = typer.Option(None, "--pad-token", help="'eos' if the setup sets tokenizer.pad_token = eos_token."),
-    loss_on: Optional[str] = typer.Option(None, "--loss-on", help="'full' if labels = input_ids, 'answer' if the prompt is masked."),
-    inference_template: Optional[str] = typer.Option(None, "--inference-template", help="Template used when querying the model."),
+    template: TemplateOption = DoctorOptions.default("template"),
+    max_length: Optional[int] = typer.Option(DoctorOptions.default("max_length"), "--max-length", "--max_length", help="Training max_length to check truncation against (default: the run's, else kotune train's)."),
+    lora_targets: Optional[str] = typer.Option(DoctorOptions.default("lora_targets"), "--lora-targets", help="LoRA target modules the setup uses (comma-separated; default: the run's, else the architecture's)."),
+    pad_token: str = typer.Option(DoctorOptions.default("pad_token"), "--pad-token", help=f"{_choices(PAD_TOKENS)}: eos if the setup sets tokenizer.pad_token = eos_token, else the tokenizer's own."),
+    loss_on: str = typer.Option(DoctorOptions.default("loss_on"), "--loss-on", help=f"{_choices(LOSS_ON)}: full if labels = input_ids (the prompt in the loss), answer if the prompt is masked."),
+    inference_template: Optional[str] = typer.Option(DoctorOptions.default("inference_template"), "--inference-template", help=f"Template the setup queries the model with ({_choices(TEMPLATE_NAMES)})."),
 ) -> None:
     """Check a fine-tuning setup for the classic pitfalls (EOS, pad, prompt loss, LoRA targets, truncation, template)."""
-    code = steps.doctor(run_dir, base_model=base_model, data=data, template=template, max_length=max_length,
-                        lora_targets=[t.strip() for t in lora_targets.split(",") if t.strip()] if lora_targets else None,
-                        pad_token=pad_token, loss_on=loss_on, inference_template=inference_template)
+    opts = DoctorOptions.check(dict(template=template, max_length=max_length, lora_targets=_commas(lora_targets),
+                                    pad_token=pad_token, loss_on=loss_on, inference_template=inference_template))
+    code = steps.doctor(run_dir, opts, base_model=base_model, data=data)
     if code:
         raise typer.Exit(code)
 
@@ -223,17 +253,17 @@ def eval_(
     temperature: float = typer.Option(EvalOptions.default("temperature"), "--temperature", help="0 = greedy."),
     top_p: float = typer.Option(EvalOptions.default("top_p"), "--top-p", help="Nucleus sampling."),
     repetition_penalty: float = typer.Option(EvalOptions.default("repetition_penalty"), "--repetition-penalty", help="e.g. 1.2 as the insurance seed."),
-    stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable); trimmed from answers."),
+    stop: Optional[List[str]] = typer.Option(EvalOptions.default("stop"), "--stop", help="Stop sequence (repeatable); trimmed from answers."),
     batch_size: int = typer.Option(EvalOptions.default("batch_size"), "--batch-size", help="Questions per generation batch."),
     seed: int = typer.Option(EvalOptions.default("seed"), "--seed", help="Sampling seed (with --temperature > 0): the same seed gives the same answers."),
-    template: Optional[str] = typer.Option(None, "--template", help="Template for base models (default: the tuned model's, whole); a kotune output uses its own and refuses another."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="OpenAI-compatible URL of an LLM judge (pairs judged in both orders)."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name at the judge endpoint."),
-    judge_api_key_env: Optional[str] = typer.Option(None, "--judge-api-key-env", help="Environment variable holding the judge's API key."),
+    template: TemplateOption = EvalOptions.default("template"),
+    judge: Optional[str] = typer.Option(EvalOptions.default("judge"), "--judge", help="OpenAI-compatible URL of an LLM judge (pairs judged in both orders)."),
+    judge_model: JudgeModelOption = EvalOptions.default("judge_model"),
+    judge_api_key_env: JudgeKeyOption = EvalOptions.default("judge_api_key_env"),
     workers: int = typer.Option(EvalOptions.default("workers"), "--workers", help="Concurrent requests per endpoint model (openai:URL#MODEL)."),
-    api_key_env: Optional[str] = typer.Option(EvalOptions.default("api_key_env"), "--api-key-env", help="Environment variable(s) holding endpoint API keys, comma-separated (A,B): requests take them in turn."),
+    api_key_env: ClientKeysOption = EvalOptions.default("api_key_env"),
     rpm: Optional[float] = typer.Option(EvalOptions.default("rpm"), "--rpm", help="At most this many requests per minute per API key (endpoint models)."),
-    benchmark: Optional[List[str]] = typer.Option(None, "--benchmark", help="General ability (forgetting) with lm-evaluation-harness tasks, e.g. kmmlu,haerae,kobest (pip install 'kotune[bench]')."),
+    benchmark: Optional[List[str]] = typer.Option(EvalOptions.default("benchmark"), "--benchmark", help="General ability (forgetting) with lm-evaluation-harness tasks, e.g. kmmlu,haerae,kobest (pip install 'kotune[bench]')."),
     benchmark_data: Optional[str] = typer.Option(EvalOptions.default("benchmark_data"), "--benchmark-data", help="Folder of task YAMLs and their data, for machines without hub access."),
     benchmark_limit: Optional[int] = typer.Option(EvalOptions.default("benchmark_limit"), "--benchmark-limit", help="First N documents of each task."),
     forgetting_margin: float = typer.Option(EvalOptions.default("forgetting_margin"), "--forgetting-margin", help="Flag a model that lost more than this (absolute) on a task against the first model."),
@@ -243,10 +273,11 @@ def eval_(
                                   repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)),
                                   batch_size=batch_size, seed=seed, workers=workers, api_key_env=api_key_env, rpm=rpm,
                                   benchmark=list(benchmark or []), benchmark_data=benchmark_data,
-                                  benchmark_limit=benchmark_limit, forgetting_margin=forgetting_margin))
+                                  benchmark_limit=benchmark_limit, forgetting_margin=forgetting_margin,
+                                  template=template, judge=judge, judge_model=judge_model,
+                                  judge_api_key_env=judge_api_key_env))
     _quiet_libraries()
-    steps.evaluate(questions, [m for item in models for m in item.split()], output, opts, context=context,
-                   template=template, judge=judge, judge_model=judge_model, judge_api_key_env=judge_api_key_env)
+    steps.evaluate(questions, [m for item in models for m in item.split()], output, opts, context=context)
 
 
 @app.command()
@@ -261,7 +292,7 @@ def pairs(
     top_p: float = typer.Option(PairsOptions.default("top_p"), "--top-p", help="Nucleus sampling."),
     max_new_tokens: int = typer.Option(PairsOptions.default("max_new_tokens"), "--max-new-tokens", help="Answer length limit."),
     repetition_penalty: float = typer.Option(PairsOptions.default("repetition_penalty"), "--repetition-penalty", help="Repetition penalty while sampling."),
-    stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable)."),
+    stop: Optional[List[str]] = typer.Option(PairsOptions.default("stop"), "--stop", help="Stop sequence (repeatable)."),
     top_k: int = typer.Option(PairsOptions.default("top_k"), "--top-k", help="Chunks retrieved per question with --context."),
     min_margin: float = typer.Option(PairsOptions.default("min_margin"), "--min-margin", help="Keep a pair when the rejected answer is this much worse (error types + no EOS + unsupported share)."),
     chosen: str = typer.Option(PairsOptions.default("chosen"), "--chosen", help="reference (the question's reference answer) | sample (the best unflagged sample)."),
@@ -269,20 +300,21 @@ def pairs(
     batch_size: int = typer.Option(PairsOptions.default("batch_size"), "--batch-size", help="Prompts per generation batch (local models)."),
     workers: int = typer.Option(PairsOptions.default("workers"), "--workers", help="Concurrent requests (endpoint models)."),
     seed: int = typer.Option(PairsOptions.default("seed"), "--seed", help="Sampling seed (sample i uses seed + i)."),
-    template: Optional[str] = typer.Option(None, "--template", help="Template for a base model; a kotune run uses its own."),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable(s) holding the endpoint's API keys."),
-    judge: Optional[str] = typer.Option(None, "--judge", help="OpenAI-compatible URL of an LLM judge that must also prefer chosen (both orders)."),
-    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="Model name at the judge endpoint."),
-    judge_api_key_env: Optional[str] = typer.Option(None, "--judge-api-key-env", help="Environment variable holding the judge's API key."),
+    template: TemplateOption = PairsOptions.default("template"),
+    api_key_env: ClientKeysOption = PairsOptions.default("api_key_env"),
+    judge: Optional[str] = typer.Option(PairsOptions.default("judge"), "--judge", help="OpenAI-compatible URL of an LLM judge that must also prefer chosen (both orders)."),
+    judge_model: JudgeModelOption = PairsOptions.default("judge_model"),
+    judge_api_key_env: JudgeKeyOption = PairsOptions.default("judge_api_key_env"),
 ) -> None:
     """Preference pairs mined from a model's own failures: flagged answers rejected, references chosen."""
     opts = PairsOptions.check(dict(samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                                    repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)), top_k=top_k,
                                    min_margin=min_margin, chosen=chosen, format=fmt, batch_size=batch_size,
-                                   workers=workers, seed=seed), flags={"format": "--format"})
+                                   workers=workers, seed=seed, template=template, api_key_env=api_key_env, judge=judge,
+                                   judge_model=judge_model, judge_api_key_env=judge_api_key_env),
+                              flags={"format": "--format"})
     _quiet_libraries()
-    steps.pairs(model, output, opts, questions=questions, from_eval=from_eval, context=context, template=template,
-                api_key_env=api_key_env, judge=judge, judge_model=judge_model, judge_api_key_env=judge_api_key_env)
+    steps.pairs(model, output, opts, questions=questions, from_eval=from_eval, context=context)
 
 
 @app.command()
@@ -291,118 +323,99 @@ def score(
     output: Path = typer.Option(..., "--output", "-o", help="Scores JSON (metrics.json format)."),
 ) -> None:
     """Metrics on existing predictions (grouped by their 'model' field)."""
-    from kotune.io import read_jsonl, write_json
-    from kotune.eval.metrics import TOKENIZATION, score_rows
-
-    groups: dict[str, list[dict]] = {}
-    for lineno, row in read_jsonl(predictions):
-        answer = row.get("answer", row.get("prediction", row.get("output")))
-        if not isinstance(answer, str):
-            raise KotuneError('missing "answer" (or "prediction"/"output")', path=predictions, line=lineno)
-        row = {**row, "answer": answer}
-        groups.setdefault(str(row.get("model") or "model"), []).append(row)
-    if not groups:
-        raise KotuneError("no predictions found", path=predictions)
-    metrics: dict = {"models": {}, "tokenization": TOKENIZATION}
-    for name, rows in groups.items():
-        scored = score_rows(rows)
-        scored.pop("per_row", None)
-        metrics["models"][name] = scored
-        metrics["bleu_signature"] = scored.get("bleu_signature")
-    computable = [m for m in metrics["models"].values() if m.get("overall")]
-    if not computable:
-        raise KotuneError("no metric could be computed from these predictions", path=predictions)
-    write_json(output, metrics)
-    steps.print_metrics(metrics)
-    done(f"scores for {sum(len(r) for r in groups.values())} predictions → {output}")
+    steps.score(predictions, output, ScoreOptions.check({}))
 
 
 @app.command()
 def chat(
     model: str = typer.Option(..., "--model", help="kotune output, HF id, folder, builtin:tiny-ko, or openai:URL#MODEL (a model behind an OpenAI-compatible server)."),
-    context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL for retrieval (toggle with /context on|off)."),
-    top_k: int = typer.Option(3, "--top-k", min=1, help="Chunks retrieved per question."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0),
-    repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", min=0.5),
-    stop: Optional[List[str]] = typer.Option(None, "--stop", help="Stop sequence (repeatable)."),
-    template: Optional[str] = typer.Option(None, "--template", help="Template for a base model; a kotune output uses its own and refuses another."),
-    category: str = typer.Option("", "--category", help="Category for per-category system prompts (chat template)."),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable(s) holding the API key of an openai:URL#MODEL model."),
+    context: Optional[Path] = typer.Option(ChatOptions.default("context"), "--context", help="Chunks JSONL for retrieval (toggle with /context on|off)."),
+    top_k: int = typer.Option(ChatOptions.default("top_k"), "--top-k", help="Chunks retrieved per question."),
+    max_new_tokens: int = typer.Option(ChatOptions.default("max_new_tokens"), "--max-new-tokens", help="Answer length limit."),
+    temperature: float = typer.Option(ChatOptions.default("temperature"), "--temperature", help="0 = greedy."),
+    top_p: float = typer.Option(ChatOptions.default("top_p"), "--top-p", help="Nucleus sampling."),
+    repetition_penalty: float = typer.Option(ChatOptions.default("repetition_penalty"), "--repetition-penalty", help="e.g. 1.2 as the insurance seed."),
+    stop: Optional[List[str]] = typer.Option(ChatOptions.default("stop"), "--stop", help="Stop sequence (repeatable)."),
+    template: TemplateOption = ChatOptions.default("template"),
+    category: str = typer.Option(ChatOptions.default("category"), "--category", help="Category for per-category system prompts (chat template)."),
+    api_key_env: ClientKeysOption = ChatOptions.default("api_key_env"),
 ) -> None:
     """Interactive terminal chat with streaming. Commands: /reset, /context on|off, /settings, /exit."""
+    opts = ChatOptions.check(dict(model=model, context=str(context) if context else None, top_k=top_k, template=template,
+                                  category=category, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_p=top_p, repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)),
+                                  api_key_env=api_key_env))
+    if context is not None and not context.exists():
+        raise KotuneError("no such file", path=context)
     from kotune.serve.chat import run_chat
 
     _quiet_libraries()
-    if context is not None and not context.exists():
-        raise KotuneError("no such file", path=context)
-    run_chat(model, context=str(context) if context else None, top_k=top_k, template=template, category=category,
-             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-             repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)), api_key_env=api_key_env)
+    run_chat(opts)
 
 
 @app.command()
 def serve(
     model: str = typer.Option(..., "--model", help="Base: HF id, folder, builtin:tiny-ko or a kotune output (served under this name and 'base')."),
     adapter: Optional[List[str]] = typer.Option(None, "--adapter", help="NAME=PATH of a kotune LoRA output on the same base; repeat or list."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
-    template: Optional[str] = typer.Option(None, "--template", help="Template for a plain base (default: the first adapter's); a kotune output uses its own and refuses another."),
-    api_key_env: Optional[str] = typer.Option(None, "--api-key-env", help="Environment variable holding the API key clients must send as 'Authorization: Bearer KEY'."),
-    max_tokens_limit: int = typer.Option(1024, "--max-tokens-limit", min=1, help="Largest max_tokens a request may ask for."),
-    default_max_tokens: int = typer.Option(256, "--default-max-tokens", min=1, help="max_tokens when a request gives none."),
-    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", min=1, help="Largest request body accepted (413 above)."),
-    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Most prompts decoded together."),
-    batching: str = typer.Option("continuous", "--batching", help="continuous: requests join the running batch at every step (full-attention models; others fall back to static). static: one generate per collected batch."),
-    batch_wait_ms: float = typer.Option(10.0, "--batch-wait-ms", min=0.0, help="Static batching: how long to collect concurrent requests into one batch."),
-    context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL: retrieve top-k chunks for every question (RAG)."),
-    top_k: int = typer.Option(3, "--top-k", min=1, help="Chunks retrieved per question with --context."),
-    access_log: bool = typer.Option(False, "--access-log", help="Log every request line (never keys or headers)."),
+    host: str = typer.Option(ServeOptions.default("host"), "--host", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(ServeOptions.default("port"), "--port", help="Port to listen on."),
+    template: TemplateOption = ServeOptions.default("template"),
+    api_key_env: ServerKeyOption = ServeOptions.default("api_key_env"),
+    max_tokens_limit: int = typer.Option(ServeOptions.default("max_tokens_limit"), "--max-tokens-limit", help="Largest max_tokens a request may ask for."),
+    default_max_tokens: int = typer.Option(ServeOptions.default("default_max_tokens"), "--default-max-tokens", help="max_tokens when a request gives none (at most --max-tokens-limit)."),
+    max_body_bytes: int = typer.Option(ServeOptions.default("max_body_bytes"), "--max-body-bytes", help="Largest request body accepted (413 above)."),
+    max_batch: int = typer.Option(ServeOptions.default("max_batch"), "--max-batch", help="Most prompts decoded together."),
+    batching: str = typer.Option(ServeOptions.default("batching"), "--batching", help=f"{_choices(SERVE_BATCHING)}. continuous: requests join the running batch at every step (full-attention models; others fall back to static). static: one generate per collected batch."),
+    batch_wait_ms: float = typer.Option(ServeOptions.default("batch_wait_ms"), "--batch-wait-ms", help="Static batching: how long to collect concurrent requests into one batch."),
+    context: Optional[Path] = typer.Option(ServeOptions.default("context"), "--context", help="Chunks JSONL: retrieve top-k chunks for every question (RAG)."),
+    top_k: int = typer.Option(ServeOptions.default("top_k"), "--top-k", help="Chunks retrieved per question with --context."),
+    access_log: bool = typer.Option(ServeOptions.default("access_log"), "--access-log", help="Log every request line (never keys or headers)."),
 ) -> None:
     """OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models, /health) over a base and its adapters."""
-    from kotune.serve.server import ServeOptions, api_key_from_env, parse_adapter_args, serve as run_serve
+    opts = ServeOptions.check(dict(host=host, port=port, template=template, api_key_env=api_key_env,
+                                   max_tokens_limit=max_tokens_limit, default_max_tokens=default_max_tokens,
+                                   max_body_bytes=max_body_bytes, max_batch=max_batch, batching=batching,
+                                   batch_wait_ms=batch_wait_ms, context=str(context) if context else None, top_k=top_k,
+                                   access_log=access_log))
+    from kotune.serve.server import parse_adapter_args, serve as run_serve
 
     _quiet_libraries()
-    if batching not in ("continuous", "static"):
-        raise KotuneError(f"--batching must be continuous or static, got {batching!r}")
-    options = ServeOptions(api_key=api_key_from_env(api_key_env), max_tokens_limit=max_tokens_limit,
-                           default_max_tokens=min(default_max_tokens, max_tokens_limit), max_body_bytes=max_body_bytes,
-                           max_batch=max_batch, batch_wait_ms=batch_wait_ms, continuous=batching == "continuous",
-                           context=str(context) if context else None, top_k=top_k)
-    run_serve(model, parse_adapter_args(adapter), host=host, port=port, template=template, options=options,
-              access_log=access_log, log=lambda m: console.print(m, markup=False))
+    run_serve(model, parse_adapter_args(adapter), opts, log=lambda m: console.print(m, markup=False))
 
 
 @app.command()
 def studio(
-    root: Path = typer.Option(Path("."), "--root", help="The folder whose runs, data, evals and recipes the studio shows (nothing outside it is read)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default; any other needs a token)."),
-    port: int = typer.Option(7860, "--port", min=1, max=65535, help="Port to listen on."),
-    token_env: Optional[str] = typer.Option(None, "--token-env", help="Environment variable holding the token other hosts must give (default: a new one, printed once)."),
+    root: Path = typer.Option(StudioOptions.default("root"), "--root", help="The folder whose runs, data, evals and recipes the studio shows (nothing outside it is read)."),
+    host: str = typer.Option(StudioOptions.default("host"), "--host", help="Address to listen on (loopback by default; any other needs a token)."),
+    port: int = typer.Option(StudioOptions.default("port"), "--port", help="Port to listen on."),
+    token_env: Optional[str] = typer.Option(StudioOptions.default("token_env"), "--token-env", help="Environment variable holding the token other hosts must give (default: a new one, printed once)."),
 ) -> None:
     """Web UI: runs with live loss curves, data as the model sees it, eval flips, side-by-side chat, launching recipes."""
+    opts = StudioOptions.check(dict(root=str(root), host=host, port=port, token_env=token_env))
     from kotune.studio.app import run_studio
 
     _quiet_libraries()
-    run_studio(root, host=host, port=port, token_env=token_env, log=lambda m: console.print(m, markup=False, highlight=False))
+    run_studio(Path(opts.root), host=opts.host, port=opts.port, token_env=opts.token_env,
+               log=lambda m: console.print(m, markup=False, highlight=False))
 
 
 @app.command()
 def export(
     model: Path = typer.Option(..., "--model", help="A kotune output folder (LoRA, QLoRA or full)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the merged model (needed with --merge)."),
-    merge: bool = typer.Option(True, "--merge/--no-merge", help="Merge the adapter into the base (default) or print the vLLM LoRA command."),
-    name: Optional[str] = typer.Option(None, "--name", help="Adapter name for --no-merge (default: the folder name)."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (the base's) | float32 | bfloat16 | float16 for the merged weights."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output folder."),
+    output: Optional[Path] = typer.Option(ExportOptions.default("output"), "--output", "-o", help="Folder for the merged model (needed with --merge)."),
+    merge: bool = typer.Option(ExportOptions.default("merge"), "--merge/--no-merge", help="Merge the adapter into the base (default) or print the vLLM LoRA command."),
+    name: Optional[str] = typer.Option(ExportOptions.default("name"), "--name", help="Adapter name for --no-merge (default: the folder name)."),
+    dtype: str = typer.Option(ExportOptions.default("dtype"), "--dtype", help=f"{_choices(EXPORT_DTYPES)} for the merged weights (auto: the base's)."),
+    overwrite: bool = typer.Option(ExportOptions.default("overwrite"), "--overwrite", help="Replace a non-empty output folder."),
 ) -> None:
     """A merged, standalone model (safetensors + tokenizer + generation_config + kotune.json) for vLLM and plain transformers."""
+    opts = ExportOptions.check(dict(output=str(output) if output else None, merge=merge, name=name, dtype=dtype,
+                                    overwrite=overwrite))
     from kotune.export.merged import export as run_export
 
     _quiet_libraries()
-    result = run_export(model, output, merge=merge, name=name, dtype=dtype, overwrite=overwrite,
-                        log=lambda m: console.print(m, markup=False))
+    result = run_export(model, Path(opts.output) if opts.output else None, merge=opts.merge, name=opts.name,
+                        dtype=opts.dtype, overwrite=opts.overwrite, log=lambda m: console.print(m, markup=False))
     if result["kind"] in ("merged", "copied"):
         done(f"{result['kind']} model → {result['output']}")
     console.print("serve it with vLLM:", markup=False)
@@ -412,42 +425,40 @@ def export(
 @app.command()
 def run(
     recipe: Path = typer.Argument(..., metavar="RECIPE.yaml", help="A recipe: name, base_model and steps (see recipes/)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run folder (default: runs/<recipe name>)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe field: KEY=VALUE with a dotted key, e.g. steps.train.epochs=2 (repeatable)."),
-    base_model: Optional[str] = typer.Option(None, "--base-model", "--base_model", help="Override base_model (e.g. EleutherAI/polyglot-ko-1.3b); a profile declaring that model applies too."),
-    profile: Optional[str] = typer.Option(None, "--profile", help="Apply the recipe's named profile (e.g. gemma: builtin:gemma-3-270m with settings that suit it)."),
-    method: Optional[str] = typer.Option(None, "--method", help="Override steps.train.method (lora | qlora | full)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="Override steps.train.preset."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="Override steps.train.epochs."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Override steps.train.max_steps."),
-    force: bool = typer.Option(False, "--force", help="Run every step, even those that are up to date."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Check the recipe and print each step's command; run nothing."),
+    output: Optional[Path] = typer.Option(RunOptions.default("output"), "--output", "-o", help="Run folder (default: runs/<recipe name>)."),
+    set_: Optional[List[str]] = typer.Option(RunOptions.default("set"), "--set", help="Override a recipe field: KEY=VALUE with a dotted key, e.g. steps.train.epochs=2 (repeatable)."),
+    base_model: Optional[str] = typer.Option(RunOptions.default("base_model"), "--base-model", "--base_model", help="Override base_model (e.g. EleutherAI/polyglot-ko-1.3b); a profile declaring that model applies too."),
+    profile: Optional[str] = typer.Option(RunOptions.default("profile"), "--profile", help="Apply the recipe's named profile (e.g. gemma: builtin:gemma-3-270m with settings that suit it)."),
+    method: Optional[str] = typer.Option(RunOptions.default("method"), "--method", help=f"Override steps.train.method ({_choices(METHODS + PREFERENCE_METHODS)})."),
+    preset: Optional[str] = typer.Option(RunOptions.default("preset"), "--preset", help=f"Override steps.train.preset ({_choices(PRESET_NAMES)})."),
+    epochs: Optional[float] = typer.Option(RunOptions.default("epochs"), "--epochs", help="Override steps.train.epochs."),
+    max_steps: Optional[int] = typer.Option(RunOptions.default("max_steps"), "--max-steps", help="Override steps.train.max_steps."),
+    force: bool = typer.Option(RunOptions.default("force"), "--force", help="Run every step, even those that are up to date."),
+    dry_run: bool = typer.Option(RunOptions.default("dry_run"), "--dry-run", help="Check the recipe and print each step's command; run nothing."),
 ) -> None:
     """Run a recipe's steps (prepare → generate → validate → split → train → doctor → eval), skipping up-to-date ones."""
     import shlex
 
     from rich.table import Table
 
-    from kotune.recipe.plan import headline, load_recipe, run_recipe
+    from kotune.recipe.plan import headline, load_run, run_recipe
 
-    overrides = list(set_ or [])
-    for key, value in (("steps.train.method", method), ("steps.train.preset", preset),
-                       ("steps.train.epochs", epochs), ("steps.train.max_steps", max_steps)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    plan = load_recipe(recipe, overrides, profile=profile, base_model=base_model)
+    opts = RunOptions.check(dict(output=str(output) if output else None, set=list(set_ or []), base_model=base_model,
+                                 profile=profile, method=method, preset=preset, epochs=epochs, max_steps=max_steps,
+                                 force=force, dry_run=dry_run))
+    plan = load_run(recipe, opts)
     if plan.profile:
         console.print(f"profile {plan.profile}: base model {plan.recipe.base_model}", markup=False, highlight=False)
-    out = output or Path("runs") / plan.recipe.name
+    out = plan.output(opts.output)
     calls = plan.calls(out)  # every input checked before any work starts
-    if dry_run:
+    if opts.dry_run:
         for call in calls:
             typer.echo("kotune " + shlex.join(call.args))
         return
 
     _quiet_libraries()
     console.rule(f"kotune run {plan.recipe.name} → {out}", style="bold")
-    results = run_recipe(plan, out, force=force,
+    results = run_recipe(plan, out, force=opts.force,
                          header=lambda m: console.print(m, style="bold cyan", markup=False, highlight=False,
                                                         soft_wrap=True))  # a whole command line, copyable
     table = Table(title=f"recipe {plan.recipe.name}")

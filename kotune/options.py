@@ -1,28 +1,60 @@
-"""Every step's options, declared once: types, allowed values, ranges and defaults.
+"""Every command's options, declared once: types, allowed values, ranges and defaults.
 
+One options model per command (chat, serve, doctor, studio, export, run and score
+included), and the step and entry functions take these models whole: no module keeps
+its own copy of a default.
 The ``kotune`` commands take their defaults from these models and check the
 values a user gave against them; a recipe's steps are these models plus the
 recipe's own fields (input files), so a recipe and the command line accept the
 same values, with the same default, and refuse the same ones — with one error
-line naming the option (``--batching: Input should be 'auto', ... (got 'foo')``)
+line naming the option (``unknown --batching 'foo'; one of 'auto', ...``)
 or the recipe field (``steps.train.batching: ...``), exit code 2.
+
+Allowed values come from the registries they name: the templates registered in
+:mod:`kotune.model.templates`, and the presets (what each one sets), batching and
+scheduler names, which this module owns. ``tests/test_defaults.py`` checks that
+a default is the same wherever it is declared.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kotune.errors import KotuneError
+from kotune.model.templates import TEMPLATES
 
+# ---------------------------------------------------------------- registries: the allowed values, once
 METHODS = ("lora", "qlora", "full")                   # how the weights train (supervised fine-tuning)
 PREFERENCE_METHODS = ("dpo", "orpo", "kto", "simpo")    # preference tuning, on LoRA, QLoRA or full weights
-PRESET_NAMES = ("fast", "balanced", "quality", "memory_efficient")
-TEMPLATE_NAMES = ("kotune", "alpaca", "koalpaca", "rag", "chat")
-SCHEDULER_NAMES = ("cosine", "linear", "constant_with_warmup")
-BATCHING_NAMES = ("auto", "group_by_length", "padding_free")
+# What each --preset sets: the training options it fills where the user gave none
+# (kotune.train.sft.TrainConfig.resolved). Named as in the civil-law seed; values tuned for LoRA-style adapters.
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"epochs": 2, "learning_rate": 3e-4, "batch_size": 8, "grad_accum": 1, "lora_r": 8, "lora_alpha": 16},
+    "balanced": {"epochs": 4, "learning_rate": 2e-4, "batch_size": 8, "grad_accum": 1, "lora_r": 16, "lora_alpha": 32},
+    "quality": {"epochs": 6, "learning_rate": 1e-4, "batch_size": 4, "grad_accum": 2, "lora_r": 32, "lora_alpha": 64},
+    "memory_efficient": {"epochs": 3, "learning_rate": 2e-4, "batch_size": 1, "grad_accum": 8, "lora_r": 8, "lora_alpha": 16,
+                         "gradient_checkpointing": True},
+}
+PRESET_NAMES = tuple(PRESETS)
+TEMPLATE_NAMES = tuple(TEMPLATES)                       # the prompt templates registered in kotune.model.templates
+SCHEDULER_NAMES = ("cosine", "linear", "constant_with_warmup")   # learning-rate schedules (transformers' names)
+BATCHING_NAMES = ("auto", "group_by_length", "padding_free")      # how training batches are formed
 REPORT_TO = ("tensorboard", "wandb", "mlflow", "none")
+SERVE_BATCHING = ("continuous", "static")               # kotune serve: requests join running batches, or not
+PAD_TOKENS = ("tokenizer", "eos")                       # doctor: the setup's pad token (eos: pad = eos, the seeds' bug)
+LOSS_ON = ("answer", "full")                            # doctor: which tokens the setup's loss covers
+EXPORT_DTYPES = ("auto", "float32", "bfloat16", "float16")  # export: the merged weights' dtype (auto: the base's)
+
+# ---------------------------------------------------------------- settings several commands share, declared once
+TopK = Annotated[int, Field(3, ge=1)]                          # passages retrieved per question
+MaxNewTokens = Annotated[int, Field(256, ge=1)]                # answer length limit
+GreedyTemperature = Annotated[float, Field(0.0, ge=0)]        # 0 = greedy (eval, chat)
+TopP = Annotated[float, Field(1.0, ge=0, le=1)]                # nucleus sampling, off by default (eval, chat)
+RepetitionPenalty = Annotated[float, Field(1.0, ge=0.5)]
+Stop = Annotated[list[str], Field(default_factory=list)]       # stop sequences, trimmed from answers
+TemplateName = Annotated[Optional[Literal[TEMPLATE_NAMES]], Field(None)]  # type: ignore[valid-type]  # None: the run's own
 
 
 class Options(BaseModel):
@@ -161,15 +193,26 @@ class TrainOptions(Options):
     seed: int = 42
 
 
+class DoctorOptions(Options):
+    """What ``kotune doctor`` checks a setup against (the base model, data and run folder are its inputs)."""
+
+    template: TemplateName                    # a plain base's template (default kotune); a run uses its own
+    max_length: Optional[int] = Field(None, ge=16)   # default: the run's, else kotune train's
+    lora_targets: Optional[list[str]] = None  # default: the run's, else the architecture's
+    pad_token: Literal[PAD_TOKENS] = "tokenizer"  # type: ignore[valid-type]
+    loss_on: Literal[LOSS_ON] = "answer"  # type: ignore[valid-type]
+    inference_template: TemplateName          # the template the setup queries the model with
+
+
 class EvalOptions(Options):
     """Generation and scoring settings of ``kotune eval`` (``steps.eval`` in a recipe)."""
 
-    top_k: int = Field(3, ge=1)
-    max_new_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    top_p: float = Field(1.0, ge=0, le=1)
-    repetition_penalty: float = Field(1.0, ge=0.5)
-    stop: list[str] = Field(default_factory=list)
+    top_k: TopK
+    max_new_tokens: MaxNewTokens
+    temperature: GreedyTemperature
+    top_p: TopP
+    repetition_penalty: RepetitionPenalty
+    stop: Stop
     batch_size: int = Field(16, ge=1)
     seed: int = 42
     workers: int = Field(8, ge=1)            # concurrent requests per endpoint model (openai:URL#MODEL)
@@ -179,6 +222,10 @@ class EvalOptions(Options):
     benchmark_data: Optional[str] = None     # task YAMLs and their data, for machines without hub access
     benchmark_limit: Optional[int] = Field(None, ge=1)   # first N documents per task
     forgetting_margin: float = Field(0.02, ge=0, le=1)   # a loss beyond this against the first model is flagged
+    template: TemplateName                   # a plain base's template (default: the compared run's, else kotune)
+    judge: Optional[str] = None              # OpenAI-compatible URL of an LLM judge (pairs judged in both orders)
+    judge_model: Optional[str] = None        # the judge endpoint's model name (default "judge")
+    judge_api_key_env: Optional[str] = None  # environment variable holding the judge's API key
 
 
 class PairsOptions(Options):
@@ -187,17 +234,105 @@ class PairsOptions(Options):
     samples: int = Field(4, ge=1)
     temperature: float = Field(0.8, gt=0, le=2)
     top_p: float = Field(0.95, gt=0, le=1)
-    max_new_tokens: int = Field(256, ge=1)
-    repetition_penalty: float = Field(1.0, ge=0.5)
-    stop: list[str] = Field(default_factory=list)
-    top_k: int = Field(3, ge=1)
+    max_new_tokens: MaxNewTokens
+    repetition_penalty: RepetitionPenalty
+    stop: Stop
+    top_k: TopK
     min_margin: float = Field(1.0, ge=0)
     chosen: Literal["reference", "sample"] = "reference"
     format: Literal["pairs", "kto"] = "pairs"
     batch_size: int = Field(16, ge=1)
     workers: int = Field(8, ge=1)
     seed: int = 42
+    template: TemplateName                   # a plain base's template (default kotune); a run uses its own
+    api_key_env: Optional[str] = None        # environment variable(s) holding an endpoint model's API keys
+    judge: Optional[str] = None              # OpenAI-compatible URL of an LLM judge that must also prefer chosen
+    judge_model: Optional[str] = None        # the judge endpoint's model name (default "judge")
+    judge_api_key_env: Optional[str] = None  # environment variable holding the judge's API key
 
 
-__all__ = ["problem", "BATCHING_NAMES", "EvalOptions", "GenerateOptions", "METHODS", "PairsOptions", "Options", "PREFERENCE_METHODS", "PRESET_NAMES", "PrepareOptions",
-           "REPORT_TO", "SCHEDULER_NAMES", "SplitOptions", "TEMPLATE_NAMES", "TrainOptions", "ValidateOptions"]
+class ChatOptions(Options):
+    """Terminal chat with one model (``kotune chat``): the answering settings are eval's."""
+
+    model: str                                # a run, base model, or openai:URL#MODEL
+    context: Optional[str] = None             # chunks JSONL to retrieve from
+    top_k: TopK
+    template: TemplateName
+    category: str = ""                        # for per-category system prompts (chat template)
+    max_new_tokens: MaxNewTokens
+    temperature: GreedyTemperature
+    top_p: TopP
+    repetition_penalty: RepetitionPenalty
+    stop: Stop
+    api_key_env: Optional[str] = None         # environment variable(s) holding an endpoint model's API keys
+
+
+class ServeOptions(Options):
+    """The HTTP API's settings (``kotune serve``; the base model and its adapters are its inputs)."""
+
+    host: str = "127.0.0.1"                   # loopback by default
+    port: int = Field(8000, ge=1, le=65535)
+    template: TemplateName
+    api_key_env: Optional[str] = None         # environment variable holding the key clients must send
+    max_tokens_limit: int = Field(1024, ge=1)     # the largest max_tokens a request may ask for
+    default_max_tokens: int = Field(256, ge=1)    # max_tokens when a request gives none (at most the limit)
+    max_body_bytes: int = Field(1_000_000, ge=1)
+    max_batch: int = Field(16, ge=1)          # prompts decoded together
+    batching: Literal[SERVE_BATCHING] = "continuous"  # type: ignore[valid-type]
+    batch_wait_ms: float = Field(10.0, ge=0)  # static batching: how long to collect a batch
+    context: Optional[str] = None             # chunks JSONL: retrieve for every question
+    top_k: TopK
+    access_log: bool = False
+
+
+class ScoreOptions(Options):
+    """``kotune score``: metrics on existing predictions. Its predictions file and its output are its
+    inputs; it has no settings yet (an option added later is declared here, once)."""
+
+
+class StudioOptions(Options):
+    """The web UI's settings (``kotune studio``)."""
+
+    root: str = "."                           # the folder whose runs, data, evals and recipes it shows
+    host: str = "127.0.0.1"                   # loopback by default; any other host needs a token
+    port: int = Field(7860, ge=1, le=65535)
+    token_env: Optional[str] = None           # environment variable holding the token (default: a new one)
+
+
+class ExportOptions(Options):
+    """How ``kotune export`` writes a run (the run folder is its input)."""
+
+    output: Optional[str] = None              # folder for the merged model (needed with merge)
+    merge: bool = True                        # merge the adapter into the base, or print the vLLM LoRA command
+    name: Optional[str] = None                # adapter name without merge (default: the folder name)
+    dtype: Literal[EXPORT_DTYPES] = "auto"  # type: ignore[valid-type]
+    overwrite: bool = False                   # replace an earlier export in output
+
+
+class RunOptions(Options):
+    """How ``kotune run`` runs a recipe (the recipe file is its input). ``method``, ``preset``,
+    ``epochs`` and ``max_steps`` are shortcuts for ``--set steps.train.X=VALUE``."""
+
+    output: Optional[str] = None              # run folder (default: runs/<recipe name>)
+    set: list[str] = Field(default_factory=list)   # KEY=VALUE overrides of recipe fields, applied in order
+    base_model: Optional[str] = None          # overrides base_model; a profile declaring it applies too
+    profile: Optional[str] = None             # the recipe's named profile to apply
+    method: Optional[Literal[METHODS + PREFERENCE_METHODS]] = None  # type: ignore[valid-type]
+    preset: Optional[Literal[PRESET_NAMES]] = None  # type: ignore[valid-type]
+    epochs: Optional[float] = Field(None, gt=0)
+    max_steps: Optional[int] = None
+    force: bool = False                       # run every step, even those that are up to date
+    dry_run: bool = False                     # check the recipe and print each step's command; run nothing
+
+    def overrides(self) -> list[str]:
+        """``set`` followed by the shortcuts given, as ``KEY=VALUE`` overrides."""
+        given = (("steps.train.method", self.method), ("steps.train.preset", self.preset),
+                 ("steps.train.epochs", self.epochs), ("steps.train.max_steps", self.max_steps))
+        return [*self.set, *(f"{key}={value}" for key, value in given if value is not None)]
+
+
+__all__ = ["problem", "BATCHING_NAMES", "ChatOptions", "DoctorOptions", "EvalOptions", "EXPORT_DTYPES", "ExportOptions",
+           "GenerateOptions", "LOSS_ON", "METHODS", "Options", "PAD_TOKENS", "PairsOptions", "PREFERENCE_METHODS",
+           "PRESET_NAMES", "PRESETS", "PrepareOptions", "REPORT_TO", "RunOptions", "SCHEDULER_NAMES", "ScoreOptions",
+           "SERVE_BATCHING", "ServeOptions", "SplitOptions", "StudioOptions", "TEMPLATE_NAMES", "TrainOptions",
+           "ValidateOptions"]

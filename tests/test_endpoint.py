@@ -64,6 +64,20 @@ class StubOpenAI:
                     n = len(stub.requests)
                 if stub.latency:
                     time.sleep(stub.latency)
+                if body.get("stream"):  # server-sent events, one piece per word, usage in the last event
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.end_headers()
+                    events = [{"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                              for piece in ("답변 ", f"{n}.")]
+                    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                                   "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}})
+                    for e in events:
+                        self.wfile.write(b"data: " + json.dumps(e, ensure_ascii=False).encode("utf-8") + b"\n\n")
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
                 self._send(200, {"id": f"c{n}", "object": "chat.completion", "model": body.get("model"),
                                  "choices": [{"index": 0, "finish_reason": "stop",
                                               "message": {"role": "assistant", "content": f"답변 {n}."}}],
@@ -156,13 +170,16 @@ def test_kotune_chat_talks_to_an_endpoint_model(tmp_path) -> None:
 
     from kotune.serve.chat import run_chat
 
+    from kotune.options import ChatOptions
+
     out = io.StringIO()
     with StubOpenAI() as stub:
-        run_chat(f"openai:{stub.url}#stub", template="chat", stdin=io.StringIO("첫 질문\n둘째 질문\n/exit\n"),
-                 stdout=out)
+        run_chat(ChatOptions(model=f"openai:{stub.url}#stub", template="chat"),
+                 stdin=io.StringIO("첫 질문\n둘째 질문\n/exit\n"), stdout=out)
         sent = list(stub.requests)
     assert "답변 1." in out.getvalue() and "답변 2." in out.getvalue() and "[eos, 3 tokens]" in out.getvalue()
     assert [m["content"] for m in sent[1]["messages"][1:]] == ["첫 질문", "답변 1.", "둘째 질문"]  # multi-turn
+    assert [r.get("stream") for r in sent] == [True, True]  # the answer streams, as a local model's does
 
 
 def test_endpoint_model_arguments_parse_and_name_themselves() -> None:

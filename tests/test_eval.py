@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import REPO, _subprocess_env, call_cli, read_jsonl, run_kotune
+from helpers.cli import one_error_line
 
 EVAL_FILES = ("responses.jsonl", "metrics.json", "report.md", "report.html")
 
@@ -104,19 +105,11 @@ def test_score_with_references_matches_identical_strings(tmp_path):
     assert overall["rougeL"] == 100 and overall["rouge1"] == 100
 
 
-def _one_error_line(res, *needles):
-    assert res.code == 2, (res.code, res.err)
-    lines = [l for l in res.err.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), res.err
-    for n in needles:
-        assert n in lines[0]
-
-
 def test_questions_file_without_questions(tmp_path):
     q = tmp_path / "empty_q.txt"
     q.write_text("\n# 주석만 있습니다\n\n", encoding="utf-8")
     res = call_cli(["eval", "--questions", q, "--models", "builtin:tiny-ko", "-o", tmp_path / "ev"])
-    _one_error_line(res, "empty_q.txt", "no questions")
+    one_error_line(res, "empty_q.txt", "no questions")
     assert not (tmp_path / "ev").exists()
 
 
@@ -124,14 +117,14 @@ def test_model_path_that_does_not_exist(tmp_path):
     q = tmp_path / "q.txt"
     q.write_text("국가센터란?\n", encoding="utf-8")
     res = call_cli(["eval", "--questions", q, "--models", "./no/such/run", "-o", tmp_path / "ev"])
-    _one_error_line(res, "no/such/run")
+    one_error_line(res, "no/such/run")
     assert not (tmp_path / "ev").exists()
 
 
 def test_predictions_without_answers(tmp_path):
     preds = tmp_path / "p.jsonl"
     preds.write_text('{"reference": "답"}\n', encoding="utf-8")
-    _one_error_line(call_cli(["score", preds, "-o", tmp_path / "s.json"]), "p.jsonl", "line 1")
+    one_error_line(call_cli(["score", preds, "-o", tmp_path / "s.json"]), "p.jsonl", "line 1")
 
 
 class _Judge(BaseHTTPRequestHandler):

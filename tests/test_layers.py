@@ -34,9 +34,11 @@ PEERS_APART = {6}  # serve and export do not import each other
 # What only the model-access layer may import: how a model is reached.
 MODEL_INTERNALS = ("kotune.model.endpoint", "kotune.model.generation", "kotune.model.loading",
                    "kotune.model.openai_client")
-# Consumers of a model answering prompts that must go through kotune.model.access
-# (serve's engine and batcher *are* the local backend's serving loop, and the teachers
-# and judge are HTTP clients of their own protocol: they are allowed the pieces they need).
+# Everything else that answers with a model goes through kotune.model.access. The exceptions,
+# and why: serve's engine, batcher and protocol *are* the local backend's serving loop
+# (one loaded base, many adapters, continuous batching over Generator); training and the
+# doctor load weights to train or inspect them, not to answer; the HTTP teacher and the
+# judge are OpenAI-protocol clients with their own retry, key and token-limit handling.
 INTERNAL_ALLOWED = {
     "kotune.serve.engine": ("kotune.model.generation", "kotune.model.loading"),
     "kotune.serve.batching": ("kotune.model.generation",),
@@ -47,8 +49,6 @@ INTERNAL_ALLOWED = {
     "kotune.train.sft": ("kotune.model.loading",),
     "kotune.train.preference": ("kotune.model.loading",),
     "kotune.train.doctor": ("kotune.model.loading",),
-    "kotune.export.merged": ("kotune.model.loading",),
-    "kotune.cli": ("kotune.model.openai_client",),  # --api-key-env reading for the teacher's options
 }
 
 
@@ -189,3 +189,33 @@ def test_the_run_record_is_read_only_through_runinfo() -> None:
                      r"|\b(info|run|run_info|ref\.run|self\.run)\.config\.get\(|\b(info|run|run_info)\.config\[", text):
             readers.append(m)
     assert readers == []
+
+
+# Inside the model layer, a model argument travels down this order only: access opens a
+# Model, resolve decides it (loading finds and loads the weights), generation and the
+# endpoint answer, the journal keeps answers. No module calls back up into one above it.
+MODEL_ORDER = ("kotune.model.templates", "kotune.model.runinfo", "kotune.model.loading", "kotune.model.resolve",
+               "kotune.model.retrieval", "kotune.model.openai_client", "kotune.model.generation",
+               "kotune.model.journal", "kotune.model.endpoint", "kotune.model.access")
+
+
+def test_a_model_spec_goes_down_the_model_layer_only() -> None:
+    graph = _graph()
+    inside = sorted(m for m in graph if m.startswith("kotune.model."))
+    assert sorted(MODEL_ORDER) == inside, "place a new kotune.model module in MODEL_ORDER"
+    up = [f"{m} -> {t}" for m in MODEL_ORDER for t in graph[m]
+          if t in MODEL_ORDER and MODEL_ORDER.index(t) > MODEL_ORDER.index(m)]
+    assert up == []
+
+
+def test_templates_are_asked_their_properties_not_their_names() -> None:
+    """The template registry (kotune.model.templates) decides what a template does; elsewhere a
+    template is asked ``is_chat`` / ``needs_context`` / ``chat_template``, never compared by name."""
+    named = []
+    for m, p in _modules().items():
+        if m == "kotune.model.templates":
+            continue
+        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"\.name\s*(==|!=|in)\s*\(?[\"'](kotune|alpaca|koalpaca|rag|chat)[\"']", line):
+                named.append(f"{m}:{i}")
+    assert named == []

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 import kotune.recipe.steps
-from kotune.options import (EvalOptions, GenerateOptions, PairsOptions, PrepareOptions, SplitOptions, TrainOptions,
-                            ValidateOptions)
+from kotune.options import (DoctorOptions, EvalOptions, GenerateOptions, PairsOptions, PrepareOptions, SplitOptions,
+                            TrainOptions, ValidateOptions)
 from kotune.recipe.plan import load_recipe
 
 from conftest import REPO, call_cli
 
 OPTIONS = {"prepare": PrepareOptions, "generate": GenerateOptions, "validate": ValidateOptions, "split": SplitOptions,
-           "train": TrainOptions, "evaluate": EvalOptions, "pairs": PairsOptions}
+           "train": TrainOptions, "doctor": DoctorOptions, "evaluate": EvalOptions, "pairs": PairsOptions}
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 

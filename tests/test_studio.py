@@ -227,12 +227,12 @@ def test_token_view_marks_prompt_answer_eos_and_truncation(tiny_model) -> None:
     resolved = resolve("builtin:tiny-ko", template="kotune", log=lambda *_: None)
     tok, tmpl = resolved.tokenizer, resolved.template
     rec = normalize({"instruction": "국가초고성능컴퓨팅 기본계획은 무엇인가요?", "output": "5년마다 수립하는 국가 계획이다."})
-    view = token_view(tok, tmpl, rec, 1024)
+    view = token_view(tok, tmpl, rec, 1024, resolved.eos_ids)
     kinds = [s["kind"] for s in view["segments"]]
     assert kinds == ["prompt", "answer", "eos"] and view["ends_with_eos"] and not view["truncated"]
     assert view["segments"][1]["text"].strip() == rec.output
     assert view["segments"][2]["text"] == tok.eos_token
-    short = token_view(tok, tmpl, rec, 12)  # both cut: the prompt from the left, the answer kept to half
+    short = token_view(tok, tmpl, rec, 12, resolved.eos_ids)  # both cut: the prompt from the left, the answer kept to half
     kinds = [s["kind"] for s in short["segments"]]
     assert short["truncated"] and kinds[0] == "cut" and kinds[-2:] == ["cut", "eos"] and short["tokens"] == 12
     assert short["segments"][0]["where"] == "prompt" and short["segments"][-2]["where"] == "answer"
@@ -257,8 +257,7 @@ def test_data_page_of_a_train_run_renders_its_records(trained_run: Path, tmp_pat
 def test_chat_streams_an_endpoint_models_answer(root: Path, tiny_model, tmp_path: Path) -> None:
     """An OpenAI-compatible URL in the chat page: its answer arrives piece by piece (``stream: true``)
     and is the answer the same server gives unstreamed."""
-    from kotune.model.endpoint import EndpointSpec, open_endpoint
-    from kotune.model.generation import GenerationSettings
+    from kotune.model.access import GenerationSettings, open_model
     from tests.conftest import serve_process
 
     question = "국가초고성능컴퓨팅 기본계획은 무엇인가요?"
@@ -269,8 +268,8 @@ def test_chat_streams_an_endpoint_models_answer(root: Path, tiny_model, tmp_path
                       headers=HEADERS) as res:
             assert res.status_code == 200
             events = [json.loads(line[5:]) for line in res.iter_lines() if line.startswith("data:")]
-        em = open_endpoint(spec, EndpointSpec.parse(spec), template=None, default_template=None)
-        whole = em.ask(em.prompt(question), GenerationSettings(max_new_tokens=48))
+        em = open_model(spec)
+        whole = em.answer([em.prompt(question)], GenerationSettings(max_new_tokens=48))[0]
     pieces = [e["text"] for e in events if "text" in e]
     assert events[0]["template"] == "kotune" and len(pieces) >= 2
     assert "".join(pieces).strip() == whole.text

@@ -9,7 +9,7 @@ import pytest
 from kotune.data.validate import (
     REASON_LABELS,
     REASONS,
-    ValidateConfig,
+    MinHashShape,
     ValidationResult,
     grounding_score,
     normalize_text,
@@ -18,6 +18,7 @@ from kotune.data.validate import (
     validate_records,
 )
 from kotune.errors import KotuneError
+from kotune.options import ValidateOptions
 from kotune.records import Record
 
 CHUNKS = {
@@ -179,7 +180,7 @@ def test_grounding_ignores_particles_and_endings():
 
 
 def test_grounding_can_be_disabled():
-    res = validate_records(file_a(), CHUNKS, ValidateConfig(check_grounding=False))
+    res = validate_records(file_a(), CHUNKS, ValidateOptions(grounding=False))
     assert "a06" in [r.id for r in res.kept]
     assert res.counts()["ungrounded"] == 0
     assert res.grounding_checked == 0
@@ -255,7 +256,7 @@ def test_evasive_is_whitespace_insensitive_and_configurable():
     ]
     res = validate_records(recs, {})
     assert reasons_by_id(res) == {"e1": "evasive", "e2": "evasive"}
-    res = validate_records(recs, {}, ValidateConfig(evasive_phrases=("해지환급금",)))
+    res = validate_records(recs, {}, evasive_phrases=("해지환급금",))
     assert reasons_by_id(res) == {"e3": "evasive"}
 
 
@@ -269,12 +270,15 @@ def test_first_failing_reason_wins():
 
 def test_short_texts_and_thresholds():
     recs = [R("p", "가?", "가나다라마바사아자차."), R("q", "가!", "가나다라마바사아자차.")]
-    assert len(validate_records(recs, {}, ValidateConfig(near_dup_threshold=1.0)).kept) == 2
-    cfg = ValidateConfig(min_answer_chars=2, ngram=50)  # every text shorter than n → one shingle
-    res = validate_records([R("s1", "요?", "네, 됩니다."), R("s2", "요?!", "네, 됩니다.")], {}, cfg)
+    assert len(validate_records(recs, {}, ValidateOptions(near_dup_threshold=1.0)).kept) == 2
+    shape = MinHashShape(ngram=50)  # every text shorter than n → one shingle
+    res = validate_records([R("s1", "요?", "네, 됩니다."), R("s2", "요?!", "네, 됩니다.")], {},
+                           ValidateOptions(min_answer_chars=2), minhash=shape)
     assert len(res.kept) == 2  # different whole-string shingles → Jaccard 0
     with pytest.raises(KotuneError):
-        validate_records([], {}, ValidateConfig(near_dup_threshold=0))
+        ValidateOptions.check({"near_dup_threshold": 0})  # refused by the options, in one line
+    with pytest.raises(KotuneError):
+        validate_records([], {}, minhash=MinHashShape(num_perm=8))
 
 
 def test_deterministic():
@@ -311,7 +315,7 @@ def test_several_references_per_input_are_kept_when_asked():
     recs = [R("q1", ins, "훈민정음을 창제한 사람은 누구인가?", inp=para),
             R("q2", ins, "훈민정음이 반포된 해는 언제인가?", inp=para),
             R("q3", ins, "훈민정음이 반포된 해는 언제인가?", inp=para)]
-    many = validate_records(recs, {}, ValidateConfig(min_answer_chars=8, check_grounding=False, one_answer_per_prompt=False))
+    many = validate_records(recs, {}, ValidateOptions(min_answer_chars=8, grounding=False, one_answer_per_prompt=False))
     assert [r.id for r in many.kept] == ["q1", "q2"] and reasons_by_id(many) == {"q3": "duplicate"}
-    one = validate_records(recs, {}, ValidateConfig(min_answer_chars=8, check_grounding=False))
+    one = validate_records(recs, {}, ValidateOptions(min_answer_chars=8, grounding=False))
     assert [r.id for r in one.kept] == ["q1"]

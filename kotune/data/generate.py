@@ -28,29 +28,34 @@ from kotune.data.rule_teacher import RuleTeacher
 from kotune.data.teacher import AsyncTeacher, ChunkFailed, Teacher
 from kotune.errors import KotuneError
 from kotune.io import dumps
+from kotune.options import GenerateOptions
 from kotune.records import Record, normalize, write_records
 
 __all__ = ["generate_file", "journal_path", "make_teacher", "parse_shard", "read_journal", "shard_chunks"]
 
 
-def make_teacher(spec: str, model: str | None = None, **options: Any) -> Teacher:
-    """``rule``; ``hf:PATH`` (a local model); ``http(s)://...`` (an OpenAI-compatible server).
+def make_teacher(options: GenerateOptions | str, model: str | None = None, **settings: Any) -> Teacher:
+    """The teacher ``options.teacher`` names, with ``kotune generate``'s options: ``rule``;
+    ``hf:PATH`` (a local model: ``workers`` chunks per batch, ``max_new_tokens``);
+    ``http(s)://...`` (an OpenAI-compatible server: every option, keys from ``api_key_env``).
 
-    ``options`` go to the LLM teachers: ``workers``, ``api_keys``, ``max_retries``,
-    ``rpm``, ``timeout``, ``max_tokens`` (``kotune.data.http_teacher.OpenAITeacher``);
-    ``workers`` (batch size) and ``max_tokens`` (``LocalTeacher``).
+    ``make_teacher(SPEC, MODEL, **settings)`` is short for
+    ``make_teacher(GenerateOptions(teacher=SPEC, model=MODEL, **settings))``.
     """
+    opts = options if isinstance(options, GenerateOptions) else \
+        GenerateOptions.check(dict(teacher=options, model=model, **settings))
+    spec = opts.teacher
     if spec == "rule":
         return RuleTeacher()
     if spec.startswith("hf:"):
         path = spec[3:].strip()
         if not path:
             raise KotuneError("--teacher hf:PATH needs a model, e.g. hf:builtin:tiny-ko or hf:beomi/Llama-3-Open-Ko-8B")
-        return LocalTeacher(path, batch_size=options.get("workers") or 8, max_new_tokens=options.get("max_tokens"))
+        return LocalTeacher(path, batch_size=opts.workers, max_new_tokens=opts.max_new_tokens)
     if spec.startswith(("http://", "https://")):
         from kotune.data.http_teacher import OpenAITeacher  # imports httpx: only for a URL teacher
 
-        return OpenAITeacher(spec, model, **options)
+        return OpenAITeacher.from_options(opts)
     raise KotuneError(f"unknown teacher {spec!r}; use rule, hf:PATH or an OpenAI-compatible URL")
 
 
@@ -98,12 +103,12 @@ def generate_file(
     teacher: Teacher,
     out: Path,
     *,
-    per_chunk: int = 8,
+    per_chunk: int = GenerateOptions.default("per_chunk"),
     resume: bool = False,
     overwrite: bool = False,
     on_chunk: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
-    input_context: bool = False,
+    input_context: bool = GenerateOptions.default("input_context"),
 ) -> list[Record]:
     """Run ``teacher`` over ``chunks`` into ``out`` with a resumable journal.
 

@@ -6,7 +6,9 @@ retries with backoff and ``Retry-After``, the server's ``max_tokens`` limit:
 the seed's parallel generation, section 12, without its fixed 0.2 s sleeps and
 per-process key sharding). Each chunk is asked with the shared generation
 prompt, its reply parsed and validated (``kotune.data.qa``), and re-asked when
-no answer passes.
+no answer passes. Its settings are ``kotune generate``'s options
+(:class:`kotune.options.GenerateOptions`): :meth:`OpenAITeacher.from_options` takes them
+whole, and the keyword arguments default to them.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Any, AsyncIterator
 
 from kotune.data.qa import accept_pairs, build_messages, parse_qa
 from kotune.data.teacher import AsyncTeacher, ChunkFailed, TeacherStats
-from kotune.errors import KotuneError
-from kotune.model.openai_client import OpenAIClient, RequestFailed
+from kotune.model.openai_client import OpenAIClient, RequestFailed, read_api_keys
+from kotune.options import GenerateOptions, ValidateOptions
 from kotune.records import Record
 
 __all__ = ["OpenAITeacher", "default_max_tokens"]
@@ -33,23 +35,20 @@ class OpenAITeacher(AsyncTeacher):
         url: str,
         model: str | None = None,
         *,
-        workers: int = 8,
+        workers: int = GenerateOptions.default("workers"),
         api_keys: list[str] | None = None,
-        max_retries: int = 6,
-        rpm: float | None = None,
-        timeout: float = 120.0,
-        temperature: float = 0.7,
-        max_tokens: int | None = None,
+        max_retries: int = GenerateOptions.default("max_retries"),
+        rpm: float | None = GenerateOptions.default("rpm"),
+        timeout: float = GenerateOptions.default("timeout"),
+        temperature: float = GenerateOptions.default("temperature"),
+        max_tokens: int | None = GenerateOptions.default("max_new_tokens"),
         reask: int = 2,
-        min_grounding: float = 0.5,
+        min_grounding: float = ValidateOptions.default("min_grounding"),   # the answers kotune validate keeps
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
         seed: int | None = None,
     ) -> None:
-        if workers < 1:
-            raise KotuneError(f"--workers must be at least 1, got {workers}")
-        if max_retries < 0:
-            raise KotuneError(f"--max-retries must be 0 or more, got {max_retries}")
+        GenerateOptions.check(dict(workers=workers, max_retries=max_retries))  # the options' ranges, one line
         self.workers = workers
         self.temperature = temperature
         self.max_tokens = max_tokens
@@ -61,6 +60,14 @@ class OpenAITeacher(AsyncTeacher):
             max_connections=workers, backoff_base=backoff_base, backoff_cap=backoff_cap,
             rng=random.Random(seed), stats=self.stats, name="teacher",
         )
+
+    @classmethod
+    def from_options(cls, options: GenerateOptions, **extra: Any) -> "OpenAITeacher":
+        """The teacher ``kotune generate`` asks: the URL ``options.teacher``, with the options'
+        model and settings and the API keys named by ``options.api_key_env``."""
+        return cls(options.teacher, options.model, workers=options.workers, api_keys=read_api_keys(options.api_key_env),
+                   max_retries=options.max_retries, rpm=options.rpm, timeout=options.timeout,
+                   temperature=options.temperature, max_tokens=options.max_new_tokens, **extra)
 
     @property
     def url(self) -> str:

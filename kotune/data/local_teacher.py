@@ -1,6 +1,6 @@
 """The local-model teacher: QA pairs from a model loaded in this process (``hf:PATH``).
 
-``LocalTeacher`` asks ``kotune.model.generation.Generator`` with the shared
+``LocalTeacher`` asks a model opened by :func:`kotune.model.access.open_model` with the shared
 generation prompt (``kotune.data.qa``), batching the prompts of several
 chunks, and validates and re-asks exactly as the HTTP teacher does.
 """
@@ -17,7 +17,7 @@ __all__ = ["LocalTeacher"]
 
 
 class LocalTeacher(Teacher):
-    """A local model (``hf:PATH``, ``hf:builtin:tiny-ko``) through kotune.model.generation.Generator.
+    """A local model (``hf:PATH``, ``hf:builtin:tiny-ko``), opened by kotune.model.access.open_model.
 
     Prompts of ``batch_size`` chunks are generated together (greedy first;
     re-asks sample at temperature 0.7 so they do not repeat the same reply).
@@ -39,17 +39,16 @@ class LocalTeacher(Teacher):
 
     def _generator(self) -> Any:
         if self._gen is None:
-            from kotune.model.generation import Generator
+            from kotune.model.access import open_model
 
             # instruct_chat: a model with its own chat template (an instruct model) is asked in it;
             # a tuned run in its training template (the resolver's one rule).
-            gen = Generator(self.spec, instruct_chat=True, log=lambda *_: None)
-            self._gen = gen
+            self._gen = open_model(self.spec, instruct_chat=True, batch_size=self.batch_size, log=lambda *_: None)
         return self._gen
 
     def _prompt(self, chunk: dict[str, Any], n: int, reask: bool) -> str:
         gen = self._generator()
-        if gen.template.name == "chat":
+        if gen.template.is_chat:
             return gen.tokenizer.apply_chat_template(build_messages(chunk, n, reask), tokenize=False, add_generation_prompt=True)
         return gen.prompt(SYSTEM_PROMPT + "\n" + build_instruction(n, reask), format_document(chunk))
 
@@ -57,7 +56,7 @@ class LocalTeacher(Teacher):
         return self.generate_batch([chunk], n)[0]
 
     def generate_batch(self, chunks: list[dict[str, Any]], n: int) -> list[list[Record]]:
-        from kotune.model.generation import GenerationSettings
+        from kotune.model.access import GenerationSettings
 
         gen = self._generator()
         results: list[list[Record]] = [[] for _ in chunks]
@@ -69,13 +68,13 @@ class LocalTeacher(Teacher):
                 self.stats.bump("reasks", len(pending))
             prompts = [self._prompt(chunks[i], n, reask=round_ > 0) for i in pending]
             longest = max(len(gen.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
-            context = int(getattr(gen.model.config, "max_position_embeddings", 0) or 4096)
+            context = int(getattr(gen.generator.model.config, "max_position_embeddings", 0) or 4096)
             wanted = self.max_new_tokens or min(1024, 64 + 160 * n)
             settings = GenerationSettings(
                 max_new_tokens=max(16, min(wanted, context - longest - 1)),
                 temperature=0.0 if round_ == 0 else 0.7, top_p=0.95, repetition_penalty=1.1,
             )
-            answers = gen.generate(prompts, settings, batch_size=self.batch_size)
+            answers = gen.answer(prompts, settings)
             self.stats.bump("requests", len(prompts))
             still: list[int] = []
             for i, ans in zip(pending, answers):

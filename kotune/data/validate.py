@@ -20,6 +20,10 @@ Cheap string checks run first, Kiwi (grounding) only on survivors, dedup last
 and in input order, so merging files in the same order is deterministic: the
 first occurrence is always the one kept.
 
+The thresholds and switches are ``kotune validate``'s options
+(:class:`kotune.options.ValidateOptions`, their one owner); the MinHash shape and the
+evasive phrases are this module's own keyword arguments.
+
 Checks 1–4 (``text_problem``) and 5 (``grounding_problem``) are also how the
 LLM teachers accept an answer (``kotune.data.qa.answer_problem``): one
 implementation for both.
@@ -29,11 +33,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from kotune.errors import KotuneError
 from kotune.korean import content_morphemes, ends_like_sentence
+from kotune.options import ValidateOptions
 from kotune.records import Record
 
 REASONS = ("category_not_selected", "missing_fields", "duplicate", "near_duplicate", "too_short", "incomplete", "evasive", "ungrounded")
@@ -75,31 +80,24 @@ _SNIPPET = 80
 _NO_VALUE = "(none)"
 
 
-@dataclass
-class ValidateConfig:
-    min_answer_chars: int = 10          # seed: answers under 10 characters dropped
-    near_dup_threshold: float = 0.85    # estimated Jaccard over character n-grams
-    ngram: int = 3
+@dataclass(frozen=True)
+class MinHashShape:
+    """How near-duplicates are sketched (not options: fixed, so runs are reproducible)."""
+
+    ngram: int = 3                      # character n-grams of question + answer
     num_perm: int = 128
-    min_grounding: float = 0.5          # share of the answer's unique content morphemes found in the source
-    check_grounding: bool = True
-    one_answer_per_prompt: bool = True  # same instruction + input twice is a duplicate (QA);
-                                        # off for tasks with several references per input (QG)
-    evasive_phrases: tuple[str, ...] = DEFAULT_EVASIVE_PHRASES
-    seed: int = 1                       # MinHash permutation seed (fixed → reproducible)
-    categories: tuple[str, ...] = ()    # keep only these categories (empty: all)
+    seed: int = 1                       # permutation seed
 
     def check(self) -> None:
-        if self.min_answer_chars < 0:
-            raise KotuneError(f"min_answer_chars must be >= 0, got {self.min_answer_chars}")
-        if not 0.0 < self.near_dup_threshold <= 1.0:
-            raise KotuneError(f"--near-dup-threshold (near_dup_threshold) must be in (0, 1], got {self.near_dup_threshold}")
         if self.ngram < 1:
             raise KotuneError(f"ngram must be >= 1, got {self.ngram}")
         if self.num_perm < 16:
             raise KotuneError(f"num_perm must be >= 16, got {self.num_perm}")
-        if not 0.0 <= self.min_grounding <= 1.0:
-            raise KotuneError(f"min_grounding must be in [0, 1], got {self.min_grounding}")
+
+
+def selected_categories(options: ValidateOptions) -> tuple[str, ...]:
+    """``--categories`` values, comma-separated or repeated, as one tuple of names."""
+    return tuple(dict.fromkeys(c.strip() for v in options.categories for c in v.split(",") if c.strip()))
 
 
 def normalize_text(text: str) -> str:
@@ -117,7 +115,9 @@ class ValidationResult:
     dropped: list[tuple[Record, str]]
     grounding_checked: int = 0
     grounding_unchecked: int = 0
-    config: ValidateConfig = field(default_factory=ValidateConfig)
+    options: ValidateOptions = field(default_factory=ValidateOptions)
+    minhash: MinHashShape = field(default_factory=MinHashShape)
+    evasive_phrases: tuple[str, ...] = DEFAULT_EVASIVE_PHRASES
 
     @property
     def total(self) -> int:
@@ -149,9 +149,9 @@ class ValidationResult:
         if files:
             rep["by_file"] = files
         rep["examples"] = self._examples()
-        cfg = asdict(self.config)
-        cfg["evasive_phrases"] = list(cfg["evasive_phrases"])
-        rep["config"] = cfg
+        rep["config"] = {**self.options.model_dump(), "categories": list(selected_categories(self.options)),
+                         "ngram": self.minhash.ngram, "num_perm": self.minhash.num_perm, "seed": self.minhash.seed,
+                         "evasive_phrases": list(self.evasive_phrases)}
         return rep
 
     def _by_file(self) -> dict[str, Any]:
@@ -294,20 +294,25 @@ def _shingles(text: str, n: int) -> list[bytes]:
 def validate_records(
     records: list[Record],
     chunks: dict[str, str] | None = None,
-    config: ValidateConfig | None = None,
+    options: ValidateOptions | None = None,
+    *,
+    evasive_phrases: tuple[str, ...] = DEFAULT_EVASIVE_PHRASES,
+    minhash: MinHashShape | None = None,
 ) -> ValidationResult:
-    """Filter, ground-check and deduplicate ``records`` (kept in input order)."""
+    """Filter, ground-check and deduplicate ``records`` (kept in input order) with ``kotune
+    validate``'s options (``ValidateOptions``: thresholds, switches, categories)."""
     from datasketch import MinHash, MinHashLSH
 
-    cfg = config or ValidateConfig()
-    cfg.check()
+    cfg = options or ValidateOptions()
+    shape = minhash or MinHashShape()
+    shape.check()
     chunks = chunks or {}
-    evasive = squash_phrases(cfg.evasive_phrases)
+    evasive = squash_phrases(evasive_phrases)
 
     reason_of: dict[int, str] = {}
 
     # 0: the categories asked for; one that no record has is a typo, not an empty selection.
-    selected = {c.strip() for c in cfg.categories if c.strip()}
+    selected = set(selected_categories(cfg))
     if selected:
         present = Counter((r.category or "").strip() for r in records)
         missing = sorted(c for c in selected if c not in present)
@@ -329,7 +334,7 @@ def validate_records(
 
     # 5: grounding (Kiwi) only for survivors.
     checked = unchecked = 0
-    if cfg.check_grounding:
+    if cfg.grounding:
         cache = MorphemeCache()
         for i, rec in enumerate(records):
             if i in reason_of:
@@ -355,7 +360,7 @@ def validate_records(
     # LSH only proposes candidates; its threshold sits a little below the cut
     # (fewer missed pairs, and datasketch rejects thresholds near 1.0), and
     # each candidate is confirmed with the MinHash estimate itself.
-    lsh = MinHashLSH(threshold=min(0.9, max(0.05, cfg.near_dup_threshold - 0.1)), num_perm=cfg.num_perm)
+    lsh = MinHashLSH(threshold=min(0.9, max(0.05, cfg.near_dup_threshold - 0.1)), num_perm=shape.num_perm)
     sketches: dict[str, Any] = {}
     for i, rec in enumerate(records):
         if i in reason_of:
@@ -371,8 +376,8 @@ def validate_records(
             reason_of[i] = "duplicate"
             rec.extra["duplicate_of"] = first
             continue
-        m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
-        m.update_batch(_shingles(q + "\n" + a, cfg.ngram))
+        m = MinHash(num_perm=shape.num_perm, seed=shape.seed)
+        m.update_batch(_shingles(q + "\n" + a, shape.ngram))
         best_key, best = None, -1.0
         for key in sorted(lsh.query(m)):  # candidates; confirm with the estimate itself
             sim = m.jaccard(sketches[key])
@@ -391,7 +396,8 @@ def validate_records(
 
     kept = [rec for i, rec in enumerate(records) if i not in reason_of]
     dropped = [(rec, reason_of[i]) for i, rec in enumerate(records) if i in reason_of]
-    return ValidationResult(kept, dropped, grounding_checked=checked, grounding_unchecked=unchecked, config=cfg)
+    return ValidationResult(kept, dropped, grounding_checked=checked, grounding_unchecked=unchecked, options=cfg,
+                            minhash=shape, evasive_phrases=tuple(evasive_phrases))
 
 
 # --------------------------------------------------------------------------- display
@@ -408,7 +414,7 @@ def render_table(result: ValidationResult):
     table.add_column("count", justify="right")
     table.add_column("share", justify="right")
     for reason in REASONS:
-        if reason == "category_not_selected" and not result.config.categories:
+        if reason == "category_not_selected" and not selected_categories(result.options):
             continue
         n = counts[reason]
         table.add_row(reason, REASON_LABELS[reason], f"{n:,}", _pct(n, total))

@@ -8,13 +8,13 @@ compared, so base and tuned see the same prompt.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from kotune.errors import KotuneError
 from kotune.io import check_input_file, decode_bytes
 from kotune.eval.metrics import split_keywords
+from kotune.options import EvalOptions
 from kotune.records import raw_rows
 
 
@@ -77,110 +77,73 @@ def parse_model_args(specs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-@dataclass
-class EvalSettings:
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int = 42                        # sampling seed (temperature > 0)
-    batch_size: int = 16
-    top_k: int = 3
-    template: str | None = None
-    judge_url: str | None = None          # OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1
-    judge_model: str | None = None
-    judge_api_key_env: str | None = None
-    workers: int = 8                      # concurrent requests per endpoint model
-    api_key_env: str | None = None        # env variable(s) holding endpoint API keys, comma-separated
-    rpm: float | None = None              # requests per minute per key, endpoint models
-    benchmarks: tuple[str, ...] = ()      # lm-eval tasks for the general-ability check (kotune.eval.general)
-    benchmark_data: str | None = None     # folder of task YAMLs and data (machines without hub access)
-    benchmark_limit: int | None = None    # first N documents per task
-    forgetting_margin: float = 0.02       # flag a model that lost more than this against the first
+def benchmark_tasks(options: EvalOptions) -> list[str]:
+    """The lm-eval tasks of ``--benchmark``: repeated, comma-separated or both (``kmmlu,haerae``)."""
+    return [t.strip() for v in options.benchmark for t in v.split(",") if t.strip()]
+
+
+def settings_block(options: EvalOptions) -> dict[str, Any]:
+    """The ``settings`` of metrics.json (a file users read: its keys stay as they are)."""
+    return {"max_new_tokens": options.max_new_tokens, "temperature": options.temperature, "top_p": options.top_p,
+            "repetition_penalty": options.repetition_penalty, "stop": list(options.stop), "seed": options.seed,
+            "batch_size": options.batch_size, "top_k": options.top_k, "template": options.template,
+            "judge_url": options.judge, "judge_model": options.judge_model,
+            "judge_api_key_env": options.judge_api_key_env, "workers": options.workers,
+            "api_key_env": options.api_key_env, "rpm": options.rpm, "benchmarks": benchmark_tasks(options),
+            "benchmark_data": options.benchmark_data, "benchmark_limit": options.benchmark_limit,
+            "forgetting_margin": options.forgetting_margin}
 
 
 def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out_dir: str | Path, *,
-             settings: EvalSettings | None = None, chunks_path: str | None = None,
+             options: EvalOptions, chunks_path: str | None = None,
              log: Callable[[str], None] = print, on_progress: Callable[[str, int], None] | None = None) -> dict[str, Any]:
-    """Answer every question with every model; write responses.jsonl, metrics.json, report.md/html."""
-    from kotune.model.generation import GenerationSettings, Generator
+    """Answer every question with every model (``kotune eval``'s ``options``); write responses.jsonl,
+    metrics.json, report.md/html."""
     from kotune.io import atomic_writer, dumps, write_json
     from kotune.eval.metrics import score_rows
-    from kotune.model.endpoint import EndpointSpec, journal_path, open_endpoint
-    from kotune.model.loading import resolve_model
-    from kotune.model.openai_client import read_api_keys
+    from kotune.model.access import GenerationSettings, open_models
+    from kotune.model.journal import journal_path
+    from kotune.model.retrieval import Retrieval
     from kotune.eval.report import render_html, render_markdown
-    from kotune.model.resolve import decide_template
 
-    settings = settings or EvalSettings()
     out = Path(out_dir)
-    # Resolve every model before any work, so a bad path, a refused --template or an endpoint
-    # that cannot answer (unreachable, key rejected, model not served) fails fast.
-    endpoints = {name: EndpointSpec.parse(spec) for name, spec in models}
-    refs = {name: resolve_model(spec, log=log) for name, spec in models if endpoints[name] is None}
-    for name, spec in models:
-        if name in refs:
-            decide_template(refs[name].run, settings.template, spec=spec)
-    # A model without a run of its own (a plain base, local or behind a server) answers in the
-    # compared run's whole template, system prompts included: byte-identical prompts.
-    own = [r.run.own_template for r in refs.values() if r.run and r.run.own_template]
-    api_keys = read_api_keys(settings.api_key_env, option="--api-key-env") if settings.api_key_env else []
-    opened = {name: open_endpoint(name, spec, template=settings.template, default_template=own[0] if own else None,
-                                  api_keys=api_keys, workers=settings.workers, rpm=settings.rpm)
-              for name, spec in endpoints.items() if spec is not None}
-    runs_of_endpoints = [ep.template for ep in opened.values() if ep.own_template]
-    shared_template = own[0] if own else (runs_of_endpoints[0] if runs_of_endpoints else None)
-    for ep in opened.values():
-        if not ep.own_template:
-            ep.template = decide_template(None, settings.template, default=shared_template, spec=str(ep.spec))
+    # Every model is opened before any work, so a bad path, an unfinished run, a refused
+    # --template or an endpoint that cannot answer fails fast; a plain base answers in the
+    # compared run's whole template (kotune.model.access).
+    opened = open_models(models, template=options.template, api_key_env=options.api_key_env, workers=options.workers,
+                         rpm=options.rpm, batch_size=options.batch_size, log=log)
+    tasks = benchmark_tasks(options)
     manager = None
-    if settings.benchmarks:  # a missing extra or an unknown task is an error before any work
+    if tasks:  # a missing extra or an unknown task is an error before any work
         from kotune.eval.general import task_manager
 
-        manager = task_manager(list(settings.benchmarks), settings.benchmark_data)
+        manager = task_manager(tasks, options.benchmark_data)
 
-    retriever = None
-    if chunks_path:
-        from kotune.model.retrieval import Retriever, format_context
+    passages = Retrieval(chunks_path, options.top_k).for_questions(questions)
+    contexts = [(p.text, p.chunk_ids) for p in passages]
 
-        retriever = Retriever.from_file(chunks_path)
-    contexts: list[tuple[str, list[str]]] = []
-    for q in questions:
-        if retriever is not None and not q["context"]:
-            hits = retriever.search(q["question"], k=settings.top_k)
-            contexts.append((format_context(hits), [h[0]["chunk_id"] for h in hits]))
-        else:
-            contexts.append((q["context"], []))
-
-    gen_settings = GenerationSettings(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                      top_p=settings.top_p, repetition_penalty=settings.repetition_penalty,
-                                      stop=list(settings.stop), seed=settings.seed)
+    gen_settings = GenerationSettings(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
+                                      top_p=options.top_p, repetition_penalty=options.repetition_penalty,
+                                      stop=list(options.stop), seed=options.seed)
     answers: dict[str, list[Any]] = {}
-    prompts_by_model: dict[str, list[str]] = {}
+    prompts_by_model: dict[str, list[Any]] = {}
     timing: dict[str, float] = {}
-    for name, spec in models:
-        if name in opened:
-            ep = opened[name]
-            prompts = [ep.prompt(q["question"], q["input"], category=q["category"], context=ctx or None)
-                       for q, (ctx, _) in zip(questions, contexts)]
-            log(f"{name}: {ep.spec} ({ep.mode}, template {ep.template.name}, {ep.workers} workers)")
-            t0 = time.time()
-            answers[name] = ep.answer(prompts, gen_settings, journal_path(out, name))
-        else:
-            gen = Generator(spec, template=settings.template, default_template=shared_template, log=log)
-            prompts = [gen.prompt(q["question"], q["input"], category=q["category"], context=ctx or None)
-                       for q, (ctx, _) in zip(questions, contexts)]
-            t0 = time.time()
-            answers[name] = gen.generate(prompts, gen_settings, batch_size=settings.batch_size)
-            del gen
+    for name, _ in models:
+        model = opened[name]
+        prompts = [model.prompt(q["question"], q["input"], category=q["category"], context=ctx or None)
+                   for q, (ctx, _) in zip(questions, contexts)]
+        log(f"{name}: {model.describe().get('spec') or model.describe().get('url')} ({model.mode}, template "
+            f"{model.template.name}" + (f", {model.workers} workers)" if model.mode != "local" else ")"))
+        t0 = time.time()
+        # Journaled batch by batch: a killed eval resumes without asking an answered question again.
+        answers[name] = model.answer(prompts, gen_settings, journal=journal_path(out, name))
+        model.close()
         timing[name] = time.time() - t0
         prompts_by_model[name] = prompts
         if on_progress:
             on_progress(name, len(prompts))
 
-    metrics: dict[str, Any] = {"models": {}, "settings": {**settings.__dict__, "stop": list(settings.stop),
-                                                          "benchmarks": list(settings.benchmarks)},
+    metrics: dict[str, Any] = {"models": {}, "settings": settings_block(options),
                                "questions": len(questions), "context": chunks_path}
     responses: list[dict[str, Any]] = []
     per_model_rows: dict[str, list[dict[str, Any]]] = {}
@@ -193,8 +156,8 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
         per_model_rows[name] = scored.pop("per_row")
         scored["answers_per_second"] = round(len(questions) / max(timing[name], 1e-9), 3)
         scored["wall_seconds"] = round(timing[name], 2)
-        scored["mode"] = opened[name].mode if name in opened else "local"
-        if name in opened:
+        scored["mode"] = opened[name].mode
+        if opened[name].mode != "local":
             scored["endpoint"] = opened[name].describe()
         metrics["models"][name] = scored
         metrics["tokenization"] = scored.get("tokenization")
@@ -214,20 +177,19 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
                                           **{k: v for k, v in row.items() if k not in ("errors",)}}
             responses.append(entry)
             f.write(dumps(entry) + "\n")
-    if settings.judge_url:
+    if options.judge:
         from kotune.eval.judge import judge_pairs
 
         if len(models) < 2:
             raise KotuneError("--judge compares models: give at least two")
-        metrics["judge"] = judge_pairs(responses, [n for n, _ in models], url=settings.judge_url,
-                                       judge_model=settings.judge_model or "judge", api_key_env=settings.judge_api_key_env)
+        metrics["judge"] = judge_pairs(responses, [n for n, _ in models], url=options.judge,
+                                       judge_model=options.judge_model or "judge", api_key_env=options.judge_api_key_env)
     if manager is not None:
         from kotune.eval.general import run_benchmarks
 
-        metrics["general_ability"] = run_benchmarks(models, list(settings.benchmarks), manager,
-                                                    limit=settings.benchmark_limit, batch_size=settings.batch_size,
-                                                    margin=settings.forgetting_margin, api_keys=api_keys,
-                                                    workers=settings.workers, log=log)
+        metrics["general_ability"] = run_benchmarks(opened, tasks, manager,
+                                                    limit=options.benchmark_limit, batch_size=options.batch_size,
+                                                    margin=options.forgetting_margin, workers=options.workers, log=log)
     write_json(out / "metrics.json", metrics)
     with atomic_writer(out / "report.md") as f:
         f.write(render_markdown(metrics, responses))

@@ -85,27 +85,22 @@ def endpoint_lm(spec: Any, *, api_key: str | None = None, workers: int = 8) -> t
     return lm, None
 
 
-def run_benchmarks(models: list[tuple[str, str]], tasks: list[str], manager: Any, *, limit: int | None = None,
-                   batch_size: int = 8, margin: float = DEFAULT_MARGIN, api_keys: list[str] | None = None,
-                   workers: int = 8, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every task on every model; ``{"tasks": {task: {"metric", "models": {name: score}}}, ...}``."""
-    from kotune.model.endpoint import EndpointSpec
-    from kotune.model.resolve import load_resolved, resolve
-
+def run_benchmarks(models: dict[str, Any], tasks: list[str], manager: Any, *, limit: int | None = None,
+                   batch_size: int = 8, margin: float = DEFAULT_MARGIN, workers: int = 8,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every task on every model (``{name: Model}`` from :func:`kotune.model.access.open_models`);
+    ``{"tasks": {task: {"metric", "models": {name: score}}}, ...}``."""
     simple_evaluate, HFLM, _ = _lm_eval()
     result: dict[str, Any] = {"tasks": {}, "baseline": None, "margin": margin, "not_run": {}}
-    for name, spec in models:
-        endpoint = EndpointSpec.parse(spec)
-        model = None
-        if endpoint is not None:
-            lm, why = endpoint_lm(endpoint, api_key=(api_keys or [None])[0], workers=workers)
+    for name, opened in models.items():
+        if opened.mode != "local":
+            lm, why = endpoint_lm(opened.spec, api_key=(opened.api_keys or [None])[0], workers=workers)
             if lm is None:
                 result["not_run"][name] = why
                 continue
         else:
-            r = resolve(spec, log=log)
-            model = load_resolved(r)
-            lm = HFLM(pretrained=model, tokenizer=r.tokenizer, batch_size=batch_size, device=r.load.device)
+            lm = HFLM(pretrained=opened.generator.model, tokenizer=opened.tokenizer, batch_size=batch_size,
+                      device=opened.describe()["device"])
         result["baseline"] = result["baseline"] or name
         log(f"general ability: {', '.join(tasks)} on {name} ...")
         out = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=False,
@@ -117,7 +112,8 @@ def run_benchmarks(models: list[tuple[str, str]], tasks: list[str], manager: Any
                 continue
             entry = result["tasks"].setdefault(task, {"metric": metric.split(",")[0], "models": {}})
             entry["models"][name] = round(float(values[metric]), 4)
-        del lm, model
+        del lm
+        opened.close()
     base = result["baseline"]
     result["flagged"] = sorted({f"{name} {task}" for task, e in result["tasks"].items() for name, v in e["models"].items()
                                 if base and name != base and base in e["models"] and e["models"][base] - v > margin})

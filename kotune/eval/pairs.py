@@ -17,35 +17,17 @@ run resumes without asking again; the output is written atomically.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 from kotune.errors import KotuneError
 from kotune.eval.metrics import ERROR_TYPES
+from kotune.options import PairsOptions
 
 NO_EOS = "미종료"  # an answer cut at the length limit (counted with its error types)
 SKIP_REASONS = ("no_flagged_answer", "no_clear_margin", "chosen_fails")
-
-
-@dataclasses.dataclass
-class PairSettings:
-    samples: int = 4
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 256
-    repetition_penalty: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int = 42
-    batch_size: int = 16
-    top_k: int = 3                  # retrieved chunks per question (--context)
-    min_margin: float = 1.0         # badness(rejected) - badness(chosen) a pair must reach
-    chosen: str = "reference"       # reference | sample
-    format: str = "pairs"           # pairs | kto
-    workers: int = 8
 
 
 def badness(scored: dict[str, Any]) -> float:
@@ -68,7 +50,7 @@ def score(answers: list[tuple[str, str | None]], question: dict[str, Any], conte
 
 
 def choose_pair(question: dict[str, Any], samples: list[tuple[str, str | None]], scored: list[dict[str, Any]],
-                settings: PairSettings, rejectable: int | None = None) -> tuple[dict[str, Any] | None, str | None]:
+                options: PairsOptions, rejectable: int | None = None) -> tuple[dict[str, Any] | None, str | None]:
     """The pair for one question, or ``(None, reason)`` (one of :data:`SKIP_REASONS`).
     ``rejectable``: only the first N answers may be rejected (the others may only be chosen)."""
     from kotune.data.validate import text_problem
@@ -79,7 +61,7 @@ def choose_pair(question: dict[str, Any], samples: list[tuple[str, str | None]],
         return None, "no_flagged_answer"
     worst = max(flagged, key=lambda i: (badness(scored[i]), -(scored[i].get("rougeL") or 0.0)))
     reference = question["reference"]
-    if settings.chosen == "reference" and reference:
+    if options.chosen == "reference" and reference:
         chosen, source, chosen_bad = reference, "reference", 0.0
     else:
         clean = [i for i in range(len(scored)) if not flags(scored[i])]
@@ -88,7 +70,7 @@ def choose_pair(question: dict[str, Any], samples: list[tuple[str, str | None]],
         best = min(clean, key=lambda i: (badness(scored[i]), -(scored[i].get("rougeL") or 0.0)))
         chosen, source, chosen_bad = samples[best][0], "sample", badness(scored[best])
     margin = badness(scored[worst]) - chosen_bad
-    if margin < settings.min_margin:
+    if margin < options.min_margin:
         return None, "no_clear_margin"
     if text_problem(question["question"], chosen):
         return None, "chosen_fails"
@@ -111,42 +93,15 @@ def _journal(output: Path, model: str) -> Path:
     return output.with_name(f".{output.name}.samples-{digest}.jsonl")
 
 
-def _answer_local(gen, prompts: list[str], settings, journal: Path, batch_size: int,
-                  on_done: Callable[[int], None]) -> list[tuple[str, str | None]]:
-    """A local model's answers, appended to ``journal`` batch by batch (kotune eval's endpoint
-    journal format and keys: a rerun asks only for answers not yet written)."""
-    from kotune.model.endpoint import answer_key, read_journal
-
-    done = read_journal(journal)
-    keys = [answer_key(p, settings) for p in prompts]
-    todo = [i for i, k in enumerate(keys) if k not in done]
-    on_done(len(prompts) - len(todo))
-    journal.parent.mkdir(parents=True, exist_ok=True)
-    with open(journal, "a", encoding="utf-8") as f:
-        for start in range(0, len(todo), batch_size):
-            idx = todo[start:start + batch_size]
-            answers = gen.generate([prompts[i] for i in idx], settings, batch_size=batch_size)
-            for i, a in zip(idx, answers):
-                done[keys[i]] = {"text": a.text, "finish_reason": a.finish_reason}
-                f.write(json.dumps({"key": keys[i], **done[keys[i]]}, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            on_done(len(idx))
-    return [(done[k]["text"], done[k].get("finish_reason")) for k in keys]
-
-
-def mine(model: str, questions: list[dict[str, Any]], output: Path, settings: PairSettings, *,
-         chunks_path: str | None = None, template: str | None = None, api_key_env: str | None = None,
-         judge: dict[str, Any] | None = None, log=print,
+def mine(model: str, questions: list[dict[str, Any]], output: Path, options: PairsOptions, *,
+         chunks_path: str | None = None, log=print,
          on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Sample, score and pair (module docstring); returns the summary written beside the output."""
-    from kotune.model.endpoint import EndpointSpec, open_endpoint
-    from kotune.model.generation import GenerationSettings, Generator
-    from kotune.model.openai_client import read_api_keys
+    """Sample, score and pair (module docstring) with ``kotune pairs``' ``options``; returns the
+    summary written beside the output."""
+    from kotune.model.access import GenerationSettings, open_model
 
-    contexts = _contexts(questions, chunks_path, settings.top_k)
-    spec = EndpointSpec.parse(model)
-    total = len(questions) * settings.samples
+    contexts = _contexts(questions, chunks_path, options.top_k)
+    total = len(questions) * options.samples
     progress = {"n": 0}
 
     def advance(n: int) -> None:
@@ -155,76 +110,63 @@ def mine(model: str, questions: list[dict[str, Any]], output: Path, settings: Pa
             on_progress(progress["n"], total)
 
     journal = _journal(output, model)
+    opened = open_model(model, name="model", template=options.template, api_key_env=options.api_key_env,
+                        workers=options.workers, batch_size=options.batch_size, log=log)
+    prompts = [opened.prompt(q["question"], q["input"], category=q["category"], context=c or None)
+               for q, c in zip(questions, contexts)]
     per_sample: list[list[tuple[str, str | None]]] = []
-    if spec is not None:
-        keys = read_api_keys(api_key_env, option="--api-key-env") if api_key_env else []
-        ep = open_endpoint("model", spec, template=template, default_template=None, api_keys=keys,
-                           workers=settings.workers)
-        prompts = [ep.prompt(q["question"], q["input"], category=q["category"], context=c or None)
-                   for q, c in zip(questions, contexts)]
-        for s in range(settings.samples):
-            gs = _generation(settings, s, GenerationSettings)
-            per_sample.append([(a.text, a.finish_reason) for a in ep.answer(prompts, gs, journal)])
-            advance(len(prompts))
-    else:
-        gen = Generator(model, template=template, log=log)
-        prompts = [gen.prompt(q["question"], q["input"], category=q["category"], context=c or None)
-                   for q, c in zip(questions, contexts)]
-        for s in range(settings.samples):
-            gs = _generation(settings, s, GenerationSettings)
-            per_sample.append(_answer_local(gen, prompts, gs, journal, settings.batch_size, advance))
+    for s in range(options.samples):
+        gs = _generation(options, s, GenerationSettings)
+        per_sample.append([(a.text, a.finish_reason) for a in opened.answer(prompts, gs, journal=journal, on_done=advance)])
+    opened.close()
 
     pairs, skipped, by_type = [], Counter(), Counter()
     for qi, (q, ctx) in enumerate(zip(questions, contexts)):
-        samples = [per_sample[s][qi] for s in range(settings.samples)]
+        samples = [per_sample[s][qi] for s in range(options.samples)]
         scored = score(samples, q, ctx)
-        pair, reason = choose_pair(q, samples, scored, settings)
+        pair, reason = choose_pair(q, samples, scored, options)
         if pair is None:
             skipped[reason] += 1
             continue
         if ctx and not q["input"]:
             pair["input"] = ctx  # the retrieved context the answers were given (a RAG template's input)
         pairs.append(pair)
-    if judge and pairs:
-        pairs, disagreed = _judged(pairs, judge)
+    if options.judge and pairs:
+        pairs, disagreed = _judged(pairs, options)
         skipped["judge_disagrees"] += disagreed
     for p in pairs:
         for t in p["rejected_errors"]:
             by_type[t] += 1
-    _write(output, pairs, settings.format)
+    _write(output, pairs, options.format)
     journal.unlink(missing_ok=True)
-    return {"questions": len(questions), "samples": settings.samples, "pairs": len(pairs),
-            "skipped": {r: skipped.get(r, 0) for r in (*SKIP_REASONS, *(["judge_disagrees"] if judge else []))},
+    return {"questions": len(questions), "samples": options.samples, "pairs": len(pairs),
+            "skipped": {r: skipped.get(r, 0) for r in (*SKIP_REASONS, *(["judge_disagrees"] if options.judge else []))},
             "rejected_error_types": {t: by_type.get(t, 0) for t in (*ERROR_TYPES, NO_EOS)},
-            "chosen_from": dict(Counter(p["chosen_source"] for p in pairs)), "format": settings.format}
+            "chosen_from": dict(Counter(p["chosen_source"] for p in pairs)), "format": options.format}
 
 
-def _generation(settings: PairSettings, sample: int, cls):
+def _generation(options: PairsOptions, sample: int, cls):
     # One seed per sample pass: answers differ between passes, and a resumed run asks the same.
-    return cls(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
-               repetition_penalty=settings.repetition_penalty, stop=list(settings.stop), seed=settings.seed + sample)
+    return cls(max_new_tokens=options.max_new_tokens, temperature=options.temperature, top_p=options.top_p,
+               repetition_penalty=options.repetition_penalty, stop=list(options.stop), seed=options.seed + sample)
 
 
 def _contexts(questions: list[dict[str, Any]], chunks_path: str | None, top_k: int) -> list[str]:
-    """Each question's context: its own, else the chunks retrieved for it (as kotune eval retrieves)."""
-    if not chunks_path:
-        return [q["context"] or "" for q in questions]
-    from kotune.model.retrieval import Retriever, format_context
+    """Each question's context, by the one rule of :class:`kotune.model.retrieval.Retrieval`."""
+    from kotune.model.retrieval import Retrieval
 
-    retriever = Retriever.from_file(chunks_path)
-    return [q["context"] or (format_context(retriever.search(q["question"], k=top_k)) if not q["input"] else "")
-            for q in questions]
+    return [p.text for p in Retrieval(chunks_path, top_k).for_questions(questions)]
 
 
-def _judged(pairs: list[dict[str, Any]], judge: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+def _judged(pairs: list[dict[str, Any]], options: PairsOptions) -> tuple[list[dict[str, Any]], int]:
     """Pairs the judge also prefers chosen in (both orders, as ``kotune eval --judge`` asks)."""
     from kotune.eval.judge import judge_pairs
 
     responses = [{"id": str(i), "question": p["instruction"], "reference": "",
                   "answers": {"rejected": {"text": p["rejected"]}, "chosen": {"text": p["chosen"]}}}
                  for i, p in enumerate(pairs)]
-    verdict = judge_pairs(responses, ["rejected", "chosen"], url=judge["url"], judge_model=judge["model"],
-                          api_key_env=judge.get("api_key_env"))
+    verdict = judge_pairs(responses, ["rejected", "chosen"], url=options.judge,
+                          judge_model=options.judge_model or "judge", api_key_env=options.judge_api_key_env)
     winners = {q["id"]: q["winner"] for q in verdict["pairs"]["chosen"]["per_question"]}
     kept = [p for i, p in enumerate(pairs) if winners.get(str(i)) == "chosen"]
     return kept, len(pairs) - len(kept)
@@ -245,7 +187,7 @@ def _write(output: Path, pairs: list[dict[str, Any]], fmt: str) -> None:
 
 
 # ---------------------------------------------------------------- from an eval folder
-def from_eval(eval_dir: Path, output: Path, settings: PairSettings, *, model: str | None = None,
+def from_eval(eval_dir: Path, output: Path, options: PairsOptions, *, model: str | None = None,
               chunks_path: str | None = None) -> dict[str, Any]:
     """Pairs from ``kotune eval``'s answers: ``model``'s flagged answer (default: the last
     model evaluated) is rejected; chosen is the reference, or the best unflagged answer of
@@ -274,7 +216,7 @@ def from_eval(eval_dir: Path, output: Path, settings: PairSettings, *, model: st
         scored = [{"errors": e["answers"][n].get("errors", []), "eos": e["answers"][n].get("eos", True),
                    "unsupported_rate": e["answers"][n].get("unsupported_rate"), "rougeL": e["answers"][n].get("rougeL")}
                   for n in order]
-        pair, reason = choose_pair(q, samples, scored, settings, rejectable=1)  # only the target's answer
+        pair, reason = choose_pair(q, samples, scored, options, rejectable=1)  # only the target's answer
         if pair is None:
             skipped[reason] += 1
             continue
@@ -286,8 +228,8 @@ def from_eval(eval_dir: Path, output: Path, settings: PairSettings, *, model: st
         pairs.append(pair)
         for t in pair["rejected_errors"]:
             by_type[t] += 1
-    _write(output, pairs, settings.format)
+    _write(output, pairs, options.format)
     return {"questions": len(entries), "model": target, "pairs": len(pairs),
             "skipped": {r: skipped.get(r, 0) for r in SKIP_REASONS},
             "rejected_error_types": {t: by_type.get(t, 0) for t in (*ERROR_TYPES, NO_EOS)},
-            "chosen_from": dict(Counter(p["chosen_source"] for p in pairs)), "format": settings.format}
+            "chosen_from": dict(Counter(p["chosen_source"] for p in pairs)), "format": options.format}

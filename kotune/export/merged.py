@@ -5,9 +5,10 @@
 ``generation_config.json`` whose ``eos_token_id`` is the run's EOS ids (so
 ``generate()`` and vLLM stop where training taught the model to stop), and a
 copy of ``kotune.json`` (method ``merged``, template kept) so kotune chat, eval
-and serve keep prompting in the training format. For instruction templates the
-tokenizer's chat template is replaced by one that renders that same format,
-so ``vllm serve DIR`` chat requests see the prompts the model was trained on.
+and serve keep prompting in the training format. The tokenizer's chat template
+is replaced by the run template's own (``Template.chat_template``), which renders
+the training prompt for the last user message (passages as ``documents``), so
+``vllm serve DIR`` chat requests see the prompts the model was trained on.
 
 ``--no-merge`` writes nothing (except, with ``-o``, that chat template file)
 and prints the ``vllm serve BASE --enable-lora --lora-modules NAME=OUT`` command.
@@ -25,29 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from kotune.errors import KotuneError
+from kotune.options import EXPORT_DTYPES
 from kotune.model.resolve import Resolved, load_model, resolve
 from kotune.model.runinfo import RunInfo
 from kotune.model.templates import Template
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = EXPORT_DTYPES  # the --dtype registry (kotune.options)
 SKIP_DIRS = {"checkpoints", "logs", "runs"}
-
-
-def instruction_chat_template(template: Template, tokenizer: Any) -> str | None:
-    """A Jinja chat template rendering the last user message in an instruction
-    template's format (what vLLM's chat endpoint applies); None for chat/rag."""
-    if template.name in ("chat", "rag"):
-        return None
-    marker = "\u0000QUESTION\u0000"
-    pre, _, post = template.prompt(marker).partition(marker)
-    with_special = tokenizer("가", add_special_tokens=True)["input_ids"]
-    without = tokenizer("가", add_special_tokens=False)["input_ids"]
-    bos = ("{{ bos_token }}" if len(with_special) > len(without) and tokenizer.bos_token_id is not None
-           and with_special[0] == tokenizer.bos_token_id else "")
-    lit = lambda s: "{{ " + json.dumps(s, ensure_ascii=True) + " }}"  # noqa: E731 - escapes, no Jinja syntax
-    return ("{%- set ns = namespace(q='') -%}"
-            "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.q = m['content'] -%}{%- endif -%}{%- endfor -%}"
-            + bos + lit(pre) + "{{ ns.q }}" + lit(post))
 
 
 def _check_output(output: Path, source: Path, overwrite: bool) -> None:
@@ -161,7 +146,7 @@ def _no_merge(src: Path, out: Path | None, resolved: Resolved, is_adapter: bool,
         log(f"warning: the adapter also trains {', '.join(cfg['modules_to_save'])} (modules_to_save), which vLLM's "
             "LoRA serving does not load; export with --merge instead")
     written = None
-    jinja = instruction_chat_template(template, resolved.tokenizer)
+    jinja = template.chat_template(resolved.tokenizer)
     if jinja is not None:
         if out is not None:
             if out.exists() and not out.is_dir():
@@ -190,7 +175,7 @@ def _save_generation_config(model, eos: list[int], pad: int | None) -> None:
 
 
 def _finish_tokenizer(tokenizer, template: Template) -> None:
-    jinja = instruction_chat_template(template, tokenizer)
+    jinja = template.chat_template(tokenizer)
     if jinja is not None:
         tokenizer.chat_template = jinja
 

@@ -25,18 +25,16 @@ honouring ``Retry-After``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
-import os
 import queue
 import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from kotune.errors import KotuneError
 from kotune.model.generation import Answer, GenerationSettings
+from kotune.model.journal import answer_key, open_journal, read_journal, write_answer
 from kotune.model.openai_client import OpenAIClient, RequestFailed
 from kotune.model.resolve import decide_template
 from kotune.model.runinfo import RunInfo
@@ -101,43 +99,44 @@ class EndpointModel:
             return self.template.prompt(question, input, category=category, context=context)
         return self.template.messages(question, input, category=category, context=context, history=history)
 
+    @property
+    def multi_turn(self) -> bool:
+        """Chat mode keeps the conversation (the server's chat template sees every turn)."""
+        return self.mode == "chat"
+
     # ------------------------------------------------------------ answers
-    def ask(self, prompt: Any, settings: GenerationSettings) -> Answer:
-        """One answer, not journaled (kotune chat)."""
-        async def one() -> Answer:
-            async with self._client() as client:
-                try:
-                    return await self._ask(client, prompt, settings)
-                except RequestFailed as e:
-                    raise KotuneError(f"model {self.name} ({self.spec}): {e}") from None
-
-        return asyncio.run(one())
-
-    def answer(self, prompts: list[Any], settings: GenerationSettings, journal: Path) -> list[Answer]:
-        """Every prompt's answer, in order; answers already in ``journal`` are not asked again."""
+    def answer(self, prompts: list[Any], settings: GenerationSettings, *, journal: Path | None = None,
+               on_done: Callable[[int], None] | None = None) -> list[Answer]:
+        """Every prompt's answer, in order, ``workers`` requests at a time; answers already in
+        ``journal`` are not asked again and new ones are appended as they arrive."""
         done = read_journal(journal)
         keys = [answer_key(p, settings) for p in prompts]
         todo = [(i, p) for i, (p, k) in enumerate(zip(prompts, keys)) if k not in done]
+        if on_done and len(prompts) > len(todo):
+            on_done(len(prompts) - len(todo))
         if todo:
-            journal.parent.mkdir(parents=True, exist_ok=True)
-            with open(journal, "a", encoding="utf-8") as f:
-                asyncio.run(self._ask_all(todo, keys, settings, f, done))
+            f = open_journal(journal) if journal is not None else None
+            try:
+                asyncio.run(self._ask_all(todo, keys, settings, f, done, on_done))
+            finally:
+                if f is not None:
+                    f.close()
         self.requests = len(todo)
-        return [Answer(**done[k]) for k in keys]
+        return [done[k] for k in keys]
 
-    async def _ask_all(self, todo, keys, settings: GenerationSettings, f, done: dict[str, dict]) -> None:
+    async def _ask_all(self, todo, keys, settings: GenerationSettings, f, done: dict[str, Answer],
+                       on_done: Callable[[int], None] | None) -> None:
         client = self._client()
         gate = asyncio.Semaphore(self.workers)
 
         async def one(i: int, prompt: Any) -> None:
             async with gate:
                 answer = await self._ask(client, prompt, settings)
-            row = {"text": answer.text, "finish_reason": answer.finish_reason, "prompt_tokens": answer.prompt_tokens,
-                   "completion_tokens": answer.completion_tokens}
-            done[keys[i]] = row
-            f.write(json.dumps({"key": keys[i], **row}, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())  # a kill -9 loses only the answers in flight
+            done[keys[i]] = answer
+            if f is not None:
+                write_answer(f, keys[i], answer)
+            if on_done:
+                on_done(1)
 
         async with client:
             try:
@@ -216,42 +215,33 @@ class EndpointModel:
         return OpenAIClient(self.spec.url, self.spec.model, api_keys=self.api_keys, rpm=self.rpm,
                             max_connections=self.workers, name=f"model {self.name}:")
 
+    def close(self) -> None:
+        """Nothing is held between requests (every answer opens its own connections)."""
+
     def describe(self) -> dict[str, Any]:
         """How the model was asked (metrics.json ``models.NAME.endpoint``)."""
         return {"url": self.spec.url, "model": self.spec.model, "run": self.spec.run, "mode": self.mode,
                 "template": self.template.name, "requests": self.requests}
 
 
-def answer_key(prompt: Any, settings: GenerationSettings) -> str:
-    what = {"prompt": prompt, "max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
-            "top_p": settings.top_p, "stop": list(settings.stop), "seed": settings.seed,
-            "repetition_penalty": settings.repetition_penalty}
-    return hashlib.sha256(json.dumps(what, ensure_ascii=False, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+@dataclass
+class Probed:
+    """An endpoint checked (reachable, key accepted, model served) and what it says of itself:
+    the kotune run behind it (``@RUN``, or announced by kotune serve in ``/v1/models``)."""
+
+    name: str
+    spec: EndpointSpec
+    run: RunInfo | None              # the record named by @RUN
+    own: RunInfo | None              # the run whose template the endpoint answers in (@RUN or announced)
+    announced: bool
+
+    @property
+    def own_template(self) -> Template | None:
+        return self.own.own_template if self.own else None
 
 
-def read_journal(path: Path) -> dict[str, dict]:
-    done: dict[str, dict] = {}
-    if not path.exists():
-        return done
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # the line a kill cut off
-        key = row.pop("key", None)
-        if key:
-            done[key] = row
-    return done
-
-
-def journal_path(out: Path, name: str) -> Path:
-    return Path(out) / f".answers-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}.jsonl"
-
-
-def open_endpoint(name: str, spec: EndpointSpec, *, template: str | None, default_template: Template | None,
-                  api_keys: list[str] | None = None, workers: int = 8, rpm: float | None = None) -> EndpointModel:
-    """Check the endpoint before any generation (reachable, key accepted, model served: else
-    one error line naming the model) and decide its mode and template (module docstring)."""
+def probe_endpoint(name: str, spec: EndpointSpec, *, api_keys: list[str] | None = None) -> Probed:
+    """Check the endpoint before any generation: else one error line naming the model."""
     run = None
     if spec.run:
         run = RunInfo.read(spec.run)
@@ -271,13 +261,23 @@ def open_endpoint(name: str, spec: EndpointSpec, *, template: str | None, defaul
     announced = entry.get("kotune") if isinstance(entry.get("kotune"), dict) else None
     own = run if run is not None else (RunInfo(template=announced["template"])  # a run behind kotune serve
                                        if announced and announced.get("template") else None)
-    tmpl = decide_template(own, template, default=default_template, spec=str(spec))
+    return Probed(name, spec, run, own, announced is not None)
+
+
+def endpoint_model(probed: Probed, *, template: str | None, default_template: Template | None,
+                   api_keys: list[str] | None = None, workers: int = 8, rpm: float | None = None) -> EndpointModel:
+    """The endpoint's mode and template, decided once (module docstring)."""
+    spec, name = probed.spec, probed.name
+    tmpl = decide_template(probed.own, template, default=default_template, spec=str(spec))
     # The prompt is rendered here only for a server that serves it as trained: a run named
     # by @RUN, or kotune serve (which announces itself); chat templates need the server's tokenizer.
-    mode = spec.mode or ("completions" if (run is not None or announced is not None) and tmpl.name != "chat" else "chat")
-    if mode == "completions" and tmpl.name == "chat":
+    served_as_trained = probed.run is not None or probed.announced
+    mode = spec.mode or ("completions" if served_as_trained and not tmpl.is_chat else "chat")
+    if mode == "completions" and tmpl.is_chat:
         raise KotuneError(f"model {name}: the chat template is rendered by the server's tokenizer: use ?mode=chat")
-    return EndpointModel(name, spec, mode, tmpl, run, own is not None, list(api_keys or []), max(1, workers), rpm)
+    return EndpointModel(name, spec, mode, tmpl, probed.run, probed.own is not None, list(api_keys or []),
+                         max(1, workers), rpm)
 
 
-__all__ = ["EndpointModel", "EndpointSpec", "MODES", "PREFIX", "is_endpoint", "journal_path", "open_endpoint"]
+__all__ = ["EndpointModel", "EndpointSpec", "MODES", "PREFIX", "Probed", "endpoint_model", "is_endpoint",
+           "probe_endpoint"]

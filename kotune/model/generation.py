@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from kotune.model.loading import ModelRef
+from kotune.model.resolve import ModelRef
 from kotune.model.resolve import Resolved, load_resolved, resolve
 from kotune.model.templates import Template, encode_prompt
 
@@ -32,6 +32,9 @@ class Answer:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    # The generated token ids the text was decoded from (before EOS; stop strings not cut):
+    # kotune serve's log-probabilities. None where unknown (an endpoint's answer).
+    tokens: list[int] | None = field(default=None, repr=False, compare=False)
 
 
 def find_stop(text: str, stops: Sequence[str]) -> int | None:
@@ -267,4 +270,4 @@ class Generator:
         k = find_stop(text, settings.stop)
         if k is not None:
             text, finish = text[:k], "stop"
-        return Answer(text.strip(), finish, prompt_len, len(body) + (1 if finish == "eos" else 0))
+        return Answer(text.strip(), finish, prompt_len, len(body) + (1 if finish == "eos" else 0), tokens=body)

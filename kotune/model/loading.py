@@ -24,13 +24,11 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from kotune.errors import KotuneError
-from kotune.model.runinfo import RunInfo
 
 BUILTIN_TINY = "builtin:tiny-ko"
 TINY_VERSION = "tiny-ko-v2"
@@ -172,7 +170,7 @@ def ensure_tiny_ko(log=print) -> Path:
 GGUF_MARKER = "kotune_gguf.json"
 
 
-def _gguf_dir(sha: str) -> Path:
+def gguf_dir(sha: str) -> Path:
     """Where the converted model of a GGUF file with this SHA-256 is cached."""
     return kotune_home() / "models" / f"gguf-{sha[:16]}"
 
@@ -261,7 +259,7 @@ def ensure_gguf(path: str | Path, log=print) -> Path:
         if f.read(4) != b"GGUF":
             raise KotuneError("not a GGUF file (no GGUF magic bytes at its start)", path=path)
     sha = _gguf_sha256(src)
-    dest = _gguf_dir(sha)
+    dest = gguf_dir(sha)
     if (dest / GGUF_MARKER).exists():
         return dest
     import importlib.util
@@ -302,17 +300,7 @@ def ensure_gemma(log=print) -> Path:
     return ensure_gguf(gemma_gguf_file(log=log), log=log)
 
 
-# ---------------------------------------------------------------- resolving a model argument
-@dataclass
-class ModelRef:
-    """What a model argument points at."""
-
-    spec: str                # as the user wrote it
-    base: str                # HF id or local folder of the base weights
-    adapter: str | None      # folder holding a PEFT adapter, if any
-    run: RunInfo | None = None  # the run record of a kotune output
-
-
+# ---------------------------------------------------------------- base model arguments
 # How the builtin toy model is trained by default. A 3.4M-parameter model needs
 # ~10x the LoRA step size of a 1B+ model, adapters on the MLP too (attention-only
 # rank-16 LoRA barely moves it), and ~6x the passes to learn a few dozen answers
@@ -341,15 +329,6 @@ def resolve_base(spec: str, log=print) -> str:
     return spec
 
 
-def run_base(run: RunInfo, log=print) -> str:
-    """The base folder of a finished run. A GGUF base is found by the hash its record
-    names, so a run keeps loading after its .gguf file moves or the cwd changes."""
-    sha = run.gguf_sha256
-    if sha and (_gguf_dir(sha) / GGUF_MARKER).exists():
-        return str(_gguf_dir(sha))
-    return resolve_base(run.base_model, log)
-
-
 def base_source(spec: str) -> dict[str, Any] | None:
     """The file behind a base model argument, for the run record: a GGUF file (given
     or builtin) with its hash; None for HF ids, folders and tiny-ko."""
@@ -358,39 +337,6 @@ def base_source(spec: str) -> dict[str, Any] | None:
     if is_gguf(spec) and Path(spec).exists():
         return {"gguf": gguf_info(spec)}
     return None
-
-
-def adapter_base(folder: str | Path, log=print) -> str:
-    """The base model a PEFT adapter folder names (``base_model_name_or_path``)."""
-    cfg = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
-    return resolve_base(cfg.get("base_model_name_or_path") or "", log)
-
-
-def resolve_model(spec: str, log=print) -> ModelRef:
-    """A HF id, a local model folder, a kotune output (base + adapter), a ``.gguf`` file or a builtin."""
-    path = Path(spec)
-    if spec.startswith("builtin:") or is_gguf(spec):
-        return ModelRef(spec, resolve_base(spec, log), None)
-    if path.exists():
-        if not path.is_dir():
-            raise KotuneError("a model must be a folder, a .gguf file, a Hugging Face id or a builtin: "
-                              f"{', '.join(BUILTINS)}", path=spec)
-        run = RunInfo.read(path)
-        if run is not None:
-            adapter = str(path) if (path / "adapter_config.json").exists() else None
-            if adapter is None and run.is_full_weights:
-                return ModelRef(spec, str(path), None, run)
-            if not run.base_model and adapter:  # an older record without base: the adapter names it
-                return ModelRef(spec, adapter_base(path, log), adapter, run)
-            return ModelRef(spec, run_base(run, log), adapter, run)
-        if (path / "adapter_config.json").exists():
-            return ModelRef(spec, adapter_base(path, log), str(path))
-        if not (path / "config.json").exists():
-            raise KotuneError("folder holds no model (no config.json, adapter_config.json or kotune.json)", path=spec)
-        return ModelRef(spec, str(path), None)
-    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise KotuneError("no such model folder", path=spec)
-    return ModelRef(spec, spec, None)  # a Hugging Face id
 
 
 # ---------------------------------------------------------------- devices and loading

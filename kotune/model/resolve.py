@@ -16,13 +16,74 @@ models without a run of their own (plain base models).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from kotune.errors import KotuneError
-from kotune.model.loading import ModelRef, load_causal_lm, load_tokenizer, pick_device, pick_dtype, resolve_model
+from kotune.model.loading import (BUILTINS, GGUF_MARKER, gguf_dir, is_gguf, load_causal_lm, load_tokenizer, pick_device,
+                                  pick_dtype, resolve_base)
 from kotune.model.runinfo import RunInfo
 from kotune.model.templates import FALLBACK_CHAT_TEMPLATE, Template, eos_ids, get_template
+
+
+@dataclass
+class ModelRef:
+    """What a model argument points at."""
+
+    spec: str                # as the user wrote it
+    base: str                # HF id or local folder of the base weights
+    adapter: str | None      # folder holding a PEFT adapter, if any
+    run: RunInfo | None = None  # the run record of a kotune output
+
+
+def run_base(run: RunInfo, log=print) -> str:
+    """The base folder of a finished run. A GGUF base is found by the hash its record
+    names, so a run keeps loading after its .gguf file moves or the cwd changes."""
+    sha = run.gguf_sha256
+    if sha and (gguf_dir(sha) / GGUF_MARKER).exists():
+        return str(gguf_dir(sha))
+    return resolve_base(run.base_model, log)
+
+
+def adapter_base(folder: str | Path, log=print) -> str:
+    """The base model a PEFT adapter folder names (``base_model_name_or_path``)."""
+    cfg = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
+    return resolve_base(cfg.get("base_model_name_or_path") or "", log)
+
+
+def resolve_model(spec: str, log=print, *, require_finished: bool = False) -> ModelRef:
+    """A HF id, a local model folder, a kotune output (base + adapter), a ``.gguf`` file or a builtin.
+
+    ``require_finished``: a kotune output whose training has not finished (running, failed,
+    killed) is refused in one line; everything that answers with a model asks for this
+    (the doctor and the studio's data page read unfinished runs too)."""
+    path = Path(spec)
+    if spec.startswith("builtin:") or is_gguf(spec):
+        return ModelRef(spec, resolve_base(spec, log), None)
+    if path.exists():
+        if not path.is_dir():
+            raise KotuneError("a model must be a folder, a .gguf file, a Hugging Face id or a builtin: "
+                              f"{', '.join(BUILTINS)}", path=spec)
+        run = RunInfo.read(path)
+        if run is not None:
+            if require_finished:
+                run = RunInfo.finished(path)
+            adapter = str(path) if (path / "adapter_config.json").exists() else None
+            if adapter is None and run.is_full_weights:
+                return ModelRef(spec, str(path), None, run)
+            if not run.base_model and adapter:  # an older record without base: the adapter names it
+                return ModelRef(spec, adapter_base(path, log), adapter, run)
+            return ModelRef(spec, run_base(run, log), adapter, run)
+        if (path / "adapter_config.json").exists():
+            return ModelRef(spec, adapter_base(path, log), str(path))
+        if not (path / "config.json").exists():
+            raise KotuneError("folder holds no model (no config.json, adapter_config.json or kotune.json)", path=spec)
+        return ModelRef(spec, str(path), None)
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise KotuneError("no such model folder", path=spec)
+    return ModelRef(spec, spec, None)  # a Hugging Face id
 
 
 @dataclass(frozen=True)
@@ -73,8 +134,16 @@ def decide_template(run: RunInfo | None, override: str | None, *, default: Templ
     return default or get_template("kotune")
 
 
+def run_template(spec: str | Path) -> Template | None:
+    """The template a kotune output folder was trained with (None for anything else): what a
+    plain base asked beside it answers in (the default-template rule: the first run's)."""
+    info = RunInfo.read(spec) if spec and Path(spec).is_dir() else None
+    return info.own_template if info else None
+
+
 def resolve(spec: str, *, template: str | None = None, default_template: Template | None = None,
-            instruct_chat: bool = False, device: str | None = None, log: Callable[[str], None] = print) -> Resolved:
+            instruct_chat: bool = False, device: str | None = None, log: Callable[[str], None] = print,
+            require_finished: bool = False, ref: ModelRef | None = None) -> Resolved:
     """Decide everything about ``spec`` (see the module docstring). Loads only the tokenizer.
 
     ``default_template``: the template of a model without a run and without
@@ -82,7 +151,7 @@ def resolve(spec: str, *, template: str | None = None, default_template: Templat
     byte-identical prompts). ``instruct_chat``: such a model that ships its own chat
     template is queried through it (the ``hf:`` teacher talking to an instruct model).
     """
-    ref = resolve_model(spec, log=log)
+    ref = ref or resolve_model(spec, log=log, require_finished=require_finished)
     run = ref.run
     tmpl = decide_template(run, template, default=default_template, spec=spec)  # refused before anything loads
     trust = run.trust_remote_code if run else False

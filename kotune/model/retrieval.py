@@ -35,7 +35,9 @@ from typing import Any, Iterable
 from kotune.korean import CONTENT_TAGS, morphemes
 from kotune.records import load_chunks
 
-__all__ = ["Retriever", "format_context", "tokens"]
+__all__ = ["DEFAULT_TOP_K", "Passages", "Retrieval", "Retriever", "format_context", "tokens"]
+
+DEFAULT_TOP_K = 3
 
 
 def tokens(text: str) -> list[str]:
@@ -122,3 +124,59 @@ def format_context(hits: Iterable[tuple[dict[str, Any], float]]) -> str:
         head = f"[문서 {i}] ({where})" if where else f"[문서 {i}]"
         parts.append(f"{head}\n{str(chunk.get('text') or '').strip()}")
     return "\n\n".join(parts)
+
+
+# ---------------------------------------------------------------- retrieval → context, the one rule
+class Passages:
+    """The passages one question is asked with: the text put in the prompt (``[문서 n]``
+    blocks, or the question's own context) and the ids of the chunks retrieved."""
+
+    __slots__ = ("text", "chunk_ids")
+
+    def __init__(self, text: str = "", chunk_ids: list[str] | None = None):
+        self.text = text
+        self.chunk_ids = list(chunk_ids or [])
+
+    def __bool__(self) -> bool:
+        return bool(self.text)
+
+    def __repr__(self) -> str:
+        return f"Passages({self.text[:40]!r}, {self.chunk_ids})"
+
+
+class Retrieval:
+    """Retrieval to context, for every consumer (eval, pairs, chat, serve, the studio, and
+    training-data builders), with one rule:
+
+    1. a question that brings its own ``context`` is asked with it, as it is;
+    2. a question that brings an ``input`` (the text to summarise, a dialogue, a record's
+       passages) is asked with that input and nothing is retrieved: a template puts the
+       context *in place of* the input, so retrieving would drop what the question is about;
+    3. otherwise, with a chunks file, the ``k`` best chunks for the question text (BM25 over
+       Kiwi morphemes, :class:`Retriever`), numbered ``[문서 1]``..``[문서 k]`` best first, each
+       headed by its breadcrumbs (:func:`format_context`);
+    4. without a chunks file, or when no chunk shares a word with the question: no context.
+    """
+
+    def __init__(self, chunks: str | Path | None = None, k: int = DEFAULT_TOP_K, *, retriever: Retriever | None = None):
+        self.source = str(chunks) if chunks else None
+        self.k = k
+        self.retriever = retriever if retriever is not None else (Retriever.from_file(chunks) if chunks else None)
+
+    @property
+    def active(self) -> bool:
+        return self.retriever is not None
+
+    def passages(self, question: str, *, input: str = "", context: str = "") -> Passages:
+        if context:
+            return Passages(context)
+        if input or self.retriever is None:
+            return Passages()
+        hits = self.retriever.search(question, k=self.k)
+        return Passages(format_context(hits), [str(c["chunk_id"]) for c, _ in hits])
+
+    def for_questions(self, questions: Iterable[dict[str, Any]]) -> list[Passages]:
+        """Each question's passages (``question``, ``input`` and ``context`` fields as
+        :func:`kotune.eval.evaluate.load_questions` reads them)."""
+        return [self.passages(q["question"], input=q.get("input") or "", context=q.get("context") or "")
+                for q in questions]

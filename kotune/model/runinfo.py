@@ -189,6 +189,11 @@ class RunInfo(_Part):
     def lora_targets(self) -> list[str] | None:
         return self.config.get("lora_targets")
 
+    def config_differences(self, fingerprint: dict[str, Any]) -> list[str]:
+        """The settings in ``fingerprint`` this run was trained with other values of (a resume
+        with other settings would train a different model)."""
+        return sorted(k for k, v in fingerprint.items() if self.config.get(k) != v)
+
     @property
     def gguf_sha256(self) -> str | None:
         """The hash of the GGUF file the base came from (found again after the file moves)."""

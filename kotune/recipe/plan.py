@@ -43,8 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from kotune import __version__
 from kotune.recipe import steps
 from kotune.errors import KotuneError
-from kotune.options import (PREFERENCE_METHODS, EvalOptions, GenerateOptions, PairsOptions, PrepareOptions,
-                            SplitOptions, TrainOptions, ValidateOptions, problem)
+from kotune.options import (PREFERENCE_METHODS, DoctorOptions, EvalOptions, GenerateOptions, PairsOptions,
+                            PrepareOptions, RunOptions, SplitOptions, TrainOptions, ValidateOptions, problem)
 from kotune.model.runinfo import RunInfo
 from kotune.eval.report import METRICS as REPORT_METRICS
 
@@ -91,8 +91,9 @@ class TrainStep(TrainOptions):
     system_prompts: dict[str, str] = Field(default_factory=dict)
 
 
-class DoctorStep(_Strict):
-    """Pitfall check of ``OUT/model`` (no settings)."""
+class DoctorStep(DoctorOptions):
+    """Pitfall check of ``OUT/model``; the fields are ``kotune doctor``'s options (usually none:
+    a kotune run is checked with its own template, length and targets)."""
 
 
 class PairsStep(PairsOptions):
@@ -143,7 +144,7 @@ class Steps(_Strict):
 class Recipe(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     description: str = ""
-    base_model: str = "builtin:tiny-ko"
+    base_model: str = TrainOptions.default_base_model
     steps: Steps
     # Named sets of overrides for another base model (``kotune run R --profile gemma``):
     # settings that suit that model live in the recipe, not in code. Merged into the
@@ -287,6 +288,13 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, profile
     return plan
 
 
+def load_run(path: str | Path, opts: RunOptions) -> "Plan":
+    """``kotune run``'s recipe: :func:`load_recipe` with ``opts``' profile, base model and
+    overrides (``--set`` items, then the ``--method``/``--preset``/``--epochs``/``--max-steps``
+    shortcuts)."""
+    return load_recipe(path, opts.overrides(), profile=opts.profile, base_model=opts.base_model)
+
+
 # ---------------------------------------------------------------- plan
 @dataclass
 class StepCall:
@@ -337,6 +345,10 @@ class Plan:
         self.recipe = recipe
         self.path = path
         self.root = path.parent
+
+    def output(self, given: str | Path | None = None) -> Path:
+        """The run folder: the one given (``--output``), else ``runs/<recipe name>``."""
+        return Path(given) if given else Path("runs") / self.recipe.name
 
     def rel(self, value: str) -> Path:
         p = Path(value).expanduser()
@@ -441,8 +453,9 @@ class Plan:
         if s.doctor:
             if produced["model"] is None:
                 raise KotuneError("steps.doctor: needs a train step", path=self.path)
-            calls.append(StepCall("doctor", ["doctor", str(produced["model"])], [produced["model"]], [],
-                                  run=lambda m=produced["model"]: steps.doctor(m)))
+            d = s.doctor
+            calls.append(StepCall("doctor", ["doctor", str(produced["model"]), *_flags(d, set())], [produced["model"]],
+                                  [], run=lambda d=d, m=produced["model"]: steps.doctor(m, d)))
         if s.pairs:
             pa = s.pairs
             if produced["model"] is None:
@@ -592,8 +605,8 @@ class StepResult:
 
 
 # ---------------------------------------------------------------- running
-def run_recipe(plan: Plan, out: Path, *, force: bool = False, log: Callable[[str], None] = print,
-               header: Callable[[str], None] | None = None) -> list[StepResult]:
+def run_recipe(plan: Plan, out: Path, *, force: bool = RunOptions.default("force"),
+               log: Callable[[str], None] = print, header: Callable[[str], None] | None = None) -> list[StepResult]:
     """Run every step not up to date: its step function (:mod:`kotune.recipe.steps`) with the recipe's
     options, after printing the equivalent ``kotune`` command line."""
     calls = plan.calls(out)  # checks every input before any work starts

@@ -1,4 +1,4 @@
-"""The pipeline's steps as functions: prepare, generate, validate, split, train, doctor, eval.
+"""The pipeline's steps as functions: prepare, generate, validate, split, train, doctor, pairs, eval, score.
 
 Each takes its files and its options model (:mod:`kotune.options`) and does the
 step, progress and summary included. The ``kotune`` commands parse the command
@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from kotune.errors import KotuneError
-from kotune.options import (EvalOptions, GenerateOptions, PairsOptions, PrepareOptions, SplitOptions, TrainOptions,
-                            ValidateOptions)
+from kotune.options import (DoctorOptions, EvalOptions, GenerateOptions, PairsOptions, PrepareOptions, ScoreOptions,
+                            SplitOptions, TrainOptions, ValidateOptions)
 from kotune.ui import console, done, warn
 from kotune.ui import progress as _progress
 
@@ -58,19 +58,12 @@ def generate(chunks_file: Path, output: Path, opts: GenerateOptions, *, shard: s
     from kotune.data.generate import generate_file, make_teacher, parse_shard, shard_chunks
     from kotune.records import load_chunks
 
-    is_url = opts.teacher.startswith(("http://", "https://"))
-    options: dict = {"workers": opts.workers, "max_tokens": opts.max_new_tokens}
-    if is_url:
-        from kotune.model.openai_client import read_api_keys
-
-        options.update(api_keys=read_api_keys(opts.api_key_env), max_retries=opts.max_retries, rpm=opts.rpm,
-                       timeout=opts.timeout, temperature=opts.temperature)
-    elif opts.api_key_env or opts.rpm:
+    if not opts.teacher.startswith(("http://", "https://")) and (opts.api_key_env or opts.rpm):
         warn("--api-key-env and --rpm only apply to a URL teacher; ignored")
     every = load_chunks(chunks_file)
     sh = parse_shard(shard)
     chunks = shard_chunks(every, sh)
-    t = make_teacher(opts.teacher, opts.model, **options)
+    t = make_teacher(opts)
     if not chunks:
         raise KotuneError(f"shard {shard} of {len(every)} chunks is empty")
     stats = t.stats
@@ -117,7 +110,7 @@ def validate(inputs: list[Path], output: Path, opts: ValidateOptions, *, report:
              dropped: Path | None = None) -> None:
     """Merge QA files; drop missing, duplicate, near-duplicate, short, incomplete, evasive and ungrounded records."""
     from kotune.data.preferences import is_preference_file
-    from kotune.data.validate import ValidateConfig, render_tables, validate_records
+    from kotune.data.validate import render_tables, validate_records
     from kotune.io import write_json
     from kotune.records import load_chunks, read_records, write_records
 
@@ -133,12 +126,8 @@ def validate(inputs: list[Path], output: Path, opts: ValidateOptions, *, report:
             r.extra["_file"] = str(path)
             records.append(r)
     chunks = {c["chunk_id"]: c["text"] for c in load_chunks(chunks_file)} if chunks_file else None
-    config = ValidateConfig(min_answer_chars=opts.min_answer_chars, near_dup_threshold=opts.near_dup_threshold,
-                            min_grounding=opts.min_grounding, check_grounding=opts.grounding,
-                            one_answer_per_prompt=opts.one_answer_per_prompt,
-                            categories=tuple(c.strip() for v in opts.categories for c in v.split(",") if c.strip()))
     with console.status(f"validating {len(records)} records"):
-        result = validate_records(records, chunks, config)
+        result = validate_records(records, chunks, opts)
     for table in render_tables(result):
         console.print(table)
     if not result.kept:
@@ -252,10 +241,10 @@ def train(opts: TrainOptions, *, base_model: str | None, data: Path, output_dir:
              f"eval loss {f.eval_loss}{extra} → {output_dir}")
 
 
-def doctor(run_dir: Path | None = None, *, base_model: str | None = None, data: Path | None = None,
-           template: str | None = None, max_length: int | None = None, lora_targets: list[str] | None = None,
-           pad_token: str | None = None, loss_on: str | None = None, inference_template: str | None = None) -> int:
-    """Check a fine-tuning setup for the classic pitfalls; 1 when a problem is found, else 0."""
+def doctor(run_dir: Path | None, opts: DoctorOptions, *, base_model: str | None = None,
+           data: Path | None = None) -> int:
+    """Check a fine-tuning setup (a run folder, or a base model and data) for the classic pitfalls;
+    1 when a problem is found, else 0."""
     from rich.table import Table
 
     from kotune.train.doctor import DoctorSetup, diagnose
@@ -266,9 +255,8 @@ def doctor(run_dir: Path | None = None, *, base_model: str | None = None, data: 
         raise KotuneError("no such folder", path=run_dir)
     if data is not None and not Path(data).exists():
         raise KotuneError("no such file", path=data)
-    setup = DoctorSetup(base_model=base_model, data=str(data) if data else None, template=template,
-                        run_dir=str(run_dir) if run_dir else None, max_length=max_length, lora_targets=lora_targets,
-                        pad_token=pad_token, loss_on=loss_on, inference_template=inference_template)
+    setup = DoctorSetup(**opts.model_dump(include=set(DoctorOptions.model_fields)), base_model=base_model,
+                        data=str(data) if data else None, run_dir=str(run_dir) if run_dir else None)
     findings = diagnose(setup, log=_log)
     table = Table(title="kotune doctor", show_lines=False)
     table.add_column("check")
@@ -289,32 +277,27 @@ def doctor(run_dir: Path | None = None, *, base_model: str | None = None, data: 
 
 
 def pairs(model: str | None, output: Path, opts: PairsOptions, *, questions: Path | None = None,
-          from_eval: Path | None = None, context: Path | None = None, template: str | None = None,
-          api_key_env: str | None = None, judge: str | None = None, judge_model: str | None = None,
-          judge_api_key_env: str | None = None) -> None:
+          from_eval: Path | None = None, context: Path | None = None) -> None:
     """Preference pairs from a model's flagged answers (sampled now, or from an eval folder)."""
     from rich.table import Table
 
     from kotune.eval.evaluate import load_questions
-    from kotune.eval.pairs import PairSettings, from_eval as pairs_from_eval, mine
+    from kotune.eval.pairs import from_eval as pairs_from_eval, mine
 
     if (questions is None) == (from_eval is None):
         raise KotuneError("give --questions (with --model) to sample answers, or --from-eval EVAL to use an eval's answers")
     if context is not None and not Path(context).exists():
         raise KotuneError("no such file", path=context)
-    settings = PairSettings(**opts.model_dump(include=set(PairsOptions.model_fields) - {"stop"}), stop=tuple(opts.stop))
     if from_eval is not None:
-        summary = pairs_from_eval(Path(from_eval), output, settings, model=model,
+        summary = pairs_from_eval(Path(from_eval), output, opts, model=model,
                                   chunks_path=str(context) if context else None)
     else:
         if model is None:
             raise KotuneError("--model: which model answers (a kotune run, base model or openai:URL#MODEL)")
         qs = load_questions(questions)
-        judge_cfg = {"url": judge, "model": judge_model or "judge", "api_key_env": judge_api_key_env} if judge else None
         with progress() as bar:
             task = bar.add_task(f"sampling {opts.samples} answers × {len(qs)} questions", total=len(qs) * opts.samples)
-            summary = mine(model, qs, output, settings, chunks_path=str(context) if context else None,
-                           template=template, api_key_env=api_key_env, judge=judge_cfg, log=_log,
+            summary = mine(model, qs, output, opts, chunks_path=str(context) if context else None, log=_log,
                            on_progress=lambda n, total: bar.update(task, completed=n))
     table = Table(title=f"선호 쌍 (preference pairs): {summary['pairs']} of {summary['questions']} questions",
                   title_justify="left")
@@ -336,33 +319,52 @@ def pairs(model: str | None, output: Path, opts: PairsOptions, *, questions: Pat
 
 
 # ---------------------------------------------------------------- evaluation
-def evaluate(questions: Path, models: list[str], output: Path, opts: EvalOptions, *, context: Path | None = None,
-             template: str | None = None, judge: str | None = None, judge_model: str | None = None,
-             judge_api_key_env: str | None = None) -> None:
+def evaluate(questions: Path, models: list[str], output: Path, opts: EvalOptions, *,
+             context: Path | None = None) -> None:
     """Answer the same questions with every model; Korean-correct metrics, error types and an HTML report."""
-    from kotune.eval.evaluate import EvalSettings, evaluate as run_eval, load_questions, parse_model_args
+    from kotune.eval.evaluate import evaluate as run_eval, load_questions, parse_model_args
 
     qs = load_questions(questions)
     if context is not None and not Path(context).exists():
         raise KotuneError("no such file", path=context)
-    settings = EvalSettings(max_new_tokens=opts.max_new_tokens, temperature=opts.temperature, top_p=opts.top_p,
-                            repetition_penalty=opts.repetition_penalty, stop=tuple(opts.stop), seed=opts.seed,
-                            batch_size=opts.batch_size, top_k=opts.top_k, template=template, judge_url=judge,
-                            judge_model=judge_model, judge_api_key_env=judge_api_key_env, workers=opts.workers,
-                            api_key_env=opts.api_key_env, rpm=opts.rpm,
-                            benchmarks=tuple(t.strip() for v in opts.benchmark for t in v.split(",") if t.strip()),
-                            benchmark_data=opts.benchmark_data, benchmark_limit=opts.benchmark_limit,
-                            forgetting_margin=opts.forgetting_margin)
     pairs = parse_model_args(models)
     with progress() as bar:
         task = bar.add_task(f"answering {len(qs)} questions × {len(pairs)} models", total=len(qs) * len(pairs))
-        metrics = run_eval(qs, pairs, output, settings=settings, chunks_path=str(context) if context else None,
+        metrics = run_eval(qs, pairs, output, options=opts, chunks_path=str(context) if context else None,
                            log=_log, on_progress=lambda name, n: bar.advance(task, n))
     print_metrics(metrics)
     for other, r in (metrics.get("judge") or {}).get("pairs", {}).items():
         console.print(f"judge: {other} vs {metrics['judge']['baseline']}: win {r['win_rate']:.0%}, "
                       f"loss {r['loss_rate']:.0%}, tie {r['tie_rate']:.0%} (orders disagreed {r['order_disagreement']:.0%})")
     done(f"{len(qs)} questions × {len(pairs)} models → {output}/ (responses.jsonl, metrics.json, report.md, report.html)")
+
+
+def score(predictions: Path, output: Path, opts: ScoreOptions) -> None:
+    """Metrics on existing predictions (``answer``, or ``prediction``/``output``), grouped by their ``model``."""
+    from kotune.eval.metrics import TOKENIZATION, score_rows
+    from kotune.io import read_jsonl, write_json
+
+    groups: dict[str, list[dict]] = {}
+    for lineno, row in read_jsonl(predictions):
+        answer = row.get("answer", row.get("prediction", row.get("output")))
+        if not isinstance(answer, str):
+            raise KotuneError('missing "answer" (or "prediction"/"output")', path=predictions, line=lineno)
+        row = {**row, "answer": answer}
+        groups.setdefault(str(row.get("model") or "model"), []).append(row)
+    if not groups:
+        raise KotuneError("no predictions found", path=predictions)
+    metrics: dict = {"models": {}, "tokenization": TOKENIZATION}
+    for name, rows in groups.items():
+        scored = score_rows(rows)
+        scored.pop("per_row", None)
+        metrics["models"][name] = scored
+        metrics["bleu_signature"] = scored.get("bleu_signature")
+    computable = [m for m in metrics["models"].values() if m.get("overall")]
+    if not computable:
+        raise KotuneError("no metric could be computed from these predictions", path=predictions)
+    write_json(output, metrics)
+    print_metrics(metrics)
+    done(f"scores for {sum(len(r) for r in groups.values())} predictions → {output}")
 
 
 def print_metrics(metrics: dict[str, Any]) -> None:
@@ -390,4 +392,5 @@ def print_metrics(metrics: dict[str, Any]) -> None:
             warn(f"{name}: {note}")
 
 
-__all__ = ["doctor", "evaluate", "generate", "pairs", "prepare", "print_metrics", "progress", "split", "train", "validate"]
+__all__ = ["doctor", "evaluate", "generate", "pairs", "prepare", "print_metrics", "progress", "score", "split", "train",
+           "validate"]

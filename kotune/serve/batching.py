@@ -242,7 +242,7 @@ class _Session:
         self.n_layers = int(_text_config(self.model).num_hidden_layers)
         self.device = self.model.device if hasattr(self.model, "device") else torch.device("cpu")
         self.eos = set(self.gen.eos_ids)
-        self.pad = self.gen.tokenizer.pad_token_id if self.gen.tokenizer.pad_token_id is not None else self.gen.eos_ids[0]
+        self.pad = self.gen.resolved.pad_id  # the resolver's decision (pad, else EOS for generation only)
         gc = getattr(self.model, "generation_config", None)
         self.top_k = int(getattr(gc, "top_k", 0) or 0)  # what model.generate samples with (transformers' default 50)
         self.rows: list[Row] = []

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kotune.errors import KotuneError
-from kotune.model.generation import Answer, GenerationSettings, Generator, TextPieces
+from kotune.model.generation import Answer, GenerationSettings, Generator, TextPieces, find_stop
 from kotune.serve.protocol import ApiError
-from kotune.model.resolve import LoadOptions, Resolved, load_model, resolve
+from kotune.model.resolve import LoadOptions, Resolved, load_model, resolve, run_template
 from kotune.model.templates import encode_prompt
 
 BASE_ALIAS = "base"
@@ -82,8 +82,12 @@ class Engine:
     def __init__(self, model_spec: str, adapters: list[tuple[str, str]] | None = None, *, template: str | None = None,
                  device: str | None = None, log=print):
         adapters = list(adapters or [])
-        # --template is for the --model entry when it is a plain base (refused for a run, before loading).
-        main = resolve(model_spec, template=template, device=device, log=log)
+        # --template is for the --model entry when it is a plain base (refused for a run, before loading);
+        # without it, a plain base answers in the first adapter's template (the format it will be
+        # compared with), else kotune's: the same rule as kotune eval's (kotune.model.access.open_models).
+        first = next((t for t in (run_template(p) for _, p in adapters) if t is not None), None)
+        main = resolve(model_spec, template=template, default_template=first, device=device, log=log,
+                       require_finished=True)
         self.device = main.load.device
         self.lock = threading.Lock()
         base_path = main.ref.base
@@ -98,17 +102,13 @@ class Engine:
             names.add(name)
             if not Path(path).is_dir():
                 raise KotuneError("no such adapter folder", path=path)
-            sub = resolve(path, device=self.device, log=log)
+            sub = resolve(path, device=self.device, log=log, require_finished=True)
             if sub.ref.adapter is None:
                 raise KotuneError("not a LoRA adapter (a full or merged model); serve it with --model", path=path)
             if not _same_model(sub.ref.base, base_path):
                 raise KotuneError(f"adapter was trained on {(sub.run.base_model if sub.run else '') or sub.ref.base}, "
                                   f"not on {model_spec}", path=path)
             entries.append((name, sub))
-        # A plain base answers in its --template, else in the first adapter's (the format it
-        # will be compared with), else kotune's.
-        if main.run is None and template is None and len(entries) > 1:
-            main.template = entries[1][1].template
 
         log(f"loading {model_spec} on {self.device} ...")
         internal = {name: f"a{i}" for i, (name, r) in enumerate(entries) if r.ref.adapter}  # PEFT names: no dots/colons
@@ -216,6 +216,34 @@ class Engine:
                             "text_offset": offsets, "text": "".join(tokens), "prompt_tokens": len(ids)})
         return out
 
+    def logprobs(self, name: str, prompt: str, answer: Answer, settings: GenerationSettings,
+                 top: int) -> list[tuple[int, float, list[tuple[int, float]]]]:
+        """Each answer token's log-probability under ``name`` given the prompt and the tokens
+        before it, with the ``top`` likeliest tokens there: one forward pass over prompt +
+        answer, the raw model's distribution (before temperature, top-p and repetition
+        penalty). The tokens are the answer's content: up to EOS, and up to the token that
+        completes the text before a stop string. Waits for the engine's lock (the adapter)."""
+        import torch
+
+        served = self.served[name]
+        gen = served.generator
+        tokens = content_tokens(gen.tokenizer, answer, settings.stop)
+        if not tokens:
+            return []
+        ids = encode_prompt(gen.tokenizer, prompt, gen.template)
+        with self.lock, self.active(served), torch.no_grad():
+            x = torch.tensor([ids + tokens], device=self.model.device)
+            # logits of the last len(tokens)+1 positions; the last one predicts past the answer
+            logits = self.model(input_ids=x, logits_to_keep=len(tokens) + 1).logits[0, :-1].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            chosen = logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None])[:, 0].tolist()
+            if top:
+                values, idx = logp.topk(top, dim=-1)
+                tops = [list(zip(i, v)) for i, v in zip(idx.tolist(), values.tolist())]
+            else:
+                tops = [[] for _ in tokens]
+        return [(t, lp, tp) for t, lp, tp in zip(tokens, chosen, tops)]
+
     def stream(self, name: str, prompt: str, settings: GenerationSettings) -> Iterator[str | Answer]:
         """Text pieces, then the final Answer. Holds the lock until the answer is complete."""
         served = self.served[name]
@@ -223,6 +251,27 @@ class Engine:
             # Consumed to the end even if nobody listens: Generator.stream's own
             # generate thread must finish before the adapter may change.
             yield from served.generator.stream(prompt, settings)
+
+
+def content_tokens(tokenizer: Any, answer: Answer, stop: list[str]) -> list[int]:
+    """The generated tokens behind ``answer``'s text: before EOS (``answer.tokens``) and, when a
+    stop string ended it, the fewest that reach the text shown before the stop string."""
+    tokens = list(answer.tokens or [])
+    if answer.finish_reason != "stop" or not stop or not tokens:
+        return tokens
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    k = find_stop(text, stop)
+    if k is None:
+        return tokens
+    k = len(text[:k].rstrip())  # the answer is stripped: whitespace before the stop string is not shown
+    lo, hi = 0, len(tokens)  # the shortest prefix whose text is k characters or more
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(tokens[:mid], skip_special_tokens=True)) >= k:
+            hi = mid
+        else:
+            lo = mid + 1
+    return tokens[:lo]
 
 
 # ---------------------------------------------------------------- batching
@@ -236,7 +285,7 @@ class _Job:
     @property
     def key(self) -> tuple:
         s = self.settings
-        return (self.model, s.max_new_tokens, s.temperature, s.top_p, s.repetition_penalty, tuple(s.stop))
+        return (self.model, s.max_new_tokens, s.temperature, s.top_p, s.repetition_penalty, tuple(s.stop), s.seed)
 
 
 class Batcher:
@@ -442,4 +491,4 @@ def _settle(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, result: Answer
     _to_loop(loop, put)
 
 
-__all__ = ["BASE_ALIAS", "Batcher", "Engine", "LiveBatcher", "Served", "parse_adapter_args"]
+__all__ = ["BASE_ALIAS", "Batcher", "Engine", "LiveBatcher", "Served", "content_tokens", "parse_adapter_args"]

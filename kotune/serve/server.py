@@ -23,42 +23,33 @@ from fastapi import APIRouter, Request  # module level: FastAPI resolves the (st
 from kotune.serve.engine import BASE_ALIAS, Batcher, Engine, LiveBatcher, Served, parse_adapter_args
 from kotune.errors import KotuneError
 from kotune.model.generation import Answer, GenerationSettings
+from kotune.options import ServeOptions
 from kotune.serve.protocol import (ApiError, ChatRequest, CompletionRequest, Limits, ScoreRequest, StreamChunks,
-                                    chat_completion, finish_reason, model_name, scored_completion, text_completion)
-
-
-@dataclass
-class ServeOptions:
-    api_key: str | None = None
-    max_tokens_limit: int = 1024
-    default_max_tokens: int = 256
-    max_body_bytes: int = 1_000_000
-    max_batch: int = 16
-    batch_wait_ms: float = 10.0
-    continuous: bool = True      # continuous batching where the model allows it (kotune.serve.batching.supports)
-    context: str | None = None   # chunks JSONL for retrieval
-    top_k: int = 3
-
-    @property
-    def limits(self) -> Limits:
-        return Limits(self.max_tokens_limit, self.default_max_tokens, max(self.max_batch, 16) * 4)
+                                    chat_completion, chat_logprobs, check_category, completion_logprobs, finish_reason,
+                                    model_name, scored_completion, text_completion)
 
 
 @dataclass
 class _State:
-    """What the routes share, kept on ``app.state.kotune``."""
+    """What the routes share, kept on ``app.state.kotune``: the engine, the batcher and
+    ``kotune serve``'s options (:class:`kotune.options.ServeOptions`), with the API key they name."""
 
     engine: Engine
     batcher: Batcher | LiveBatcher
     options: ServeOptions
     retriever: Any = None
+    api_key: str | None = None   # read once from options.api_key_env at start; never printed
+
+    @property
+    def limits(self) -> Limits:
+        o = self.options
+        return Limits(o.max_tokens_limit, min(o.default_max_tokens, o.max_tokens_limit), max(o.max_batch, 16) * 4)
 
     def retrieve(self, question: str) -> str | None:
+        """The passages for the last user message (kotune.model.retrieval.Retrieval's rule)."""
         if self.retriever is None:
             return None
-        from kotune.model.retrieval import format_context
-
-        return format_context(self.retriever.search(question, k=self.options.top_k)) or None
+        return self.retriever.passages(question).text or None
 
 
 def _state(request: Request) -> _State:
@@ -67,7 +58,7 @@ def _state(request: Request) -> _State:
 
 # ---------------------------------------------------------------- request checks
 def authenticate(request: Request) -> None:
-    key = _state(request).options.api_key
+    key = _state(request).api_key
     if key is None:
         return
     header = request.headers.get("authorization") or ""
@@ -110,7 +101,18 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-def _streaming(state: _State, name: str, prompt: str, settings: GenerationSettings, *, chat: bool, include_usage: bool):
+async def _logprobs(state: _State, name: str, prompt: str, answer: Answer, settings: GenerationSettings, top: int,
+                    *, chat: bool) -> dict[str, Any]:
+    """The answer's ``logprobs`` object (chat's or the legacy completions' shape), from one forward pass."""
+    entries = await asyncio.to_thread(state.engine.logprobs, name, prompt, answer, settings, top)
+    tokenizer = state.engine.served[name].generator.tokenizer
+    return chat_logprobs(tokenizer, entries) if chat else completion_logprobs(tokenizer, entries)
+
+
+def _streaming(state: _State, name: str, prompt: str, settings: GenerationSettings, *, chat: bool, include_usage: bool,
+               logprobs: int | None = None):
+    """The streamed answer; with ``logprobs``, every token's log-probability comes in one
+    chunk after the text (OpenAI clients concatenate the chunks' logprobs)."""
     from fastapi.responses import StreamingResponse
 
     chunks = StreamChunks(name, chat=chat)
@@ -127,6 +129,9 @@ def _streaming(state: _State, name: str, prompt: str, settings: GenerationSettin
                     answer = item
                 elif item:
                     yield _sse(chunks.chunk(item, None))
+            if logprobs is not None and answer is not None:
+                lp = await _logprobs(state, name, prompt, answer, settings, logprobs, chat=chat)
+                yield _sse(chunks.chunk(None if chat else "", None, logprobs=lp))
         except Exception as e:  # noqa: BLE001 - the stream has started; report in-band
             yield _sse(ApiError(500, f"internal error: {type(e).__name__}", type="server_error").body())
             yield "data: [DONE]\n\n"
@@ -183,16 +188,21 @@ async def chat_completions(request: Request):
     state = _state(request)
     body = await read_json(request)
     served: Served = state.engine.get(model_name(body))
-    req = ChatRequest.parse(body, state.options.limits)
+    req = ChatRequest.parse(body, state.limits)
     gen = served.generator
+    check_category(req.category, req.messages, gen.template)
     last_user = max(i for i, m in enumerate(req.messages) if m["role"] == "user")
     prompt = gen.template.chat_prompt(req.messages, category=req.category, tokenizer=gen.tokenizer,
                                       context=state.retrieve(req.messages[last_user]["content"]))
     state.engine.check_length(served, prompt, req.settings.max_new_tokens)
     if req.stream:
-        return _streaming(state, served.name, prompt, req.settings, chat=True, include_usage=req.include_usage)
+        return _streaming(state, served.name, prompt, req.settings, chat=True, include_usage=req.include_usage,
+                          logprobs=req.logprobs)
     answer = (await state.batcher.submit(served.name, [prompt], req.settings))[0]
-    return chat_completion(served.name, answer)
+    lp = None
+    if req.logprobs is not None:
+        lp = await _logprobs(state, served.name, prompt, answer, req.settings, req.logprobs, chat=True)
+    return chat_completion(served.name, answer, lp)
 
 
 @router.post("/v1/completions")
@@ -202,15 +212,21 @@ async def completions(request: Request):
     body = await read_json(request)
     served = state.engine.get(model_name(body))
     if ScoreRequest.wants(body):
-        score = ScoreRequest.parse(body, state.options.limits)
+        score = ScoreRequest.parse(body, state.limits)
         scored = await asyncio.to_thread(state.engine.score, served.name, score.prompts, score.top, score.max_tokens)
         return scored_completion(served.name, scored)
-    req = CompletionRequest.parse(body, state.options.limits)
+    req = CompletionRequest.parse(body, state.limits)
     for p in req.prompts:
         state.engine.check_length(served, p, req.settings.max_new_tokens)
     if req.stream:
-        return _streaming(state, served.name, req.prompts[0], req.settings, chat=False, include_usage=req.include_usage)
-    return text_completion(served.name, await state.batcher.submit(served.name, req.prompts, req.settings))
+        return _streaming(state, served.name, req.prompts[0], req.settings, chat=False, include_usage=req.include_usage,
+                          logprobs=req.logprobs)
+    answers = await state.batcher.submit(served.name, req.prompts, req.settings)
+    lps = None
+    if req.logprobs is not None:
+        lps = [await _logprobs(state, served.name, p, a, req.settings, req.logprobs, chat=False)
+               for p, a in zip(req.prompts, answers)]
+    return text_completion(served.name, answers, lps)
 
 
 # vLLM's tokenizer endpoints (at the server root, beside /v1): lm-evaluation-harness's
@@ -263,15 +279,16 @@ def create_app(engine: Engine, options: ServeOptions | None = None):
     from kotune.serve.batching import supports
 
     opts = options or ServeOptions()
-    if opts.continuous and supports(engine.model):
+    api_key = api_key_from_env(opts.api_key_env)
+    if opts.batching == "continuous" and supports(engine.model):
         batcher: Batcher | LiveBatcher = LiveBatcher(engine, max_batch=opts.max_batch)
     else:
         batcher = Batcher(engine, max_batch=opts.max_batch, wait_s=opts.batch_wait_ms / 1000.0)
     retriever = None
     if opts.context:
-        from kotune.model.retrieval import Retriever
+        from kotune.model.retrieval import Retrieval
 
-        retriever = Retriever.from_file(opts.context)
+        retriever = Retrieval(opts.context, opts.top_k)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -282,7 +299,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None):
             await batcher.stop()
 
     app = FastAPI(title="kotune", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.kotune = _State(engine, batcher, opts, retriever)
+    app.state.kotune = _State(engine, batcher, opts, retriever, api_key)
     app.state.engine, app.state.batcher, app.state.options = engine, batcher, opts
 
     def error_response(e: ApiError) -> JSONResponse:
@@ -321,27 +338,28 @@ def api_key_from_env(var: str | None) -> str | None:
     return key
 
 
-def serve(model: str, adapters: list[tuple[str, str]], *, host: str = "127.0.0.1", port: int = 8000,
-          template: str | None = None, options: ServeOptions | None = None, access_log: bool = False, log=print) -> None:
-    """Load the model and adapters once, then run uvicorn until interrupted."""
+def serve(model: str, adapters: list[tuple[str, str]], options: ServeOptions | None = None, *, log=print) -> None:
+    """Load the model and adapters once, then run uvicorn with ``kotune serve``'s options until interrupted."""
     import uvicorn
 
     opts = options or ServeOptions()
+    api_key_from_env(opts.api_key_env)  # an unset variable fails before the model loads
     if opts.context and not Path(opts.context).exists():
         raise KotuneError("no such file", path=opts.context)
-    engine = Engine(model, adapters, template=template, log=log)
+    engine = Engine(model, adapters, template=opts.template, log=log)
     app = create_app(engine, opts)
+    host, port, keyed = opts.host, opts.port, app.state.kotune.api_key is not None
     names = ", ".join(engine.names)
     log(f"serving {names} (alias {BASE_ALIAS!r} = {engine.base_name}) at http://{host}:{port}/v1"
-        + ("; API key required" if opts.api_key else "; no API key"))
+        + ("; API key required" if keyed else "; no API key"))
     kind = "continuous" if isinstance(app.state.batcher, LiveBatcher) else "static"
     log(f"batching: {kind}, up to {opts.max_batch} prompts together"
-        + ("" if kind == "continuous" or not opts.continuous else " (this model has sliding-window or linear attention layers)"))
+        + ("" if kind == opts.batching else " (this model has sliding-window or linear attention layers)"))
     for s in engine.served.values():
         log(f"  {s.name}: template {s.generator.template.name}, eos {s.generator.eos_ids}")
-    if not opts.api_key and host not in ("127.0.0.1", "localhost", "::1"):
+    if not keyed and host not in ("127.0.0.1", "localhost", "::1"):
         log(f"warning: listening on {host} without an API key (use --api-key-env VAR)")
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level="info", server_header=False)
+    uvicorn.run(app, host=host, port=port, access_log=opts.access_log, log_level="info", server_header=False)
 
 
 __all__ = ["ApiError", "Batcher", "Engine", "LiveBatcher", "ServeOptions", "Served", "api_key_from_env", "create_app",

@@ -274,10 +274,11 @@ def create_app(root: str | Path, *, token: str | None = None, allowed_hosts: tup
                 from kotune.model.retrieval import Retriever
 
                 retrievers[context_file] = await asyncio.to_thread(Retriever.from_file, path)
-            from kotune.model.retrieval import format_context
+            from kotune.model.retrieval import Retrieval
 
             top_k = max(1, min(int(body.get("top_k") or 3), 10))
-            context = format_context(retrievers[context_file].search(question, k=top_k)) or None
+            retrieval = Retrieval(path, top_k, retriever=retrievers[context_file])
+            context = retrieval.passages(question).text or None
         pieces = chat_models.answer(loaded, question, settings, context)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()

@@ -1,6 +1,6 @@
-"""The studio's chat: models picked in the browser, loaded once and kept, each answering
-with its own run's template (:class:`kotune.model.generation.Generator`, as ``kotune chat``),
-or asked over an OpenAI-compatible endpoint (:mod:`kotune.model.endpoint`, as ``kotune eval``).
+"""The studio's chat: models picked in the browser, opened once and kept
+(:func:`kotune.model.access.open_model`, as ``kotune chat`` and ``kotune eval`` open them),
+each answering with its own run's template, or asked over an OpenAI-compatible endpoint.
 
 A model is named ``run:PATH`` (a training run under ROOT), ``base:SPEC`` (a base model
 that a run under ROOT was trained from, or a builtin) or ``openai:URL#MODEL``. A base
@@ -14,10 +14,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from kotune.model.endpoint import EndpointSpec, open_endpoint
 from kotune.errors import KotuneError
-from kotune.model.generation import Answer, GenerationSettings, Generator
-from kotune.model.runinfo import RunInfo
+from kotune.model.access import Answer, GenerationSettings, Model, is_endpoint, open_model, run_template
+from kotune.model.templates import Template
 from kotune.studio.root import MODEL_LOCK, Root
 
 BUILTINS = ("builtin:tiny-ko", "builtin:gemma-3-270m")
@@ -28,7 +27,7 @@ MAX_QUESTION_CHARS = 4000
 
 @dataclass
 class Loaded:
-    model: Any                       # a Generator or an EndpointModel
+    model: Model
     lock: threading.Lock
     label: str
 
@@ -91,11 +90,11 @@ class ChatModels:
             bases.update(m.info.base_model for m in o.models if m.info and m.info.base_model)
         return bases
 
-    def _template_of(self, run_id: str):
+    def _template_of(self, run_id: str) -> Template | None:
+        """The template of the run ``run:PATH`` names: what a base asked beside it answers in."""
         if not run_id.startswith("run:"):
             return None
-        info = RunInfo.read(self.root.path(run_id[4:]))
-        return info.own_template if info else None
+        return run_template(str(self.root.path(run_id[4:])))
 
     def get(self, model_id: str, template_from: str = "") -> Loaded:
         """The model named ``model_id``, loaded (or opened) once and cached."""
@@ -114,20 +113,18 @@ class ChatModels:
 
     def _open(self, model_id: str, template_from: str) -> Loaded:
         quiet = lambda *_: None  # noqa: E731
-        if model_id.startswith("run:"):
+        if model_id.startswith("run:"):  # open_model refuses a run still training, failed or killed
             folder = self.root.path(model_id[4:])
-            RunInfo.finished(folder)
-            return Loaded(Generator(str(folder), log=quiet), threading.Lock(), model_id[4:])
+            return Loaded(open_model(str(folder), log=quiet), threading.Lock(), model_id[4:])
         if model_id.startswith("base:"):
             spec = model_id[5:]
             if spec not in self._allowed_bases():
                 raise KotuneError(f"{spec}: not a base model of a run under the studio root")
-            return Loaded(Generator(spec, default_template=self._template_of(template_from), log=quiet),
+            return Loaded(open_model(spec, default_template=self._template_of(template_from), log=quiet),
                           threading.Lock(), spec)
-        endpoint = EndpointSpec.parse(model_id)
-        if endpoint is not None:
-            em = open_endpoint(model_id, endpoint, template=None, default_template=self._template_of(template_from))
-            return Loaded(em, threading.Lock(), str(endpoint))
+        if is_endpoint(model_id):
+            return Loaded(open_model(model_id, default_template=self._template_of(template_from)), threading.Lock(),
+                          model_id)
         raise KotuneError(f"{model_id}: pick a model (run:PATH, base:MODEL or openai:URL#MODEL)")
 
     def answer(self, loaded: Loaded, question: str, settings: GenerationSettings, context: str | None) -> Iterator[str | Answer]:

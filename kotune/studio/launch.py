@@ -23,10 +23,8 @@ from typing import Any
 
 from kotune.errors import KotuneError
 from kotune.io import write_json
-from kotune.options import PRESET_NAMES
+from kotune.options import PRESET_NAMES as PRESETS  # the launch form's choices: kotune.options' preset registry
 from kotune.studio.root import LAUNCH_FILE, LAUNCH_LOG, Root, read_json_file, process_alive
-
-PRESETS = PRESET_NAMES
 
 
 @dataclass

@@ -25,7 +25,7 @@ _TOKENIZER_LOCK = threading.Lock()
 
 
 def run_tokenizer(model_dir: Path):
-    """The run's tokenizer and template, decided by :func:`kotune.model.resolve.resolve` as
+    """The run's tokenizer, template and EOS ids, decided by :func:`kotune.model.resolve.resolve` as
     training and inference decide them (no weights are loaded); cached per record version."""
     from kotune.model.resolve import resolve
 
@@ -33,15 +33,15 @@ def run_tokenizer(model_dir: Path):
     with _TOKENIZER_LOCK, MODEL_LOCK:
         if key not in _TOKENIZERS:
             resolved = resolve(str(model_dir), log=lambda *_: None)
-            _TOKENIZERS[key] = (resolved.tokenizer, resolved.template)
+            _TOKENIZERS[key] = (resolved.tokenizer, resolved.template, resolved.eos_ids)
         return _TOKENIZERS[key]
 
 
-def token_view(tokenizer: Any, template: Any, record: Any, max_length: int) -> dict[str, Any]:
+def token_view(tokenizer: Any, template: Any, record: Any, max_length: int, eos: Any) -> dict[str, Any]:
     """One record tokenized exactly as training tokenizes it, cut into segments: ``prompt``
     (label -100), ``answer`` (supervised), ``special`` (BOS and the like), ``eos`` (the
-    supervised end), ``cut`` (where truncation removed tokens)."""
-    from kotune.model.templates import IGNORE_INDEX, encode_answer, encode_example, eos_ids, record_prompt
+    supervised end: one of the run's ``eos`` ids), ``cut`` (where truncation removed tokens)."""
+    from kotune.model.templates import IGNORE_INDEX, encode_answer, encode_example, record_prompt
 
     ex = encode_example(tokenizer, template, record, max_length)
     full_prompt = len(record_prompt(tokenizer, template, record))
@@ -50,7 +50,7 @@ def token_view(tokenizer: Any, template: Any, record: Any, max_length: int) -> d
     n_prompt = sum(1 for l in labels if l == IGNORE_INDEX)
     n_answer = len(ids) - n_prompt
     special = set(tokenizer.all_special_ids)
-    ends = set(eos_ids(tokenizer))
+    ends = set(eos)
     segments: list[dict[str, str]] = []
     if full_prompt > n_prompt:
         segments.append({"kind": "cut", "text": str(full_prompt - n_prompt), "where": "prompt"})
@@ -168,7 +168,7 @@ def data_page(root: Any, folder: Path, *, source: str = "kept", category: str = 
         if info is None:
             raise KotuneError(f"{root.rel(model_dir)}: not a kotune run (no kotune.json)")
         out.model, out.template = root.rel(model_dir), info.template.name if info.template else ""
-        out.max_length = int(info.config.get("max_length") or 1024)
+        out.max_length = int(info.max_length or 1024)
         tok = run_tokenizer(model_dir)
     else:
         out.note = "no_model"
@@ -177,7 +177,7 @@ def data_page(root: Any, folder: Path, *, source: str = "kept", category: str = 
         rec = normalize(r)
         if tok is not None and rec is not None:
             try:
-                item["view"] = token_view(tok[0], tok[1], rec, out.max_length)
+                item["view"] = token_view(tok[0], tok[1], rec, out.max_length, tok[2])
             except KotuneError as e:  # a record this template cannot render (shown as text, with why)
                 item["problem"] = str(e)
         out.records.append(item)

@@ -10,11 +10,12 @@ template at inference).
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Optional
 
 from kotune.errors import KotuneError
+from kotune.options import DoctorOptions
 
 
 @dataclass
@@ -26,18 +27,14 @@ class Finding:
     severity: str = "error"  # error | warning
 
 
-@dataclass
-class DoctorSetup:
-    base_model: str | None = None
-    data: str | None = None
-    template: str | None = None
-    run_dir: str | None = None
-    max_length: int | None = None
-    lora_targets: list[str] | None = None
-    pad_token: str | None = None          # e.g. "eos": the setup sets tokenizer.pad_token = eos_token
-    loss_on: str | None = None            # "full" (labels = input_ids) or "answer"
-    inference_template: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+class DoctorSetup(DoctorOptions):
+    """The setup to check: a kotune run folder, or a base model and data, with ``kotune doctor``'s
+    options (:class:`kotune.options.DoctorOptions`: template, max_length, LoRA targets, pad token,
+    loss, inference template)."""
+
+    base_model: Optional[str] = None
+    data: Optional[str] = None
+    run_dir: Optional[str] = None
 
 
 def _meta_model(base_path: str, trust_remote_code: bool = False):
@@ -81,6 +78,7 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
     if setup.run_dir and run is None:
         raise KotuneError("not a kotune output (no kotune.json)", path=setup.run_dir)
     template, tokenizer, trust = resolved.template, resolved.tokenizer, resolved.trust_remote_code
+    eos = set(resolved.eos_ids)  # the run's EOS ids (the resolver's decision), not the tokenizer's guess
     data = setup.data or (run.data_path if run else None)
     max_length = setup.max_length or (run.max_length if run else None) or TrainOptions.default("max_length")
     base_path = resolve_base(setup.base_model, log=log) if setup.run_dir and setup.base_model else resolved.ref.base
@@ -89,7 +87,7 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
 
     # pad == eos: the collator masks pad positions out of the loss, EOS among them.
     pad_id = tokenizer.eos_token_id if setup.pad_token == "eos" else tokenizer.pad_token_id
-    if pad_id is None or pad_id == tokenizer.eos_token_id:
+    if pad_id is None or pad_id in eos or pad_id == tokenizer.eos_token_id:
         findings.append(Finding("pad_is_eos", False,
                                 f"pad token is the EOS token ({tokenizer.eos_token!r}) or unset: padding masks EOS out of the labels",
                                 "use a distinct pad token (kotune adds '<|pad|>' when the tokenizer has none)"))
@@ -140,7 +138,7 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
 
         encoded = [encode_preference(tokenizer, template, r, max_length=10**9) for r in read_preferences(data)]
         answers = [e[k] for e in encoded for k in ("chosen_ids", "rejected_ids", "completion_ids") if k in e]
-        no_eos = sum(1 for a in answers if not a or a[-1] != tokenizer.eos_token_id)
+        no_eos = sum(1 for a in answers if not a or a[-1] not in eos)
         findings.append(Finding("eos_in_labels", no_eos == 0,
                                 f"EOS ends every chosen and rejected answer ({len(answers)})" if no_eos == 0
                                 else f"{no_eos} answers lack EOS", "append the EOS token to every answer"))
@@ -151,10 +149,10 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
         texts = _raw_texts(data)
         if texts is not None:
             # Raw strings fed whole to the trainer: labels = input_ids.
-            eos = tokenizer.eos_token
-            no_eos = sum(1 for t in texts if not t.rstrip().endswith(eos))
+            ends = tuple(t for t in tokenizer.convert_ids_to_tokens(sorted(eos)) if t)
+            no_eos = sum(1 for t in texts if not t.rstrip().endswith(ends))
             findings.append(Finding("eos_in_labels", no_eos == 0,
-                                    f"{no_eos} of {len(texts)} samples do not end with EOS {eos!r}: the model never learns to stop"
+                                    f"{no_eos} of {len(texts)} samples do not end with EOS {ends[0]!r}: the model never learns to stop"
                                     if no_eos else "every sample ends with EOS",
                                     "append the EOS token to every answer (kotune's encoder always does)"))
             findings.append(Finding("prompt_in_loss", False,
@@ -166,7 +164,7 @@ def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
             if not records:
                 raise KotuneError("no usable records", path=data)
             encoded = [encode_example(tokenizer, template, r, max_length=10**9) for r in records]
-            no_eos = sum(1 for e in encoded if tokenizer.eos_token_id not in e["labels"])
+            no_eos = sum(1 for e in encoded if not eos.intersection(e["labels"]))
             findings.append(Finding("eos_in_labels", no_eos == 0,
                                     "EOS is in every sample's labels" if no_eos == 0 else f"{no_eos} samples lack EOS in labels",
                                     "append the EOS token to every answer"))

@@ -191,8 +191,8 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
         template = decide_template(sft, config.template if template_given else None, spec=str(sft_dir))
     else:
         template = get_template(config.template, config.system_prompts)
-    if template.name == "rag" and any(not r.input.strip() for r in records):
-        raise KotuneError("template 'rag' needs the context in field \"input\" of every preference record", path=config.data)
+    if template.needs_context and any(not r.input.strip() for r in records):
+        raise KotuneError(f"template {template.name!r} needs the context in field \"input\" of every preference record", path=config.data)
     if eval_records is None:
         records, eval_records = hold_out(records, config.eval_split, config.seed)
     config, epochs_reason, resume_from = output_folder(s, len(records), resume=resume, overwrite=overwrite)

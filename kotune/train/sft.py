@@ -28,17 +28,10 @@ from typing import Any
 
 from kotune import __version__
 from kotune.errors import KotuneError
-from kotune.options import METHODS, PREFERENCE_METHODS, TrainOptions
+from kotune.options import BATCHING_NAMES, METHODS, PREFERENCE_METHODS, PRESETS, SCHEDULER_NAMES, TrainOptions
 from kotune.model.runinfo import DataInfo, FinalInfo, GenerationInfo, RunInfo, TemplateInfo
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # Named as in the civil-law seed; values tuned for LoRA-style adapters.
-    "fast": {"epochs": 2, "learning_rate": 3e-4, "batch_size": 8, "grad_accum": 1, "lora_r": 8, "lora_alpha": 16},
-    "balanced": {"epochs": 4, "learning_rate": 2e-4, "batch_size": 8, "grad_accum": 1, "lora_r": 16, "lora_alpha": 32},
-    "quality": {"epochs": 6, "learning_rate": 1e-4, "batch_size": 4, "grad_accum": 2, "lora_r": 32, "lora_alpha": 64},
-    "memory_efficient": {"epochs": 3, "learning_rate": 2e-4, "batch_size": 1, "grad_accum": 8, "lora_r": 8, "lora_alpha": 16,
-                         "gradient_checkpointing": True},
-}
+# The presets (what each --preset sets), the batching and scheduler names: kotune.options, their one registry.
 FULL_LR_SCALE = 0.1
 # Preference tuning moves a model that already answers well: steps a quarter of SFT's
 # (DPO papers use 5e-7..5e-6 for full weights, 5e-6..5e-5 for LoRA).
@@ -50,8 +43,6 @@ PREFERENCE_BETA = {"dpo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}  # TRL's /
 # The chosen answers' NLL beside the preference loss (RPO, Pang et al. 2024: weight 1)
 # keeps them likely. SimPO is run as published (no NLL term) unless asked.
 PREFERENCE_SFT_WEIGHT = {"dpo": 1.0, "simpo": 0.0}
-BATCHING = ("auto", "group_by_length", "padding_free")
-SCHEDULERS = ("cosine", "linear", "constant_with_warmup")
 MAX_AUTO_EPOCHS = 30  # min_steps never makes a run pass over its data more often than this
 # Optimizer steps below which a run is unlikely to have learned the answer format and EOS
 # (doctor's too_few_steps warning; the default --min-steps).
@@ -112,7 +103,8 @@ class TrainConfig:
         if self.preset not in PRESETS:
             raise KotuneError(f"unknown preset {self.preset!r}; one of {', '.join(PRESETS)}")
         self.check()
-        for option, value, allowed in (("--batching", self.batching, BATCHING), ("--scheduler", self.scheduler, SCHEDULERS)):
+        for option, value, allowed in (("--batching", self.batching, BATCHING_NAMES),
+                                       ("--scheduler", self.scheduler, SCHEDULER_NAMES)):
             if value not in allowed:  # an unknown value must not quietly train some other way
                 raise KotuneError(f"unknown {option} {value!r}; one of {', '.join(allowed)}")
         c = dataclasses.replace(self)
@@ -220,10 +212,10 @@ def load_training_records(path: str):
 
 
 def check_template_fields(records, template, path: str) -> None:
-    if template.name == "rag":
+    if template.needs_context:
         missing = sum(1 for r in records if not r.input.strip())
         if missing:
-            raise KotuneError(f"template 'rag' needs the context in field \"input\"; {missing} of {len(records)} records have none", path=path)
+            raise KotuneError(f"template {template.name!r} needs the context in field \"input\"; {missing} of {len(records)} records have none", path=path)
 
 
 def tokenize_records(records, tokenizer, template, max_length: int):
@@ -257,7 +249,7 @@ def prepare_output_dir(out: Path, config: TrainConfig, *, resume: bool, overwrit
             if info is None:
                 raise KotuneError("has no kotune.json to resume from", path=out)
             if info.config != config.fingerprint():
-                diff = sorted(k for k, v in config.fingerprint().items() if info.config.get(k) != v)
+                diff = info.config_differences(config.fingerprint())
                 raise KotuneError(f"holds a different run (differs in: {', '.join(diff)}); use a new folder or --overwrite", path=out)
             return last_checkpoint(out)
         else:
@@ -452,8 +444,6 @@ def run_trainer(trainer, info: RunInfo, s: Start, tokenizer, *, resume_from: Pat
     complete the run record. ``before_save`` runs after training, before saving
     (restoring attention switched for training). Returns the record and the final
     evaluation's metrics."""
-    from kotune.model.templates import eos_ids
-
     if trainer.is_world_process_zero():
         trainer.add_callback(live_history(info, s.out))
     # The untuned model's eval loss, so the run reports what tuning changed.
@@ -477,7 +467,8 @@ def run_trainer(trainer, info: RunInfo, s: Start, tokenizer, *, resume_from: Pat
             steps=trainer.state.global_step, seconds=round(elapsed, 1),
             tokens_per_second=round(seen / max(elapsed, 1e-9), 1) if seen else None)
         info.history = history
-        info.generation = GenerationInfo(eos_token_id=eos_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        # The EOS ids decided when the run started (its record's eos_token_ids), never derived again.
+        info.generation = GenerationInfo(eos_token_id=list(info.eos_token_ids), pad_token_id=tokenizer.pad_token_id)
         info.write(s.out)
     s.state.wait_for_everyone()
     return info, final_eval
