@@ -25,7 +25,7 @@ export DEBIAN_FRONTEND=noninteractive
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # apt's chatter goes to a log that is shown only when something fails.
-if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-noto-cjk fontconfig; } >"$log" 2>&1; then
+if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-noto-cjk fontconfig; } >"$log" 2>&1; then
     cat "$log" >&2
     echo "install-system-deps: apt-get failed" >&2
     exit 1
