@@ -341,21 +341,24 @@ def evaluate(questions: Path, models: list[str], output: Path, opts: EvalOptions
 
 def score(predictions: Path, output: Path, opts: ScoreOptions) -> None:
     """Metrics on existing predictions (``answer``, or ``prediction``/``output``), grouped by their ``model``."""
+    from kotune.eval.evaluate import read_answerable
     from kotune.eval.metrics import TOKENIZATION, score_rows
     from kotune.io import read_jsonl, write_json
 
     groups: dict[str, list[dict]] = {}
-    for lineno, row in read_jsonl(predictions):
+    for i, (lineno, row) in enumerate(read_jsonl(predictions), 1):
         answer = row.get("answer", row.get("prediction", row.get("output")))
         if not isinstance(answer, str):
             raise KotuneError('missing "answer" (or "prediction"/"output")', path=predictions, line=lineno)
-        row = {**row, "answer": answer}
+        answerable = read_answerable(row, csv=False, path=predictions, line=lineno, item=i)
+        row = {**row, "answer": answer, "answerable": answerable}
         groups.setdefault(str(row.get("model") or "model"), []).append(row)
     if not groups:
         raise KotuneError("no predictions found", path=predictions)
     metrics: dict = {"models": {}, "tokenization": TOKENIZATION}
     for name, rows in groups.items():
-        scored = score_rows(rows)
+        scored = score_rows(rows, abstention=opts.abstention)
+        scored["abstention"] = opts.abstention
         scored.pop("per_row", None)
         metrics["models"][name] = scored
         metrics["bleu_signature"] = scored.get("bleu_signature")
@@ -372,6 +375,8 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     from rich.table import Table
 
     keys = ["rougeL", "bleu", "chrf", "keyword_coverage", "eos_rate", "repetition", "unsupported_rate"]
+    if any((m.get("overall") or {}).get("unanswerable") for m in metrics["models"].values()):
+        keys += ["abstain_rate", "false_abstain_rate"]  # some question is marked answerable: false
     table = Table(title=f"metrics ({metrics.get('tokenization', '')})")
     table.add_column("model")
     for k in keys:
