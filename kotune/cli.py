@@ -101,13 +101,19 @@ def generate(
     max_new_tokens: Optional[int] = typer.Option(GenerateOptions.default("max_new_tokens"), "--max-new-tokens", "--max_new_tokens", help="Token budget of one teacher reply (default: grows with --per-chunk)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only chunks whose index % N == I-1 (merge shards with `kotune validate`)."),
     input_context: bool = typer.Option(GenerateOptions.default("input_context"), "--input-context", help="Store the source chunk as each record's input (RAG-style training with --template rag)."),
+    grounded: bool = typer.Option(GenerateOptions.default("grounded"), "--grounded", help="RAFT-style records for --template rag: each question with the passages retrieved for it ([문서 1]..[문서 k], the source among distractors), the answer citing its passage; a share without the source answers with the abstention sentence (\"answerable\": false)."),
+    grounded_k: int = typer.Option(GenerateOptions.default("grounded_k"), "--grounded-k", help="Passages per grounded record (as many as kotune eval --top-k retrieves at inference)."),
+    unanswerable_share: float = typer.Option(GenerateOptions.default("unanswerable_share"), "--unanswerable-share", help="Share of grounded records whose passages do not hold the answer (answer: the abstention sentence), in [0, 0.9]."),
+    abstention: str = typer.Option(GenerateOptions.default("abstention"), "--abstention", metavar="TEXT", help="The sentence unanswerable grounded records answer with (train with the same --abstention)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its journal."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an interrupted run's journal and start over."),
 ) -> None:
     """Chunks → QA records (instruction/output), every record tied to its chunk_id and source."""
     opts = GenerateOptions.check(dict(teacher=teacher, model=model, per_chunk=per_chunk, workers=workers,
                                       api_key_env=api_key_env, max_retries=max_retries, rpm=rpm, timeout=timeout,
-                                      temperature=temperature, max_new_tokens=max_new_tokens, input_context=input_context))
+                                      temperature=temperature, max_new_tokens=max_new_tokens, input_context=input_context,
+                                      grounded=grounded, grounded_k=grounded_k, unanswerable_share=unanswerable_share,
+                                      abstention=abstention))
     steps.generate(chunks_file, output, opts, shard=shard, resume=resume, overwrite=overwrite)
 
 

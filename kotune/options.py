@@ -144,6 +144,10 @@ class GenerateOptions(Options):
     temperature: float = Field(0.7, ge=0, le=2)
     max_new_tokens: Optional[int] = Field(None, ge=16)
     input_context: bool = False              # the source chunk as each record's input (RAG training)
+    grounded: bool = False                   # RAFT-style records: retrieved passages, cited answers, abstentions
+    grounded_k: int = Field(3, ge=1)         # passages per grounded record
+    unanswerable_share: float = Field(0.2, ge=0, le=0.9)   # grounded records without their source → abstention
+    abstention: Abstention                   # the sentence unanswerable grounded records answer with
 
 
 class ValidateOptions(Options):

@@ -60,9 +60,27 @@ def generate(chunks_file: Path, output: Path, opts: GenerateOptions, *, shard: s
 
     if not opts.teacher.startswith(("http://", "https://")) and (opts.api_key_env or opts.rpm):
         warn("--api-key-env and --rpm only apply to a URL teacher; ignored")
+    if opts.grounded and opts.input_context:
+        raise KotuneError("--grounded and --input-context both set each record's input; "
+                          "--grounded already puts the source chunk among its passages: use one")
     every = load_chunks(chunks_file)
     sh = parse_shard(shard)
     chunks = shard_chunks(every, sh)
+    ground = None
+    if opts.grounded:
+        from kotune.data.grounded import Grounder
+
+        if len(every) < 2:
+            raise KotuneError(f"--grounded needs at least 2 chunks (got {len(every)})", path=chunks_file)
+        if opts.grounded_k > len(every):
+            warn(f"--grounded-k {opts.grounded_k} but {len(every)} chunks: records get {len(every)} passages "
+                 f"(unanswerable ones {len(every) - 1})")
+        with console.status("indexing chunks for --grounded"):
+            ground = Grounder(every, k=opts.grounded_k, unanswerable_share=opts.unanswerable_share,
+                              abstention=opts.abstention).apply
+    elif (opts.grounded_k, opts.unanswerable_share, opts.abstention) != \
+            tuple(GenerateOptions.default(n) for n in ("grounded_k", "unanswerable_share", "abstention")):
+        warn("--grounded-k, --unanswerable-share and --abstention only apply with --grounded; ignored")
     t = make_teacher(opts)
     if not chunks:
         raise KotuneError(f"shard {shard} of {len(every)} chunks is empty")
@@ -95,13 +113,16 @@ def generate(chunks_file: Path, output: Path, opts: GenerateOptions, *, shard: s
         if stats is not None:
             stats.on_change = refresh
         records = generate_file(chunks, t, output, per_chunk=opts.per_chunk, resume=resume, overwrite=overwrite,
-                                on_chunk=advance, on_start=skipped, input_context=opts.input_context)
+                                on_chunk=advance, on_start=skipped, input_context=opts.input_context, ground=ground)
     if stats is not None:
         stats.on_change = None
         console.print(f"{t.name}: {stats.summary()}", markup=False, emoji=False)
     if not records:
         warn("the teacher produced no records from these chunks")
     where = f" (shard {sh[0]}/{sh[1]} of {len(every)})" if sh else ""
+    if ground is not None:
+        unanswerable = sum(1 for r in records if not r.answerable)
+        where += f", grounded: {opts.grounded_k} passages each, {unanswerable} unanswerable"
     done(f"{len(records)} records from {len(chunks)} chunks{where} → {output}")
 
 
