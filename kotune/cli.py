@@ -101,13 +101,19 @@ def generate(
     max_new_tokens: Optional[int] = typer.Option(GenerateOptions.default("max_new_tokens"), "--max-new-tokens", "--max_new_tokens", help="Token budget of one teacher reply (default: grows with --per-chunk)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only chunks whose index % N == I-1 (merge shards with `kotune validate`)."),
     input_context: bool = typer.Option(GenerateOptions.default("input_context"), "--input-context", help="Store the source chunk as each record's input (RAG-style training with --template rag)."),
+    grounded: bool = typer.Option(GenerateOptions.default("grounded"), "--grounded", help="RAFT-style records for --template rag: each question with the passages retrieved for it ([문서 1]..[문서 k], the source among distractors), the answer citing its passage; a share without the source answers with the abstention sentence (\"answerable\": false)."),
+    grounded_k: int = typer.Option(GenerateOptions.default("grounded_k"), "--grounded-k", help="Passages per grounded record (as many as kotune eval --top-k retrieves at inference)."),
+    unanswerable_share: float = typer.Option(GenerateOptions.default("unanswerable_share"), "--unanswerable-share", help="Share of grounded records whose passages do not hold the answer (answer: the abstention sentence), in [0, 0.9]."),
+    abstention: str = typer.Option(GenerateOptions.default("abstention"), "--abstention", metavar="TEXT", help="The sentence unanswerable grounded records answer with (train with the same --abstention)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its journal."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an interrupted run's journal and start over."),
 ) -> None:
     """Chunks → QA records (instruction/output), every record tied to its chunk_id and source."""
     opts = GenerateOptions.check(dict(teacher=teacher, model=model, per_chunk=per_chunk, workers=workers,
                                       api_key_env=api_key_env, max_retries=max_retries, rpm=rpm, timeout=timeout,
-                                      temperature=temperature, max_new_tokens=max_new_tokens, input_context=input_context))
+                                      temperature=temperature, max_new_tokens=max_new_tokens, input_context=input_context,
+                                      grounded=grounded, grounded_k=grounded_k, unanswerable_share=unanswerable_share,
+                                      abstention=abstention))
     steps.generate(chunks_file, output, opts, shard=shard, resume=resume, overwrite=overwrite)
 
 
@@ -195,6 +201,7 @@ def train(
     batching: str = typer.Option(TrainOptions.default("batching"), "--batching", help=f"{_choices(BATCHING_NAMES)}."),
     report_to: str = typer.Option(TrainOptions.default("report_to"), "--report-to", help=f"{_choices(REPORT_TO)}."),
     seed: int = typer.Option(TrainOptions.default("seed"), "--seed", help="Random seed."),
+    abstention: str = typer.Option(TrainOptions.default("abstention"), "--abstention", metavar="TEXT", help="The sentence the model says when the documents do not hold the answer (as the training data teaches it); recorded in the run, so kotune eval recognises it."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub (off by default)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT_DIR from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the kotune run in OUTPUT_DIR."),
@@ -209,7 +216,7 @@ def train(
         lora_targets=targets, lora_mlp=lora_mlp, scheduler=scheduler, warmup_ratio=warmup_ratio, neftune_alpha=neftune_alpha,
         gradient_checkpointing=gradient_checkpointing, eval_split=eval_split, early_stopping=early_stopping,
         save_steps=save_steps, logging_steps=logging_steps, max_steps=max_steps, min_steps=min_steps, batching=batching,
-        report_to=report_to, seed=seed))
+        report_to=report_to, seed=seed, abstention=abstention))
     _quiet_libraries()
     steps.train(opts, base_model=base_model, data=data, output_dir=output_dir, system_prompts=system_prompts,
                 eval_data=eval_data, trust_remote_code=trust_remote_code, resume=resume, overwrite=overwrite,
@@ -244,7 +251,7 @@ def _stop_list(stop: Optional[List[str]]) -> tuple[str, ...]:
 
 @app.command("eval")
 def eval_(
-    questions: Path = typer.Option(..., "--questions", "--questions_file", "--questions-file", help="Questions: .txt (one per line) or .jsonl/.csv with question, reference, keywords, category."),
+    questions: Path = typer.Option(..., "--questions", "--questions_file", "--questions-file", help="Questions: .txt (one per line) or .jsonl/.csv with question, reference, keywords, category, answerable (false: the documents do not hold the answer)."),
     models: List[str] = typer.Option(..., "--models", "--model_paths", "--model-paths", help="Models to compare: HF id, folder, kotune output, .gguf, builtin:tiny-ko, or an OpenAI-compatible endpoint openai:URL#MODEL[@RUN]; NAME=SPEC to name one. Repeat or list."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for responses.jsonl, metrics.json, report.md, report.html."),
     context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL: retrieve top-k chunks per question (BM25 over Kiwi morphemes)."),
@@ -267,6 +274,7 @@ def eval_(
     benchmark_data: Optional[str] = typer.Option(EvalOptions.default("benchmark_data"), "--benchmark-data", help="Folder of task YAMLs and their data, for machines without hub access."),
     benchmark_limit: Optional[int] = typer.Option(EvalOptions.default("benchmark_limit"), "--benchmark-limit", help="First N documents of each task."),
     forgetting_margin: float = typer.Option(EvalOptions.default("forgetting_margin"), "--forgetting-margin", help="Flag a model that lost more than this (absolute) on a task against the first model."),
+    abstention: str = typer.Option(EvalOptions.default("abstention"), "--abstention", metavar="TEXT", help="The sentence that counts as abstaining (\"not in the documents\") for a model whose run records none; a kotune run's own recorded sentence wins."),
 ) -> None:
     """Answer the same questions with every model; Korean-correct metrics, error types and an HTML report."""
     opts = EvalOptions.check(dict(top_k=top_k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
@@ -275,7 +283,7 @@ def eval_(
                                   benchmark=list(benchmark or []), benchmark_data=benchmark_data,
                                   benchmark_limit=benchmark_limit, forgetting_margin=forgetting_margin,
                                   template=template, judge=judge, judge_model=judge_model,
-                                  judge_api_key_env=judge_api_key_env))
+                                  judge_api_key_env=judge_api_key_env, abstention=abstention))
     _quiet_libraries()
     steps.evaluate(questions, [m for item in models for m in item.split()], output, opts, context=context)
 
@@ -321,9 +329,10 @@ def pairs(
 def score(
     predictions: Path = typer.Argument(..., help="JSONL rows with answer (or prediction/output), reference, keywords, category, context, finish_reason, model."),
     output: Path = typer.Option(..., "--output", "-o", help="Scores JSON (metrics.json format)."),
+    abstention: str = typer.Option(ScoreOptions.default("abstention"), "--abstention", metavar="TEXT", help="The sentence that counts as abstaining (\"not in the documents\"); rows may say \"answerable\": false."),
 ) -> None:
     """Metrics on existing predictions (grouped by their 'model' field)."""
-    steps.score(predictions, output, ScoreOptions.check({}))
+    steps.score(predictions, output, ScoreOptions.check({"abstention": abstention}))
 
 
 @app.command()

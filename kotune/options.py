@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from kotune.errors import KotuneError
-from kotune.model.templates import TEMPLATES
+from kotune.model.templates import ABSTENTION, TEMPLATES
 
 # ---------------------------------------------------------------- registries: the allowed values, once
 METHODS = ("lora", "qlora", "full")                   # how the weights train (supervised fine-tuning)
@@ -55,6 +55,17 @@ TopP = Annotated[float, Field(1.0, ge=0, le=1)]                # nucleus samplin
 RepetitionPenalty = Annotated[float, Field(1.0, ge=0.5)]
 Stop = Annotated[list[str], Field(default_factory=list)]       # stop sequences, trimmed from answers
 TemplateName = Annotated[Optional[Literal[TEMPLATE_NAMES]], Field(None)]  # type: ignore[valid-type]  # None: the run's own
+
+
+def _sentence(value: str) -> str:
+    value = value.strip()
+    if not any(ch.isalnum() for ch in value):  # a blank sentence would be "contained" in every answer
+        raise ValueError("must be a sentence with words in it")
+    return value
+
+
+# The sentence a model says when the documents do not hold the answer (train records it, eval recognises it).
+Abstention = Annotated[str, Field(ABSTENTION), AfterValidator(_sentence)]
 
 
 class Options(BaseModel):
@@ -133,6 +144,10 @@ class GenerateOptions(Options):
     temperature: float = Field(0.7, ge=0, le=2)
     max_new_tokens: Optional[int] = Field(None, ge=16)
     input_context: bool = False              # the source chunk as each record's input (RAG training)
+    grounded: bool = False                   # RAFT-style records: retrieved passages, cited answers, abstentions
+    grounded_k: int = Field(3, ge=1)         # passages per grounded record
+    unanswerable_share: float = Field(0.2, ge=0, le=0.9)   # grounded records without their source → abstention
+    abstention: Abstention                   # the sentence unanswerable grounded records answer with
 
 
 class ValidateOptions(Options):
@@ -191,6 +206,7 @@ class TrainOptions(Options):
     batching: Literal[BATCHING_NAMES] = "auto"  # type: ignore[valid-type]
     report_to: Literal[REPORT_TO] = "tensorboard"  # type: ignore[valid-type]
     seed: int = 42
+    abstention: Abstention                    # the run's "not in the documents" sentence, recorded in kotune.json
 
 
 class DoctorOptions(Options):
@@ -226,6 +242,7 @@ class EvalOptions(Options):
     judge: Optional[str] = None              # OpenAI-compatible URL of an LLM judge (pairs judged in both orders)
     judge_model: Optional[str] = None        # the judge endpoint's model name (default "judge")
     judge_api_key_env: Optional[str] = None  # environment variable holding the judge's API key
+    abstention: Abstention                   # recognised as abstaining, for models whose run records none
 
 
 class PairsOptions(Options):
@@ -287,7 +304,9 @@ class ServeOptions(Options):
 
 class ScoreOptions(Options):
     """``kotune score``: metrics on existing predictions. Its predictions file and its output are its
-    inputs; it has no settings yet (an option added later is declared here, once)."""
+    inputs (an option added later is declared here, once)."""
+
+    abstention: Abstention                   # the sentence that counts as abstaining
 
 
 class StudioOptions(Options):
@@ -331,7 +350,7 @@ class RunOptions(Options):
         return [*self.set, *(f"{key}={value}" for key, value in given if value is not None)]
 
 
-__all__ = ["problem", "BATCHING_NAMES", "ChatOptions", "DoctorOptions", "EvalOptions", "EXPORT_DTYPES", "ExportOptions",
+__all__ = ["problem", "Abstention", "BATCHING_NAMES", "ChatOptions", "DoctorOptions", "EvalOptions", "EXPORT_DTYPES", "ExportOptions",
            "GenerateOptions", "LOSS_ON", "METHODS", "Options", "PAD_TOKENS", "PairsOptions", "PREFERENCE_METHODS",
            "PRESET_NAMES", "PRESETS", "PrepareOptions", "REPORT_TO", "RunOptions", "SCHEDULER_NAMES", "ScoreOptions",
            "SERVE_BATCHING", "ServeOptions", "SplitOptions", "StudioOptions", "TEMPLATE_NAMES", "TrainOptions",

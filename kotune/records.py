@@ -28,6 +28,13 @@ from kotune.io import atomic_writer, check_input_file, decode_bytes, dumps, read
 _AUGMENTED_SUFFIX = re.compile(r"#a\d+$")
 FIELDS = ("id", "instruction", "input", "output", "category", "difficulty", "source", "chunk_id")
 REQUIRED = ("instruction", "output")
+# Optional fields of grounded records (``kotune generate --grounded``): ``answerable`` (false: the
+# passages do not hold the answer and the output is the abstention sentence) and ``passages`` (the
+# chunk ids of the ``[문서 n]`` passages in ``input``, in order). They live in ``Record.extra``, so
+# files without them read and write as before; CSV files get the columns only when a record has them.
+GROUNDED_FIELDS = ("answerable", "passages")
+_FALSE_WORDS = ("false", "0", "no", "n", "아니오")
+_TRUE_WORDS = ("true", "1", "yes", "y", "예")
 
 # Column names other tools use for our fields; applied after the user's --map.
 ALIASES = {
@@ -64,6 +71,12 @@ class Record:
         for k, v in self.extra.items():
             d.setdefault(k, v)
         return d
+
+    @property
+    def answerable(self) -> bool:
+        """False only for a record marked ``"answerable": false`` (its output is the abstention
+        sentence, see :mod:`kotune.data.grounded`); records without the mark are answerable."""
+        return self.extra.get("answerable") is not False
 
     @property
     def group(self) -> str:
@@ -151,6 +164,7 @@ def normalize(raw: Mapping[str, Any], mapping: Mapping[str, str] | None = None) 
     for k, v in list(row.items()):
         if k in ALIASES and ALIASES[k] not in row:
             row[ALIASES[k]] = row.pop(k)
+    _grounded_fields(row)
     if not any(k in row for k in REQUIRED):
         return None
     kwargs: dict[str, Any] = {}
@@ -159,6 +173,30 @@ def normalize(raw: Mapping[str, Any], mapping: Mapping[str, str] | None = None) 
         kwargs[k] = "" if v is None else (v if isinstance(v, str) else str(v))
         kwargs[k] = kwargs[k].strip() if k != "id" else kwargs[k]
     return Record(**kwargs, extra=row)
+
+
+def _grounded_fields(row: dict[str, Any]) -> None:
+    """``answerable`` and ``passages`` as a CSV cell spells them (``false``, ``["a", "b"]``) back to
+    a bool and a list; JSON values are kept as they are."""
+    value = row.get("answerable")
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if not word:
+            row.pop("answerable")
+        elif word in _FALSE_WORDS or word in _TRUE_WORDS:
+            row["answerable"] = word in _TRUE_WORDS
+    value = row.get("passages")
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            row.pop("passages")
+        elif text.startswith("["):
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError:
+                return
+            if isinstance(parsed, list):
+                row["passages"] = [str(p) for p in parsed]
 
 
 def raw_rows(path: Path) -> Iterable[tuple[int | None, dict[str, Any]]]:
@@ -255,9 +293,15 @@ def write_records(path: str | Path, records: Iterable[Record]) -> int:
             json.dump(rows, f, ensure_ascii=False, indent=2)
             f.write("\n")
         elif suffix == ".csv":
-            w = csv.DictWriter(f, fieldnames=list(FIELDS), extrasaction="ignore")
+            extra = [k for k in GROUNDED_FIELDS if any(k in r for r in rows)]
+            w = csv.DictWriter(f, fieldnames=[*FIELDS, *extra], extrasaction="ignore")
             w.writeheader()
-            w.writerows(rows)
+            for r in rows:
+                if "answerable" in r and isinstance(r["answerable"], bool):
+                    r = {**r, "answerable": "true" if r["answerable"] else "false"}
+                if isinstance(r.get("passages"), list):
+                    r = {**r, "passages": dumps(r["passages"])}
+                w.writerow(r)
         else:
             for r in rows:
                 f.write(dumps(r) + "\n")

@@ -86,6 +86,7 @@ def _functions() -> dict[str, list[tuple[str, Callable[..., Any], dict[str, str]
     """command → (label, callable, {parameter: option}) of the functions its values reach."""
     from kotune.data import chunk, qa, split, validate
     from kotune.data.generate import generate_file
+    from kotune.data.grounded import Grounder
     from kotune.data.http_teacher import OpenAITeacher
     from kotune.data.local_teacher import LocalTeacher
     from kotune.eval import evaluate, pairs
@@ -99,7 +100,7 @@ def _functions() -> dict[str, list[tuple[str, Callable[..., Any], dict[str, str]
     return {
         "prepare": [f(steps.prepare), f(chunk.prepare), f(chunk.chunk_paragraphs)],
         "generate": [f(steps.generate), f(generate_file), f(OpenAITeacher.__init__, max_tokens="max_new_tokens"),
-                     f(LocalTeacher.__init__, batch_size="workers")],
+                     f(LocalTeacher.__init__, batch_size="workers"), f(Grounder.__init__, k="grounded_k")],
         "validate": [f(steps.validate, chunks_file="chunks", mapping="map"), f(validate.validate_records),
                      f(validate.text_problem), f(validate.grounding_problem), f(qa.answer_problem), f(qa.accept_pairs),
                      # the teachers accept an answer as validate keeps it (one implementation for both)

@@ -333,7 +333,7 @@ def test_score_rows_per_category_hand_computed():
     assert overall["rougeL"] == round(200 / 3, 2)
     assert overall["keyword_coverage"] == round(2 / 3, 4) and overall["eos_rate"] == 0.75
     assert out["error_types"] == {m.ERR_MISSING: 1, m.ERR_NUMBER: 0, m.ERR_AGENCY: 0, m.ERR_LOOP: 1,
-                                  m.ERR_UNSUPPORTED: 1}
+                                  m.ERR_UNSUPPORTED: 1, m.ERR_ANSWERED_UNANSWERABLE: 0, m.ERR_FALSE_ABSTAIN: 0}
     assert [r["errors"] for r in out["per_row"]] == [[], [m.ERR_MISSING, m.ERR_LOOP, m.ERR_UNSUPPORTED], [], []]
     assert [r["eos"] for r in out["per_row"]] == [True, False, True, True]
     assert out["per_row"][1]["rougeL"] == 0.0 and out["per_row"][2]["rougeL"] is None

@@ -12,6 +12,11 @@ Every finished chunk is appended to a journal (one JSON line, flushed and
 fsynced, by one writer) before the final output is written atomically, so a
 crash loses at most the chunks in flight and ``--resume`` skips finished
 chunks. Whatever order chunks finish in, the output is in chunk order.
+
+``--grounded`` makes RAFT-style records once the teacher is done (the journal keeps the
+teacher's records, so ``--resume`` grounds the same way): retrieved passages with the
+source among distractors, cited answers, a share answering with the abstention sentence
+(``kotune.data.grounded``, where the rule is).
 """
 
 from __future__ import annotations
@@ -109,6 +114,7 @@ def generate_file(
     on_chunk: Callable[[int], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     input_context: bool = GenerateOptions.default("input_context"),
+    ground: Callable[[list[Record]], list[Record]] | None = None,
 ) -> list[Record]:
     """Run ``teacher`` over ``chunks`` into ``out`` with a resumable journal.
 
@@ -116,7 +122,8 @@ def generate_file(
     skipped, and reported to ``on_chunk`` at once); ``on_chunk(1)`` then follows
     every chunk as it finishes. ``input_context`` stores the source chunk as each
     record's ``input``, formatted exactly as retrieval formats it at inference
-    (``--template rag`` then trains on the prompts eval and serve will build).
+    (``--template rag`` then trains on the prompts eval and serve will build). ``ground``
+    rewrites the finished records before they are written (``kotune.data.grounded.Grounder.apply``).
     """
     jpath = journal_path(out)
     if jpath.exists() and not (resume or overwrite):
@@ -179,6 +186,8 @@ def generate_file(
                           "run the same command with --resume to retry the rest", path=out)
     # Output in chunk order, whatever order the journal was written in.
     records = [normalize(d) for c in chunks for d in done.get(c["chunk_id"], [])]
+    if ground is not None:
+        records = ground(records)
     write_records(out, records)
     jpath.unlink()
     return records

@@ -20,6 +20,20 @@ Cheap string checks run first, Kiwi (grounding) only on survivors, dedup last
 and in input order, so merging files in the same order is deterministic: the
 first occurrence is always the one kept.
 
+Grounded records (``kotune generate --grounded``, :mod:`kotune.data.grounded`):
+
+* an answer's ``[문서 n]`` citations are not words of the answer: checks 2, 3 and 5
+  and the duplicate checks read the answer without them
+  (:func:`kotune.model.retrieval.strip_citations`), so "…다졌다. [문서 2]" is complete
+  and as grounded as "…다졌다.";
+* an **abstention record** — marked ``"answerable": false`` and answering with an
+  abstention (:func:`is_abstention_record`) — says "not in the documents" on purpose:
+  checks 2 (too short), 4 (evasive) and 5 (grounding: there is nothing to ground) do not
+  apply to it; 1, 3 and 6 do, 7 does not (its answer is the same sentence in every such
+  record, so two different questions would look alike; the same question twice is 6).
+  A record marked ``"answerable": false`` whose output is more than that (a real answer,
+  several sentences) is checked like any other.
+
 The thresholds and switches are ``kotune validate``'s options
 (:class:`kotune.options.ValidateOptions`, their one owner); the MinHash shape and the
 evasive phrases are this module's own keyword arguments.
@@ -37,7 +51,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from kotune.errors import KotuneError
-from kotune.korean import content_morphemes, ends_like_sentence
+from kotune.korean import content_morphemes, ends_like_sentence, split_sentences
+from kotune.model.retrieval import CITATION, strip_citations
+from kotune.model.templates import ABSTENTION
 from kotune.options import ValidateOptions
 from kotune.records import Record
 
@@ -242,6 +258,22 @@ def text_problem(instruction: str, output: str, *, min_answer_chars: int = 10,
     return None
 
 
+def is_abstention_record(rec: Record) -> bool:
+    """Whether ``rec`` is an abstention record: marked ``"answerable": false`` and answering
+    exactly with an abstention, that is :data:`kotune.model.templates.ABSTENTION` (whitespace
+    aside) or, for a sentence of the user's own (``kotune generate --abstention``), one
+    sentence without a citation. (``kotune.eval.metrics.abstains`` recognises abstentions in a
+    model's answers; a record's own output is the sentence itself, so data needs no more.)"""
+    if rec.answerable:
+        return False
+    output = (rec.output or "").strip()
+    if not output:
+        return False
+    if _squash(output) == _squash(ABSTENTION):
+        return True
+    return CITATION.search(output) is None and len(split_sentences(output)) == 1
+
+
 class MorphemeCache:
     """Unique content morphemes per text; each source chunk is tokenised once."""
 
@@ -324,11 +356,17 @@ def validate_records(
             if (rec.category or "").strip() not in selected:
                 reason_of[i] = "category_not_selected"
 
-    # 1–4: cheap per-record string checks.
+    # 1–4: cheap per-record string checks, on answers without their [문서 n] citations;
+    # an abstention record is short and "evasive" on purpose.
+    answers = [strip_citations(rec.output) for rec in records]
+    abstaining = {i for i, rec in enumerate(records) if i not in reason_of and is_abstention_record(rec)}
     for i, rec in enumerate(records):
         if i in reason_of:
             continue
-        reason = text_problem(rec.instruction, rec.output, min_answer_chars=cfg.min_answer_chars, evasive=evasive)
+        if i in abstaining:
+            reason = text_problem(rec.instruction, answers[i], min_answer_chars=0, evasive=())
+        else:
+            reason = text_problem(rec.instruction, answers[i], min_answer_chars=cfg.min_answer_chars, evasive=evasive)
         if reason:
             reason_of[i] = reason
 
@@ -337,7 +375,7 @@ def validate_records(
     if cfg.grounding:
         cache = MorphemeCache()
         for i, rec in enumerate(records):
-            if i in reason_of:
+            if i in reason_of or i in abstaining:  # an abstention has nothing to ground
                 continue
             source = chunks.get(rec.chunk_id, "") if rec.chunk_id else ""
             if not source.strip():
@@ -345,7 +383,7 @@ def validate_records(
             if not source.strip():
                 unchecked += 1
                 continue
-            reason, score = grounding_problem(rec.output, source, min_grounding=cfg.min_grounding, cache=cache)
+            reason, score = grounding_problem(answers[i], source, min_grounding=cfg.min_grounding, cache=cache)
             if score is None:
                 unchecked += 1
                 continue
@@ -366,7 +404,7 @@ def validate_records(
         if i in reason_of:
             continue
         q = normalize_text(rec.instruction)
-        a = normalize_text(rec.output)
+        a = normalize_text(answers[i])
         ctx = normalize_text(rec.input)
         # Several references per input (question generation): only the same prompt with
         # the same answer is a duplicate. Otherwise the same prompt twice is one too.
@@ -375,6 +413,13 @@ def validate_records(
         if first is not None:
             reason_of[i] = "duplicate"
             rec.extra["duplicate_of"] = first
+            continue
+        if i in abstaining:
+            # Its answer is the same sentence in every abstention record, so question + answer
+            # would make "X 자원의 비율은?" and "Y 자원의 비율은?" near-duplicates; the same
+            # question twice is still a duplicate (above).
+            seen_pair[pair] = rec.id
+            seen_question[(q, ctx)] = rec.id
             continue
         m = MinHash(num_perm=shape.num_perm, seed=shape.seed)
         m.update_batch(_shingles(q + "\n" + a, shape.ngram))

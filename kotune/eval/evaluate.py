@@ -7,6 +7,7 @@ compared, so base and tuned see the same prompt.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -14,12 +15,38 @@ from typing import Any, Callable
 from kotune.errors import KotuneError
 from kotune.io import check_input_file, decode_bytes
 from kotune.eval.metrics import split_keywords
+from kotune.model.runinfo import RunInfo
 from kotune.options import EvalOptions
 from kotune.records import raw_rows
 
 
 # ---------------------------------------------------------------- questions
-def _question_row(raw: dict[str, Any], i: int) -> dict[str, Any]:
+# How a CSV cell says a question is answerable (compared stripped and lower-cased). JSON has
+# booleans of its own and must use them: "yes", 1 or "false" there is a mistake, not a value.
+_CSV_TRUE = frozenset({"true", "1", "예"})
+_CSV_FALSE = frozenset({"false", "0", "아니오", "아니요"})
+
+
+def read_answerable(raw: dict[str, Any], *, csv: bool, path: Path, line: int | None, item: int) -> bool:
+    """A question's ``answerable`` field: True when missing (or null, or an empty CSV cell);
+    ``false`` when the documents do not hold the answer; anything else is one error line
+    naming the file, the line (JSON lists: the item) and the field."""
+    value = raw.get("answerable")
+    if value is None or (csv and isinstance(value, str) and not value.strip()):
+        return True
+    if isinstance(value, bool):
+        return value
+    if csv and isinstance(value, str):
+        word = value.strip().lower()
+        if word in _CSV_TRUE or word in _CSV_FALSE:
+            return word in _CSV_TRUE
+    accepted = "true or false (also 1/0, 예/아니오)" if csv else "true or false (a JSON boolean)"
+    where = "" if line is not None else f"item {item}: "
+    raise KotuneError(f'{where}"answerable" must be {accepted}, got {json.dumps(value, ensure_ascii=False)}',
+                      path=path, line=line)
+
+
+def _question_row(raw: dict[str, Any], i: int, answerable: bool = True) -> dict[str, Any]:
     q = raw.get("question") or raw.get("instruction") or raw.get("query") or raw.get("prompt") or ""
     ref = raw.get("reference") or raw.get("answer") or raw.get("output") or ""
     return {
@@ -31,11 +58,14 @@ def _question_row(raw: dict[str, Any], i: int) -> dict[str, Any]:
         "category": str(raw.get("category") or "").strip(),
         "context": str(raw.get("context") or "").strip(),
         "chunk_id": str(raw.get("chunk_id") or ""),   # the chunk a generated question came from
+        "answerable": answerable,                      # False: the documents do not hold the answer
     }
 
 
 def load_questions(path: str | Path) -> list[dict[str, Any]]:
-    """Questions from .txt (one per line), .jsonl/.json or .csv/.tsv (``question`` or record fields)."""
+    """Questions from .txt (one per line), .jsonl/.json or .csv/.tsv (``question`` or record fields).
+    ``answerable: false`` marks a question whose answer the documents do not hold (a JSON boolean;
+    in CSV also 1/0 and 예/아니오); missing, it is answerable."""
     path = check_input_file(path)
     if path.suffix.lower() == ".txt":
         data = path.read_bytes()
@@ -45,7 +75,9 @@ def load_questions(path: str | Path) -> list[dict[str, Any]]:
         lines = (l.strip() for l in text.splitlines())
         rows = [_question_row({"question": l}, i) for i, l in enumerate((l for l in lines if l and not l.startswith("#")), 1)]
     elif path.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv"):
-        rows = [_question_row(raw, i) for i, (_, raw) in enumerate(raw_rows(path), 1)]
+        csv = path.suffix.lower() in (".csv", ".tsv")
+        rows = [_question_row(raw, i, read_answerable(raw, csv=csv, path=path, line=line, item=i))
+                for i, (line, raw) in enumerate(raw_rows(path), 1)]
     else:
         raise KotuneError(f"unsupported questions format {path.suffix.lower()!r}; use .txt, .jsonl, .json or .csv", path=path)
     rows = [r for r in rows if r["question"]]
@@ -92,6 +124,11 @@ def settings_block(options: EvalOptions) -> dict[str, Any]:
             "api_key_env": options.api_key_env, "rpm": options.rpm, "benchmarks": benchmark_tasks(options),
             "benchmark_data": options.benchmark_data, "benchmark_limit": options.benchmark_limit,
             "forgetting_margin": options.forgetting_margin}
+
+
+def abstention_sentence(run: RunInfo | None, options: EvalOptions) -> str:
+    """The sentence that counts as abstaining for a model: its run's recorded one, else ``--abstention``."""
+    return run.abstention if run and run.abstention else options.abstention
 
 
 def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out_dir: str | Path, *,
@@ -151,8 +188,11 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
         rows = []
         for q, (ctx, ids), a in zip(questions, contexts, answers[name]):
             rows.append({"answer": a.text, "reference": q["reference"] or None, "keywords": q["keywords"],
-                         "category": q["category"], "context": ctx, "finish_reason": a.finish_reason})
-        scored = score_rows(rows)
+                         "category": q["category"], "context": ctx, "finish_reason": a.finish_reason,
+                         "answerable": q.get("answerable", True)})
+        abstention = abstention_sentence(opened[name].run, options)
+        scored = score_rows(rows, abstention=abstention)
+        scored["abstention"] = abstention
         per_model_rows[name] = scored.pop("per_row")
         scored["answers_per_second"] = round(len(questions) / max(timing[name], 1e-9), 3)
         scored["wall_seconds"] = round(timing[name], 2)
@@ -165,7 +205,7 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
     with atomic_writer(out / "responses.jsonl") as f:
         for i, (q, (ctx, ids)) in enumerate(zip(questions, contexts)):
             entry = {"id": q["id"], "question": q["question"], "input": q["input"], "category": q["category"],
-                     "reference": q["reference"],
+                     "reference": q["reference"], "answerable": q.get("answerable", True),
                      "keywords": q["keywords"], **({"chunk_id": q["chunk_id"]} if q.get("chunk_id") else {}),
                      "answers": {}}
             for name, _ in models:
@@ -174,7 +214,7 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
                 entry["answers"][name] = {"text": a.text, "prompt": prompts_by_model[name][i],  # exactly what the model saw
                                           "finish_reason": a.finish_reason, "errors": row.get("errors", []),
                                           "retrieved": ids, "completion_tokens": a.completion_tokens,
-                                          **{k: v for k, v in row.items() if k not in ("errors",)}}
+                                          **{k: v for k, v in row.items() if k not in ("errors", "answerable")}}
             responses.append(entry)
             f.write(dumps(entry) + "\n")
     if options.judge:

@@ -13,25 +13,34 @@ numbers and organisation names on morphemes too. chrF works on characters and
 handles Hangul as is, so it runs on the raw text.
 
 Scales: ``rouge1 rouge2 rougeL bleu chrf`` are 0–100; ``keyword_coverage eos_rate
-repetition unsupported_rate`` are 0–1. :data:`CATALOGUE` is the one list of every
-metric's label, scale, direction and meaning; the report and recipes read it.
+repetition unsupported_rate abstain_rate false_abstain_rate`` are 0–1. :data:`CATALOGUE`
+is the one list of every metric's label, scale, direction and meaning; the report and
+recipes read it.
+
+Abstention (:func:`abstains`): a question may be marked ``answerable: false`` (the
+documents do not hold the answer); every answer is marked ``abstained`` or not, and
+``abstain_rate`` / ``false_abstain_rate`` say how often a model declined the questions it
+should decline, and the ones it should have answered.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Sequence
 
 from kotune import korean
+from kotune.model.templates import ABSTENTION
 
 TOKENIZATION = "kiwi-morphemes"
 """Name of the tokenization used for ROUGE and BLEU, written into every output."""
 
 REFERENCE_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf")
 ROW_METRICS = ("keyword_coverage", "eos_rate", "repetition", "unsupported_rate")
+ABSTAIN_METRICS = ("abstain_rate", "false_abstain_rate")
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,10 @@ CATALOGUE: tuple[MetricInfo, ...] = (
     MetricInfo("repetition", "repetition", 1.0, False, "share of repeated n-grams in the answer"),
     MetricInfo("unsupported_rate", "unsupported rate", 1.0, False,
                "share of answer content not found in reference or context"),
+    MetricInfo("abstain_rate", "abstain rate", 1.0, True,
+               "share of unanswerable questions (answerable: false) the model declined to answer"),
+    MetricInfo("false_abstain_rate", "false abstain rate", 1.0, False,
+               "share of answerable questions the model declined to answer"),
 )
 
 ERR_MISSING = "정보 누락"
@@ -74,7 +87,10 @@ ERR_NUMBER = "수치 오류"
 ERR_AGENCY = "기관 오용"
 ERR_LOOP = "반복·미종료"
 ERR_UNSUPPORTED = "근거 없음"
-ERROR_TYPES = (ERR_MISSING, ERR_NUMBER, ERR_AGENCY, ERR_LOOP, ERR_UNSUPPORTED)
+ERR_ANSWERED_UNANSWERABLE = "근거 없이 답함"   # answered a question marked answerable: false
+ERR_FALSE_ABSTAIN = "잘못 거절"               # abstained although the question is answerable
+ERROR_TYPES = (ERR_MISSING, ERR_NUMBER, ERR_AGENCY, ERR_LOOP, ERR_UNSUPPORTED, ERR_ANSWERED_UNANSWERABLE,
+               ERR_FALSE_ABSTAIN)
 
 NO_CATEGORY = "(none)"
 
@@ -529,6 +545,86 @@ def agency_errors(answer: str, reference: str | None, context=None) -> list[str]
     return [o for o in organisations(answer or "") if o.lower() not in flat]
 
 
+# --------------------------------------------------------------------------- abstention
+
+# Refusals that count when they close a clause of the answer's first sentence (see
+# :func:`abstains`). Written with their spacing as usual; matched with spaces removed,
+# so "찾을수없습니다" and "나와있지 않아요" count too. Keep the list short: each entry must
+# be a way of saying "the information is not there", not a fact in its own right.
+REFUSALS = ("찾을 수 없", "나와 있지 않", "해당 내용이 없", "명시되어 있지 않", "언급되어 있지 않", "포함되어 있지 않")
+# Endings after a refusal that turn it into part of a fact: an adnominal ending (찾을 수 없는
+# 경우에는 …, 명시되어 있지 않은 사항은 …: ETM), a condition (… 않으면, … 없다면) or a
+# concession (… 없어도, … 않더라도).
+_CONDITIONS = frozenset({"면", "으면", "다면", "ㄴ다면", "는다면", "거든", "어도", "아도", "더라도", "라도", "어야", "아야"})
+
+
+def _bare(text: str) -> str:
+    """``text`` without whitespace, punctuation and symbols, lower-cased: how sentences are compared."""
+    return "".join(ch for ch in (text or "").lower()
+                   if not ch.isspace() and not unicodedata.category(ch).startswith(("P", "S")))
+
+
+def _closes_clause(sentence: str, end: int) -> bool:
+    """Whether the predicate ending at character ``end`` of ``sentence`` closes its clause: a
+    final ending (…없습니다, …않아요), a connective that goes on to another clause (…않으며,
+    …없고) or nothing at all; not an adnominal ending, a condition or a concession."""
+    toks = [t for t in _analyse(sentence) if t.start >= end and t.tag != "EP"]  # pre-final endings: …없었습니다
+    if not toks:
+        return True
+    t = toks[0]
+    if t.tag.startswith("ETM"):
+        return False
+    if t.tag.startswith("EC"):
+        also = toks[1].form if len(toks) > 1 and toks[1].tag == "JX" and toks[1].start == t.start + len(t.form) else ""
+        return t.form not in _CONDITIONS and t.form + also not in _CONDITIONS  # 없어도: 어 + 도
+    return True
+
+
+def refusal(answer: str) -> str | None:
+    """The refusal of :data:`REFUSALS` that the answer's first sentence ends a clause with, or None."""
+    sentences = korean.split_sentences(answer or "")
+    if not sentences:
+        return None
+    first = sentences[0]
+    keep = [i for i, ch in enumerate(first) if not ch.isspace()]
+    flat = "".join(first[i] for i in keep)
+    for phrase in REFUSALS:
+        needle = "".join(phrase.split())
+        at = flat.find(needle)
+        while at >= 0:
+            if _closes_clause(first, keep[at + len(needle) - 1] + 1):
+                return phrase
+            at = flat.find(needle, at + 1)
+    return None
+
+
+def abstains(answer: str, sentence: str = ABSTENTION) -> bool:
+    """Whether ``answer`` declines to answer ("the documents do not hold it").
+
+    The rule, in order:
+
+    1. the answer contains the model's abstention ``sentence`` (the run's recorded one, else
+       ``--abstention``), compared with whitespace, punctuation and symbols removed; or
+    2. its **first sentence** holds one of :data:`REFUSALS` (찾을 수 없, 나와 있지 않, 해당 내용이
+       없, 명시/언급/포함되어 있지 않) as a clause of its own: followed by a final ending
+       ("문서에서 해당 정보를 찾을 수 없습니다."), a connective ("명시되어 있지 않으며, …") or
+       nothing. Followed by an adnominal ending, a condition or a concession it is part of a
+       fact and does not count: "찾을 수 없는 경우에는 콜센터에 문의합니다", "명시되어 있지
+       않은 사항은 시행령을 따릅니다", "문서에 언급되어 있지 않으면 …", "명시되어 있지 않아도 …".
+
+    Known limit: a fact that itself ends in a refusal phrase ("분실한 카드는 찾을 수 없습니다.")
+    counts as abstaining when it is the first sentence.
+
+    Only the first sentence counts for refusals: an answer that gives the facts and then says
+    a detail "is not in the documents" has answered. An answer that opens with a refusal and
+    then answers anyway counts as abstaining (its first words told the user it does not know).
+    """
+    bare = _bare(sentence)
+    if bare and bare in _bare(answer):
+        return True
+    return refusal(answer) is not None
+
+
 # --------------------------------------------------------------------------- error types
 
 
@@ -571,6 +667,9 @@ def error_types(
     rep: float | None = None,
     unsupported=_UNSET,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    answerable: bool = True,
+    abstained: bool | None = None,
+    abstention: str = ABSTENTION,
 ) -> list[str]:
     """Error types of one answer, in :data:`ERROR_TYPES` order (zero or more):
 
@@ -581,11 +680,26 @@ def error_types(
     - 기관 오용: an organisation name not in reference or context (:func:`agency_errors`).
     - 반복·미종료: repetition > 0.3, or generation stopped at the length limit.
     - 근거 없음: unsupported_rate > 0.4.
+    - 근거 없이 답함: the question is marked unanswerable (``answerable=False``) and the
+      answer does not abstain (:func:`abstains`).
+    - 잘못 거절: the answer abstains although the question is answerable.
 
-    ``rep`` and ``unsupported`` may be passed when already computed.
+    An abstaining answer, or any answer to an unanswerable question, is judged on abstention
+    (and 반복·미종료) only: the content checks compare it with a reference it was not meant
+    to give (the abstention sentence, or none). ``abstained`` is computed with
+    ``abstention`` (the model's sentence) when not given; ``rep`` and ``unsupported`` may be
+    passed when already computed.
     """
     answer = answer or ""
     reference = reference if reference and str(reference).strip() else None
+    if abstained is None:
+        abstained = abstains(answer, abstention)
+    if abstained or not answerable:
+        if rep is None:
+            rep = repetition(answer)
+        loop = rep > thresholds.repetition or (finish_reason or "").lower() in _TRUNCATED
+        wrong = ERR_FALSE_ABSTAIN if answerable else (None if abstained else ERR_ANSWERED_UNANSWERABLE)
+        return [t for t in ERROR_TYPES if (t == ERR_LOOP and loop) or t == wrong]
     out = []
     cov = keyword_coverage(answer, keywords)
     if cov is not None:
@@ -637,7 +751,7 @@ def _r(x: float | None, digits: int) -> float | None:
     return None if x is None else round(float(x), digits)
 
 
-def _score_row(row: dict) -> dict:
+def _score_row(row: dict, abstention: str) -> dict:
     answer = _text(row.get("answer")) or ""
     reference = _text(row.get("reference"))
     context = _text(row.get("context"))
@@ -658,16 +772,24 @@ def _score_row(row: dict) -> dict:
     else:
         out.update({k: None for k in ("rouge1", "rouge2", "rougeL", "bleu")})
     rep = repetition(answer)
-    uns = unsupported_rate(answer, reference, grounding)
+    # Only False marks a question unanswerable (missing is answerable); question and
+    # prediction files are checked when read (kotune.eval.evaluate.read_answerable).
+    answerable = row.get("answerable") is not False
+    abstained = abstains(answer, abstention)
+    # An abstention states no fact: none of its words are "unsupported content".
+    uns = None if abstained else unsupported_rate(answer, reference, grounding)
     out.update({
         "keyword_coverage": keyword_coverage(answer, keywords),
         "repetition": rep,
         "unsupported_rate": uns,
         "eos": bool(eos),
         "finish_reason": finish,
+        "answerable": answerable,
+        "abstained": abstained,
     })
     out["errors"] = error_types(answer, reference=reference, keywords=keywords, context=grounding,
-                                finish_reason=finish, rep=rep, unsupported=uns)
+                                finish_reason=finish, rep=rep, unsupported=uns, answerable=answerable,
+                                abstained=abstained)
     out["_answer"], out["_reference"] = answer, reference
     return out
 
@@ -687,6 +809,11 @@ def _group(scored: list[dict]) -> dict:
     g["eos_rate"] = _r(_mean(1.0 if s["eos"] else 0.0 for s in scored), 4)
     g["repetition"] = _r(_mean(s["repetition"] for s in scored), 4)
     g["unsupported_rate"] = _r(_mean(s["unsupported_rate"] for s in scored), 4)
+    unanswerable = [s for s in scored if not s["answerable"]]
+    answerable = [s for s in scored if s["answerable"]]
+    g["unanswerable"], g["answerable"] = len(unanswerable), len(answerable)
+    g["abstain_rate"] = _r(_mean(1.0 if s["abstained"] else 0.0 for s in unanswerable), 4)
+    g["false_abstain_rate"] = _r(_mean(1.0 if s["abstained"] else 0.0 for s in answerable), 4)
     return g
 
 
@@ -698,10 +825,12 @@ def _count_errors(scored: list[dict]) -> dict[str, int]:
     return counts
 
 
-def score_rows(rows: list[dict]) -> dict:
+def score_rows(rows: list[dict], *, abstention: str = ABSTENTION) -> dict:
     """Score answers. Each row has ``answer`` and optionally ``reference``,
     ``keywords`` (list or "a, b | c"), ``category``, ``context`` (string or list),
-    ``question``, ``finish_reason`` and ``eos``.
+    ``question``, ``finish_reason``, ``eos`` and ``answerable`` (``False``: the documents
+    do not hold the answer). ``abstention`` is the answering model's abstention sentence
+    (:func:`abstains`).
 
     Returns ``{"overall", "by_category", "error_types", "error_types_by_category",
     "per_row", "skipped", "notes", "n_rows", "tokenization", "bleu_signature",
@@ -709,12 +838,20 @@ def score_rows(rows: list[dict]) -> dict:
     rougeL`` (mean over rows with a reference), ``bleu chrf`` (corpus scores over
     those rows), all 0–100 rounded to 2 decimals, and ``keyword_coverage eos_rate
     repetition unsupported_rate`` (0–1 means over the rows where defined, 4
-    decimals); a metric with no defined row is None. Rows without a reference get
-    no reference metrics; when no row has one they are listed in ``skipped``
-    ({"metric", "reason"}), when some lack one ``notes`` says over how many rows
-    they were computed. A missing category is "(none)".
+    decimals); a metric with no defined row is None. Group dicts also hold the counts
+    ``unanswerable`` and ``answerable``, ``abstain_rate`` (share of the unanswerable rows
+    whose answer abstained; None without such rows) and ``false_abstain_rate`` (share of
+    the answerable rows whose answer abstained); each ``per_row`` entry holds
+    ``answerable`` and ``abstained``. An abstaining answer has no ``unsupported_rate``
+    (it states no fact) and is tagged by :func:`error_types`' abstention rule.
+
+    Rows without a reference get no reference metrics (an unanswerable question's
+    reference is usually the abstention sentence, then they are computed against it, or
+    none); when no row has one they are listed in ``skipped`` ({"metric", "reason"}), when
+    some lack one ``notes`` says over how many rows they were computed. A missing category
+    is "(none)".
     """
-    scored = [_score_row(r) for r in rows]
+    scored = [_score_row(r, abstention) for r in rows]
     by_cat: dict[str, list[dict]] = {}
     for s in scored:
         by_cat.setdefault(s["category"], []).append(s)
@@ -731,7 +868,8 @@ def score_rows(rows: list[dict]) -> dict:
     if scored and all(s["keyword_coverage"] is None for s in scored):
         skipped.append({"metric": "keyword_coverage", "reason": "no row has keywords"})
     if scored and all(s["unsupported_rate"] is None for s in scored):
-        skipped.append({"metric": "unsupported_rate", "reason": "no row has a reference or context"})
+        why = "every answer abstained" if all(s["abstained"] for s in scored) else "no row has a reference or context"
+        skipped.append({"metric": "unsupported_rate", "reason": why})
 
     per_row = []
     for i, s in enumerate(scored):
@@ -741,6 +879,8 @@ def score_rows(rows: list[dict]) -> dict:
             **{k: _r(s[k], 2) for k in ("rouge1", "rouge2", "rougeL", "bleu")},
             **{k: _r(s[k], 4) for k in ("keyword_coverage", "repetition", "unsupported_rate")},
             "eos": s["eos"],
+            "answerable": s["answerable"],
+            "abstained": s["abstained"],
             "errors": s["errors"],
         })
     return {

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from kotune.eval.metrics import CATALOGUE, MetricInfo
+from kotune.eval.metrics import ABSTAIN_METRICS, CATALOGUE, MetricInfo
 
 __all__ = ["render_html", "render_markdown", "bar_chart", "hbar_chart", "build_report",
            "Report", "Table", "Cell", "METRICS", "HEADLINE"]
@@ -42,7 +42,9 @@ _INFO: dict[str, MetricInfo] = {m.key: m for m in CATALOGUE}
 # Tableau 10: distinct, colour-blind-friendly enough, readable on white.
 _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
             "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
-_ERROR_COLOURS = ("#e15759", "#f28e2b", "#b07aa1", "#9c755f", "#4e79a7")
+_ERROR_COLOURS = ("#e15759", "#f28e2b", "#b07aa1", "#9c755f", "#4e79a7", "#edc948", "#76b7b2")
+ABSTAINED = "거절 (abstained)"  # the mark of an answer that declined (kotune.eval.metrics.abstains)
+UNANSWERABLE = "answerable: false"  # the mark of a question whose answer the documents do not hold
 _NO_COLOUR = "#8c959f"
 _OK_FINISH = {"eos", "stop"}
 _CUT_FINISH = {"length", "max_tokens"}
@@ -116,10 +118,16 @@ def _best(values: dict[str, float | None], higher: bool) -> set[str]:
     return {k for k, v in got.items() if v == target}
 
 
+def _has_unanswerable(models: dict[str, dict]) -> bool:
+    return any((_num((m.get("overall") or {}).get("unanswerable")) or 0) > 0 for m in models.values())
+
+
 def _metric_keys(models: dict[str, dict]) -> list[str]:
-    """The metric columns to show: known metrics that some model has, in a fixed order."""
-    keys = [k for k, *_ in METRICS if any(k in (m.get("overall") or {}) for m in models.values())]
-    return keys or [k for k, *_ in METRICS]
+    """The metric columns to show: known metrics that some model has, in a fixed order; the
+    abstention rates only when some question is marked unanswerable."""
+    shown = [k for k, *_ in METRICS if k not in ABSTAIN_METRICS or _has_unanswerable(models)]
+    keys = [k for k in shown if any(k in (m.get("overall") or {}) for m in models.values())]
+    return keys or [k for k, *_ in METRICS if k not in ABSTAIN_METRICS]
 
 
 def _error_types(models: dict[str, dict]) -> list[str]:
@@ -339,6 +347,7 @@ class Answer:
     errors: tuple[str, ...]
     scores: str  # "ROUGE-L 12.5 · keyword coverage 0.500", "" when none
     retrieved: tuple[str, ...]
+    abstained: bool = False  # the answer declined ("not in the documents")
 
     @property
     def blank(self) -> bool:
@@ -362,6 +371,7 @@ class Question:
     reference: str
     keywords: str
     answers: tuple[Answer, ...]
+    answerable: bool = True  # False: marked unanswerable (the documents do not hold the answer)
 
 
 @dataclass(frozen=True)
@@ -406,7 +416,12 @@ def _metrics_table(models: dict[str, dict], colours: dict[str, str]) -> Table:
     rows = tuple((Cell(name, colour=colours.get(name, _NO_COLOUR)), Cell(_n_answers(m)),
                   *(Cell(_fmt(i.key, (m.get("overall") or {}).get(i.key)), best=name in best[i.key]) for i in infos))
                  for name, m in models.items())
-    return Table("Metrics", header, rows, notes=tuple(_notes(models)), kind="metrics")
+    notes = _notes(models)
+    if _has_unanswerable(models):
+        first = next(iter(models.values())).get("overall") or {}
+        notes.append(f"abstain rate over the {first.get('unanswerable', '?')} questions marked answerable: false, "
+                     f"false abstain rate over the {first.get('answerable', '?')} others.")
+    return Table("Metrics", header, rows, notes=tuple(notes), kind="metrics")
 
 
 def _category_table(models: dict[str, dict], key: str) -> Table:
@@ -502,11 +517,13 @@ def _questions(responses: list[dict], names: list[str], colours: dict[str, str])
                 model=name, colour=colours.get(name, _NO_COLOUR), text=str(a.get("text") or ""),
                 finish=str(a.get("finish_reason") or "").strip(),
                 errors=tuple(str(e) for e in (a.get("errors") or []) if e),
-                scores=_answer_metrics_line(a), retrieved=tuple(map(str, a.get("retrieved") or []))))
+                scores=_answer_metrics_line(a), retrieved=tuple(map(str, a.get("retrieved") or [])),
+                abstained=a.get("abstained") is True))
         q, qid = r.get("question"), r.get("id")
         out.append(Question(number=i, qid=None if qid is None else str(qid),
                             category=str(r.get("category") or "").strip(), question="" if q is None else str(q),
-                            reference=str(r.get("reference") or ""), keywords=keywords, answers=tuple(answers)))
+                            reference=str(r.get("reference") or ""), keywords=keywords, answers=tuple(answers),
+                            answerable=r.get("answerable") is not False))
     return tuple(out)
 
 
@@ -652,7 +669,7 @@ def render_html(metrics: dict, responses: list[dict], title: str = "kotune eval"
             types.append(e)
     error_colours = {t: _ERROR_COLOURS[i % len(_ERROR_COLOURS)] for i, t in enumerate(types)}
     return _template().render(
-        r=report,
+        r=report, abstained_mark=ABSTAINED, unanswerable_mark=UNANSWERABLE,
         figures=_category_figures(models, colours) if models else [],
         error_chart=_error_chart(models, colours),
         error_colours=error_colours,
@@ -739,12 +756,15 @@ def render_markdown(metrics: dict, responses: list[dict], title: str = "kotune e
     out += [f"## Answers side by side ({len(report.questions)})", ""]
     for q in report.questions:
         out += [f"### {q.number}. {'[' + _md(q.category) + '] ' if q.category else ''}{_md(q.question)}", ""]
-        if q.qid is not None:
-            out += [f"id: {_md_code(q.qid)}", ""]
+        if q.qid is not None or not q.answerable:
+            bits = ([f"id: {_md_code(q.qid)}"] if q.qid is not None else []) + ([UNANSWERABLE] if not q.answerable else [])
+            out += [" · ".join(bits), ""]
         if q.reference:
             out += ["**Reference**", "", _md_block(q.reference), ""]
         for a in q.answers:
             info = [f"finish: {_md(a.finish or '?')}"]
+            if a.abstained:
+                info.append(f"**{_md(ABSTAINED)}**")
             if a.errors:
                 info.append("errors: " + ", ".join(_md(e) for e in a.errors))
             if a.scores:

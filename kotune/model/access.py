@@ -30,6 +30,7 @@ from kotune.model.generation import Answer, GenerationSettings, Generator
 from kotune.model.journal import answer_key, open_journal, read_journal, write_answer
 from kotune.model.openai_client import read_api_keys
 from kotune.model.resolve import Resolved, load_resolved, resolve, resolve_model, run_template
+from kotune.model.runinfo import RunInfo
 from kotune.model.templates import Template
 
 DEFAULT_BATCH_SIZE = 16
@@ -43,6 +44,11 @@ class Model(Protocol):
     template: Template
     mode: str            # "local", or an endpoint's "completions" | "chat"
     requests: int        # prompts actually asked by the last answer() (journaled ones are not)
+
+    @property
+    def run(self) -> RunInfo | None:
+        """The record of the kotune run behind the model (a local run, or an endpoint's ``@RUN``); None for
+        a plain base."""
 
     @property
     def multi_turn(self) -> bool: ...
@@ -78,6 +84,10 @@ class LocalModel:
     @property
     def spec(self) -> str:
         return self.resolved.spec
+
+    @property
+    def run(self) -> RunInfo | None:
+        return self.resolved.run
 
     @property
     def eos_ids(self) -> list[int]:

@@ -29,13 +29,15 @@ forms found their chunk in the top 3 (23 of 24 without the bigrams).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
 from kotune.korean import CONTENT_TAGS, morphemes
 from kotune.records import load_chunks
 
-__all__ = ["DEFAULT_TOP_K", "Passages", "Retrieval", "Retriever", "format_context", "tokens"]
+__all__ = ["CITATION", "DEFAULT_TOP_K", "Passages", "Retrieval", "Retriever", "cite", "format_context", "passage_label",
+           "strip_citations", "tokens"]
 
 DEFAULT_TOP_K = 3
 
@@ -114,6 +116,26 @@ class Retriever:
         return [(self.chunks[i], scores[i]) for i in order[:k]]
 
 
+def passage_label(n: int) -> str:
+    """How passage ``n`` (1-based) is named in a prompt and cited in an answer: ``[문서 n]``."""
+    return f"[문서 {n}]"
+
+
+CITATION = re.compile(r"\[문서\s*(\d+)\]")
+"""A citation of a passage in an answer (``[문서 2]``); group 1 is the passage number."""
+
+
+def cite(answer: str, n: int) -> str:
+    """``answer`` citing passage ``n`` at its very end: ``"… 원입니다. [문서 2]"``."""
+    return f"{answer.rstrip()} {passage_label(n)}"
+
+
+def strip_citations(answer: str) -> str:
+    """``answer`` without its ``[문서 n]`` citations (and the spaces before them), for checks that
+    read the answer's words: sentence completeness, grounding, duplicates."""
+    return re.sub(r"\s*" + CITATION.pattern, "", answer or "").strip()
+
+
 def format_context(hits: Iterable[tuple[dict[str, Any], float]]) -> str:
     """Chunks for a RAG prompt: ``[문서 i] (breadcrumbs)`` then the text, blank line between."""
     parts = []
@@ -121,7 +143,7 @@ def format_context(hits: Iterable[tuple[dict[str, Any], float]]) -> str:
         chunk = _as_dict(chunk)
         meta = chunk.get("metadata") or {}
         where = _breadcrumbs(chunk) or str(meta.get("title") or "").strip()
-        head = f"[문서 {i}] ({where})" if where else f"[문서 {i}]"
+        head = f"{passage_label(i)} ({where})" if where else passage_label(i)
         parts.append(f"{head}\n{str(chunk.get('text') or '').strip()}")
     return "\n\n".join(parts)
 

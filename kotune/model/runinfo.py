@@ -116,6 +116,7 @@ class RunInfo(_Part):
     generation: GenerationInfo | None = None
     exported_from: ExportedFrom | None = None
     preference: PreferenceInfo | None = None
+    abstention: str | None = None   # the sentence the run says when the documents do not hold the answer
     pid: int | None = None     # the training process (a running record whose process is gone was killed)
 
     # ------------------------------------------------------------ reading and writing

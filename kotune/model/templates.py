@@ -23,9 +23,13 @@ from kotune.errors import KotuneError
 
 IGNORE_INDEX = -100
 
+ABSTENTION = "문서에 해당 내용이 없습니다."
+"""The sentence a model says when the documents do not hold the answer: the default of
+``--abstention`` (``kotune train`` records it in the run, ``kotune eval`` recognises it), and
+the sentence the ``rag`` template's instruction names (quoted there without its full stop)."""
 RAG_INSTRUCTION = (
     "아래 제공된 [참고 문서]를 참고하여 사용자의 질문에 답변하세요. 문서에 명시된 내용에 근거하여 답변해야 하며, "
-    "문서에 없는 내용은 추측하지 말고 '문서에 해당 내용이 없습니다'라고 답변하세요."
+    f"문서에 없는 내용은 추측하지 말고 '{ABSTENTION.removesuffix('.')}'라고 답변하세요."
 )
 DEFAULT_SYSTEM = "당신은 한국어로 정확하고 간결하게 답하는 도우미입니다."
 

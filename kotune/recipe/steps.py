@@ -60,9 +60,27 @@ def generate(chunks_file: Path, output: Path, opts: GenerateOptions, *, shard: s
 
     if not opts.teacher.startswith(("http://", "https://")) and (opts.api_key_env or opts.rpm):
         warn("--api-key-env and --rpm only apply to a URL teacher; ignored")
+    if opts.grounded and opts.input_context:
+        raise KotuneError("--grounded and --input-context both set each record's input; "
+                          "--grounded already puts the source chunk among its passages: use one")
     every = load_chunks(chunks_file)
     sh = parse_shard(shard)
     chunks = shard_chunks(every, sh)
+    ground = None
+    if opts.grounded:
+        from kotune.data.grounded import Grounder
+
+        if len(every) < 2:
+            raise KotuneError(f"--grounded needs at least 2 chunks (got {len(every)})", path=chunks_file)
+        if opts.grounded_k > len(every):
+            warn(f"--grounded-k {opts.grounded_k} but {len(every)} chunks: records get {len(every)} passages "
+                 f"(unanswerable ones {len(every) - 1})")
+        with console.status("indexing chunks for --grounded"):
+            ground = Grounder(every, k=opts.grounded_k, unanswerable_share=opts.unanswerable_share,
+                              abstention=opts.abstention).apply
+    elif (opts.grounded_k, opts.unanswerable_share, opts.abstention) != \
+            tuple(GenerateOptions.default(n) for n in ("grounded_k", "unanswerable_share", "abstention")):
+        warn("--grounded-k, --unanswerable-share and --abstention only apply with --grounded; ignored")
     t = make_teacher(opts)
     if not chunks:
         raise KotuneError(f"shard {shard} of {len(every)} chunks is empty")
@@ -95,13 +113,16 @@ def generate(chunks_file: Path, output: Path, opts: GenerateOptions, *, shard: s
         if stats is not None:
             stats.on_change = refresh
         records = generate_file(chunks, t, output, per_chunk=opts.per_chunk, resume=resume, overwrite=overwrite,
-                                on_chunk=advance, on_start=skipped, input_context=opts.input_context)
+                                on_chunk=advance, on_start=skipped, input_context=opts.input_context, ground=ground)
     if stats is not None:
         stats.on_change = None
         console.print(f"{t.name}: {stats.summary()}", markup=False, emoji=False)
     if not records:
         warn("the teacher produced no records from these chunks")
     where = f" (shard {sh[0]}/{sh[1]} of {len(every)})" if sh else ""
+    if ground is not None:
+        unanswerable = sum(1 for r in records if not r.answerable)
+        where += f", grounded: {opts.grounded_k} passages each, {unanswerable} unanswerable"
     done(f"{len(records)} records from {len(chunks)} chunks{where} → {output}")
 
 
@@ -341,21 +362,24 @@ def evaluate(questions: Path, models: list[str], output: Path, opts: EvalOptions
 
 def score(predictions: Path, output: Path, opts: ScoreOptions) -> None:
     """Metrics on existing predictions (``answer``, or ``prediction``/``output``), grouped by their ``model``."""
+    from kotune.eval.evaluate import read_answerable
     from kotune.eval.metrics import TOKENIZATION, score_rows
     from kotune.io import read_jsonl, write_json
 
     groups: dict[str, list[dict]] = {}
-    for lineno, row in read_jsonl(predictions):
+    for i, (lineno, row) in enumerate(read_jsonl(predictions), 1):
         answer = row.get("answer", row.get("prediction", row.get("output")))
         if not isinstance(answer, str):
             raise KotuneError('missing "answer" (or "prediction"/"output")', path=predictions, line=lineno)
-        row = {**row, "answer": answer}
+        answerable = read_answerable(row, csv=False, path=predictions, line=lineno, item=i)
+        row = {**row, "answer": answer, "answerable": answerable}
         groups.setdefault(str(row.get("model") or "model"), []).append(row)
     if not groups:
         raise KotuneError("no predictions found", path=predictions)
     metrics: dict = {"models": {}, "tokenization": TOKENIZATION}
     for name, rows in groups.items():
-        scored = score_rows(rows)
+        scored = score_rows(rows, abstention=opts.abstention)
+        scored["abstention"] = opts.abstention
         scored.pop("per_row", None)
         metrics["models"][name] = scored
         metrics["bleu_signature"] = scored.get("bleu_signature")
@@ -372,6 +396,8 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     from rich.table import Table
 
     keys = ["rougeL", "bleu", "chrf", "keyword_coverage", "eos_rate", "repetition", "unsupported_rate"]
+    if any((m.get("overall") or {}).get("unanswerable") for m in metrics["models"].values()):
+        keys += ["abstain_rate", "false_abstain_rate"]  # some question is marked answerable: false
     table = Table(title=f"metrics ({metrics.get('tokenization', '')})")
     table.add_column("model")
     for k in keys:

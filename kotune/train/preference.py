@@ -249,7 +249,7 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
         data=DataInfo(path=str(data_path), sha256=sha256_file(data_path), train_records=len(records),
                       eval_records=len(eval_records or []), truncated=truncated, train_tokens=tokens),
         device=s.device, processes=s.state.num_processes, batching="padded", attention=model.config._attn_implementation,
-        trainable_parameters=trainable,
+        trainable_parameters=trainable, abstention=config.abstention,
         preference=PreferenceInfo(method=config.method, beta=config.beta, sft_weight=config.sft_weight,
                                   from_run=str(sft_dir.resolve()) if sft_dir else None,
                                   from_method=sft.method if sft else None,

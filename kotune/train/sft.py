@@ -90,6 +90,7 @@ class TrainConfig:
     seed: int = _default("seed")
     report_to: str = _default("report_to")
     batching: str = _default("batching")               # auto | group_by_length | padding_free
+    abstention: str = _default("abstention")           # the "not in the documents" sentence, recorded in the run
     trust_remote_code: bool = False
     max_steps: int = _default("max_steps")
     min_steps: int = MIN_LEARNING_STEPS  # optimizer steps a run gets at least, when epochs come from the preset
@@ -196,7 +197,9 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """What must match for --resume to continue a run."""
         d = dataclasses.asdict(self)
-        for k in ("output_dir", "save_steps", "logging_steps", "report_to"):
+        # abstention changes no weight (the data teaches the sentence; the run records it beside
+        # this fingerprint), and runs started before it existed stay resumable.
+        for k in ("output_dir", "save_steps", "logging_steps", "report_to", "abstention"):
             d.pop(k)
         return d
 
@@ -580,7 +583,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                       eval_records=len(eval_records or []), truncated=truncated, train_tokens=tokens,
                       supervised_tokens=supervised),
         device=device, processes=s.state.num_processes, batching=batching, attention=attention,
-        trainable_parameters=trainable,
+        trainable_parameters=trainable, abstention=config.abstention,
     )
     if main:
         eval_tokens = sum(eval_ds["length"]) if eval_ds is not None else 0
