@@ -207,12 +207,15 @@ def test_the_training_prompt_is_the_prompt_eval_builds(records, sample_chunks, g
             assert r["input"] == retrieved.text
             assert rag.prompt(r["instruction"], r["input"]) == rag.prompt(r["instruction"], "", context=retrieved.text)
     assert top_ranked >= 5
-    # kotune eval --questions (a grounded test split) --context CHUNKS asks with the record's own passages
+    # kotune eval --questions (a grounded test split) without --context asks with the record's own passages
     questions = load_questions(grounded)
-    contexts = retrieval.for_questions(questions)
+    contexts = Retrieval().for_questions(questions)
     for q, ctx, r in zip(questions, contexts, records):
         assert q["answerable"] is r["answerable"]
         assert rag.prompt(q["question"], q["input"], context=ctx.text or None) == rag.prompt(r["instruction"], r["input"])
+    # ... and with --context CHUNKS every question is retrieved again, from the question alone (as in use)
+    live = retrieval.for_questions(questions)
+    assert all(ctx.chunk_ids == retrieval.passages(q["question"]).chunk_ids for q, ctx in zip(questions, live))
 
 
 # ------------------------------------------------------------------ validate, split, the record file

@@ -117,7 +117,8 @@ def test_one_retrieval_rule_for_every_consumer() -> None:
     assert "[문서 2] (기관별 역할)" not in asked.text or asked.chunk_ids == ["c2", "c1"]
     own = r.passages("총사업비는 얼마인가요?", context="[문서 1]\n주어진 문맥")
     assert own.text == "[문서 1]\n주어진 문맥" and own.chunk_ids == []
-    with_input = r.passages("이 대화를 요약하세요.", input="A: 총사업비는 얼마인가요?")
-    assert with_input.text == "" and with_input.chunk_ids == []  # the input is what is asked about
+    with_input = r.passages("총사업비는 얼마인가요?", input="[문서 1]\n학습 때의 지문")
+    assert with_input.chunk_ids[0] == "c2"  # with a chunks file, retrieved from the question alone, as in use
+    assert Retrieval().passages("총사업비는 얼마인가요?", input="[문서 1]\n지문").text == ""  # the input stays
     assert Retrieval().passages("총사업비는 얼마인가요?").text == ""  # no chunks file: no context
     assert r.passages("오늘 날씨").text == ""  # no chunk shares a word

@@ -128,8 +128,8 @@ def mine(model: str, questions: list[dict[str, Any]], output: Path, options: Pai
         if pair is None:
             skipped[reason] += 1
             continue
-        if ctx and not q["input"]:
-            pair["input"] = ctx  # the retrieved context the answers were given (a RAG template's input)
+        if ctx:
+            pair["input"] = ctx  # the context the answers were given, in place of the input (a RAG template's input)
         pairs.append(pair)
     if options.judge and pairs:
         pairs, disagreed = _judged(pairs, options)

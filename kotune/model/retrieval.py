@@ -171,13 +171,15 @@ class Retrieval:
     training-data builders), with one rule:
 
     1. a question that brings its own ``context`` is asked with it, as it is;
-    2. a question that brings an ``input`` (the text to summarise, a dialogue, a record's
-       passages) is asked with that input and nothing is retrieved: a template puts the
-       context *in place of* the input, so retrieving would drop what the question is about;
-    3. otherwise, with a chunks file, the ``k`` best chunks for the question text (BM25 over
+    2. otherwise, with a chunks file, the ``k`` best chunks for the question text (BM25 over
        Kiwi morphemes, :class:`Retriever`), numbered ``[문서 1]``..``[문서 k]`` best first, each
-       headed by its breadcrumbs (:func:`format_context`);
-    4. without a chunks file, or when no chunk shares a word with the question: no context.
+       headed by its breadcrumbs (:func:`format_context`). They take the place of the
+       question's ``input`` in the prompt (a template puts the context where the input
+       goes): with ``--context`` the model is asked as it will be in use, from the question
+       alone, even when a test record carries the passages it was generated from;
+    3. without a chunks file: no context; a question's ``input`` (its passages, the text to
+       summarise, a dialogue) is asked as it is;
+    4. when no chunk shares a word with the question: no context either.
     """
 
     def __init__(self, chunks: str | Path | None = None, k: int = DEFAULT_TOP_K, *, retriever: Retriever | None = None):
@@ -192,7 +194,7 @@ class Retrieval:
     def passages(self, question: str, *, input: str = "", context: str = "") -> Passages:
         if context:
             return Passages(context)
-        if input or self.retriever is None:
+        if self.retriever is None:
             return Passages()
         hits = self.retriever.search(question, k=self.k)
         return Passages(format_context(hits), [str(c["chunk_id"]) for c, _ in hits])
