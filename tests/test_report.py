@@ -377,12 +377,14 @@ def test_each_table_shows_the_same_cells_in_html_and_markdown():
 
 def test_metric_labels_and_descriptions_come_from_the_catalogue():
     from kotune.eval import report as report_module
-    from kotune.eval.metrics import ABSTAIN_METRICS, CATALOGUE, REFERENCE_METRICS, ROW_METRICS
+    from kotune.eval.metrics import ABSTAIN_METRICS, CATALOGUE, CITATION_METRICS, REFERENCE_METRICS, ROW_METRICS
 
-    assert [m.key for m in CATALOGUE] == [*REFERENCE_METRICS, *ROW_METRICS, *ABSTAIN_METRICS]
+    assert [m.key for m in CATALOGUE] == [*REFERENCE_METRICS, *ROW_METRICS, *ABSTAIN_METRICS, *CITATION_METRICS]
     assert report_module.METRICS == tuple((m.key, m.label, m.vmax, m.higher_is_better) for m in CATALOGUE)
-    metrics, responses = example()  # no question marked unanswerable: no abstention columns (tests/test_abstention.py)
-    shown = [m for m in CATALOGUE if m.key not in ABSTAIN_METRICS]
+    # No question marked unanswerable and none asked with numbered passages: no abstention
+    # columns (tests/test_abstention.py), no citation columns (tests/test_citations.py).
+    metrics, responses = example()
+    shown = [m for m in CATALOGUE if m.key not in ABSTAIN_METRICS and m.key not in CITATION_METRICS]
     header = build_report(metrics, responses).metrics.header[2:]
     assert [(c.text, c.hint) for c in header] == [
         (f"{m.label} {'↑' if m.higher_is_better else '↓'}", m.description) for m in shown]

@@ -187,9 +187,10 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
     for name, _ in models:
         rows = []
         for q, (ctx, ids), a in zip(questions, contexts, answers[name]):
+            # input: the passages a grounded question brings, cited when there is no context
             rows.append({"answer": a.text, "reference": q["reference"] or None, "keywords": q["keywords"],
-                         "category": q["category"], "context": ctx, "finish_reason": a.finish_reason,
-                         "answerable": q.get("answerable", True)})
+                         "category": q["category"], "context": ctx, "input": q["input"],
+                         "finish_reason": a.finish_reason, "answerable": q.get("answerable", True)})
         abstention = abstention_sentence(opened[name].run, options)
         scored = score_rows(rows, abstention=abstention)
         scored["abstention"] = abstention

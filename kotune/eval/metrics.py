@@ -13,14 +13,19 @@ numbers and organisation names on morphemes too. chrF works on characters and
 handles Hangul as is, so it runs on the raw text.
 
 Scales: ``rouge1 rouge2 rougeL bleu chrf`` are 0–100; ``keyword_coverage eos_rate
-repetition unsupported_rate abstain_rate false_abstain_rate`` are 0–1. :data:`CATALOGUE`
-is the one list of every metric's label, scale, direction and meaning; the report and
-recipes read it.
+repetition unsupported_rate abstain_rate false_abstain_rate citation_accuracy cited_rate``
+are 0–1. :data:`CATALOGUE` is the one list of every metric's label, scale, direction and
+meaning; the report and recipes read it.
 
 Abstention (:func:`abstains`): a question may be marked ``answerable: false`` (the
 documents do not hold the answer); every answer is marked ``abstained`` or not, and
 ``abstain_rate`` / ``false_abstain_rate`` say how often a model declined the questions it
 should decline, and the ones it should have answered.
+
+Citations (:func:`check_citations`): a grounded model answers from passages numbered
+``[문서 1]``..``[문서 k]`` and cites the one it used ("… 4,500억 원입니다 [문서 2]");
+``citation_accuracy`` is the share of cited passages that hold the reference answer's key
+facts, ``cited_rate`` the share of answers that cite at all.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Sequence
 
 from kotune import korean
+from kotune.model.retrieval import CITATION
 from kotune.model.templates import ABSTENTION
 
 TOKENIZATION = "kiwi-morphemes"
@@ -41,6 +47,7 @@ TOKENIZATION = "kiwi-morphemes"
 REFERENCE_METRICS = ("rouge1", "rouge2", "rougeL", "bleu", "chrf")
 ROW_METRICS = ("keyword_coverage", "eos_rate", "repetition", "unsupported_rate")
 ABSTAIN_METRICS = ("abstain_rate", "false_abstain_rate")
+CITATION_METRICS = ("citation_accuracy", "cited_rate")
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,10 @@ CATALOGUE: tuple[MetricInfo, ...] = (
                "share of unanswerable questions (answerable: false) the model declined to answer"),
     MetricInfo("false_abstain_rate", "false abstain rate", 1.0, False,
                "share of answerable questions the model declined to answer"),
+    MetricInfo("citation_accuracy", "citation accuracy", 1.0, True,
+               "share of cited passages ([문서 n]) that hold the reference answer's key facts"),
+    MetricInfo("cited_rate", "cited rate", 1.0, True,
+               "share of answers that cite a passage (answered, answerable questions with numbered passages)"),
 )
 
 ERR_MISSING = "정보 누락"
@@ -625,6 +636,105 @@ def abstains(answer: str, sentence: str = ABSTENTION) -> bool:
     return refusal(answer) is not None
 
 
+# --------------------------------------------------------------------------- citations
+
+# What counts as a citation in an answer: kotune's own form, one passage per bracket
+# (``[문서 2]``, :data:`kotune.model.retrieval.CITATION`; several in a row: ``[문서 1][문서 3]``),
+# and a list in one bracket (``[문서 1, 3]``, also ``[문서 1,3]``). Not counted: a bare number
+# ("[1]", "문서 1" without brackets) and ranges ("[문서 1-3]"): kotune never writes them, and
+# guessing what they mean would score answers on a reading of ours.
+CITATIONS = re.compile(r"\[문서\s*(\d+(?:\s*,\s*\d+)*)\s*\]")
+# A passage in a prompt: its ``[문서 n]`` label at the start of a line, as
+# :func:`kotune.model.retrieval.format_context` writes it; a label inside a line is text.
+_PASSAGE_LABEL = re.compile(r"^[ \t]*" + CITATION.pattern, re.M)
+
+CITATION_KEY_FACTS = 0.5
+"""A cited passage is correct when it holds at least this share of the key facts."""
+
+
+def citations(answer: str) -> list[int]:
+    """The passage numbers ``answer`` cites, in the order first cited, each once:
+    "…입니다 [문서 2]" → ``[2]``; "[문서 1][문서 3]" and "[문서 1, 3]" → ``[1, 3]``."""
+    out: list[int] = []
+    for m in CITATIONS.finditer(answer or ""):
+        for n in re.split(r"\s*,\s*", m.group(1)):
+            if int(n) not in out:
+                out.append(int(n))
+    return out
+
+
+def strip_cited(text: str) -> str:
+    """``text`` without its citations (every form :data:`CITATIONS` reads) and the spaces before them."""
+    return re.sub(r"\s*" + CITATIONS.pattern, "", text or "").strip()
+
+
+def numbered_passages(context: str | None) -> dict[int, str]:
+    """The passages of a prompt's context, by number: each ``[문서 n]`` label at the start of a
+    line opens passage n, which runs to the next label (the label itself left out, its
+    breadcrumbs line kept). Text before the first label belongs to no passage; a number
+    labelled twice keeps its first passage. A context without labels has no citable passages."""
+    context = context or ""
+    labels = list(_PASSAGE_LABEL.finditer(context))
+    out: dict[int, str] = {}
+    for i, m in enumerate(labels):
+        end = labels[i + 1].start() if i + 1 < len(labels) else len(context)
+        out.setdefault(int(m.group(1)), context[m.end():end].strip())
+    return out
+
+
+def key_facts(keywords=None, reference: str | None = None) -> list[str]:
+    """The key facts a correct answer gives: the row's ``keywords`` (what
+    :func:`keyword_coverage` checks), else those :func:`kotune.korean.answer_keywords`
+    derives from the reference with its citations removed (quantities first, then the
+    longest noun phrases; at most 3). Empty when neither yields any."""
+    kws = split_keywords(keywords)
+    if kws:
+        return kws
+    return korean.answer_keywords(strip_cited(reference)) if reference and reference.strip() else []
+
+
+def holds_facts(passage: str, facts: Sequence[str], threshold: float = CITATION_KEY_FACTS) -> bool:
+    """Whether ``passage`` holds at least ``threshold`` of ``facts``, each matched as
+    :func:`keyword_present` matches a keyword (morphemes, particles and endings ignored)."""
+    if not facts:
+        return False
+    return sum(keyword_present(passage, f) for f in facts) / len(facts) >= threshold
+
+
+class CitationCheck(NamedTuple):
+    """One answer's citations. ``cited_passages[i]`` and ``cited_correct[i]`` belong to
+    ``citations[i]``: the passage's text (None when the number is not a passage) and whether it
+    holds the key facts (None when not checked)."""
+
+    citations: list[int]
+    cited_passages: list[str | None]
+    cited_correct: list[bool | None]
+    citation_correct: bool | None  # every cited passage correct; None when not checked
+
+
+def check_citations(answer: str, context: str | None, *, keywords=None, reference: str | None = None,
+                    checked: bool = True, threshold: float = CITATION_KEY_FACTS) -> CitationCheck:
+    """The citations of ``answer`` against the numbered passages of ``context`` (:func:`numbered_passages`).
+
+    The rule: a cited passage is **correct** when it holds at least ``threshold`` (0.5) of the
+    key facts (:func:`key_facts`: the keywords, else the reference's) by :func:`keyword_present`'s
+    morpheme match; a citation of a number that is not a passage ("[문서 7]" of 3) is wrong. The
+    answer's citation is correct when every passage it cites is.
+
+    Not checked (every correctness None): the answer cites nothing, the context has no
+    numbered passages, there are no key facts (no keywords and no reference), or ``checked`` is
+    False (the caller's exclusions: an abstaining answer, a question marked unanswerable).
+    """
+    cited = citations(answer)
+    passages = numbered_passages(context)
+    texts = [passages.get(n) for n in cited]
+    facts = key_facts(keywords, reference) if checked and cited and passages else []
+    if not facts:
+        return CitationCheck(cited, texts, [None] * len(cited), None)
+    correct = [t is not None and holds_facts(t, facts, threshold) for t in texts]
+    return CitationCheck(cited, texts, correct, all(correct))
+
+
 # --------------------------------------------------------------------------- error types
 
 
@@ -727,10 +837,11 @@ def error_types(
 
 def is_eos(answer: str, finish_reason: str | None = None) -> bool:
     """Whether the answer ended on its own: ``finish_reason`` other than "length"
-    when known; otherwise the answer must end like a Korean sentence."""
+    when known; otherwise the answer must end like a Korean sentence (its closing
+    citations aside: "…원입니다 [문서 2]" ends on its own)."""
     if finish_reason:
         return finish_reason.lower() not in _TRUNCATED
-    return korean.ends_like_sentence(answer or "")
+    return korean.ends_like_sentence(strip_cited(answer or ""))
 
 
 def _text(v) -> str | None:
@@ -790,6 +901,13 @@ def _score_row(row: dict, abstention: str) -> dict:
     out["errors"] = error_types(answer, reference=reference, keywords=keywords, context=grounding,
                                 finish_reason=finish, rep=rep, unsupported=uns, answerable=answerable,
                                 abstained=abstained)
+    # The passages the answer may cite: the prompt's context, else the question's input (what
+    # the model was asked with: a context takes the input's place in the prompt).
+    passages = context or _text(row.get("input"))
+    cit = check_citations(answer, passages, keywords=keywords, reference=reference,
+                          checked=answerable and not abstained)
+    out.update(cit._asdict())
+    out["_citable"] = answerable and not abstained and bool(numbered_passages(passages))
     out["_answer"], out["_reference"] = answer, reference
     return out
 
@@ -814,6 +932,13 @@ def _group(scored: list[dict]) -> dict:
     g["unanswerable"], g["answerable"] = len(unanswerable), len(answerable)
     g["abstain_rate"] = _r(_mean(1.0 if s["abstained"] else 0.0 for s in unanswerable), 4)
     g["false_abstain_rate"] = _r(_mean(1.0 if s["abstained"] else 0.0 for s in answerable), 4)
+    citable = [s for s in scored if s["_citable"]]
+    checked = [c for s in scored if s["citation_correct"] is not None for c in s["cited_correct"]]
+    g["n_citable"] = len(citable)
+    g["n_citing"] = sum(s["citation_correct"] is not None for s in scored)
+    g["n_cited"] = len(checked)
+    g["citation_accuracy"] = _r(_mean(1.0 if c else 0.0 for c in checked), 4)
+    g["cited_rate"] = _r(_mean(1.0 if s["citations"] else 0.0 for s in citable), 4)
     return g
 
 
@@ -828,6 +953,7 @@ def _count_errors(scored: list[dict]) -> dict[str, int]:
 def score_rows(rows: list[dict], *, abstention: str = ABSTENTION) -> dict:
     """Score answers. Each row has ``answer`` and optionally ``reference``,
     ``keywords`` (list or "a, b | c"), ``category``, ``context`` (string or list),
+    ``input`` (the question's input; its passages count when there is no context),
     ``question``, ``finish_reason``, ``eos`` and ``answerable`` (``False``: the documents
     do not hold the answer). ``abstention`` is the answering model's abstention sentence
     (:func:`abstains`).
@@ -844,6 +970,18 @@ def score_rows(rows: list[dict], *, abstention: str = ABSTENTION) -> dict:
     the answerable rows whose answer abstained); each ``per_row`` entry holds
     ``answerable`` and ``abstained``. An abstaining answer has no ``unsupported_rate``
     (it states no fact) and is tagged by :func:`error_types`' abstention rule.
+
+    Citations (:func:`check_citations`, against the ``[문서 n]`` passages of the row's
+    ``context``, else of its ``input``): each ``per_row`` entry holds ``citations`` (the cited
+    passage numbers), ``citation_correct`` (True/False, None when not checked),
+    ``cited_passages`` (each cited passage's text, None for a number that is not a passage) and
+    ``cited_correct`` (each one's check). Group dicts hold ``citation_accuracy``: the share of
+    cited passages that are correct, pooled over the answers whose citations were checked
+    (answered, answerable, numbered passages, key facts; None when no answer cites), and
+    ``cited_rate``: the share of the answered (not abstained) answerable rows with numbered
+    passages that cite at all (None when no row has numbered passages); and the counts
+    ``n_citable`` (rows under ``cited_rate``), ``n_citing`` (answers checked) and ``n_cited``
+    (passages checked).
 
     Rows without a reference get no reference metrics (an unanswerable question's
     reference is usually the abstention sentence, then they are computed against it, or
@@ -882,6 +1020,10 @@ def score_rows(rows: list[dict], *, abstention: str = ABSTENTION) -> dict:
             "answerable": s["answerable"],
             "abstained": s["abstained"],
             "errors": s["errors"],
+            "citations": s["citations"],
+            "citation_correct": s["citation_correct"],
+            "cited_passages": s["cited_passages"],
+            "cited_correct": s["cited_correct"],
         })
     return {
         "overall": _group(scored),

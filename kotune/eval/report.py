@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from kotune.eval.metrics import ABSTAIN_METRICS, CATALOGUE, MetricInfo
+from kotune.eval.metrics import ABSTAIN_METRICS, CATALOGUE, CITATION_METRICS, MetricInfo
 
-__all__ = ["render_html", "render_markdown", "bar_chart", "hbar_chart", "build_report",
-           "Report", "Table", "Cell", "METRICS", "HEADLINE"]
+__all__ = ["render_html", "render_markdown", "bar_chart", "hbar_chart", "build_report", "cited_passages",
+           "Report", "Table", "Cell", "Cited", "METRICS", "HEADLINE"]
 
 # The catalogue's old (key, label, scale max, higher is better) shape, derived from
 # kotune.eval.metrics.CATALOGUE (not a copy): kotune.recipe.plan unpacks these 4-tuples.
@@ -49,6 +49,7 @@ _NO_COLOUR = "#8c959f"
 _OK_FINISH = {"eos", "stop"}
 _CUT_FINISH = {"length", "max_tokens"}
 _TEMPLATE = "report.html.j2"  # in kotune/assets, shipped as package data
+PREVIEW_CHARS = 200  # how much of a cited passage the Markdown report quotes
 
 
 # --------------------------------------------------------------------------- shared
@@ -122,12 +123,20 @@ def _has_unanswerable(models: dict[str, dict]) -> bool:
     return any((_num((m.get("overall") or {}).get("unanswerable")) or 0) > 0 for m in models.values())
 
 
+def _has_citations(models: dict[str, dict]) -> bool:
+    """Whether some model has a citation metric: some question was asked with numbered passages."""
+    return any(_num((m.get("overall") or {}).get(k)) is not None for m in models.values() for k in CITATION_METRICS)
+
+
 def _metric_keys(models: dict[str, dict]) -> list[str]:
     """The metric columns to show: known metrics that some model has, in a fixed order; the
-    abstention rates only when some question is marked unanswerable."""
-    shown = [k for k, *_ in METRICS if k not in ABSTAIN_METRICS or _has_unanswerable(models)]
+    abstention rates only when some question is marked unanswerable, the citation metrics only
+    when some model has a value for one (they are null for every model of a closed-book eval)."""
+    hidden = ((() if _has_unanswerable(models) else ABSTAIN_METRICS)
+              + (() if _has_citations(models) else CITATION_METRICS))
+    shown = [k for k, *_ in METRICS if k not in hidden]
     keys = [k for k in shown if any(k in (m.get("overall") or {}) for m in models.values())]
-    return keys or [k for k, *_ in METRICS if k not in ABSTAIN_METRICS]
+    return keys or [k for k, *_ in METRICS if k not in ABSTAIN_METRICS and k not in CITATION_METRICS]
 
 
 def _error_types(models: dict[str, dict]) -> list[str]:
@@ -337,6 +346,48 @@ class Judge:
 
 
 @dataclass(frozen=True)
+class Cited:
+    """One passage an answer cites: its number, its text (None when the number is not a
+    passage of the prompt) and whether it holds the key facts (None when not checked)."""
+
+    number: int
+    text: str | None
+    correct: bool | None
+
+    @property
+    def label(self) -> str:
+        return f"[문서 {self.number}]"
+
+    @property
+    def mark(self) -> str:
+        """✓ (holds the key facts), ✗ (does not, or is no passage) or "" (not checked)."""
+        return "" if self.correct is None else ("✓" if self.correct else "✗")
+
+    @property
+    def preview(self) -> str:
+        """The passage's first :data:`PREVIEW_CHARS` characters on one line ("…" when cut)."""
+        flat = " ".join((self.text or "").split())
+        return flat if len(flat) <= PREVIEW_CHARS else flat[:PREVIEW_CHARS].rstrip() + "…"
+
+
+def cited_passages(answer: dict) -> tuple[Cited, ...]:
+    """The passages an answer of responses.jsonl cites (its ``citations``, ``cited_passages`` and
+    ``cited_correct``, :func:`kotune.eval.metrics.check_citations`); () for an answer that cites
+    nothing or an eval written before citations were checked."""
+    numbers = answer.get("citations") or []
+    texts = answer.get("cited_passages") or []
+    checks = answer.get("cited_correct") or []
+    out = []
+    for i, n in enumerate(numbers):
+        if isinstance(n, bool) or not isinstance(n, int):
+            continue
+        text = texts[i] if i < len(texts) else None
+        ok = checks[i] if i < len(checks) else None
+        out.append(Cited(n, None if text is None else str(text), ok if isinstance(ok, bool) else None))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
 class Answer:
     """One model's answer to one question."""
 
@@ -348,6 +399,7 @@ class Answer:
     scores: str  # "ROUGE-L 12.5 · keyword coverage 0.500", "" when none
     retrieved: tuple[str, ...]
     abstained: bool = False  # the answer declined ("not in the documents")
+    cited: tuple[Cited, ...] = ()  # the passages it cites ([문서 n])
 
     @property
     def blank(self) -> bool:
@@ -421,6 +473,14 @@ def _metrics_table(models: dict[str, dict], colours: dict[str, str]) -> Table:
         first = next(iter(models.values())).get("overall") or {}
         notes.append(f"abstain rate over the {first.get('unanswerable', '?')} questions marked answerable: false, "
                      f"false abstain rate over the {first.get('answerable', '?')} others.")
+    if _has_citations(models):
+        counts = "; ".join(f"{name}: {(m.get('overall') or {}).get('n_cited', '?')} passages cited in "
+                           f"{(m.get('overall') or {}).get('n_citing', '?')} answers, "
+                           f"{(m.get('overall') or {}).get('n_citable', '?')} answers that could cite"
+                           for name, m in models.items())
+        notes.append("citation accuracy: a cited passage is correct when it holds at least half of the reference "
+                     "answer's key facts (its keywords); cited rate over the answered, answerable questions asked "
+                     f"with numbered passages ({counts}).")
     return Table("Metrics", header, rows, notes=tuple(notes), kind="metrics")
 
 
@@ -518,7 +578,7 @@ def _questions(responses: list[dict], names: list[str], colours: dict[str, str])
                 finish=str(a.get("finish_reason") or "").strip(),
                 errors=tuple(str(e) for e in (a.get("errors") or []) if e),
                 scores=_answer_metrics_line(a), retrieved=tuple(map(str, a.get("retrieved") or [])),
-                abstained=a.get("abstained") is True))
+                abstained=a.get("abstained") is True, cited=cited_passages(a)))
         q, qid = r.get("question"), r.get("id")
         out.append(Question(number=i, qid=None if qid is None else str(qid),
                             category=str(r.get("category") or "").strip(), question="" if q is None else str(q),
@@ -771,4 +831,10 @@ def render_markdown(metrics: dict, responses: list[dict], title: str = "kotune e
                 info.append(_md(a.scores))
             out += [f"**{_md(a.model)}** — " + " · ".join(info), ""]
             out += ["> *(empty answer)*" if a.blank else _md_block(a.text), ""]
+            for c in a.cited:
+                head = f"cited {_md(c.label)}" + (f" {c.mark}" if c.mark else "")
+                body = _md(c.preview) if c.text is not None else "*(not a passage of the prompt)*"
+                out += [f"- {head}: {body}"]
+            if a.cited:
+                out.append("")
     return "\n".join(out).rstrip() + "\n"

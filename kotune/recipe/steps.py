@@ -398,6 +398,9 @@ def print_metrics(metrics: dict[str, Any]) -> None:
     keys = ["rougeL", "bleu", "chrf", "keyword_coverage", "eos_rate", "repetition", "unsupported_rate"]
     if any((m.get("overall") or {}).get("unanswerable") for m in metrics["models"].values()):
         keys += ["abstain_rate", "false_abstain_rate"]  # some question is marked answerable: false
+    if any((m.get("overall") or {}).get(k) is not None for m in metrics["models"].values()
+           for k in ("citation_accuracy", "cited_rate")):
+        keys += ["citation_accuracy", "cited_rate"]  # some answer was asked with numbered passages ([문서 n])
     table = Table(title=f"metrics ({metrics.get('tokenization', '')})")
     table.add_column("model")
     for k in keys:

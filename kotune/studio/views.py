@@ -194,7 +194,7 @@ class EvalPage:
     names: list[str]
     a: str
     b: str
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, Any]]       # each question of responses.jsonl, with its "flip" and "cited"
     total: int
     categories: list[str]
     errors: list[str]
@@ -224,6 +224,8 @@ def flip(a: dict[str, Any], b: dict[str, Any], metric: str) -> str:
 
 def eval_page(root: Any, folder: Path, *, a: str = "", b: str = "", flip_: str = "", metric: str = "rougeL",
               error: str = "", category: str = "") -> EvalPage:
+    from kotune.eval.report import cited_passages
+
     metrics_path, responses_path = folder / "metrics.json", folder / "responses.jsonl"
     if not metrics_path.exists() or not responses_path.exists():
         raise KotuneError(f"{root.rel(folder)}: not an eval folder (metrics.json and responses.jsonl)")
@@ -245,7 +247,9 @@ def eval_page(root: Any, folder: Path, *, a: str = "", b: str = "", flip_: str =
             continue
         if category and str(q.get("category") or "") != category:
             continue
-        rows.append({**q, "flip": how})
+        # The passages each answer cites, as the report shows them (kotune.eval.report.Cited).
+        cited = {n: cited_passages(ans) for n, ans in answers.items() if isinstance(ans, dict)}
+        rows.append({**q, "flip": how, "cited": cited})
     categories = sorted({str(q.get("category") or "") for q in responses} - {""})
     errors = sorted({e for q in responses for ans in (q.get("answers") or {}).values() for e in _errors_of(ans)})
     chunks = folder.parent / "chunks.jsonl"
