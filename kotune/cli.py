@@ -11,6 +11,7 @@ import typer
 
 from kotune import __version__
 from kotune.errors import KotuneError
+from kotune.eval.closed_book import UNSUPPORTED_LIMIT
 from kotune.options import (BATCHING_NAMES, EXPORT_DTYPES, LOSS_ON, METHODS, PAD_TOKENS, PREFERENCE_METHODS,
                             PRESET_NAMES, REPORT_TO, SCHEDULER_NAMES, SERVE_BATCHING, TEMPLATE_NAMES, ChatOptions,
                             DoctorOptions, EvalOptions, ExportOptions, GenerateOptions, PairsOptions, PrepareOptions,
@@ -228,6 +229,7 @@ def doctor(
     run_dir: Optional[Path] = typer.Argument(None, metavar="[OUT]", help="A kotune output folder to check."),
     base_model: Optional[str] = typer.Option(None, "--base-model", "--base_model", help="Base model (HF id, folder, builtin:tiny-ko)."),
     data: Optional[Path] = typer.Option(None, "--data", "--data_path", help="Training data: records or raw {\"text\": ...} rows."),
+    eval_dir: Optional[Path] = typer.Option(None, "--eval", metavar="EVAL", help=f"A kotune eval folder: warn about closed-book models whose unsupported_rate is above {UNSUPPORTED_LIMIT:g} or the base's (default: OUT/eval of the kotune run output the run folder is in). Alone, no model is read."),
     template: TemplateOption = DoctorOptions.default("template"),
     max_length: Optional[int] = typer.Option(DoctorOptions.default("max_length"), "--max-length", "--max_length", help="Training max_length to check truncation against (default: the run's, else kotune train's)."),
     lora_targets: Optional[str] = typer.Option(DoctorOptions.default("lora_targets"), "--lora-targets", help="LoRA target modules the setup uses (comma-separated; default: the run's, else the architecture's)."),
@@ -235,10 +237,10 @@ def doctor(
     loss_on: str = typer.Option(DoctorOptions.default("loss_on"), "--loss-on", help=f"{_choices(LOSS_ON)}: full if labels = input_ids (the prompt in the loss), answer if the prompt is masked."),
     inference_template: Optional[str] = typer.Option(DoctorOptions.default("inference_template"), "--inference-template", help=f"Template the setup queries the model with ({_choices(TEMPLATE_NAMES)})."),
 ) -> None:
-    """Check a fine-tuning setup for the classic pitfalls (EOS, pad, prompt loss, LoRA targets, truncation, template)."""
+    """Check a fine-tuning setup for the classic pitfalls (EOS, pad, prompt loss, LoRA targets, truncation, template) and an eval for closed-book models that invent."""
     opts = DoctorOptions.check(dict(template=template, max_length=max_length, lora_targets=_commas(lora_targets),
                                     pad_token=pad_token, loss_on=loss_on, inference_template=inference_template))
-    code = steps.doctor(run_dir, opts, base_model=base_model, data=data)
+    code = steps.doctor(run_dir, opts, base_model=base_model, data=data, eval_dir=eval_dir)
     if code:
         raise typer.Exit(code)
 

@@ -73,7 +73,7 @@ NOT_OPTIONS = {
     "split": {"mapping"},
     "train": {"base_model", "from_run", "template", "system_prompts", "eval_data", "trust_remote_code", "resume",
               "overwrite"},
-    "doctor": {"run_dir", "base_model", "data"},
+    "doctor": {"run_dir", "base_model", "data", "eval_dir"},
     "eval": {"context"},
     "pairs": {"model", "questions", "from_eval", "context"},
     "serve": {"adapter"},

@@ -137,6 +137,7 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
     """Answer every question with every model (``kotune eval``'s ``options``); write responses.jsonl,
     metrics.json, report.md/html."""
     from kotune.io import atomic_writer, dumps, write_json
+    from kotune.eval.closed_book import asked_closed_book, closed_book_warnings
     from kotune.eval.metrics import score_rows
     from kotune.model.access import GenerationSettings, open_models
     from kotune.model.journal import journal_path
@@ -198,6 +199,8 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
         scored["answers_per_second"] = round(len(questions) / max(timing[name], 1e-9), 3)
         scored["wall_seconds"] = round(timing[name], 2)
         scored["mode"] = opened[name].mode
+        # Asked without passages (no context, no input): kotune.eval.closed_book judges its unsupported_rate.
+        scored["closed_book"] = asked_closed_book(questions, [ctx for ctx, _ in contexts])
         if opened[name].mode != "local":
             scored["endpoint"] = opened[name].describe()
         metrics["models"][name] = scored
@@ -231,6 +234,8 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
         metrics["general_ability"] = run_benchmarks(opened, tasks, manager,
                                                     limit=options.benchmark_limit, batch_size=options.batch_size,
                                                     margin=options.forgetting_margin, workers=options.workers, log=log)
+    # Closed-book tuned models that invent: above kotune.eval.closed_book's limit or the base's (the first model's) rate.
+    metrics["warnings"] = closed_book_warnings(metrics["models"])
     write_json(out / "metrics.json", metrics)
     with atomic_writer(out / "report.md") as f:
         f.write(render_markdown(metrics, responses))

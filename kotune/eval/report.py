@@ -1,8 +1,9 @@
 """Render an evaluation (metrics.json + responses) as one HTML file and as Markdown.
 
 Both outputs come from one model of the report (:func:`build_report`): the meta
-lines, the metrics table, one table per headline metric by category, the error
-types, the LLM judge and the answers, each built once as small dataclasses
+lines, metrics.json's warnings (first, a callout), the metrics table, one table per
+headline metric by category, the error types, the LLM judge and the answers, each
+built once as small dataclasses
 (:class:`Table`, :class:`Cell`, ...). :func:`render_markdown` prints them as pipe
 tables; :func:`render_html` hands the same objects to the Jinja2 template
 ``kotune/assets/report.html.j2``. Labels, scales, directions and meanings of the
@@ -30,7 +31,7 @@ from typing import Any
 from kotune.eval.metrics import ABSTAIN_METRICS, CATALOGUE, CITATION_METRICS, MetricInfo
 
 __all__ = ["render_html", "render_markdown", "bar_chart", "hbar_chart", "build_report", "cited_passages",
-           "Report", "Table", "Cell", "Cited", "METRICS", "HEADLINE"]
+           "Report", "Table", "Cell", "Cited", "Alert", "METRICS", "HEADLINE", "WARNINGS_TITLE"]
 
 # The catalogue's old (key, label, scale max, higher is better) shape, derived from
 # kotune.eval.metrics.CATALOGUE (not a copy): kotune.recipe.plan unpacks these 4-tuples.
@@ -43,6 +44,7 @@ _INFO: dict[str, MetricInfo] = {m.key: m for m in CATALOGUE}
 _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
             "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
 _ERROR_COLOURS = ("#e15759", "#f28e2b", "#b07aa1", "#9c755f", "#4e79a7", "#edc948", "#76b7b2")
+WARNINGS_TITLE = "⚠ 경고 (warnings)"  # the heading of metrics.json's warnings, at the top of the report
 ABSTAINED = "거절 (abstained)"  # the mark of an answer that declined (kotune.eval.metrics.abstains)
 UNANSWERABLE = "answerable: false"  # the mark of a question whose answer the documents do not hold
 _NO_COLOUR = "#8c959f"
@@ -427,6 +429,15 @@ class Question:
 
 
 @dataclass(frozen=True)
+class Alert:
+    """One warning of metrics.json's ``warnings`` (kotune.eval.closed_book), shown at the top."""
+
+    model: str
+    kind: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Report:
     """Everything both renderers print; ``metrics`` is None (and the tables empty) without models."""
 
@@ -439,6 +450,7 @@ class Report:
     judge: Judge | None
     questions: tuple[Question, ...]
     general: Table | None = None  # lm-eval tasks per model (kotune eval --benchmark)
+    warnings: tuple[Alert, ...] = ()  # metrics.json's warnings (closed-book models that invent)
 
     @property
     def tables(self) -> tuple[Table, ...]:
@@ -628,6 +640,14 @@ def _notes(models: dict[str, dict]) -> list[str]:
     return seen
 
 
+def _warnings(warnings: Any) -> tuple[Alert, ...]:
+    """metrics.json's ``warnings`` ({"model", "kind", "message", ...}); anything else is ignored."""
+    if not isinstance(warnings, list):
+        return ()
+    return tuple(Alert(str(w.get("model") or ""), str(w.get("kind") or ""), str(w["message"]))
+                 for w in warnings if isinstance(w, dict) and w.get("message"))
+
+
 def build_report(metrics: dict, responses: list[dict], title: str = "kotune eval") -> Report:
     """The report model both renderers print: every table, meta line and answer, built once."""
     models = _models(metrics)
@@ -643,6 +663,7 @@ def build_report(metrics: dict, responses: list[dict], title: str = "kotune eval
         judge=_judge(metrics.get("judge")),
         questions=_questions(responses, names, colours),
         general=_general(metrics.get("general_ability")),
+        warnings=_warnings(metrics.get("warnings")),
     )
 
 
@@ -729,7 +750,7 @@ def render_html(metrics: dict, responses: list[dict], title: str = "kotune eval"
             types.append(e)
     error_colours = {t: _ERROR_COLOURS[i % len(_ERROR_COLOURS)] for i, t in enumerate(types)}
     return _template().render(
-        r=report, abstained_mark=ABSTAINED, unanswerable_mark=UNANSWERABLE,
+        r=report, abstained_mark=ABSTAINED, warnings_title=WARNINGS_TITLE, unanswerable_mark=UNANSWERABLE,
         figures=_category_figures(models, colours) if models else [],
         error_chart=_error_chart(models, colours),
         error_colours=error_colours,
@@ -798,6 +819,10 @@ def render_markdown(metrics: dict, responses: list[dict], title: str = "kotune e
     out = [f"# {_md(report.title)}", ""]
     out += [f"- {m.label}: {_md_code(m.value) if m.verbatim else _md(m.value)}" for m in report.meta]
     out.append("")
+    if report.warnings:
+        out += [f"## {WARNINGS_TITLE}", ""]
+        for w in report.warnings:
+            out += [f"> ⚠ {_md(w.message)}", ""]
     if report.metrics is not None:
         out += [f"## {report.metrics.title}", "", *_md_table(report.metrics), "",
                 "Best value per column in bold. ↑ higher is better, ↓ lower is better.", *_md_notes(report.metrics)]

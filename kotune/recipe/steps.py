@@ -263,30 +263,42 @@ def train(opts: TrainOptions, *, base_model: str | None, data: Path, output_dir:
 
 
 def doctor(run_dir: Path | None, opts: DoctorOptions, *, base_model: str | None = None,
-           data: Path | None = None) -> int:
-    """Check a fine-tuning setup (a run folder, or a base model and data) for the classic pitfalls;
-    1 when a problem is found, else 0."""
+           data: Path | None = None, eval_dir: Path | None = None) -> int:
+    """Check a fine-tuning setup (a run folder, or a base model and data) for the classic pitfalls,
+    and an evaluation (``eval_dir``, or the ``OUT/eval`` of the ``kotune run`` output a run folder
+    belongs to) for closed-book models that invent (:mod:`kotune.eval.closed_book`); with only
+    ``eval_dir`` no model is read. 1 when a problem is found, else 0."""
+    from rich.markup import escape
     from rich.table import Table
 
+    from kotune.eval.closed_book import eval_findings, eval_next_to
     from kotune.train.doctor import DoctorSetup, diagnose
 
-    if run_dir is None and base_model is None:
-        raise KotuneError("give a kotune output folder or --base-model (with --data)")
+    if run_dir is None and base_model is None and eval_dir is None:
+        raise KotuneError("give a kotune output folder, --base-model (with --data) or --eval EVAL")
     if run_dir is not None and not Path(run_dir).exists():
         raise KotuneError("no such folder", path=run_dir)
     if data is not None and not Path(data).exists():
         raise KotuneError("no such file", path=data)
-    setup = DoctorSetup(**opts.model_dump(include=set(DoctorOptions.model_fields)), base_model=base_model,
-                        data=str(data) if data else None, run_dir=str(run_dir) if run_dir else None)
-    findings = diagnose(setup, log=_log)
+    if data is not None and run_dir is None and base_model is None:
+        raise KotuneError("--data is checked with a model: give --base-model or a kotune output folder")
+    if eval_dir is not None and not Path(eval_dir).is_dir():
+        raise KotuneError("no such folder", path=eval_dir)
+    findings = []
+    if run_dir is not None or base_model is not None:
+        setup = DoctorSetup(**opts.model_dump(include=set(DoctorOptions.model_fields)), base_model=base_model,
+                            data=str(data) if data else None, run_dir=str(run_dir) if run_dir else None)
+        findings = diagnose(setup, log=_log)
+    if eval_dir is not None:
+        findings += eval_findings(eval_dir)
+    elif run_dir is not None and (found := eval_next_to(run_dir)) is not None:
+        findings += eval_findings(found, run_dir=run_dir)
     table = Table(title="kotune doctor", show_lines=False)
-    table.add_column("check")
-    table.add_column("")
-    table.add_column("finding")
-    table.add_column("fix")
+    for column in ("check", "", "finding", "fix"):  # fold: a long line (Korean ones too) loses no character
+        table.add_column(column, overflow="fold")
     for f in findings:
         mark = "[green]ok[/green]" if f.ok else ("[yellow]warn[/yellow]" if f.severity == "warning" else "[red]FAIL[/red]")
-        table.add_row(f.code, mark, f.message, "" if f.ok else f.fix)
+        table.add_row(escape(f.code), mark, escape(f.message), "" if f.ok else escape(f.fix))
     console.print(table)
     problems = [f for f in findings if not f.ok and f.severity == "error"]
     warnings = [f for f in findings if not f.ok and f.severity == "warning"]
@@ -354,6 +366,10 @@ def evaluate(questions: Path, models: list[str], output: Path, opts: EvalOptions
         metrics = run_eval(qs, pairs, output, options=opts, chunks_path=str(context) if context else None,
                            log=_log, on_progress=lambda name, n: bar.advance(task, n))
     print_metrics(metrics)
+    from rich.markup import escape
+
+    for w in metrics.get("warnings") or []:  # closed-book models that invent (kotune.eval.closed_book)
+        warn(escape(w["message"]))
     for other, r in (metrics.get("judge") or {}).get("pairs", {}).items():
         console.print(f"judge: {other} vs {metrics['judge']['baseline']}: win {r['win_rate']:.0%}, "
                       f"loss {r['loss_rate']:.0%}, tie {r['tie_rate']:.0%} (orders disagreed {r['order_disagreement']:.0%})")
