@@ -5,14 +5,13 @@ two error types in metrics.json, and the marks in report.md / report.html."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 import kotune.eval.metrics as m
 from conftest import call_cli, read_jsonl
+from helpers.canned import canned_openai
 from helpers.cli import one_error_line
 from kotune.eval.evaluate import abstention_sentence, load_questions
 from kotune.eval.report import ABSTAINED, UNANSWERABLE, build_report, render_html, render_markdown
@@ -262,47 +261,15 @@ ANSWERS = {
 }
 
 
-class _Canned(BaseHTTPRequestHandler):
-    """An OpenAI-compatible server with two models that answer each question as ANSWERS says."""
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _send(self, obj) -> None:
-        data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._send({"object": "list", "data": [{"id": n, "object": "model"} for n in ANSWERS]})
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        asked = body.get("prompt") or json.dumps(body.get("messages"), ensure_ascii=False)
-        i = next(i for i, q in enumerate(QUESTIONS) if q["question"] in asked)
-        text = ANSWERS[body["model"]][i]
-        choice = {"text": text} if "prompt" in body else {"message": {"role": "assistant", "content": text}}
-        self._send({"choices": [{"index": 0, "finish_reason": "stop", **choice}]})
-
-
 def test_eval_marks_abstentions_with_each_models_sentence(tmp_path) -> None:
     run = tmp_path / "run"  # a finished run that records its own sentence, served behind the endpoint
     run.mkdir()
     RunInfo(status="complete", base_model="builtin:tiny-ko", method="lora", template={"name": "kotune"},
             abstention=CUSTOM).write(run)
     questions = _write(tmp_path / "q.jsonl", QUESTIONS)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
+    with canned_openai(ANSWERS, [q["question"] for q in QUESTIONS]) as url:
         res = call_cli(["eval", "--questions", questions, "--models", f"plain=openai:{url}#plain",
                         f"tuned=openai:{url}#tuned@{run}", "-o", tmp_path / "ev", "--abstention", OPTION])
-    finally:
-        server.shutdown()
-        server.server_close()
     assert res.code == 0, res.err
 
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text(encoding="utf-8"))

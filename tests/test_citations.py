@@ -8,14 +8,13 @@ passing the passages through."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 import kotune.eval.metrics as m
 from conftest import call_cli, read_jsonl
+from helpers.canned import canned_openai
 from kotune.eval.report import PREVIEW_CHARS, Cited, build_report, cited_passages, render_html, render_markdown
 from kotune.model.retrieval import cite, format_context
 from kotune.model.templates import ABSTENTION
@@ -228,40 +227,10 @@ QUESTIONS = [  # a grounded test split: the passages are the question's input
 ANSWERS = [cite(BUDGET, 2), cite(ROLES, 1)]
 
 
-class _Canned(BaseHTTPRequestHandler):
-    """An OpenAI-compatible server whose one model answers each question as ANSWERS says."""
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _send(self, obj) -> None:
-        data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._send({"object": "list", "data": [{"id": "tuned", "object": "model"}]})
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        asked = body.get("prompt") or json.dumps(body.get("messages"), ensure_ascii=False)
-        text = ANSWERS[next(i for i, q in enumerate(QUESTIONS) if q["question"] in asked)]
-        choice = {"text": text} if "prompt" in body else {"message": {"role": "assistant", "content": text}}
-        self._send({"choices": [{"index": 0, "finish_reason": "stop", **choice}]})
-
-
 @pytest.fixture()
 def canned_url():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with canned_openai({"tuned": ANSWERS}, [q["question"] for q in QUESTIONS]) as url:
+        yield url
 
 
 def test_eval_checks_citations_against_the_questions_passages(tmp_path: Path, canned_url: str) -> None:

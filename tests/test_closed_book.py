@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from kotune.eval.closed_book import (ABOVE_BASE_MARGIN, GROUNDED_HINT, KIND, UNS
 from kotune.eval.report import WARNINGS_TITLE, build_report, render_html, render_markdown
 
 from conftest import call_cli
+from helpers.canned import canned_openai
 
 
 def _model(rate: float | None, closed_book: bool | None = True) -> dict:
@@ -247,44 +246,12 @@ ANSWERS = {  # the base repeats the reference; the tuned model invents
 }
 
 
-class _Canned(BaseHTTPRequestHandler):
-    """An OpenAI-compatible server whose two models answer each question as ANSWERS says."""
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _send(self, obj) -> None:
-        data = json.dumps(obj, ensure_ascii=False).encode("utf-8")
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._send({"object": "list", "data": [{"id": n, "object": "model"} for n in ANSWERS]})
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        asked = body.get("prompt") or json.dumps(body.get("messages"), ensure_ascii=False)
-        i = next(i for i, q in enumerate(QUESTIONS) if q["question"] in asked)
-        text = ANSWERS[body["model"]][i]
-        choice = {"text": text} if "prompt" in body else {"message": {"role": "assistant", "content": text}}
-        self._send({"choices": [{"index": 0, "finish_reason": "stop", **choice}]})
-
-
 def _eval(tmp_path: Path, questions: list[dict], name: str):
     qfile = tmp_path / f"{name}.jsonl"
     qfile.write_text("".join(json.dumps(q, ensure_ascii=False) + "\n" for q in questions), encoding="utf-8")
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Canned)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    try:
+    with canned_openai(ANSWERS, [q["question"] for q in QUESTIONS]) as url:
         res = call_cli(["eval", "--questions", qfile, "--models", f"base=openai:{url}#base",
                         f"tuned=openai:{url}#tuned", "-o", tmp_path / name])
-    finally:
-        server.shutdown()
-        server.server_close()
     assert res.code == 0, res.err
     return res, json.loads((tmp_path / name / "metrics.json").read_text(encoding="utf-8"))
 

@@ -168,26 +168,30 @@ class Generator:
             pad = self.tokenizer.pad_token_id
             input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=self.model.device)
             attn = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=self.model.device)
-            kwargs: dict[str, Any] = dict(
-                max_new_tokens=settings.max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=pad,
-                repetition_penalty=settings.repetition_penalty,
-            )
+            kwargs = self.generate_kwargs(settings, pad)
             if len(idx) > 1:
                 # Left-padded rows need a mask anyway; a preallocated cache then saves copying
                 # the whole growing cache at every step (~10% of a batched decode on CPU).
                 kwargs["cache_implementation"] = "static"
-            if settings.temperature > 0:
-                kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
-            else:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            if settings.stop:
-                kwargs.update(stop_strings=settings.stop, tokenizer=self.tokenizer)
             with torch.no_grad():
                 gen = self.model.generate(input_ids=input_ids, attention_mask=attn, **kwargs)
             for row, i in enumerate(idx):
                 results[i] = self.decode(gen[row, width:].tolist(), len(ids[row]), settings)
         out = [results[i] for i in range(len(prompts))]
         return out
+
+    def generate_kwargs(self, settings: GenerationSettings, pad: int | None) -> dict[str, Any]:
+        """``model.generate``'s arguments for ``settings``: the run's EOS ids, greedy or sampling,
+        stop strings (the same for batched and streamed answers)."""
+        kwargs: dict[str, Any] = dict(max_new_tokens=settings.max_new_tokens, eos_token_id=self.eos_ids,
+                                      pad_token_id=pad, repetition_penalty=settings.repetition_penalty)
+        if settings.temperature > 0:
+            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if settings.stop:
+            kwargs.update(stop_strings=settings.stop, tokenizer=self.tokenizer)
+        return kwargs
 
     def stream(self, prompt: str, settings: GenerationSettings | None = None):
         """Yield text pieces of one answer as they are generated, then the final Answer.
@@ -216,17 +220,9 @@ class Generator:
             def end(self):
                 q.put(None)
 
-        kwargs: dict[str, Any] = dict(
-            input_ids=torch.tensor([ids], device=self.model.device), attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.model.device),
-            max_new_tokens=settings.max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=self.tokenizer.pad_token_id,
-            repetition_penalty=settings.repetition_penalty, streamer=_Collect(),
-        )
-        if settings.temperature > 0:
-            kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if settings.stop:
-            kwargs.update(stop_strings=settings.stop, tokenizer=self.tokenizer)
+        kwargs = self.generate_kwargs(settings, self.tokenizer.pad_token_id)
+        kwargs.update(input_ids=torch.tensor([ids], device=self.model.device), streamer=_Collect(),
+                      attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=self.model.device))
         errors: list[BaseException] = []
 
         def run():
