@@ -170,7 +170,7 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
         model = opened[name]
         prompts = [model.prompt(q["question"], q["input"], category=q["category"], context=ctx or None)
                    for q, (ctx, _) in zip(questions, contexts)]
-        log(f"{name}: {model.describe().get('spec') or model.describe().get('url')} ({model.mode}, template "
+        log(f"{name}: {model.spec} ({model.mode}, template "
             f"{model.template.name}" + (f", {model.workers} workers)" if model.mode != "local" else ")"))
         t0 = time.time()
         # Journaled batch by batch: a killed eval resumes without asking an answered question again.

@@ -100,7 +100,7 @@ def run_benchmarks(models: dict[str, Any], tasks: list[str], manager: Any, *, li
                 continue
         else:
             lm = HFLM(pretrained=opened.generator.model, tokenizer=opened.tokenizer, batch_size=batch_size,
-                      device=opened.describe()["device"])
+                      device=opened.device)
         result["baseline"] = result["baseline"] or name
         log(f"general ability: {', '.join(tasks)} on {name} ...")
         out = simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit, log_samples=False,

@@ -41,6 +41,7 @@ class Model(Protocol):
     """A model that answers prompts, whatever serves it."""
 
     name: str
+    spec: Any            # the model argument (an EndpointSpec for endpoints)
     template: Template
     mode: str            # "local", or an endpoint's "completions" | "chat"
     requests: int        # prompts actually asked by the last answer() (journaled ones are not)
@@ -92,6 +93,10 @@ class LocalModel:
     @property
     def eos_ids(self) -> list[int]:
         return list(self.resolved.eos_ids)
+
+    @property
+    def device(self) -> str:
+        return self.resolved.load.device
 
     @property
     def tokenizer(self) -> Any:
@@ -148,7 +153,7 @@ class LocalModel:
 
     def describe(self) -> dict[str, Any]:
         return {"spec": self.spec, "template": self.template.name, "eos_ids": self.eos_ids,
-                "device": self.resolved.load.device}
+                "device": self.device}
 
     def close(self) -> None:
         self._generator = None
@@ -185,9 +190,9 @@ def open_models(models: Sequence[tuple[str, str]], *, template: str | None = Non
     cannot answer: one line). A plain base answers in the first run's template (module
     docstring)."""
     api_keys = _keys(api_key_env)
-    refs = {n: resolve_model(s, log=log, require_finished=True) for n, s in models if EndpointSpec.parse(s) is None}
-    probed = {n: probe_endpoint(n, EndpointSpec.parse(s), api_keys=api_keys)
-              for n, s in models if EndpointSpec.parse(s) is not None}
+    endpoints = {n: EndpointSpec.parse(s) for n, s in models}
+    refs = {n: resolve_model(s, log=log, require_finished=True) for n, s in models if endpoints[n] is None}
+    probed = {n: probe_endpoint(n, e, api_keys=api_keys) for n, e in endpoints.items() if e is not None}
     owns = [r.run.own_template for r in refs.values() if r.run and r.run.own_template]
     owns += [p.own_template for p in probed.values() if p.own_template]
     shared = owns[0] if owns else None

@@ -14,7 +14,7 @@ a local model would:
   runs) get ``/v1/chat/completions`` with the template's system prompt and
   messages.
 
-The mode is decided once per model (:func:`open_endpoint`) and recorded in
+The mode is decided once per model (:func:`endpoint_model`) and recorded in
 ``metrics.json``. Answers are journaled as they arrive (``OUT/.answers-NAME.jsonl``,
 fsynced), so a killed evaluation of thousands of questions resumes without
 asking again. Requests go through the one client, :class:`kotune.model.openai_client.OpenAIClient`
