@@ -92,7 +92,8 @@ def generate(
     output: Path = typer.Option(..., "--output", "-o", help="QA records file to write (JSONL)."),
     teacher: str = typer.Option(GenerateOptions.default("teacher"), "--teacher", help="rule (offline, default), hf:PATH (local model, e.g. hf:builtin:tiny-ko) or an OpenAI-compatible URL."),
     model: Optional[str] = typer.Option(GenerateOptions.default("model"), "--model", help="Model name for a URL teacher (default: the server's first model)."),
-    per_chunk: int = typer.Option(GenerateOptions.default("per_chunk"), "--per-chunk", "--per_chunk", help="At most this many records per chunk."),
+    per_chunk: int = typer.Option(GenerateOptions.default("per_chunk"), "--per-chunk", "--per_chunk", help="At most this many records per chunk (the rule teacher: facts × --phrasings)."),
+    phrasings: int = typer.Option(GenerateOptions.default("phrasings"), "--phrasings", help="Questions per fact, in different wordings (a fact seen in one phrasing is memorised but not recalled by other questions)."),
     workers: int = typer.Option(GenerateOptions.default("workers"), "--workers", help="Concurrent requests (URL teacher) or chunks per batch (hf teacher)."),
     api_key_env: ClientKeysOption = GenerateOptions.default("api_key_env"),
     max_retries: int = typer.Option(GenerateOptions.default("max_retries"), "--max-retries", help="Retries per request on 429/5xx, dropped connections and timeouts."),
@@ -110,7 +111,7 @@ def generate(
     overwrite: bool = typer.Option(False, "--overwrite", help="Discard an interrupted run's journal and start over."),
 ) -> None:
     """Chunks → QA records (instruction/output), every record tied to its chunk_id and source."""
-    opts = GenerateOptions.check(dict(teacher=teacher, model=model, per_chunk=per_chunk, workers=workers,
+    opts = GenerateOptions.check(dict(teacher=teacher, model=model, per_chunk=per_chunk, phrasings=phrasings, workers=workers,
                                       api_key_env=api_key_env, max_retries=max_retries, rpm=rpm, timeout=timeout,
                                       temperature=temperature, max_new_tokens=max_new_tokens, input_context=input_context,
                                       grounded=grounded, grounded_k=grounded_k, unanswerable_share=unanswerable_share,

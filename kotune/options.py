@@ -135,7 +135,8 @@ class GenerateOptions(Options):
 
     teacher: str = "rule"
     model: Optional[str] = None
-    per_chunk: int = Field(8, ge=1)
+    per_chunk: int = Field(24, ge=1)          # records per chunk (facts × phrasings for the rule teacher)
+    phrasings: int = Field(3, ge=1, le=6)     # questions written for each fact
     workers: int = Field(8, ge=1)
     api_key_env: Optional[str] = None
     max_retries: int = Field(6, ge=0)

@@ -51,12 +51,12 @@ def make_teacher(options: GenerateOptions | str, model: str | None = None, **set
         GenerateOptions.check(dict(teacher=options, model=model, **settings))
     spec = opts.teacher
     if spec == "rule":
-        return RuleTeacher()
+        return RuleTeacher(phrasings=opts.phrasings)
     if spec.startswith("hf:"):
         path = spec[3:].strip()
         if not path:
             raise KotuneError("--teacher hf:PATH needs a model, e.g. hf:builtin:tiny-ko or hf:beomi/Llama-3-Open-Ko-8B")
-        return LocalTeacher(path, batch_size=opts.workers, max_new_tokens=opts.max_new_tokens)
+        return LocalTeacher(path, batch_size=opts.workers, max_new_tokens=opts.max_new_tokens, phrasings=opts.phrasings)
     if spec.startswith(("http://", "https://")):
         from kotune.data.http_teacher import OpenAITeacher  # imports httpx: only for a URL teacher
 
@@ -185,7 +185,13 @@ def generate_file(
         raise KotuneError(msg + f"; the {len(done)} finished chunks are kept in {jpath.name}: "
                           "run the same command with --resume to retry the rest", path=out)
     # Output in chunk order, whatever order the journal was written in.
-    records = [normalize(d) for c in chunks for d in done.get(c["chunk_id"], [])]
+    # A sentence in two chunks (prepare's overlap) gives the same record twice: written once,
+    # with the first chunk's id.
+    records, seen = [], set()
+    for r in (normalize(d) for c in chunks for d in done.get(c["chunk_id"], [])):
+        if r.id not in seen:
+            seen.add(r.id)
+            records.append(r)
     if ground is not None:
         records = ground(records)
     write_records(out, records)

@@ -43,6 +43,7 @@ class OpenAITeacher(AsyncTeacher):
         temperature: float = GenerateOptions.default("temperature"),
         max_tokens: int | None = GenerateOptions.default("max_new_tokens"),
         reask: int = 2,
+        phrasings: int = GenerateOptions.default("phrasings"),
         min_grounding: float = ValidateOptions.default("min_grounding"),   # the answers kotune validate keeps
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
@@ -53,6 +54,7 @@ class OpenAITeacher(AsyncTeacher):
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.reask = reask
+        self.phrasings = phrasings
         self.min_grounding = min_grounding
         self.stats = TeacherStats()
         self.client = OpenAIClient(
@@ -67,7 +69,8 @@ class OpenAITeacher(AsyncTeacher):
         model and settings and the API keys named by ``options.api_key_env``."""
         return cls(options.teacher, options.model, workers=options.workers, api_keys=read_api_keys(options.api_key_env),
                    max_retries=options.max_retries, rpm=options.rpm, timeout=options.timeout,
-                   temperature=options.temperature, max_tokens=options.max_new_tokens, **extra)
+                   temperature=options.temperature, max_tokens=options.max_new_tokens,
+                   phrasings=options.phrasings, **extra)
 
     @property
     def url(self) -> str:
@@ -102,7 +105,7 @@ class OpenAITeacher(AsyncTeacher):
         for round_ in range(1 + self.reask):
             if round_:
                 self.stats.bump("reasks")
-            content = await self.chat(build_messages(chunk, n, reask=round_ > 0), max_tokens)
+            content = await self.chat(build_messages(chunk, n, reask=round_ > 0, phrasings=self.phrasings), max_tokens)
             pairs = parse_qa(content)
             if not pairs:
                 self.stats.reject("unparseable")

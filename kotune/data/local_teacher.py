@@ -24,8 +24,9 @@ class LocalTeacher(Teacher):
     """
 
     def __init__(self, spec: str, *, batch_size: int = 8, max_new_tokens: int | None = None, reask: int = 2,
-                 min_grounding: float = 0.5) -> None:
+                 min_grounding: float = 0.5, phrasings: int = 3) -> None:
         self.spec = spec
+        self.phrasings = phrasings
         self.batch_size = max(1, batch_size)
         self.max_new_tokens = max_new_tokens
         self.reask = reask
@@ -49,8 +50,8 @@ class LocalTeacher(Teacher):
     def _prompt(self, chunk: dict[str, Any], n: int, reask: bool) -> str:
         gen = self._generator()
         if gen.template.is_chat:
-            return gen.tokenizer.apply_chat_template(build_messages(chunk, n, reask), tokenize=False, add_generation_prompt=True)
-        return gen.prompt(SYSTEM_PROMPT + "\n" + build_instruction(n, reask), format_document(chunk))
+            return gen.tokenizer.apply_chat_template(build_messages(chunk, n, reask, self.phrasings), tokenize=False, add_generation_prompt=True)
+        return gen.prompt(SYSTEM_PROMPT + "\n" + build_instruction(n, reask, self.phrasings), format_document(chunk))
 
     def generate(self, chunk: dict[str, Any], n: int) -> list[Record]:
         return self.generate_batch([chunk], n)[0]

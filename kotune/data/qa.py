@@ -23,6 +23,7 @@ import json
 import re
 from typing import Any
 
+from kotune.data.facts import PHRASINGS
 from kotune.data.teacher import TeacherStats
 from kotune.data.validate import MorphemeCache, grounding_problem, text_problem
 from kotune.korean import answer_keywords
@@ -48,8 +49,8 @@ SYSTEM_PROMPT = (
 _INSTRUCTION = """아래 제공된 [문서] 내용을 바탕으로 질문-답변 쌍 {n}개를 만드세요.
 
 [요구사항]
-1. 질문: 사용자가 실제로 물어볼 법한 자연스러운 한국어 질문. 질문끼리 겹치지 않게 문서의 서로 다른 내용을 다루세요.
-2. 답변: 반드시 [문서]에 명시된 내용에 근거하여 완결된 문장으로 답변하세요. 문서에 조항이나 근거(예: "제N조에 따르면")가 있으면 언급하세요.
+1. 사실 단위로 만드세요: [문서]에서 사용자가 물어볼 구체적인 사실 {facts}개(금액·예산, 수치·비율, 날짜·기간·목표 시점, 기관과 그 역할, 법령, 대상·목록, 정의)를 고르고, 사실마다 서로 다른 표현의 질문을 {phrasings}개씩 만드세요(어순, 의문사, 존댓말 어미를 바꾸어). 질문만 읽어도 무엇을 묻는지 알 수 있게 주어와 대상을 밝히세요.
+2. 답변: 그 사실을 담은 짧고 완결된 문장(한두 문장)으로, 반드시 [문서]에 명시된 표현과 수치 그대로 답하세요. 같은 사실의 답변도 표현을 조금씩 바꾸세요. 문서에 조항이나 근거(예: "제N조에 따르면")가 있으면 언급하세요.
 3. 문서에 없는 내용은 추측하지 말고, 문서로 답할 수 없는 질문은 만들지 마세요.
 4. 유형: {categories} 중 하나.
 
@@ -69,16 +70,20 @@ def format_document(chunk: dict[str, Any]) -> str:
     return f"[문서]\n{head}{chunk.get('text', '')}"
 
 
-def build_instruction(n: int, reask: bool = False) -> str:
-    """The generation request without the document."""
-    return _INSTRUCTION.format(n=n, categories="/".join(CATEGORIES)) + (_REASK_NOTE if reask else "")
+def build_instruction(n: int, reask: bool = False, phrasings: int = PHRASINGS) -> str:
+    """The generation request without the document: ``n`` pairs, as facts × ``phrasings``
+    questions each (the rule teacher's shape, :mod:`kotune.data.facts`)."""
+    phrasings = max(1, min(phrasings, n))
+    return _INSTRUCTION.format(n=n, facts=max(1, n // phrasings), phrasings=phrasings,
+                               categories="/".join(CATEGORIES)) + (_REASK_NOTE if reask else "")
 
 
-def build_messages(chunk: dict[str, Any], n: int, reask: bool = False) -> list[dict[str, str]]:
+def build_messages(chunk: dict[str, Any], n: int, reask: bool = False,
+                   phrasings: int = PHRASINGS) -> list[dict[str, str]]:
     """Chat messages asking for ``n`` QA pairs grounded in ``chunk`` (document last)."""
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": build_instruction(n, reask) + "\n\n" + format_document(chunk)},
+        {"role": "user", "content": build_instruction(n, reask, phrasings) + "\n\n" + format_document(chunk)},
     ]
 
 

@@ -1,9 +1,16 @@
 """The rule teacher: deterministic, model-free QA from a chunk's own sentences.
 
-``RuleTeacher`` (the default teacher) mines definition, number/goal,
-agency-role, law, industry and heading questions whose answers are sentences
-of the chunk, so the whole pipeline runs offline and every answer is grounded
-by construction.
+``RuleTeacher`` (the default teacher) writes **fact-level** questions
+(:mod:`kotune.data.facts`): each amount, ratio, count, date, law and
+organisation's role in the chunk, asked in ``phrasings`` ways (3 by default),
+the answer a short sentence holding the fact. Definitions are asked too. Only a
+chunk without any fact falls back to the older sentence rules (number, agency,
+law, industry and a heading question), so every chunk still yields records.
+Everything runs offline and every answer is grounded by construction.
+
+``per_chunk`` counts records: facts are taken whole (all their phrasings),
+round-robin over fact kinds so a chunk's records cover amounts, dates and
+organisations alike, until the count is reached.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from kotune.data.chunk import match_heading
+from kotune.data.facts import PHRASINGS, find_facts, value_keyword
 from kotune.data.teacher import Teacher
 from kotune.korean import QUANTITY, ROUTINE_NOUNS, answer_keywords, josa, noun_runs, split_sentences
 from kotune.records import Record
@@ -65,6 +73,13 @@ class _Candidate:
     answer: str
     category: str
     difficulty: str
+    group: int = -1                 # the fact this phrasing asks (-1: a single question)
+    keyword: str = ""               # the fact as written ("1,200명"): the eval's key fact
+
+
+# Fact kind → record category (the categories the split stratifies and the report groups by).
+_FACT_CATEGORY = {"money": "수치", "ratio": "수치", "count": "수치", "measure": "수치", "duration": "일정",
+                  "period": "일정", "until": "일정", "law": "법령", "agency": "기관"}
 
 
 class RuleTeacher(Teacher):
@@ -73,9 +88,11 @@ class RuleTeacher(Teacher):
     name = "rule"
     RULE_ORDER = ("definition", "number", "agency", "law", "industry", "heading")
 
-    def candidates(self, chunk: dict[str, Any]) -> list[_Candidate]:
+    def __init__(self, phrasings: int = PHRASINGS):
+        self.phrasings = phrasings
+
+    def _sentences(self, chunk: dict[str, Any]) -> tuple[list[str], list[str]]:
         meta = chunk.get("metadata") or {}
-        topic = _topic(meta.get("breadcrumbs", "")) or meta.get("title", "") or "이 문서"
         crumbs = meta.get("breadcrumbs", "")
         own_heading = crumbs.split(" > ")[-1] if crumbs else ""
         sentences: list[str] = []
@@ -103,7 +120,27 @@ class RuleTeacher(Teacher):
                 sentences.append(s)
                 if summary_open and len(summary) < 2:
                     summary.append(s)
+        return sentences, summary
+
+    def candidates(self, chunk: dict[str, Any]) -> list[_Candidate]:
+        meta = chunk.get("metadata") or {}
+        topic = _topic(meta.get("breadcrumbs", "")) or meta.get("title", "") or "이 문서"
+        sentences, summary = self._sentences(chunk)
         out: list[_Candidate] = []
+        title = meta.get("title", "")
+        group = 0
+        for s in sentences:
+            m = _DEFINITION.match(s)
+            if m:
+                out.extend(self._from_sentence(s, topic))
+            for fact in find_facts(s, title=title, phrasings=self.phrasings):
+                for q, a in zip(fact.questions, fact.answers):
+                    out.append(_Candidate(f"fact:{fact.kind}", q, a, _FACT_CATEGORY[fact.kind], "중급",
+                                          group=group, keyword=value_keyword(fact)))
+                group += 1
+        if out:
+            return out
+        # No fact in this chunk: the sentence rules, so every chunk yields records.
         for s in sentences:
             out.extend(self._from_sentence(s, topic))
         if summary:
@@ -153,29 +190,34 @@ class RuleTeacher(Teacher):
 
     def generate(self, chunk: dict[str, Any], n: int) -> list[Record]:
         cands = self.candidates(chunk)
-        # Round-robin over rules so a chunk's records cover several question types.
-        by_rule: dict[str, list[_Candidate]] = {r: [] for r in self.RULE_ORDER}
+        # Units: a fact's phrasings together, or one sentence-rule question. Round-robin
+        # over rules (fact kinds included) so a chunk's records cover several kinds.
+        units: dict[str, list[list[_Candidate]]] = {}
+        by_group: dict[int, list[_Candidate]] = {}
         for c in cands:
-            by_rule[c.rule].append(c)
+            if c.group >= 0:
+                if c.group not in by_group:
+                    by_group[c.group] = []
+                    units.setdefault(c.rule, []).append(by_group[c.group])
+                by_group[c.group].append(c)
+            else:
+                units.setdefault(c.rule, []).append([c])
         picked: list[_Candidate] = []
         seen_q: set[str] = set()
-        while len(picked) < n and any(by_rule.values()):
-            for rule in self.RULE_ORDER:
-                if by_rule[rule] and len(picked) < n:
-                    c = by_rule[rule].pop(0)
-                    if c.question not in seen_q:
-                        seen_q.add(c.question)
-                        picked.append(c)
+        while len(picked) < n and any(units.values()):
+            for rule in list(units):
+                if units[rule] and len(picked) < n:
+                    for c in units[rule].pop(0)[:n - len(picked)]:   # n is a hard cap
+                        if c.question not in seen_q:
+                            seen_q.add(c.question)
+                            picked.append(c)
         meta = chunk.get("metadata") or {}
-        return [
-            Record(
-                instruction=c.question,
-                output=c.answer,
-                category=c.category,
-                difficulty=c.difficulty,
-                source=meta.get("source", ""),
-                chunk_id=chunk["chunk_id"],
-                extra={"generator": f"rule:{c.rule}", "keywords": answer_keywords(c.answer)},
-            )
-            for c in picked
-        ]
+        out = []
+        for c in picked:
+            extra: dict[str, Any] = {"generator": f"rule:{c.rule}",
+                                     "keywords": [c.keyword] if c.keyword else answer_keywords(c.answer)}
+            if c.group >= 0:
+                extra["fact"] = f"{chunk['chunk_id']}#{c.group}"
+            out.append(Record(instruction=c.question, output=c.answer, category=c.category, difficulty=c.difficulty,
+                              source=meta.get("source", ""), chunk_id=chunk["chunk_id"], extra=extra))
+        return out

@@ -14,7 +14,10 @@ drop reason — the first check it fails, in this order:
 6. ``duplicate``       same question+answer as an earlier kept record, or the
                        same question (and same input) with another answer;
 7. ``near_duplicate``  MinHash estimate of character-trigram Jaccard with an
-                       earlier kept record at or above the threshold.
+                       earlier kept record at or above the threshold (the rule teacher's
+                       fact records of one chunk, ``extra["fact"]``, are exempt from each
+                       other: a fact's phrasings are paraphrases on purpose, and two facts
+                       of one sentence share their answer).
 
 Cheap string checks run first, Kiwi (grounding) only on survivors, dedup last
 and in input order, so merging files in the same order is deterministic: the
@@ -424,7 +427,13 @@ def validate_records(
         m = MinHash(num_perm=shape.num_perm, seed=shape.seed)
         m.update_batch(_shingles(q + "\n" + a, shape.ngram))
         best_key, best = None, -1.0
+        fact = rec.extra.get("fact")
         for key in sorted(lsh.query(m)):  # candidates; confirm with the estimate itself
+            other = records[int(key)]
+            if fact and other.extra.get("fact") and other.chunk_id == rec.chunk_id:
+                # The rule teacher's questions about one chunk: the phrasings of a fact are
+                # paraphrases by design, and two facts of one sentence share their answer.
+                continue
             sim = m.jaccard(sketches[key])
             if sim > best:
                 best_key, best = key, sim
