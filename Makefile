@@ -44,11 +44,13 @@ bench: install
 	$(BIN)/python benchmarks/bench_serve.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_recipes.py --write benchmarks/RESULTS.md
 
-# The real model (builtin:gemma-3-270m): every recipe's gemma profile and the seed-004 replication.
+# The real model (builtin:gemma-3-270m): every recipe's gemma profile, the seed-004 replication, the
+# preference round and closed-book vs grounded on an unseen document.
 bench-real: install
 	$(BIN)/python benchmarks/bench_recipes.py --profile gemma --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_seed004.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_preference.py --profile gemma --write benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_grounded.py --write benchmarks/RESULTS.md
 
 # On a machine with a CUDA GPU: LoRA/QLoRA on the Polyglot-ko-1.3B and Llama-3-Open-Ko-8B configs
 # (estimated 30-45 min on an H200; not run on one yet).

@@ -56,7 +56,10 @@ def header(title: str, started: float, load_before: float) -> list[str]:
     import sys
     import time
 
-    command = " ".join(["python", Path(sys.argv[0]).as_posix().split(str(ROOT.as_posix()) + "/")[-1], *sys.argv[1:]])
+    import shlex
+
+    # shlex: an argument with spaces (--train-args "--epochs 3") stays one argument when pasted back
+    command = shlex.join(["python", Path(sys.argv[0]).as_posix().split(str(ROOT.as_posix()) + "/")[-1], *sys.argv[1:]])
     return [f"## {title}", "",
             f"- Command: `{command}` ({(time.time() - started) / 60:.1f} min)",
             f"- Date: {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; load average (1 min) {load_before:.2f} before, "

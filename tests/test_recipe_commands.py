@@ -50,8 +50,13 @@ def _capture(monkeypatch) -> list[tuple[str, dict]]:
     return seen
 
 
-@pytest.mark.parametrize("profile", [None, "gemma"])
-@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+# Profiles beyond gemma, where a recipe has them (policy-qa's grounded ones).
+EXTRA = [(REPO / "recipes" / "policy-qa.yaml", p) for p in ("grounded", "gemma-grounded")]
+
+
+@pytest.mark.parametrize("recipe,profile",
+                         [(r, p) for r in RECIPES for p in (None, "gemma")] + EXTRA,
+                         ids=[f"{r.stem}-{p}" for r in RECIPES for p in (None, "gemma")] + [f"{r.stem}-{p}" for r, p in EXTRA])
 def test_the_printed_command_calls_the_step_as_the_recipe_does(recipe: Path, profile, tmp_path, monkeypatch) -> None:
     plan = load_recipe(recipe, profile=profile)
     seen = _capture(monkeypatch)

@@ -178,6 +178,74 @@ def test_base_model_option_picks_the_profile_that_declares_it(tmp_path: Path) ->
     assert "eval-train" not in res.out and "--max-new-tokens 96" in evals
 
 
+def _lines(res, command: str) -> list[str]:
+    return [line for line in res.out.splitlines() if line.startswith(f"kotune {command}")]
+
+
+def test_grounded_profile_plans_raft_data_rag_training_and_retrieval_eval(tmp_path: Path) -> None:
+    res = call_cli(["run", RECIPES / "policy-qa.yaml", "-o", tmp_path / "o", "--dry-run", "--profile", "grounded"])
+    assert res.code == 0, res.err
+    out = tmp_path / "o"
+    [generate] = _lines(res, "generate")
+    assert "--grounded --grounded-k 3 --unanswerable-share 0.2" in generate
+    [train] = _lines(res, "train")
+    assert "--base-model builtin:tiny-ko" in train and "--template rag" in train and "--max-length 2048" in train
+    # One eval: the user-style questions (answerable and not) with passages retrieved from the
+    # prepared chunks, base vs tuned; no eval-train (re-retrieved training records mislabel abstentions).
+    [evaluate] = _lines(res, "eval")
+    assert f"--questions {RECIPES / 'data' / 'policy' / 'questions.jsonl'}" in evaluate
+    assert f"--context {out / 'chunks.jsonl'}" in evaluate and "--top-k 3" in evaluate
+    assert "--models base=builtin:tiny-ko" in evaluate and f"--models tuned={out / 'model'}" in evaluate
+    assert "eval-train" not in res.out
+    # Without the profile: closed-book, as before.
+    plain = call_cli(["run", RECIPES / "policy-qa.yaml", "-o", out, "--dry-run"])
+    assert "--grounded" not in plain.out and "--template kotune" in plain.out and "--context" not in plain.out
+
+
+def test_policy_questions_file_marks_unanswerable_questions() -> None:
+    from kotune.eval.evaluate import load_questions
+
+    qs = load_questions(RECIPES / "data" / "policy" / "questions.jsonl")
+    answerable = [q for q in qs if q["answerable"]]
+    unanswerable = [q for q in qs if not q["answerable"]]
+    assert len(answerable) >= 10 and len(unanswerable) >= 3
+    assert all(q["keywords"] for q in answerable) and not any(q["keywords"] for q in unanswerable)
+    assert {q["reference"] for q in unanswerable} == {"문서에 해당 내용이 없습니다."}
+    text = (RECIPES / "data" / "policy" / "policy_plan.txt").read_text(encoding="utf-8")
+    assert all(k in text for q in answerable for k in q["keywords"])
+
+
+@pytest.mark.parametrize("profile", ["gemma-grounded", "gemma,grounded"])
+def test_profiles_compose_left_to_right(profile: str, tmp_path: Path) -> None:
+    res = call_cli(["run", RECIPES / "policy-qa.yaml", "-o", tmp_path / "o", "--dry-run", "--profile", profile])
+    assert res.code == 0, res.err
+    assert f"profile {profile}: base model builtin:gemma-3-270m" in res.err
+    [train] = _lines(res, "train")
+    # gemma's base model, grounded's template and max_length (applied after gemma's 512)
+    assert "--base-model builtin:gemma-3-270m" in train and "--template rag" in train
+    assert "--max-length 2048" in train and "--max-length 512" not in train
+    [evaluate] = _lines(res, "eval")
+    assert "--max-new-tokens 96" in evaluate and "--context" in evaluate  # gemma's eval length, grounded's context
+    # The other order: gemma's max_length comes last and wins.
+    swapped = call_cli(["run", RECIPES / "policy-qa.yaml", "-o", tmp_path / "o", "--dry-run",
+                        "--profile", "grounded,gemma"])
+    assert "--max-length 512" in _lines(swapped, "train")[0]
+
+
+def test_composed_profile_errors_name_the_profile(tmp_path: Path) -> None:
+    res = call_cli(["run", RECIPES / "policy-qa.yaml", "-o", tmp_path / "o", "--profile", "gemma,llama"])
+    assert res.code == 2 and len(res.err_lines) == 1
+    assert "no such profile" in res.err_lines[0] and ": llama" in res.err_lines[0]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nsteps: {prepare: {inputs: [x.txt]}}\n"
+                      "profiles: {a: [b], b: [a], c: [nope], d: 3}\n", encoding="utf-8")
+    (tmp_path / "x.txt").write_text("문서.", encoding="utf-8")
+    for profile, message in (("a", "refers to itself"), ("c", "no such profile: nope"), ("d", "a profile is a mapping")):
+        res = call_cli(["run", recipe, "-o", tmp_path / "o", "--dry-run", "--profile", profile])
+        assert res.code == 2 and message in res.err_lines[0], res.err
+    assert not (tmp_path / "o").exists()
+
+
 def test_unknown_profile_is_one_error_line(tmp_path: Path) -> None:
     res = call_cli(["run", RECIPES / "policy-qa.yaml", "-o", tmp_path / "o", "--profile", "llama"])
     assert res.code == 2 and len(res.err_lines) == 1

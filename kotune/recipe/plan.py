@@ -27,6 +27,7 @@ with the field's path (``steps.train.epochs``).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -146,10 +147,12 @@ class Recipe(_Strict):
     description: str = ""
     base_model: str = TrainOptions.default_base_model
     steps: Steps
-    # Named sets of overrides for another base model (``kotune run R --profile gemma``):
+    # Named sets of overrides for another base model or mode (``kotune run R --profile gemma``):
     # settings that suit that model live in the recipe, not in code. Merged into the
-    # recipe before validation, so a profile is checked like the recipe itself.
-    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # recipe before validation, so a profile is checked like the recipe itself. Profiles
+    # compose: ``--profile gemma,grounded`` applies gemma, then grounded (later ones win),
+    # and a profile may be a list of other profiles' names (``gemma-grounded: [gemma, grounded]``).
+    profiles: dict[str, Union[dict[str, Any], list[str]]] = Field(default_factory=dict)
 
 
 _STEP_MODELS = {"prepare": PrepareStep, "generate": GenerateStep, "validate": ValidateStep, "split": SplitStep,
@@ -232,17 +235,55 @@ def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
 
 
 def _profile_for(data: dict[str, Any], profile: str | None, base_model: str | None) -> str | None:
-    """The profile to apply: the one named, else the one declaring the --base-model given."""
+    """The profile to apply: the one named (``a,b``: several, applied in that order), else the
+    one declaring the --base-model given."""
     profiles = data.get("profiles") or {}
     if profile is not None:
-        if profile not in profiles:
-            known = ", ".join(profiles) or "none"
-            raise KotuneError(f"--profile {profile}: no such profile in this recipe (it has: {known})")
+        names = _profile_names(profile)
+        for name in names:
+            if name not in profiles:
+                known = ", ".join(profiles) or "none"
+                which = f": {name}" if len(names) > 1 else ""
+                raise KotuneError(f"--profile {profile}: no such profile in this recipe{which} (it has: {known})")
         return profile
     if base_model is not None:
         matching = [n for n, p in profiles.items() if isinstance(p, dict) and p.get("base_model") == base_model]
         return matching[0] if matching else None
     return None
+
+
+def _profile_names(profile: str) -> list[str]:
+    """``"gemma,grounded"`` → ``["gemma", "grounded"]``."""
+    names = [n.strip() for n in profile.split(",") if n.strip()]
+    if not names:
+        raise KotuneError(f"--profile {profile!r}: name a profile of the recipe")
+    return names
+
+
+def _profile_bodies(profiles: dict[str, Any], profile: str, src: Path) -> list[tuple[str, dict[str, Any]]]:
+    """The mappings ``profile`` applies, in order: a name's own mapping, or for a profile that is a
+    list of names, theirs (recursively); a profile that names itself is an error."""
+    out: list[tuple[str, dict[str, Any]]] = []
+
+    def walk(name: str, seen: tuple[str, ...]) -> None:
+        if name in seen:
+            raise KotuneError(f"profiles.{seen[0]}: refers to itself through {' → '.join((*seen, name))}", path=src)
+        if name not in profiles:
+            known = ", ".join(profiles) or "none"
+            raise KotuneError(f"profiles.{seen[-1]}: no such profile: {name} (this recipe has: {known})", path=src)
+        body = profiles[name]
+        if isinstance(body, list) and all(isinstance(n, str) for n in body):
+            for part in body:
+                walk(part, (*seen, name))
+        elif isinstance(body, dict):
+            out.append((name, body))
+        else:
+            raise KotuneError(f"profiles.{name}: a profile is a mapping of recipe fields or a list of profile names",
+                              path=src)
+
+    for name in _profile_names(profile):
+        walk(name, ())
+    return out
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, *, profile: str | None = None,
@@ -265,10 +306,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, *, profile
         raise KotuneError("a recipe is a YAML mapping with name, base_model and steps", path=src)
     chosen = _profile_for(data, profile, base_model)
     if chosen is not None:
-        body = data["profiles"][chosen]
-        if not isinstance(body, dict):
-            raise KotuneError(f"profiles.{chosen}: a profile is a mapping of recipe fields", path=src)
-        _merge(data, {k: v for k, v in body.items() if k != "profiles"})
+        for _, body in _profile_bodies(data["profiles"], chosen, src):
+            _merge(data, copy.deepcopy({k: v for k, v in body.items() if k != "profiles"}))
     for item in overrides or []:
         keys, value = parse_override(item)
         _apply(data, keys, value)
