@@ -203,6 +203,7 @@ def train(
     report_to: str = typer.Option(TrainOptions.default("report_to"), "--report-to", help=f"{_choices(REPORT_TO)}."),
     seed: int = typer.Option(TrainOptions.default("seed"), "--seed", help="Random seed."),
     abstention: str = typer.Option(TrainOptions.default("abstention"), "--abstention", metavar="TEXT", help="The sentence the model says when the documents do not hold the answer (as the training data teaches it); recorded in the run, so kotune eval recognises it."),
+    chunks: Optional[Path] = typer.Option(TrainOptions.default("chunks"), "--chunks", help="Grounded data (kotune generate --grounded): the chunks JSONL its passages came from, recorded in the run so kotune eval, chat, serve and studio retrieve from it for this run without --context."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub (off by default)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT_DIR from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the kotune run in OUTPUT_DIR."),
@@ -217,7 +218,7 @@ def train(
         lora_targets=targets, lora_mlp=lora_mlp, scheduler=scheduler, warmup_ratio=warmup_ratio, neftune_alpha=neftune_alpha,
         gradient_checkpointing=gradient_checkpointing, eval_split=eval_split, early_stopping=early_stopping,
         save_steps=save_steps, logging_steps=logging_steps, max_steps=max_steps, min_steps=min_steps, batching=batching,
-        report_to=report_to, seed=seed, abstention=abstention))
+        report_to=report_to, seed=seed, abstention=abstention, chunks=str(chunks) if chunks else None))
     _quiet_libraries()
     steps.train(opts, base_model=base_model, data=data, output_dir=output_dir, system_prompts=system_prompts,
                 eval_data=eval_data, trust_remote_code=trust_remote_code, resume=resume, overwrite=overwrite,

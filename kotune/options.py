@@ -207,6 +207,7 @@ class TrainOptions(Options):
     report_to: Literal[REPORT_TO] = "tensorboard"  # type: ignore[valid-type]
     seed: int = 42
     abstention: Abstention                    # the run's "not in the documents" sentence, recorded in kotune.json
+    chunks: Optional[str] = None              # grounded data: the chunks file inference retrieves from, recorded in kotune.json
 
 
 class DoctorOptions(Options):

@@ -120,12 +120,16 @@ class Retriever:
         return [(self.chunks[i], scores[i]) for i in order[:k]]
 
 
+PASSAGE_WORD = "문서"
+"""The word passages are numbered with (``[문서 n]``); a grounded run records it (``RetrievalInfo.label``)."""
+
+
 def passage_label(n: int) -> str:
     """How passage ``n`` (1-based) is named in a prompt and cited in an answer: ``[문서 n]``."""
-    return f"[문서 {n}]"
+    return f"[{PASSAGE_WORD} {n}]"
 
 
-CITATION = re.compile(r"\[문서\s*(\d+)\]")
+CITATION = re.compile(r"\[" + PASSAGE_WORD + r"\s*(\d+)\]")
 """A citation of a passage in an answer (``[문서 2]``); group 1 is the passage number."""
 
 
