@@ -615,6 +615,10 @@ def _meta_lines(metrics: dict, models: dict[str, dict], responses: list[dict]) -
         lines.append(MetaLine("chrF signature", str(chrf_sig)))
     if metrics.get("context"):
         lines.append(MetaLine("retrieval context", str(metrics["context"])))
+    own = [f"{name}: {r.get('chunks')} (top {r.get('top_k')})" for name, r in
+           ((n, m.get("retrieval") or {}) for n, m in models.items()) if r.get("from") == "run"]
+    if own:  # grounded runs asked with the chunks they recorded (no --context)
+        lines.append(MetaLine("retrieval of grounded runs", "; ".join(own)))
     if any(m.get("mode") for m in models.values()):  # how each model was asked: in-process or over the API
         asked = []
         for name, m in models.items():

@@ -31,17 +31,21 @@ forms found their chunk in the top 3 (23 of 24 without the bigrams).
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from pathlib import Path
 from typing import Any, Iterable
 
+from kotune.errors import KotuneError
 from kotune.korean import CONTENT_TAGS, morphemes, split_sentences, tokenize as kiwi_tokens
+from kotune.model.runinfo import RunInfo
 from kotune.model.templates import ABSTENTION
 from kotune.records import load_chunks
 
-__all__ = ["CITATION", "DEFAULT_TOP_K", "Passages", "REFUSALS", "Retrieval", "Retriever", "abstains", "cite",
-           "format_context", "passage_label", "refusal", "strip_citations", "tokens"]
+__all__ = ["CITATION", "DEFAULT_TOP_K", "PASSAGE_WORD", "Passages", "REFUSALS", "Retrieval", "Retriever", "abstains",
+           "cite", "format_context", "holds_passages", "passage_label", "refusal", "retrieval_for", "shared_retriever",
+           "strip_citations", "tokens"]
 
 DEFAULT_TOP_K = 3
 
@@ -240,19 +244,26 @@ def format_context(hits: Iterable[tuple[dict[str, Any], float]]) -> str:
 # ---------------------------------------------------------------- retrieval → context, the one rule
 class Passages:
     """The passages one question is asked with: the text put in the prompt (``[문서 n]``
-    blocks, or the question's own context) and the ids of the chunks retrieved."""
+    blocks, or the question's own context), the ids of the chunks retrieved and the chunks."""
 
-    __slots__ = ("text", "chunk_ids")
+    __slots__ = ("text", "chunk_ids", "chunks")
 
-    def __init__(self, text: str = "", chunk_ids: list[str] | None = None):
+    def __init__(self, text: str = "", chunk_ids: list[str] | None = None, chunks: list[dict[str, Any]] | None = None):
         self.text = text
         self.chunk_ids = list(chunk_ids or [])
+        self.chunks = list(chunks or [])
 
     def __bool__(self) -> bool:
         return bool(self.text)
 
     def __repr__(self) -> str:
         return f"Passages({self.text[:40]!r}, {self.chunk_ids})"
+
+    def listed(self) -> list[dict[str, Any]]:
+        """The retrieved passages as a client reads them: ``{"n", "chunk_id", "text"}``, ``n`` as in
+        ``[문서 n]`` (empty for a question's own context, which has no chunks)."""
+        return [{"n": n, "chunk_id": str(c.get("chunk_id")), "text": str(c.get("text") or "").strip()}
+                for n, c in enumerate(self.chunks, 1)]
 
 
 class Retrieval:
@@ -265,31 +276,88 @@ class Retrieval:
        headed by its breadcrumbs (:func:`format_context`). They take the place of the
        question's ``input`` in the prompt (a template puts the context where the input
        goes): with ``--context`` the model is asked as it will be in use, from the question
-       alone, even when a test record carries the passages it was generated from;
+       alone, even when a test record carries the passages it was generated from. A grounded
+       run's own chunks (``from_run``: no ``--context`` given, :func:`retrieval_for`) leave a
+       question that brings passages in its ``input`` as it is: that is the prompt the run was
+       trained with, and its ``answerable: false`` stays true of those passages;
     3. without a chunks file: no context; a question's ``input`` (its passages, the text to
        summarise, a dialogue) is asked as it is;
     4. when no chunk shares a word with the question: no context either.
     """
 
-    def __init__(self, chunks: str | Path | None = None, k: int = DEFAULT_TOP_K, *, retriever: Retriever | None = None):
+    def __init__(self, chunks: str | Path | None = None, k: int = DEFAULT_TOP_K, *, retriever: Retriever | None = None,
+                 from_run: bool = False):
         self.source = str(chunks) if chunks else None
         self.k = k
+        self.from_run = from_run
         self.retriever = retriever if retriever is not None else (Retriever.from_file(chunks) if chunks else None)
 
     @property
     def active(self) -> bool:
         return self.retriever is not None
 
+    def describe(self) -> dict[str, Any]:
+        """Where the passages come from (metrics.json ``models.NAME.retrieval``)."""
+        return {"chunks": self.source, "top_k": self.k, "from": "run" if self.from_run else "--context"}
+
     def passages(self, question: str, *, input: str = "", context: str = "") -> Passages:
         if context:
             return Passages(context)
-        if self.retriever is None:
+        if self.retriever is None or (self.from_run and input.strip()):
             return Passages()
         hits = self.retriever.search(question, k=self.k)
-        return Passages(format_context(hits), [str(c["chunk_id"]) for c, _ in hits])
+        return Passages(format_context(hits), [str(c["chunk_id"]) for c, _ in hits], [c for c, _ in hits])
 
     def for_questions(self, questions: Iterable[dict[str, Any]]) -> list[Passages]:
         """Each question's passages (``question``, ``input`` and ``context`` fields as
         :func:`kotune.eval.evaluate.load_questions` reads them)."""
         return [self.passages(q["question"], input=q.get("input") or "", context=q.get("context") or "")
                 for q in questions]
+
+
+@functools.lru_cache(maxsize=8)
+def _index(path: str, mtime_ns: int, size: int) -> Retriever:
+    return Retriever.from_file(path)
+
+
+def shared_retriever(chunks: str | Path) -> Retriever:
+    """The index of a chunks file, built once per process while the file is unchanged (eval's
+    models, serve's adapters and the studio's chats share it)."""
+    p = Path(chunks).resolve()
+    st = p.stat()
+    return _index(str(p), st.st_mtime_ns, st.st_size)
+
+
+def retrieval_for(run: RunInfo | None, *, name: str, context: str | Path | None = None, top_k: int | None = None,
+                  remedy: str = "pass --context CHUNKS.jsonl") -> Retrieval | None:
+    """How one model is asked: the per-model decision of eval, chat, serve and the studio, made here.
+
+    - ``context`` (``--context CHUNKS``, given explicitly) → retrieve from it, for every model
+      alike, ``top_k`` passages (else the run's recorded number, else :data:`DEFAULT_TOP_K`);
+    - a grounded run (``run.retrieval``, :class:`kotune.model.runinfo.RetrievalInfo`) → retrieve
+      from its recorded chunks, its ``top_k`` (an explicit ``top_k`` wins); a recorded file that
+      is missing, or none recorded, is one error line naming the model and the ``remedy``;
+    - a closed-book run or a plain base → None: asked without passages.
+    """
+    recorded = run.retrieval if run is not None else None
+    if context:
+        k = top_k or (recorded.top_k if recorded else DEFAULT_TOP_K)
+        return Retrieval(context, k, retriever=shared_retriever(context))
+    if recorded is None:
+        return None
+    if not recorded.chunks or not Path(recorded.chunks).is_file():
+        why = (f"its chunks file {recorded.chunks} is missing" if recorded.chunks
+               else "it records no chunks file (trained without kotune train --chunks)")
+        raise KotuneError(f"model {name}: a grounded run (trained on retrieved passages), and {why}; {remedy}")
+    return Retrieval(recorded.chunks, top_k or recorded.top_k, retriever=shared_retriever(recorded.chunks),
+                     from_run=True)
+
+
+_PASSAGE_BLOCK = re.compile(r"^\[" + PASSAGE_WORD + r"\s*1\]", re.M)
+
+
+def holds_passages(text: str) -> bool:
+    """Whether a message already carries numbered passages (a ``[문서 1]`` block at a line start, as
+    :func:`format_context` writes them): a client that retrieved for itself (kotune eval asking
+    kotune serve) is not given a second set."""
+    return bool(_PASSAGE_BLOCK.search(text or ""))
