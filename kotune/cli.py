@@ -303,18 +303,19 @@ def eval_(
 
 @app.command()
 def pairs(
+    ctx: typer.Context,
     output: Path = typer.Option(..., "--output", "-o", help="Preference file to write (.jsonl)."),
     model: Optional[str] = typer.Option(None, "--model", help="The model whose failures become rejected answers: a kotune run, base model or openai:URL#MODEL[@RUN]; with --from-eval, the eval's model name (default: its last)."),
     questions: Optional[Path] = typer.Option(None, "--questions", help="Questions with references (.jsonl/.csv), e.g. the train split."),
     from_eval: Optional[Path] = typer.Option(None, "--from-eval", help="Build pairs from a kotune eval folder's answers instead of sampling."),
-    context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL: retrieve context per question (as kotune eval --context)."),
+    context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL: retrieve context per question (as kotune eval --context; a grounded run without it retrieves from the chunks it recorded)."),
     samples: int = typer.Option(PairsOptions.default("samples"), "--samples", help="Answers sampled per question."),
     temperature: float = typer.Option(PairsOptions.default("temperature"), "--temperature", help="Sampling temperature."),
     top_p: float = typer.Option(PairsOptions.default("top_p"), "--top-p", help="Nucleus sampling."),
     max_new_tokens: int = typer.Option(PairsOptions.default("max_new_tokens"), "--max-new-tokens", help="Answer length limit."),
     repetition_penalty: float = typer.Option(PairsOptions.default("repetition_penalty"), "--repetition-penalty", help="Repetition penalty while sampling."),
     stop: Optional[List[str]] = typer.Option(PairsOptions.default("stop"), "--stop", help="Stop sequence (repeatable)."),
-    top_k: int = typer.Option(PairsOptions.default("top_k"), "--top-k", help="Chunks retrieved per question with --context."),
+    top_k: int = typer.Option(PairsOptions.default("top_k"), "--top-k", help="Chunks retrieved per question (a grounded run without --top-k: its recorded number)."),
     min_margin: float = typer.Option(PairsOptions.default("min_margin"), "--min-margin", help="Keep a pair when the rejected answer is this much worse (error types + no EOS + unsupported share)."),
     chosen: str = typer.Option(PairsOptions.default("chosen"), "--chosen", help="reference (the question's reference answer) | sample (the best unflagged sample)."),
     fmt: str = typer.Option(PairsOptions.default("format"), "--format", help="pairs (chosen/rejected, for dpo/orpo/simpo) | kto (labelled answers)."),
@@ -329,8 +330,8 @@ def pairs(
 ) -> None:
     """Preference pairs mined from a model's own failures: flagged answers rejected, references chosen."""
     opts = PairsOptions.check(dict(samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                   repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)), top_k=top_k,
-                                   min_margin=min_margin, chosen=chosen, format=fmt, batch_size=batch_size,
+                                   repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)),
+                                   **_given(ctx, top_k=top_k), min_margin=min_margin, chosen=chosen, format=fmt, batch_size=batch_size,
                                    workers=workers, seed=seed, template=template, api_key_env=api_key_env, judge=judge,
                                    judge_model=judge_model, judge_api_key_env=judge_api_key_env),
                               flags={"format": "--format"})

@@ -45,7 +45,7 @@ _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
             "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
 _ERROR_COLOURS = ("#e15759", "#f28e2b", "#b07aa1", "#9c755f", "#4e79a7", "#edc948", "#76b7b2")
 WARNINGS_TITLE = "⚠ 경고 (warnings)"  # the heading of metrics.json's warnings, at the top of the report
-ABSTAINED = "거절 (abstained)"  # the mark of an answer that declined (kotune.eval.metrics.abstains)
+ABSTAINED = "거절 (abstained)"  # the mark of an answer that declined (kotune.model.retrieval.abstains)
 UNANSWERABLE = "answerable: false"  # the mark of a question whose answer the documents do not hold
 _NO_COLOUR = "#8c959f"
 _OK_FINISH = {"eos", "stop"}
