@@ -393,6 +393,22 @@ def test_train_chunks_that_do_not_exist_is_one_error_line(tmp_path, sample_qa) -
     assert not (tmp_path / "out").exists()
 
 
+def test_preference_and_resumed_runs_keep_the_retrieval_they_continue(tmp_path) -> None:
+    from kotune.train.sft import TrainConfig, retrieval_info
+
+    sft = RetrievalInfo(chunks="/data/chunks.jsonl", top_k=2)
+    config = TrainConfig(base_model="builtin:tiny-ko", data="prefs.jsonl", output_dir="out", method="dpo")
+    assert retrieval_info([], config, inherited=sft, log=lambda *_: None) == sft        # DPO from a grounded SFT run
+    moved = TrainConfig(base_model="builtin:tiny-ko", data="d", output_dir="o", chunks=str(tmp_path / "c.jsonl"))
+    assert retrieval_info([], moved, inherited=sft, log=lambda *_: None).chunks == str((tmp_path / "c.jsonl").resolve())
+    grounded = [Record("q", "a [문서 1]", extra={"passages": ["c1", "c2", "c3"]})]
+    resumed = retrieval_info(grounded, TrainConfig(base_model="b", data="d", output_dir="o"), inherited=sft,
+                             log=lambda *_: None)
+    assert (resumed.chunks, resumed.top_k) == ("/data/chunks.jsonl", 3)              # --resume without --chunks
+    notes: list[str] = []
+    assert retrieval_info([Record("q", "a")], moved, log=notes.append) is None and "ignored" in notes[0]
+
+
 def test_a_grounded_run_on_tiny_ko_records_its_retrieval_and_is_asked_with_it(tmp_path, sample_chunks, tiny_model,
                                                                                monkeypatch) -> None:
     """End to end: kotune generate --grounded, kotune train --chunks (relative path, stored absolute),

@@ -167,8 +167,9 @@ def _streaming(state: _State, name: str, prompt: str, settings: GenerationSettin
             yield _sse(ApiError(500, f"internal error: {type(e).__name__}", type="server_error").body())
             yield "data: [DONE]\n\n"
             return
+        extension = await asyncio.to_thread(state.extension, served, passages, answer)  # Kiwi: off the event loop
         yield _sse({**chunks.chunk(None if chat else "", finish_reason(answer.finish_reason if answer else "stop")),
-                    **state.extension(served, passages, answer)})
+                    **extension})
         if include_usage and answer is not None:
             yield _sse(chunks.usage(answer))
         yield "data: [DONE]\n\n"
@@ -224,7 +225,7 @@ async def chat_completions(request: Request):
     gen = served.generator
     check_category(req.category, req.messages, gen.template)
     last_user = max(i for i, m in enumerate(req.messages) if m["role"] == "user")
-    passages = state.retrieve(served.name, req.messages[last_user]["content"])
+    passages = await asyncio.to_thread(state.retrieve, served.name, req.messages[last_user]["content"])
     prompt = gen.template.chat_prompt(req.messages, category=req.category, tokenizer=gen.tokenizer,
                                       context=(passages.text or None) if passages is not None else None)
     state.engine.check_length(served, prompt, req.settings.max_new_tokens)
@@ -235,7 +236,8 @@ async def chat_completions(request: Request):
     lp = None
     if req.logprobs is not None:
         lp = await _logprobs(state, served.name, prompt, answer, req.settings, req.logprobs, chat=True)
-    return {**chat_completion(served.name, answer, lp), **state.extension(served, passages, answer)}
+    extension = await asyncio.to_thread(state.extension, served, passages, answer)
+    return {**chat_completion(served.name, answer, lp), **extension}
 
 
 @router.post("/v1/completions")

@@ -268,7 +268,7 @@ def create_app(root: str | Path, *, token: str | None = None, allowed_hosts: tup
         loaded = await asyncio.to_thread(chat_models.get, str(body.get("model") or ""), str(body.get("template_from") or ""))
         # A chosen chunks file for every model; else a grounded run's own chunks and top_k (kotune chat's rule).
         retrieval = await asyncio.to_thread(chat_retrieval, r, loaded, context_file, body.get("top_k"))
-        passages = retrieval.passages(question) if retrieval is not None else None
+        passages = await asyncio.to_thread(retrieval.passages, question) if retrieval is not None else None
         context = (passages.text or None) if passages is not None else None
         pieces = chat_models.answer(loaded, question, settings, context)
         loop = asyncio.get_running_loop()

@@ -227,7 +227,8 @@ def retrieval_info(records, config: TrainConfig, *, inherited: RetrievalInfo | N
     serve and the studio ask it as it was trained: the chunks file ``--chunks`` names (absolute)
     and as many passages as its records had at most. Grounded data is decided once, by
     :func:`kotune.records.grounded_passages`; ``inherited`` is the retrieval of the run training
-    continues (a preference run from a grounded SFT run), kept when these records say nothing."""
+    continues (a preference run from a grounded SFT run, a resumed run): its chunks file is kept
+    when ``--chunks`` is not given again, its whole retrieval when these records say nothing."""
     from kotune.model.retrieval import DEFAULT_TOP_K, PASSAGE_WORD
     from kotune.records import grounded_passages
 
@@ -551,7 +552,9 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     template = get_template(config.template, config.system_prompts)
     records = load_training_records(config.data)
     check_template_fields(records, template, config.data)
-    retrieval = retrieval_info(records, config, log=log if main else (lambda *_: None))
+    earlier = RunInfo.read(config.output_dir) if resume else None  # a resumed run keeps its recorded chunks
+    retrieval = retrieval_info(records, config, inherited=earlier.retrieval if earlier else None,
+                               log=log if main else (lambda *_: None))
     eval_records = load_training_records(config.eval_data) if config.eval_data else None
     if eval_records is None and config.eval_split > 0 and len(records) >= 20:
         from kotune.data.split import stratified_split
