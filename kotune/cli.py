@@ -37,6 +37,15 @@ def _choices(names: tuple[str, ...]) -> str:
     return " | ".join(names)
 
 
+def _given(ctx: typer.Context, **values):
+    """The options of ``values`` the user typed (not left at their default): an options model then
+    knows them as given (``Options.given``), e.g. ``--top-k`` over a grounded run's own number."""
+    def typed(name: str) -> bool:
+        source = ctx.get_parameter_source(name)
+        return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+    return {k: v for k, v in values.items() if typed(k)}
+
+
 def _commas(value: Optional[str]) -> Optional[list[str]]:
     """``"a, b"`` → ``["a", "b"]``; None when nothing was given."""
     return [t.strip() for t in value.split(",") if t.strip()] if value else None
@@ -204,6 +213,7 @@ def train(
     report_to: str = typer.Option(TrainOptions.default("report_to"), "--report-to", help=f"{_choices(REPORT_TO)}."),
     seed: int = typer.Option(TrainOptions.default("seed"), "--seed", help="Random seed."),
     abstention: str = typer.Option(TrainOptions.default("abstention"), "--abstention", metavar="TEXT", help="The sentence the model says when the documents do not hold the answer (as the training data teaches it); recorded in the run, so kotune eval recognises it."),
+    chunks: Optional[Path] = typer.Option(TrainOptions.default("chunks"), "--chunks", help="Grounded data (kotune generate --grounded): the chunks JSONL its passages came from, recorded in the run so kotune eval, chat, serve and studio retrieve from it for this run without --context."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow model code from the hub (off by default)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT_DIR from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the kotune run in OUTPUT_DIR."),
@@ -218,7 +228,7 @@ def train(
         lora_targets=targets, lora_mlp=lora_mlp, scheduler=scheduler, warmup_ratio=warmup_ratio, neftune_alpha=neftune_alpha,
         gradient_checkpointing=gradient_checkpointing, eval_split=eval_split, early_stopping=early_stopping,
         save_steps=save_steps, logging_steps=logging_steps, max_steps=max_steps, min_steps=min_steps, batching=batching,
-        report_to=report_to, seed=seed, abstention=abstention))
+        report_to=report_to, seed=seed, abstention=abstention, chunks=str(chunks) if chunks else None))
     _quiet_libraries()
     steps.train(opts, base_model=base_model, data=data, output_dir=output_dir, system_prompts=system_prompts,
                 eval_data=eval_data, trust_remote_code=trust_remote_code, resume=resume, overwrite=overwrite,
@@ -254,11 +264,12 @@ def _stop_list(stop: Optional[List[str]]) -> tuple[str, ...]:
 
 @app.command("eval")
 def eval_(
+    ctx: typer.Context,
     questions: Path = typer.Option(..., "--questions", "--questions_file", "--questions-file", help="Questions: .txt (one per line) or .jsonl/.csv with question, reference, keywords, category, answerable (false: the documents do not hold the answer)."),
     models: List[str] = typer.Option(..., "--models", "--model_paths", "--model-paths", help="Models to compare: HF id, folder, kotune output, .gguf, builtin:tiny-ko, or an OpenAI-compatible endpoint openai:URL#MODEL[@RUN]; NAME=SPEC to name one. Repeat or list."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for responses.jsonl, metrics.json, report.md, report.html."),
-    context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL: retrieve top-k chunks per question (BM25 over Kiwi morphemes)."),
-    top_k: int = typer.Option(EvalOptions.default("top_k"), "--top-k", help="Chunks retrieved per question with --context."),
+    context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL: retrieve top-k chunks per question for every model (BM25 over Kiwi morphemes). Without it a grounded run retrieves from the chunks it recorded (kotune train --chunks); other models get no passages."),
+    top_k: int = typer.Option(EvalOptions.default("top_k"), "--top-k", help="Chunks retrieved per question (a grounded run without --top-k: its recorded number)."),
     max_new_tokens: int = typer.Option(EvalOptions.default("max_new_tokens"), "--max-new-tokens", "--max_new_tokens", help="Answer length limit."),
     temperature: float = typer.Option(EvalOptions.default("temperature"), "--temperature", help="0 = greedy."),
     top_p: float = typer.Option(EvalOptions.default("top_p"), "--top-p", help="Nucleus sampling."),
@@ -280,7 +291,7 @@ def eval_(
     abstention: str = typer.Option(EvalOptions.default("abstention"), "--abstention", metavar="TEXT", help="The sentence that counts as abstaining (\"not in the documents\") for a model whose run records none; a kotune run's own recorded sentence wins."),
 ) -> None:
     """Answer the same questions with every model; Korean-correct metrics, error types and an HTML report."""
-    opts = EvalOptions.check(dict(top_k=top_k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+    opts = EvalOptions.check(dict(**_given(ctx, top_k=top_k), max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                   repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)),
                                   batch_size=batch_size, seed=seed, workers=workers, api_key_env=api_key_env, rpm=rpm,
                                   benchmark=list(benchmark or []), benchmark_data=benchmark_data,
@@ -293,18 +304,19 @@ def eval_(
 
 @app.command()
 def pairs(
+    ctx: typer.Context,
     output: Path = typer.Option(..., "--output", "-o", help="Preference file to write (.jsonl)."),
     model: Optional[str] = typer.Option(None, "--model", help="The model whose failures become rejected answers: a kotune run, base model or openai:URL#MODEL[@RUN]; with --from-eval, the eval's model name (default: its last)."),
     questions: Optional[Path] = typer.Option(None, "--questions", help="Questions with references (.jsonl/.csv), e.g. the train split."),
     from_eval: Optional[Path] = typer.Option(None, "--from-eval", help="Build pairs from a kotune eval folder's answers instead of sampling."),
-    context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL: retrieve context per question (as kotune eval --context)."),
+    context: Optional[Path] = typer.Option(None, "--context", help="Chunks JSONL: retrieve context per question (as kotune eval --context; a grounded run without it retrieves from the chunks it recorded)."),
     samples: int = typer.Option(PairsOptions.default("samples"), "--samples", help="Answers sampled per question."),
     temperature: float = typer.Option(PairsOptions.default("temperature"), "--temperature", help="Sampling temperature."),
     top_p: float = typer.Option(PairsOptions.default("top_p"), "--top-p", help="Nucleus sampling."),
     max_new_tokens: int = typer.Option(PairsOptions.default("max_new_tokens"), "--max-new-tokens", help="Answer length limit."),
     repetition_penalty: float = typer.Option(PairsOptions.default("repetition_penalty"), "--repetition-penalty", help="Repetition penalty while sampling."),
     stop: Optional[List[str]] = typer.Option(PairsOptions.default("stop"), "--stop", help="Stop sequence (repeatable)."),
-    top_k: int = typer.Option(PairsOptions.default("top_k"), "--top-k", help="Chunks retrieved per question with --context."),
+    top_k: int = typer.Option(PairsOptions.default("top_k"), "--top-k", help="Chunks retrieved per question (a grounded run without --top-k: its recorded number)."),
     min_margin: float = typer.Option(PairsOptions.default("min_margin"), "--min-margin", help="Keep a pair when the rejected answer is this much worse (error types + no EOS + unsupported share)."),
     chosen: str = typer.Option(PairsOptions.default("chosen"), "--chosen", help="reference (the question's reference answer) | sample (the best unflagged sample)."),
     fmt: str = typer.Option(PairsOptions.default("format"), "--format", help="pairs (chosen/rejected, for dpo/orpo/simpo) | kto (labelled answers)."),
@@ -319,8 +331,8 @@ def pairs(
 ) -> None:
     """Preference pairs mined from a model's own failures: flagged answers rejected, references chosen."""
     opts = PairsOptions.check(dict(samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                                   repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)), top_k=top_k,
-                                   min_margin=min_margin, chosen=chosen, format=fmt, batch_size=batch_size,
+                                   repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)),
+                                   **_given(ctx, top_k=top_k), min_margin=min_margin, chosen=chosen, format=fmt, batch_size=batch_size,
                                    workers=workers, seed=seed, template=template, api_key_env=api_key_env, judge=judge,
                                    judge_model=judge_model, judge_api_key_env=judge_api_key_env),
                               flags={"format": "--format"})
@@ -340,9 +352,10 @@ def score(
 
 @app.command()
 def chat(
+    ctx: typer.Context,
     model: str = typer.Option(..., "--model", help="kotune output, HF id, folder, builtin:tiny-ko, or openai:URL#MODEL (a model behind an OpenAI-compatible server)."),
-    context: Optional[Path] = typer.Option(ChatOptions.default("context"), "--context", help="Chunks JSONL for retrieval (toggle with /context on|off)."),
-    top_k: int = typer.Option(ChatOptions.default("top_k"), "--top-k", help="Chunks retrieved per question."),
+    context: Optional[Path] = typer.Option(ChatOptions.default("context"), "--context", help="Chunks JSONL for retrieval (toggle with /context on|off); a grounded run without it retrieves from the chunks it recorded."),
+    top_k: int = typer.Option(ChatOptions.default("top_k"), "--top-k", help="Chunks retrieved per question (a grounded run without --top-k: its recorded number)."),
     max_new_tokens: int = typer.Option(ChatOptions.default("max_new_tokens"), "--max-new-tokens", help="Answer length limit."),
     temperature: float = typer.Option(ChatOptions.default("temperature"), "--temperature", help="0 = greedy."),
     top_p: float = typer.Option(ChatOptions.default("top_p"), "--top-p", help="Nucleus sampling."),
@@ -353,7 +366,8 @@ def chat(
     api_key_env: ClientKeysOption = ChatOptions.default("api_key_env"),
 ) -> None:
     """Interactive terminal chat with streaming. Commands: /reset, /context on|off, /settings, /exit."""
-    opts = ChatOptions.check(dict(model=model, context=str(context) if context else None, top_k=top_k, template=template,
+    opts = ChatOptions.check(dict(model=model, context=str(context) if context else None, **_given(ctx, top_k=top_k),
+                                  template=template,
                                   category=category, max_new_tokens=max_new_tokens, temperature=temperature,
                                   top_p=top_p, repetition_penalty=repetition_penalty, stop=list(_stop_list(stop)),
                                   api_key_env=api_key_env))
@@ -367,6 +381,7 @@ def chat(
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     model: str = typer.Option(..., "--model", help="Base: HF id, folder, builtin:tiny-ko or a kotune output (served under this name and 'base')."),
     adapter: Optional[List[str]] = typer.Option(None, "--adapter", help="NAME=PATH of a kotune LoRA output on the same base; repeat or list."),
     host: str = typer.Option(ServeOptions.default("host"), "--host", help="Address to listen on (loopback by default)."),
@@ -379,15 +394,16 @@ def serve(
     max_batch: int = typer.Option(ServeOptions.default("max_batch"), "--max-batch", help="Most prompts decoded together."),
     batching: str = typer.Option(ServeOptions.default("batching"), "--batching", help=f"{_choices(SERVE_BATCHING)}. continuous: requests join the running batch at every step (full-attention models; others fall back to static). static: one generate per collected batch."),
     batch_wait_ms: float = typer.Option(ServeOptions.default("batch_wait_ms"), "--batch-wait-ms", help="Static batching: how long to collect concurrent requests into one batch."),
-    context: Optional[Path] = typer.Option(ServeOptions.default("context"), "--context", help="Chunks JSONL: retrieve top-k chunks for every question (RAG)."),
-    top_k: int = typer.Option(ServeOptions.default("top_k"), "--top-k", help="Chunks retrieved per question with --context."),
+    context: Optional[Path] = typer.Option(ServeOptions.default("context"), "--context", help="Chunks JSONL: retrieve top-k chunks for every question (RAG), for every served name; without it a grounded run retrieves from the chunks it recorded. Chat answers then carry the passages in a \"kotune\" field."),
+    top_k: int = typer.Option(ServeOptions.default("top_k"), "--top-k", help="Chunks retrieved per question (a grounded run without --top-k: its recorded number)."),
     access_log: bool = typer.Option(ServeOptions.default("access_log"), "--access-log", help="Log every request line (never keys or headers)."),
 ) -> None:
     """OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models, /health) over a base and its adapters."""
     opts = ServeOptions.check(dict(host=host, port=port, template=template, api_key_env=api_key_env,
                                    max_tokens_limit=max_tokens_limit, default_max_tokens=default_max_tokens,
                                    max_body_bytes=max_body_bytes, max_batch=max_batch, batching=batching,
-                                   batch_wait_ms=batch_wait_ms, context=str(context) if context else None, top_k=top_k,
+                                   batch_wait_ms=batch_wait_ms, context=str(context) if context else None,
+                                   **_given(ctx, top_k=top_k),
                                    access_log=access_log))
     from kotune.serve.server import parse_adapter_args, serve as run_serve
 

@@ -76,6 +76,11 @@ class Options(BaseModel):
         """A field's default (what the command line shows and uses)."""
         return cls.model_fields[name].get_default(call_default_factory=True)
 
+    def given(self, name: str) -> Any:
+        """A field's value when it was given (command line, recipe, request), else None: for
+        settings whose default depends on something else (``top_k``: a grounded run's own)."""
+        return getattr(self, name) if name in self.model_fields_set else None
+
     @classmethod
     def check(cls, values: dict[str, Any], flags: dict[str, str] | None = None) -> "Options":
         """The options, validated; the first problem is one line naming the command-line option."""
@@ -208,6 +213,7 @@ class TrainOptions(Options):
     report_to: Literal[REPORT_TO] = "tensorboard"  # type: ignore[valid-type]
     seed: int = 42
     abstention: Abstention                    # the run's "not in the documents" sentence, recorded in kotune.json
+    chunks: Optional[str] = None              # grounded data: the chunks file inference retrieves from, recorded in kotune.json
 
 
 class DoctorOptions(Options):

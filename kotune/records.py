@@ -88,6 +88,19 @@ class Record:
         return _AUGMENTED_SUFFIX.sub("", self.id)
 
 
+def grounded_passages(records: Iterable[Record]) -> int | None:
+    """The one rule for "is this training data grounded": some record has ``passages`` or is marked
+    ``"answerable": false`` (as ``kotune generate --grounded`` writes them). Returns None for data
+    that is not grounded, else the most passages a record lists (what inference retrieves per
+    question; 0 when no record lists them)."""
+    most: int | None = None
+    for r in records:
+        passages = r.extra.get("passages")
+        if isinstance(passages, list) or not r.answerable:
+            most = max(most or 0, len(passages) if isinstance(passages, list) else 0)
+    return most
+
+
 def parse_mapping(items: Iterable[str] | None) -> dict[str, str]:
     """``["question=instruction", ...]`` → ``{"question": "instruction"}``."""
     mapping: dict[str, str] = {}

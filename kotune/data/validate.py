@@ -265,7 +265,7 @@ def is_abstention_record(rec: Record) -> bool:
     """Whether ``rec`` is an abstention record: marked ``"answerable": false`` and answering
     exactly with an abstention, that is :data:`kotune.model.templates.ABSTENTION` (whitespace
     aside) or, for a sentence of the user's own (``kotune generate --abstention``), one
-    sentence without a citation. (``kotune.eval.metrics.abstains`` recognises abstentions in a
+    sentence without a citation. (``kotune.model.retrieval.abstains`` recognises abstentions in a
     model's answers; a record's own output is the sentence itself, so data needs no more.)"""
     if rec.answerable:
         return False

@@ -3,6 +3,11 @@
 Every model answers with its own training template (from ``kotune.json``); a
 plain base model answers in the template of the first tuned model being
 compared, so base and tuned see the same prompt.
+
+Each model is asked with its own passages (:func:`kotune.model.retrieval.retrieval_for`):
+``--context CHUNKS`` retrieves for every model; without it a grounded run retrieves from
+the chunks and ``top_k`` it recorded, while a closed-book run and a plain base are asked
+without passages. ``metrics.json`` says how, per model (``models.NAME.retrieval``).
 """
 
 from __future__ import annotations
@@ -141,7 +146,7 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
     from kotune.eval.metrics import score_rows
     from kotune.model.access import GenerationSettings, open_models
     from kotune.model.journal import journal_path
-    from kotune.model.retrieval import Retrieval
+    from kotune.model.retrieval import retrieval_for
     from kotune.eval.report import render_html, render_markdown
 
     out = Path(out_dir)
@@ -157,8 +162,19 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
 
         manager = task_manager(tasks, options.benchmark_data)
 
-    passages = Retrieval(chunks_path, options.top_k).for_questions(questions)
-    contexts = [(p.text, p.chunk_ids) for p in passages]
+    # Each model's passages, decided before any answer (a grounded run whose chunks are gone is one
+    # line, nothing written): --context for all, else a grounded run's own chunks and top_k, else none.
+    retrievals = {name: retrieval_for(opened[name].run, name=name, context=chunks_path, top_k=options.given("top_k"))
+                  for name, _ in models}
+    contexts_by_model: dict[str, list[tuple[str, list[str]]]] = {}
+    asked: dict[tuple, list[tuple[str, list[str]]]] = {}   # models retrieving alike share the passages
+    for name, _ in models:
+        r = retrievals[name]
+        key = (r.source, r.k, r.from_run) if r is not None else ()
+        if key not in asked:
+            asked[key] = ([(p.text, p.chunk_ids) for p in r.for_questions(questions)] if r is not None
+                          else [("", []) for _ in questions])
+        contexts_by_model[name] = asked[key]
 
     gen_settings = GenerationSettings(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
                                       top_p=options.top_p, repetition_penalty=options.repetition_penalty,
@@ -168,8 +184,9 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
     timing: dict[str, float] = {}
     for name, _ in models:
         model = opened[name]
+        # The prompt holds the passages, so journaled answers are keyed on them (kotune.model.journal).
         prompts = [model.prompt(q["question"], q["input"], category=q["category"], context=ctx or None)
-                   for q, (ctx, _) in zip(questions, contexts)]
+                   for q, (ctx, _) in zip(questions, contexts_by_model[name])]
         log(f"{name}: {model.spec} ({model.mode}, template "
             f"{model.template.name}" + (f", {model.workers} workers)" if model.mode != "local" else ")"))
         t0 = time.time()
@@ -187,7 +204,8 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
     per_model_rows: dict[str, list[dict[str, Any]]] = {}
     for name, _ in models:
         rows = []
-        for q, (ctx, ids), a in zip(questions, contexts, answers[name]):
+        contexts = contexts_by_model[name]
+        for q, (ctx, _), a in zip(questions, contexts, answers[name]):
             # input: the passages a grounded question brings, cited when there is no context
             rows.append({"answer": a.text, "reference": q["reference"] or None, "keywords": q["keywords"],
                          "category": q["category"], "context": ctx, "input": q["input"],
@@ -199,6 +217,7 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
         scored["answers_per_second"] = round(len(questions) / max(timing[name], 1e-9), 3)
         scored["wall_seconds"] = round(timing[name], 2)
         scored["mode"] = opened[name].mode
+        scored["retrieval"] = retrievals[name].describe() if retrievals[name] is not None else None
         # Asked without passages (no context, no input): kotune.eval.closed_book judges its unsupported_rate.
         scored["closed_book"] = asked_closed_book(questions, [ctx for ctx, _ in contexts])
         if opened[name].mode != "local":
@@ -207,7 +226,7 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
         metrics["tokenization"] = scored.get("tokenization")
         metrics["bleu_signature"] = scored.get("bleu_signature")
     with atomic_writer(out / "responses.jsonl") as f:
-        for i, (q, (ctx, ids)) in enumerate(zip(questions, contexts)):
+        for i, q in enumerate(questions):
             entry = {"id": q["id"], "question": q["question"], "input": q["input"], "category": q["category"],
                      "reference": q["reference"], "answerable": q.get("answerable", True),
                      "keywords": q["keywords"], **({"chunk_id": q["chunk_id"]} if q.get("chunk_id") else {}),
@@ -217,7 +236,8 @@ def evaluate(questions: list[dict[str, Any]], models: list[tuple[str, str]], out
                 row = per_model_rows[name][i]
                 entry["answers"][name] = {"text": a.text, "prompt": prompts_by_model[name][i],  # exactly what the model saw
                                           "finish_reason": a.finish_reason, "errors": row.get("errors", []),
-                                          "retrieved": ids, "completion_tokens": a.completion_tokens,
+                                          "retrieved": contexts_by_model[name][i][1],
+                                          "completion_tokens": a.completion_tokens,
                                           **{k: v for k, v in row.items() if k not in ("errors", "answerable")}}
             responses.append(entry)
             f.write(dumps(entry) + "\n")

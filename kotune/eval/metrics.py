@@ -32,13 +32,12 @@ from __future__ import annotations
 
 import functools
 import re
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Sequence
 
 from kotune import korean
-from kotune.model.retrieval import CITATION
+from kotune.model.retrieval import CITATION, REFUSALS, abstains, refusal  # noqa: F401  (abstention: kotune.model.retrieval)
 from kotune.model.templates import ABSTENTION
 
 TOKENIZATION = "kiwi-morphemes"
@@ -554,86 +553,6 @@ def agency_errors(answer: str, reference: str | None, context=None) -> list[str]
         return []
     flat = _sources(src_text).flat
     return [o for o in organisations(answer or "") if o.lower() not in flat]
-
-
-# --------------------------------------------------------------------------- abstention
-
-# Refusals that count when they close a clause of the answer's first sentence (see
-# :func:`abstains`). Written with their spacing as usual; matched with spaces removed,
-# so "찾을수없습니다" and "나와있지 않아요" count too. Keep the list short: each entry must
-# be a way of saying "the information is not there", not a fact in its own right.
-REFUSALS = ("찾을 수 없", "나와 있지 않", "해당 내용이 없", "명시되어 있지 않", "언급되어 있지 않", "포함되어 있지 않")
-# Endings after a refusal that turn it into part of a fact: an adnominal ending (찾을 수 없는
-# 경우에는 …, 명시되어 있지 않은 사항은 …: ETM), a condition (… 않으면, … 없다면) or a
-# concession (… 없어도, … 않더라도).
-_CONDITIONS = frozenset({"면", "으면", "다면", "ㄴ다면", "는다면", "거든", "어도", "아도", "더라도", "라도", "어야", "아야"})
-
-
-def _bare(text: str) -> str:
-    """``text`` without whitespace, punctuation and symbols, lower-cased: how sentences are compared."""
-    return "".join(ch for ch in (text or "").lower()
-                   if not ch.isspace() and not unicodedata.category(ch).startswith(("P", "S")))
-
-
-def _closes_clause(sentence: str, end: int) -> bool:
-    """Whether the predicate ending at character ``end`` of ``sentence`` closes its clause: a
-    final ending (…없습니다, …않아요), a connective that goes on to another clause (…않으며,
-    …없고) or nothing at all; not an adnominal ending, a condition or a concession."""
-    toks = [t for t in _analyse(sentence) if t.start >= end and t.tag != "EP"]  # pre-final endings: …없었습니다
-    if not toks:
-        return True
-    t = toks[0]
-    if t.tag.startswith("ETM"):
-        return False
-    if t.tag.startswith("EC"):
-        also = toks[1].form if len(toks) > 1 and toks[1].tag == "JX" and toks[1].start == t.start + len(t.form) else ""
-        return t.form not in _CONDITIONS and t.form + also not in _CONDITIONS  # 없어도: 어 + 도
-    return True
-
-
-def refusal(answer: str) -> str | None:
-    """The refusal of :data:`REFUSALS` that the answer's first sentence ends a clause with, or None."""
-    sentences = korean.split_sentences(answer or "")
-    if not sentences:
-        return None
-    first = sentences[0]
-    keep = [i for i, ch in enumerate(first) if not ch.isspace()]
-    flat = "".join(first[i] for i in keep)
-    for phrase in REFUSALS:
-        needle = "".join(phrase.split())
-        at = flat.find(needle)
-        while at >= 0:
-            if _closes_clause(first, keep[at + len(needle) - 1] + 1):
-                return phrase
-            at = flat.find(needle, at + 1)
-    return None
-
-
-def abstains(answer: str, sentence: str = ABSTENTION) -> bool:
-    """Whether ``answer`` declines to answer ("the documents do not hold it").
-
-    The rule, in order:
-
-    1. the answer contains the model's abstention ``sentence`` (the run's recorded one, else
-       ``--abstention``), compared with whitespace, punctuation and symbols removed; or
-    2. its **first sentence** holds one of :data:`REFUSALS` (찾을 수 없, 나와 있지 않, 해당 내용이
-       없, 명시/언급/포함되어 있지 않) as a clause of its own: followed by a final ending
-       ("문서에서 해당 정보를 찾을 수 없습니다."), a connective ("명시되어 있지 않으며, …") or
-       nothing. Followed by an adnominal ending, a condition or a concession it is part of a
-       fact and does not count: "찾을 수 없는 경우에는 콜센터에 문의합니다", "명시되어 있지
-       않은 사항은 시행령을 따릅니다", "문서에 언급되어 있지 않으면 …", "명시되어 있지 않아도 …".
-
-    Known limit: a fact that itself ends in a refusal phrase ("분실한 카드는 찾을 수 없습니다.")
-    counts as abstaining when it is the first sentence.
-
-    Only the first sentence counts for refusals: an answer that gives the facts and then says
-    a detail "is not in the documents" has answered. An answer that opens with a refusal and
-    then answers anyway counts as abstaining (its first words told the user it does not know).
-    """
-    bare = _bare(sentence)
-    if bare and bare in _bare(answer):
-        return True
-    return refusal(answer) is not None
 
 
 # --------------------------------------------------------------------------- citations

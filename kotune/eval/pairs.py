@@ -100,7 +100,6 @@ def mine(model: str, questions: list[dict[str, Any]], output: Path, options: Pai
     summary written beside the output."""
     from kotune.model.access import GenerationSettings, open_model
 
-    contexts = _contexts(questions, chunks_path, options.top_k)
     total = len(questions) * options.samples
     progress = {"n": 0}
 
@@ -112,6 +111,7 @@ def mine(model: str, questions: list[dict[str, Any]], output: Path, options: Pai
     journal = _journal(output, model)
     opened = open_model(model, name="model", template=options.template, api_key_env=options.api_key_env,
                         workers=options.workers, batch_size=options.batch_size, log=log)
+    contexts = _contexts(questions, opened.run, model, chunks_path, options)
     prompts = [opened.prompt(q["question"], q["input"], category=q["category"], context=c or None)
                for q, c in zip(questions, contexts)]
     per_sample: list[list[tuple[str, str | None]]] = []
@@ -151,11 +151,15 @@ def _generation(options: PairsOptions, sample: int, cls):
                repetition_penalty=options.repetition_penalty, stop=list(options.stop), seed=options.seed + sample)
 
 
-def _contexts(questions: list[dict[str, Any]], chunks_path: str | None, top_k: int) -> list[str]:
-    """Each question's context, by the one rule of :class:`kotune.model.retrieval.Retrieval`."""
-    from kotune.model.retrieval import Retrieval
+def _contexts(questions: list[dict[str, Any]], run: Any, name: str, chunks_path: str | None,
+              options: PairsOptions) -> list[str]:
+    """Each question's context, as eval asks the model (:func:`kotune.model.retrieval.retrieval_for`:
+    ``--context``, else a grounded run's own chunks, else none) by the one rule of
+    :class:`kotune.model.retrieval.Retrieval`."""
+    from kotune.model.retrieval import retrieval_for
 
-    return [p.text for p in Retrieval(chunks_path, top_k).for_questions(questions)]
+    retrieval = retrieval_for(run, name=name, context=chunks_path, top_k=options.given("top_k"))
+    return [p.text for p in retrieval.for_questions(questions)] if retrieval is not None else [""] * len(questions)
 
 
 def _judged(pairs: list[dict[str, Any]], options: PairsOptions) -> tuple[list[dict[str, Any]], int]:

@@ -45,7 +45,7 @@ _PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",
             "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac")
 _ERROR_COLOURS = ("#e15759", "#f28e2b", "#b07aa1", "#9c755f", "#4e79a7", "#edc948", "#76b7b2")
 WARNINGS_TITLE = "⚠ 경고 (warnings)"  # the heading of metrics.json's warnings, at the top of the report
-ABSTAINED = "거절 (abstained)"  # the mark of an answer that declined (kotune.eval.metrics.abstains)
+ABSTAINED = "거절 (abstained)"  # the mark of an answer that declined (kotune.model.retrieval.abstains)
 UNANSWERABLE = "answerable: false"  # the mark of a question whose answer the documents do not hold
 _NO_COLOUR = "#8c959f"
 _OK_FINISH = {"eos", "stop"}
@@ -615,6 +615,10 @@ def _meta_lines(metrics: dict, models: dict[str, dict], responses: list[dict]) -
         lines.append(MetaLine("chrF signature", str(chrf_sig)))
     if metrics.get("context"):
         lines.append(MetaLine("retrieval context", str(metrics["context"])))
+    own = [f"{name}: {r.get('chunks')} (top {r.get('top_k')})" for name, r in
+           ((n, m.get("retrieval") or {}) for n, m in models.items()) if r.get("from") == "run"]
+    if own:  # grounded runs asked with the chunks they recorded (no --context)
+        lines.append(MetaLine("retrieval of grounded runs", "; ".join(own)))
     if any(m.get("mode") for m in models.values()):  # how each model was asked: in-process or over the API
         asked = []
         for name, m in models.items():

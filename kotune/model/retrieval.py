@@ -1,4 +1,6 @@
-"""BM25 over Kiwi morphemes, for RAG-style prompts (``kotune eval --context CHUNKS``).
+"""BM25 over Kiwi morphemes, for RAG-style prompts (``kotune eval --context CHUNKS``), and what a
+grounded answer is read for: its ``[문서 n]`` citations and whether it abstains (:func:`abstains`,
+used by eval's metrics and by chat, serve and the studio, which sit below eval).
 
 Scoring is the ``bm25s`` library (Lucene BM25, k1=1.5, b=0.75); tokenisation is
 ours, because whitespace tokens fail on Korean: "국가센터의", "국가센터로서" and
@@ -29,14 +31,20 @@ forms found their chunk in the top 3 (23 of 24 without the bigrams).
 
 from __future__ import annotations
 
+import functools
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Iterable
 
-from kotune.korean import CONTENT_TAGS, morphemes
+from kotune.errors import KotuneError
+from kotune.korean import CONTENT_TAGS, morphemes, split_sentences, tokenize as kiwi_tokens
+from kotune.model.runinfo import RunInfo
+from kotune.model.templates import ABSTENTION
 from kotune.records import load_chunks
 
-__all__ = ["CITATION", "DEFAULT_TOP_K", "Passages", "Retrieval", "Retriever", "cite", "format_context", "passage_label",
+__all__ = ["CITATION", "DEFAULT_TOP_K", "PASSAGE_WORD", "Passages", "REFUSALS", "Retrieval", "Retriever", "abstains",
+           "cite", "format_context", "holds_passages", "passage_label", "refusal", "retrieval_for", "shared_retriever",
            "strip_citations", "tokens"]
 
 DEFAULT_TOP_K = 3
@@ -116,12 +124,16 @@ class Retriever:
         return [(self.chunks[i], scores[i]) for i in order[:k]]
 
 
+PASSAGE_WORD = "문서"
+"""The word passages are numbered with (``[문서 n]``); a grounded run records it (``RetrievalInfo.label``)."""
+
+
 def passage_label(n: int) -> str:
     """How passage ``n`` (1-based) is named in a prompt and cited in an answer: ``[문서 n]``."""
-    return f"[문서 {n}]"
+    return f"[{PASSAGE_WORD} {n}]"
 
 
-CITATION = re.compile(r"\[문서\s*(\d+)\]")
+CITATION = re.compile(r"\[" + PASSAGE_WORD + r"\s*(\d+)\]")
 """A citation of a passage in an answer (``[문서 2]``); group 1 is the passage number."""
 
 
@@ -134,6 +146,87 @@ def strip_citations(answer: str) -> str:
     """``answer`` without its ``[문서 n]`` citations (and the spaces before them), for checks that
     read the answer's words: sentence completeness, grounding, duplicates."""
     return re.sub(r"\s*" + CITATION.pattern, "", answer or "").strip()
+
+
+# ---------------------------------------------------------------- abstention: recognised wherever answers are read
+# (eval's metrics, serve's and chat's "abstained" marks), so it lives beside the citations it goes with.
+
+# Refusals that count when they close a clause of the answer's first sentence (see
+# :func:`abstains`). Written with their spacing as usual; matched with spaces removed,
+# so "찾을수없습니다" and "나와있지 않아요" count too. Keep the list short: each entry must
+# be a way of saying "the information is not there", not a fact in its own right.
+REFUSALS = ("찾을 수 없", "나와 있지 않", "해당 내용이 없", "명시되어 있지 않", "언급되어 있지 않", "포함되어 있지 않")
+# Endings after a refusal that turn it into part of a fact: an adnominal ending (찾을 수 없는
+# 경우에는 …, 명시되어 있지 않은 사항은 …: ETM), a condition (… 않으면, … 없다면) or a
+# concession (… 없어도, … 않더라도).
+_CONDITIONS = frozenset({"면", "으면", "다면", "ㄴ다면", "는다면", "거든", "어도", "아도", "더라도", "라도", "어야", "아야"})
+
+
+def _bare(text: str) -> str:
+    """``text`` without whitespace, punctuation and symbols, lower-cased: how sentences are compared."""
+    return "".join(ch for ch in (text or "").lower()
+                   if not ch.isspace() and not unicodedata.category(ch).startswith(("P", "S")))
+
+
+def _closes_clause(sentence: str, end: int) -> bool:
+    """Whether the predicate ending at character ``end`` of ``sentence`` closes its clause: a
+    final ending (…없습니다, …않아요), a connective that goes on to another clause (…않으며,
+    …없고) or nothing at all; not an adnominal ending, a condition or a concession."""
+    toks = [t for t in kiwi_tokens(sentence) if t.start >= end and t.tag != "EP"]  # pre-final endings: …없었습니다
+    if not toks:
+        return True
+    t = toks[0]
+    if t.tag.startswith("ETM"):
+        return False
+    if t.tag.startswith("EC"):
+        also = toks[1].form if len(toks) > 1 and toks[1].tag == "JX" and toks[1].start == t.start + len(t.form) else ""
+        return t.form not in _CONDITIONS and t.form + also not in _CONDITIONS  # 없어도: 어 + 도
+    return True
+
+
+def refusal(answer: str) -> str | None:
+    """The refusal of :data:`REFUSALS` that the answer's first sentence ends a clause with, or None."""
+    sentences = split_sentences(answer or "")
+    if not sentences:
+        return None
+    first = sentences[0]
+    keep = [i for i, ch in enumerate(first) if not ch.isspace()]
+    flat = "".join(first[i] for i in keep)
+    for phrase in REFUSALS:
+        needle = "".join(phrase.split())
+        at = flat.find(needle)
+        while at >= 0:
+            if _closes_clause(first, keep[at + len(needle) - 1] + 1):
+                return phrase
+            at = flat.find(needle, at + 1)
+    return None
+
+
+def abstains(answer: str, sentence: str = ABSTENTION) -> bool:
+    """Whether ``answer`` declines to answer ("the documents do not hold it").
+
+    The rule, in order:
+
+    1. the answer contains the model's abstention ``sentence`` (the run's recorded one, else
+       ``--abstention``), compared with whitespace, punctuation and symbols removed; or
+    2. its **first sentence** holds one of :data:`REFUSALS` (찾을 수 없, 나와 있지 않, 해당 내용이
+       없, 명시/언급/포함되어 있지 않) as a clause of its own: followed by a final ending
+       ("문서에서 해당 정보를 찾을 수 없습니다."), a connective ("명시되어 있지 않으며, …") or
+       nothing. Followed by an adnominal ending, a condition or a concession it is part of a
+       fact and does not count: "찾을 수 없는 경우에는 콜센터에 문의합니다", "명시되어 있지
+       않은 사항은 시행령을 따릅니다", "문서에 언급되어 있지 않으면 …", "명시되어 있지 않아도 …".
+
+    Known limit: a fact that itself ends in a refusal phrase ("분실한 카드는 찾을 수 없습니다.")
+    counts as abstaining when it is the first sentence.
+
+    Only the first sentence counts for refusals: an answer that gives the facts and then says
+    a detail "is not in the documents" has answered. An answer that opens with a refusal and
+    then answers anyway counts as abstaining (its first words told the user it does not know).
+    """
+    bare = _bare(sentence)
+    if bare and bare in _bare(answer):
+        return True
+    return refusal(answer) is not None
 
 
 def format_context(hits: Iterable[tuple[dict[str, Any], float]]) -> str:
@@ -151,19 +244,26 @@ def format_context(hits: Iterable[tuple[dict[str, Any], float]]) -> str:
 # ---------------------------------------------------------------- retrieval → context, the one rule
 class Passages:
     """The passages one question is asked with: the text put in the prompt (``[문서 n]``
-    blocks, or the question's own context) and the ids of the chunks retrieved."""
+    blocks, or the question's own context), the ids of the chunks retrieved and the chunks."""
 
-    __slots__ = ("text", "chunk_ids")
+    __slots__ = ("text", "chunk_ids", "chunks")
 
-    def __init__(self, text: str = "", chunk_ids: list[str] | None = None):
+    def __init__(self, text: str = "", chunk_ids: list[str] | None = None, chunks: list[dict[str, Any]] | None = None):
         self.text = text
         self.chunk_ids = list(chunk_ids or [])
+        self.chunks = list(chunks or [])
 
     def __bool__(self) -> bool:
         return bool(self.text)
 
     def __repr__(self) -> str:
         return f"Passages({self.text[:40]!r}, {self.chunk_ids})"
+
+    def listed(self) -> list[dict[str, Any]]:
+        """The retrieved passages as a client reads them: ``{"n", "chunk_id", "text"}``, ``n`` as in
+        ``[문서 n]`` (empty for a question's own context, which has no chunks)."""
+        return [{"n": n, "chunk_id": str(c.get("chunk_id")), "text": str(c.get("text") or "").strip()}
+                for n, c in enumerate(self.chunks, 1)]
 
 
 class Retrieval:
@@ -176,31 +276,88 @@ class Retrieval:
        headed by its breadcrumbs (:func:`format_context`). They take the place of the
        question's ``input`` in the prompt (a template puts the context where the input
        goes): with ``--context`` the model is asked as it will be in use, from the question
-       alone, even when a test record carries the passages it was generated from;
+       alone, even when a test record carries the passages it was generated from. A grounded
+       run's own chunks (``from_run``: no ``--context`` given, :func:`retrieval_for`) leave a
+       question that brings passages in its ``input`` as it is: that is the prompt the run was
+       trained with, and its ``answerable: false`` stays true of those passages;
     3. without a chunks file: no context; a question's ``input`` (its passages, the text to
        summarise, a dialogue) is asked as it is;
     4. when no chunk shares a word with the question: no context either.
     """
 
-    def __init__(self, chunks: str | Path | None = None, k: int = DEFAULT_TOP_K, *, retriever: Retriever | None = None):
+    def __init__(self, chunks: str | Path | None = None, k: int = DEFAULT_TOP_K, *, retriever: Retriever | None = None,
+                 from_run: bool = False):
         self.source = str(chunks) if chunks else None
         self.k = k
+        self.from_run = from_run
         self.retriever = retriever if retriever is not None else (Retriever.from_file(chunks) if chunks else None)
 
     @property
     def active(self) -> bool:
         return self.retriever is not None
 
+    def describe(self) -> dict[str, Any]:
+        """Where the passages come from (metrics.json ``models.NAME.retrieval``)."""
+        return {"chunks": self.source, "top_k": self.k, "from": "run" if self.from_run else "--context"}
+
     def passages(self, question: str, *, input: str = "", context: str = "") -> Passages:
         if context:
             return Passages(context)
-        if self.retriever is None:
+        if self.retriever is None or (self.from_run and input.strip()):
             return Passages()
         hits = self.retriever.search(question, k=self.k)
-        return Passages(format_context(hits), [str(c["chunk_id"]) for c, _ in hits])
+        return Passages(format_context(hits), [str(c["chunk_id"]) for c, _ in hits], [c for c, _ in hits])
 
     def for_questions(self, questions: Iterable[dict[str, Any]]) -> list[Passages]:
         """Each question's passages (``question``, ``input`` and ``context`` fields as
         :func:`kotune.eval.evaluate.load_questions` reads them)."""
         return [self.passages(q["question"], input=q.get("input") or "", context=q.get("context") or "")
                 for q in questions]
+
+
+@functools.lru_cache(maxsize=8)
+def _index(path: str, mtime_ns: int, size: int) -> Retriever:
+    return Retriever.from_file(path)
+
+
+def shared_retriever(chunks: str | Path) -> Retriever:
+    """The index of a chunks file, built once per process while the file is unchanged (eval's
+    models, serve's adapters and the studio's chats share it)."""
+    p = Path(chunks).resolve()
+    st = p.stat()
+    return _index(str(p), st.st_mtime_ns, st.st_size)
+
+
+def retrieval_for(run: RunInfo | None, *, name: str, context: str | Path | None = None, top_k: int | None = None,
+                  remedy: str = "pass --context CHUNKS.jsonl") -> Retrieval | None:
+    """How one model is asked: the per-model decision of eval, chat, serve and the studio, made here.
+
+    - ``context`` (``--context CHUNKS``, given explicitly) → retrieve from it, for every model
+      alike, ``top_k`` passages (else the run's recorded number, else :data:`DEFAULT_TOP_K`);
+    - a grounded run (``run.retrieval``, :class:`kotune.model.runinfo.RetrievalInfo`) → retrieve
+      from its recorded chunks, its ``top_k`` (an explicit ``top_k`` wins); a recorded file that
+      is missing, or none recorded, is one error line naming the model and the ``remedy``;
+    - a closed-book run or a plain base → None: asked without passages.
+    """
+    recorded = run.retrieval if run is not None else None
+    if context:
+        k = top_k or (recorded.top_k if recorded else DEFAULT_TOP_K)
+        return Retrieval(context, k, retriever=shared_retriever(context))
+    if recorded is None:
+        return None
+    if not recorded.chunks or not Path(recorded.chunks).is_file():
+        why = (f"its chunks file {recorded.chunks} is missing" if recorded.chunks
+               else "it records no chunks file (trained without kotune train --chunks)")
+        raise KotuneError(f"model {name}: a grounded run (trained on retrieved passages), and {why}; {remedy}")
+    return Retrieval(recorded.chunks, top_k or recorded.top_k, retriever=shared_retriever(recorded.chunks),
+                     from_run=True)
+
+
+_PASSAGE_BLOCK = re.compile(r"^\[" + PASSAGE_WORD + r"\s*1\]", re.M)
+
+
+def holds_passages(text: str) -> bool:
+    """Whether a message already carries numbered passages (a ``[문서 1]`` block at a line start, as
+    :func:`format_context` writes them): a client that retrieved for itself (kotune eval asking
+    kotune serve) is not given a second set."""
+    return bool(_PASSAGE_BLOCK.search(text or ""))

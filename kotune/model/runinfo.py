@@ -85,6 +85,20 @@ class PreferenceInfo(_Part):
     eval_reward_accuracy: float | None = None
 
 
+class RetrievalInfo(_Part):
+    """How a grounded run (trained on questions with retrieved ``[문서 n]`` passages) is asked:
+    eval, chat, serve and the studio retrieve this way for it when no ``--context`` is given
+    (:func:`kotune.model.retrieval.retrieval_for`).
+
+    ``chunks``: the chunks file to retrieve from (an absolute path, ``kotune train --chunks``;
+    None when training was not given one: then ``--context`` is needed); ``top_k``: passages per
+    question (the most a training record had); ``label``: the word passages are numbered with."""
+
+    chunks: str | None = None
+    top_k: int
+    label: str = "문서"
+
+
 class ExportedFrom(_Part):
     run: str
     method: str | None = None
@@ -117,6 +131,7 @@ class RunInfo(_Part):
     exported_from: ExportedFrom | None = None
     preference: PreferenceInfo | None = None
     abstention: str | None = None   # the sentence the run says when the documents do not hold the answer
+    retrieval: RetrievalInfo | None = None   # a grounded run's retrieval settings (None: closed-book or plain)
     pid: int | None = None     # the training process (a running record whose process is gone was killed)
 
     # ------------------------------------------------------------ reading and writing
@@ -171,6 +186,11 @@ class RunInfo(_Part):
     @property
     def complete(self) -> bool:
         return self.status == "complete"
+
+    @property
+    def grounded(self) -> bool:
+        """Trained on questions with retrieved passages: asked with passages at inference too."""
+        return self.retrieval is not None
 
     @property
     def own_template(self) -> Template | None:

@@ -6,7 +6,10 @@ eval`` asks it, and streams too. A run whose training has not finished is refuse
 line. Multi-turn history is kept where the model takes a conversation (chat templates,
 endpoints in chat mode); instruction templates answer each question on its own.
 With ``--context CHUNKS`` each question is asked with the passages retrieved for it
-(:class:`kotune.model.retrieval.Retrieval`, as eval and serve retrieve).
+(:class:`kotune.model.retrieval.Retrieval`, as eval and serve retrieve); without it a grounded
+run retrieves from the chunks and ``top_k`` it recorded (:func:`kotune.model.retrieval.retrieval_for`).
+An answer that abstains (the run's sentence, or a refusal: :func:`kotune.model.retrieval.abstains`)
+is marked so.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 from kotune.model.access import Answer, GenerationSettings, open_model
-from kotune.model.retrieval import Retrieval
+from kotune.model.retrieval import abstains, retrieval_for
+from kotune.model.templates import ABSTENTION
 
 if TYPE_CHECKING:
     from kotune.options import ChatOptions
@@ -31,12 +35,16 @@ def run_chat(options: "ChatOptions", *, stdin: TextIO | None = None, stdout: Tex
     settings = GenerationSettings(max_new_tokens=options.max_new_tokens, temperature=options.temperature,
                                   top_p=options.top_p, repetition_penalty=options.repetition_penalty,
                                   stop=list(options.stop or []))
-    retrieval = Retrieval(options.context, options.top_k) if options.context else None
+    retrieval = retrieval_for(model.run, name=options.model, context=options.context, top_k=options.given("top_k"))
     use_context = retrieval is not None
+    sentence = model.run.abstention if model.run and model.run.abstention else ABSTENTION
     history: list[dict[str, str]] = []
     multi_turn = model.multi_turn
     print(f"kotune chat — {options.model} (template {model.template.name}{', multi-turn' if multi_turn else ''}). "
           f"{HELP}", file=stdout)
+    if retrieval is not None:
+        print(f"(retrieving {retrieval.k} passages per question from {retrieval.source}"
+              f"{', as the run was trained' if retrieval.from_run else ''})", file=stdout)
     while True:
         print("\n> ", end="", file=stdout, flush=True)
         line = stdin.readline()
@@ -85,6 +93,7 @@ def run_chat(options: "ChatOptions", *, stdin: TextIO | None = None, stdout: Tex
                 answer = piece
             else:
                 print(piece, end="", file=stdout, flush=True)
-        print(f"\n[{answer.finish_reason}, {answer.completion_tokens} tokens]", file=stdout)
+        declined = ", abstained" if ctx and abstains(answer.text, sentence) else ""
+        print(f"\n[{answer.finish_reason}, {answer.completion_tokens} tokens{declined}]", file=stdout)
         if multi_turn:
             history += [{"role": "user", "content": line}, {"role": "assistant", "content": answer.text}]

@@ -6,6 +6,15 @@ cross-cutting parts (API key, body limit, OpenAI-shaped errors) and the
 :mod:`kotune.serve.protocol`; the model, its adapters and the batchers in
 :mod:`kotune.serve.engine`. Prompts are built by the served run's
 :class:`~kotune.model.templates.Template`, as in training, eval and chat.
+
+Retrieval is decided per served name (:func:`kotune.model.retrieval.retrieval_for`): with
+``--context`` every name retrieves from it; without, a grounded run retrieves from the chunks
+and ``top_k`` it recorded, and other names get no passages. A chat answer of a name that
+retrieves carries the passages it was asked with and whether it abstained, in an extension
+field OpenAI clients ignore: ``"kotune": {"passages": [{"n", "chunk_id", "text"}], "abstained"}``
+(streamed: on the chunk with the finish reason). A last user message that already holds
+``[문서 1]`` passages (a client that retrieved for itself) is asked as it is. ``/v1/completions``
+takes rendered prompts and so retrieves nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ from fastapi import APIRouter, Request  # module level: FastAPI resolves the (st
 from kotune.serve.engine import BASE_ALIAS, Batcher, Engine, LiveBatcher, Served, parse_adapter_args
 from kotune.errors import KotuneError
 from kotune.model.generation import Answer, GenerationSettings
+from kotune.model.retrieval import Passages, Retrieval, abstains, holds_passages, retrieval_for
+from kotune.model.runinfo import RunInfo
+from kotune.model.templates import ABSTENTION
 from kotune.options import ServeOptions
 from kotune.serve.protocol import (ApiError, ChatRequest, CompletionRequest, Limits, ScoreRequest, StreamChunks,
                                     chat_completion, chat_logprobs, check_category, completion_logprobs, finish_reason,
@@ -37,7 +49,7 @@ class _State:
     engine: Engine
     batcher: Batcher | LiveBatcher
     options: ServeOptions
-    retriever: Any = None
+    retrievals: dict[str, Retrieval | None]   # per served name (module docstring)
     api_key: str | None = None   # read once from options.api_key_env at start; never printed
 
     @property
@@ -45,11 +57,28 @@ class _State:
         o = self.options
         return Limits(o.max_tokens_limit, min(o.default_max_tokens, o.max_tokens_limit), max(o.max_batch, 16) * 4)
 
-    def retrieve(self, question: str) -> str | None:
-        """The passages for the last user message (kotune.model.retrieval.Retrieval's rule)."""
-        if self.retriever is None:
+    def retrieve(self, name: str, question: str) -> Passages | None:
+        """The passages for the last user message (kotune.model.retrieval.Retrieval's rule); None
+        when ``name`` does not retrieve. A message that brings its own passages gets none added."""
+        retrieval = self.retrievals.get(name)
+        if retrieval is None:
             return None
-        return self.retriever.passages(question).text or None
+        return Passages() if holds_passages(question) else retrieval.passages(question)
+
+    def extension(self, served: Served, passages: Passages | None, answer: Answer | None) -> dict[str, Any]:
+        """The ``kotune`` field of an answer of a name that retrieves: its passages and whether it abstained."""
+        if passages is None:
+            return {}
+        run = served.generator.resolved.run
+        sentence = run.abstention if run and run.abstention else ABSTENTION
+        return {"kotune": {"passages": passages.listed(),
+                           "abstained": abstains(answer.text, sentence) if answer is not None else None}}
+
+
+def served_retrievals(entries: list[tuple[str, RunInfo | None]], options: ServeOptions) -> dict[str, Retrieval | None]:
+    """Each served name's retrieval (one error line for a grounded run whose chunks are gone)."""
+    return {name: retrieval_for(run, name=name, context=options.context, top_k=options.given("top_k"))
+            for name, run in entries}
 
 
 def _state(request: Request) -> _State:
@@ -110,12 +139,14 @@ async def _logprobs(state: _State, name: str, prompt: str, answer: Answer, setti
 
 
 def _streaming(state: _State, name: str, prompt: str, settings: GenerationSettings, *, chat: bool, include_usage: bool,
-               logprobs: int | None = None):
+               logprobs: int | None = None, passages: Passages | None = None):
     """The streamed answer; with ``logprobs``, every token's log-probability comes in one
-    chunk after the text (OpenAI clients concatenate the chunks' logprobs)."""
+    chunk after the text (OpenAI clients concatenate the chunks' logprobs). The ``kotune``
+    field (passages, abstained) rides on the chunk with the finish reason."""
     from fastapi.responses import StreamingResponse
 
     chunks = StreamChunks(name, chat=chat)
+    served = state.engine.get(name)
 
     async def events():
         if chat:
@@ -136,7 +167,9 @@ def _streaming(state: _State, name: str, prompt: str, settings: GenerationSettin
             yield _sse(ApiError(500, f"internal error: {type(e).__name__}", type="server_error").body())
             yield "data: [DONE]\n\n"
             return
-        yield _sse(chunks.chunk(None if chat else "", finish_reason(answer.finish_reason if answer else "stop")))
+        extension = await asyncio.to_thread(state.extension, served, passages, answer)  # Kiwi: off the event loop
+        yield _sse({**chunks.chunk(None if chat else "", finish_reason(answer.finish_reason if answer else "stop")),
+                    **extension})
         if include_usage and answer is not None:
             yield _sse(chunks.usage(answer))
         yield "data: [DONE]\n\n"
@@ -192,17 +225,19 @@ async def chat_completions(request: Request):
     gen = served.generator
     check_category(req.category, req.messages, gen.template)
     last_user = max(i for i, m in enumerate(req.messages) if m["role"] == "user")
+    passages = await asyncio.to_thread(state.retrieve, served.name, req.messages[last_user]["content"])
     prompt = gen.template.chat_prompt(req.messages, category=req.category, tokenizer=gen.tokenizer,
-                                      context=state.retrieve(req.messages[last_user]["content"]))
+                                      context=(passages.text or None) if passages is not None else None)
     state.engine.check_length(served, prompt, req.settings.max_new_tokens)
     if req.stream:
         return _streaming(state, served.name, prompt, req.settings, chat=True, include_usage=req.include_usage,
-                          logprobs=req.logprobs)
+                          logprobs=req.logprobs, passages=passages)
     answer = (await state.batcher.submit(served.name, [prompt], req.settings))[0]
     lp = None
     if req.logprobs is not None:
         lp = await _logprobs(state, served.name, prompt, answer, req.settings, req.logprobs, chat=True)
-    return chat_completion(served.name, answer, lp)
+    extension = await asyncio.to_thread(state.extension, served, passages, answer)
+    return {**chat_completion(served.name, answer, lp), **extension}
 
 
 @router.post("/v1/completions")
@@ -284,11 +319,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None):
         batcher: Batcher | LiveBatcher = LiveBatcher(engine, max_batch=opts.max_batch)
     else:
         batcher = Batcher(engine, max_batch=opts.max_batch, wait_s=opts.batch_wait_ms / 1000.0)
-    retriever = None
-    if opts.context:
-        from kotune.model.retrieval import Retrieval
-
-        retriever = Retrieval(opts.context, opts.top_k)
+    retrievals = served_retrievals([(s.name, s.generator.resolved.run) for s in engine.served.values()], opts)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -299,7 +330,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None):
             await batcher.stop()
 
     app = FastAPI(title="kotune", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.kotune = _State(engine, batcher, opts, retriever, api_key)
+    app.state.kotune = _State(engine, batcher, opts, retrievals, api_key)
     app.state.engine, app.state.batcher, app.state.options = engine, batcher, opts
 
     def error_response(e: ApiError) -> JSONResponse:
@@ -346,6 +377,9 @@ def serve(model: str, adapters: list[tuple[str, str]], options: ServeOptions | N
     api_key_from_env(opts.api_key_env)  # an unset variable fails before the model loads
     if opts.context and not Path(opts.context).exists():
         raise KotuneError("no such file", path=opts.context)
+    # Retrieval decided before the weights load: a grounded run whose chunks are gone is one line.
+    served_retrievals([(name, RunInfo.read(path) if Path(path).is_dir() else None)
+                       for name, path in [(model, model), *adapters]], opts)
     engine = Engine(model, adapters, template=opts.template, log=log)
     app = create_app(engine, opts)
     host, port, keyed = opts.host, opts.port, app.state.kotune.api_key is not None
@@ -355,8 +389,11 @@ def serve(model: str, adapters: list[tuple[str, str]], options: ServeOptions | N
     kind = "continuous" if isinstance(app.state.batcher, LiveBatcher) else "static"
     log(f"batching: {kind}, up to {opts.max_batch} prompts together"
         + ("" if kind == opts.batching else " (this model has sliding-window or linear attention layers)"))
+    retrievals = app.state.kotune.retrievals
     for s in engine.served.values():
-        log(f"  {s.name}: template {s.generator.template.name}, eos {s.generator.eos_ids}")
+        r = retrievals.get(s.name)
+        how = "" if r is None else f", retrieving {r.k} passages from {r.source}" + (" (recorded)" if r.from_run else "")
+        log(f"  {s.name}: template {s.generator.template.name}, eos {s.generator.eos_ids}{how}")
     if not keyed and host not in ("127.0.0.1", "localhost", "::1"):
         log(f"warning: listening on {host} without an API key (use --api-key-env VAR)")
     uvicorn.run(app, host=host, port=port, access_log=opts.access_log, log_level="info", server_header=False)

@@ -32,7 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from kotune.errors import KotuneError
 from kotune.studio import launch as launching
 from kotune.studio import views
-from kotune.studio.chatting import ChatModels, check_question, settings_from
+from kotune.studio.chatting import ChatModels, answer_abstains, chat_retrieval, check_question, settings_from
 from kotune.studio.i18n import LANGS, words
 from kotune.studio.root import LAUNCH_LOG, OutsideRoot, Root, find, tail
 
@@ -72,7 +72,6 @@ def create_app(root: str | Path, *, token: str | None = None, allowed_hosts: tup
     r = Root(root)
     launcher = launching.Launcher(r)
     chat_models = ChatModels(r)
-    retrievers: dict[str, Any] = {}
     app = FastAPI(title="kotune studio", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.root, app.state.launcher = r, launcher
 
@@ -267,18 +266,10 @@ def create_app(root: str | Path, *, token: str | None = None, allowed_hosts: tup
         question = check_question(str(body.get("question") or ""))
         context_file = str(body.get("context") or "")
         loaded = await asyncio.to_thread(chat_models.get, str(body.get("model") or ""), str(body.get("template_from") or ""))
-        context = None
-        if context_file:
-            path = r.path(context_file)
-            if context_file not in retrievers:
-                from kotune.model.retrieval import Retriever
-
-                retrievers[context_file] = await asyncio.to_thread(Retriever.from_file, path)
-            from kotune.model.retrieval import Retrieval
-
-            top_k = max(1, min(int(body.get("top_k") or 3), 10))
-            retrieval = Retrieval(path, top_k, retriever=retrievers[context_file])
-            context = retrieval.passages(question).text or None
+        # A chosen chunks file for every model; else a grounded run's own chunks and top_k (kotune chat's rule).
+        retrieval = await asyncio.to_thread(chat_retrieval, r, loaded, context_file, body.get("top_k"))
+        passages = await asyncio.to_thread(retrieval.passages, question) if retrieval is not None else None
+        context = (passages.text or None) if passages is not None else None
         pieces = chat_models.answer(loaded, question, settings, context)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -296,7 +287,12 @@ def create_app(root: str | Path, *, token: str | None = None, allowed_hosts: tup
         threading.Thread(target=produce, daemon=True).start()
 
         async def events():
-            yield _sse({"model": loaded.label, "template": loaded.model.template.name})
+            head: dict[str, Any] = {"model": loaded.label, "template": loaded.model.template.name}
+            if retrieval is not None:  # the passages the model is asked with, shown above its answer
+                source = Path(retrieval.source)
+                head["retrieval"] = {**retrieval.describe(), "chunks": r.rel(source) if r.inside(source) else source.name}
+                head["passages"] = passages.listed()
+            yield _sse(head)
             while True:
                 item = await queue.get()
                 if item is None:
@@ -306,8 +302,10 @@ def create_app(root: str | Path, *, token: str | None = None, allowed_hosts: tup
                 elif isinstance(item, str):
                     yield _sse({"text": item})
                 else:
-                    yield _sse({"done": True, "finish_reason": item.finish_reason,
-                                "completion_tokens": item.completion_tokens})
+                    done = {"done": True, "finish_reason": item.finish_reason, "completion_tokens": item.completion_tokens}
+                    if context:
+                        done["abstained"] = await asyncio.to_thread(answer_abstains, loaded, item.text)
+                    yield _sse(done)
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 

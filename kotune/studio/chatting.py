@@ -5,6 +5,11 @@ each answering with its own run's template, or asked over an OpenAI-compatible e
 A model is named ``run:PATH`` (a training run under ROOT), ``base:SPEC`` (a base model
 that a run under ROOT was trained from, or a builtin) or ``openai:URL#MODEL``. A base
 model asked beside a run gets that run's template, so both see the same prompt.
+
+Retrieval is ``kotune chat``'s (:func:`kotune.model.retrieval.retrieval_for`): a chunks file
+picked in the form, for every model; else a grounded run retrieves from the chunks and
+``top_k`` it recorded (when that file is under ROOT: the studio reads nothing outside it).
+The passages are shown above the answer, and an answer that abstains is marked.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from typing import Any, Iterator
 
 from kotune.errors import KotuneError
 from kotune.model.access import Answer, GenerationSettings, Model, is_endpoint, open_model, run_template
-from kotune.model.templates import Template
+from kotune.model.retrieval import Retrieval, abstains, retrieval_for
+from kotune.model.templates import ABSTENTION, Template
 from kotune.studio.root import MODEL_LOCK, Root
 
 BUILTINS = ("builtin:tiny-ko", "builtin:gemma-3-270m")
@@ -63,6 +69,33 @@ def settings_from(body: dict[str, Any]) -> GenerationSettings:
     return GenerationSettings(max_new_tokens=int(num("max_tokens", 128)), temperature=num("temperature", 0.0),
                               top_p=num("top_p", 1.0), repetition_penalty=num("repetition_penalty", 1.0),
                               stop=[s.replace("\\n", "\n") for s in stop])
+
+
+MAX_TOP_K = 10
+
+
+def chat_retrieval(root: Root, loaded: "Loaded", context_file: str, top_k: Any) -> Retrieval | None:
+    """How the studio's chat asks ``loaded`` (module docstring): the form's chunks file (``context_file``,
+    relative to ROOT; "" for none) and ``top_k`` (None or "" when not given)."""
+    given = None
+    if top_k not in (None, ""):
+        try:
+            given = max(1, min(int(top_k), MAX_TOP_K))
+        except (TypeError, ValueError):
+            raise KotuneError(f"top_k: a whole number, got {top_k!r}") from None
+    run = loaded.model.run
+    remedy = "pick a context (chunks) file"
+    if context_file:
+        return retrieval_for(run, name=loaded.label, context=root.path(context_file), top_k=given, remedy=remedy)
+    if run is not None and run.retrieval is not None and run.retrieval.chunks and not root.inside(run.retrieval.chunks):
+        raise KotuneError(f"model {loaded.label}: a grounded run whose chunks file is outside the studio root; {remedy}")
+    return retrieval_for(run, name=loaded.label, top_k=given, remedy=remedy)
+
+
+def answer_abstains(loaded: "Loaded", text: str) -> bool:
+    """Whether ``text`` declines to answer (the run's own sentence, else the default one, or a refusal)."""
+    run = loaded.model.run
+    return abstains(text, run.abstention if run is not None and run.abstention else ABSTENTION)
 
 
 class ChatModels:

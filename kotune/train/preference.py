@@ -28,8 +28,9 @@ from typing import Any
 
 from kotune import __version__
 from kotune.errors import KotuneError
-from kotune.train.sft import (TrainConfig, announce, estimate, load_weights, lora_config, output_folder,
-                          rich_training_progress, run_trainer, start, time_per_token, trainer_arguments)
+from kotune.train.sft import (TrainConfig, announce, check_chunks, estimate, load_weights, lora_config, output_folder,
+                          retrieval_info, rich_training_progress, run_trainer, start, time_per_token,
+                          trainer_arguments)
 from kotune.model.runinfo import DataInfo, PreferenceInfo, RunInfo, TemplateInfo
 
 
@@ -182,6 +183,7 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
         sft = read_sft_run(sft_dir)
         base, weights = starting_point(sft, sft_dir, config.adapter)
         config = dataclasses.replace(config, base_model=base, adapter=weights)
+    check_chunks(config)
     records = check_for_method(read_preferences(config.data), config.method, config.data)
     eval_records = (check_for_method(read_preferences(config.eval_data), config.method, config.eval_data)
                     if config.eval_data else None)
@@ -250,6 +252,9 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
                       eval_records=len(eval_records or []), truncated=truncated, train_tokens=tokens),
         device=s.device, processes=s.state.num_processes, batching="padded", attention=model.config._attn_implementation,
         trainable_parameters=trainable, abstention=config.abstention,
+        # A preference run from a grounded SFT run is asked as that run is (its passages, its chunks).
+        retrieval=retrieval_info([], config, inherited=sft.retrieval if sft else None,
+                                 log=log if main else (lambda *_: None)),
         preference=PreferenceInfo(method=config.method, beta=config.beta, sft_weight=config.sft_weight,
                                   from_run=str(sft_dir.resolve()) if sft_dir else None,
                                   from_method=sft.method if sft else None,

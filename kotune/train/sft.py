@@ -29,7 +29,7 @@ from typing import Any
 from kotune import __version__
 from kotune.errors import KotuneError
 from kotune.options import BATCHING_NAMES, METHODS, PREFERENCE_METHODS, PRESETS, SCHEDULER_NAMES, TrainOptions
-from kotune.model.runinfo import DataInfo, FinalInfo, GenerationInfo, RunInfo, TemplateInfo
+from kotune.model.runinfo import DataInfo, FinalInfo, GenerationInfo, RetrievalInfo, RunInfo, TemplateInfo
 
 # The presets (what each --preset sets), the batching and scheduler names: kotune.options, their one registry.
 FULL_LR_SCALE = 0.1
@@ -91,6 +91,7 @@ class TrainConfig:
     report_to: str = _default("report_to")
     batching: str = _default("batching")               # auto | group_by_length | padding_free
     abstention: str = _default("abstention")           # the "not in the documents" sentence, recorded in the run
+    chunks: str | None = _default("chunks")           # grounded data: the chunks file inference retrieves from
     trust_remote_code: bool = False
     max_steps: int = _default("max_steps")
     min_steps: int = MIN_LEARNING_STEPS  # optimizer steps a run gets at least, when epochs come from the preset
@@ -197,9 +198,9 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """What must match for --resume to continue a run."""
         d = dataclasses.asdict(self)
-        # abstention changes no weight (the data teaches the sentence; the run records it beside
-        # this fingerprint), and runs started before it existed stay resumable.
-        for k in ("output_dir", "save_steps", "logging_steps", "report_to", "abstention"):
+        # abstention and chunks change no weight (the data teaches the sentence and the passages; the
+        # run records them beside this fingerprint), and runs started before they existed stay resumable.
+        for k in ("output_dir", "save_steps", "logging_steps", "report_to", "abstention", "chunks"):
             d.pop(k)
         return d
 
@@ -212,6 +213,41 @@ def load_training_records(path: str):
     if not records:
         raise KotuneError("no usable records (each needs instruction and output)", path=path)
     return records
+
+
+def check_chunks(config: TrainConfig) -> None:
+    """``--chunks`` names a file (checked before any weights load)."""
+    if config.chunks and not Path(config.chunks).is_file():
+        raise KotuneError("--chunks: no such file", path=config.chunks)
+
+
+def retrieval_info(records, config: TrainConfig, *, inherited: RetrievalInfo | None = None,
+                   log=print) -> RetrievalInfo | None:
+    """What a grounded run records of its retrieval (:class:`RetrievalInfo`), so that eval, chat,
+    serve and the studio ask it as it was trained: the chunks file ``--chunks`` names (absolute)
+    and as many passages as its records had at most. Grounded data is decided once, by
+    :func:`kotune.records.grounded_passages`; ``inherited`` is the retrieval of the run training
+    continues (a preference run from a grounded SFT run, a resumed run): its chunks file is kept
+    when ``--chunks`` is not given again, its whole retrieval when these records say nothing."""
+    from kotune.model.retrieval import DEFAULT_TOP_K, PASSAGE_WORD
+    from kotune.records import grounded_passages
+
+    chunks = str(Path(config.chunks).resolve()) if config.chunks else None
+    most = grounded_passages(records)
+    if most is None and inherited is None:
+        if chunks:
+            log("note: --chunks is recorded for grounded training data only (records with \"passages\" or "
+                "\"answerable\": false, as kotune generate --grounded writes them); these records have none, ignored")
+        return None
+    if most is None:
+        info = inherited.model_copy(update={"chunks": chunks} if chunks else {})
+    else:
+        info = RetrievalInfo(chunks=chunks or (inherited.chunks if inherited else None), top_k=most or DEFAULT_TOP_K,
+                             label=PASSAGE_WORD)
+    if info.chunks is None:
+        log(f"note: grounded training data ({info.top_k} passages per question) without --chunks: kotune eval, chat "
+            "and serve will need --context CHUNKS.jsonl for this run (pass --chunks to record the file)")
+    return info
 
 
 def check_template_fields(records, template, path: str) -> None:
@@ -509,12 +545,16 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
 
     if config.preference:
         raise KotuneError(f"--method {config.method} is preference tuning: kotune.train.preference.train_preference runs it")
+    check_chunks(config)
     s = start(config, log)
     config, main, out, device = s.config, s.main, s.out, s.device
     data_path = Path(config.data)
     template = get_template(config.template, config.system_prompts)
     records = load_training_records(config.data)
     check_template_fields(records, template, config.data)
+    earlier = RunInfo.read(config.output_dir) if resume else None  # a resumed run keeps its recorded chunks
+    retrieval = retrieval_info(records, config, inherited=earlier.retrieval if earlier else None,
+                               log=log if main else (lambda *_: None))
     eval_records = load_training_records(config.eval_data) if config.eval_data else None
     if eval_records is None and config.eval_split > 0 and len(records) >= 20:
         from kotune.data.split import stratified_split
@@ -583,7 +623,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                       eval_records=len(eval_records or []), truncated=truncated, train_tokens=tokens,
                       supervised_tokens=supervised),
         device=device, processes=s.state.num_processes, batching=batching, attention=attention,
-        trainable_parameters=trainable, abstention=config.abstention,
+        trainable_parameters=trainable, abstention=config.abstention, retrieval=retrieval,
     )
     if main:
         eval_tokens = sum(eval_ds["length"]) if eval_ds is not None else 0

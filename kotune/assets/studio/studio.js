@@ -166,11 +166,33 @@ async function streamAnswer(col, body) {
       if (!line.startsWith("data:")) continue;
       const ev = JSON.parse(line.slice(5));
       if (ev.template !== undefined) col.querySelector(".tmpl").textContent = W.template + " " + ev.template;
+      if (ev.passages !== undefined) showPassages(col, ev.retrieval, ev.passages);
       if (ev.text !== undefined) { text.textContent += ev.text; col.dataset.pieces = String(+(col.dataset.pieces || 0) + 1); }
       if (ev.error) { info.textContent = ev.error; info.className = "info error-line"; col.dataset.state = "error"; }
-      if (ev.done) { info.textContent = W.finish + " " + ev.finish_reason + " · " + ev.completion_tokens + " " + W.tokens; col.dataset.state = "done"; }
+      if (ev.done) {
+        info.textContent = W.finish + " " + ev.finish_reason + " · " + ev.completion_tokens + " " + W.tokens
+          + (ev.abstained ? " · " + W.abstained : "");
+        if (ev.abstained !== undefined) col.dataset.abstained = String(ev.abstained);
+        col.dataset.state = "done";
+      }
     }
   }
+}
+
+// The passages a model was asked with ([문서 n], chunk id, text), folded above its answer.
+function showPassages(col, retrieval, passages) {
+  const box = el("details", {class: "passages"});
+  const how = retrieval ? " (" + retrieval.chunks + ", top " + retrieval.top_k + ")" : "";
+  box.appendChild(el("summary", {class: "muted"}, W.passages + " " + passages.length + how));
+  for (const p of passages) {
+    const item = el("div", {class: "passage", "data-chunk": p.chunk_id});
+    item.appendChild(el("strong", {}, "[문서 " + p.n + "] "));
+    item.appendChild(el("span", {class: "muted"}, p.chunk_id + " "));
+    item.appendChild(el("div", {}, p.text));
+    box.appendChild(item);
+  }
+  col.insertBefore(box, col.querySelector(".text"));
+  col.dataset.passages = String(passages.length);
 }
 
 function chatPage(form) {
@@ -187,7 +209,8 @@ function chatPage(form) {
     answers.innerHTML = "";
     const templateFrom = models.find(m => m.startsWith("run:")) || "";
     const settings = {temperature: +f.get("temperature"), top_p: +f.get("top_p"), repetition_penalty: +f.get("repetition_penalty"),
-                      max_tokens: +f.get("max_tokens"), stop: f.get("stop"), context: f.get("context"), top_k: +f.get("top_k")};
+                      max_tokens: +f.get("max_tokens"), stop: f.get("stop"), context: f.get("context")};
+    if ((f.get("top_k") || "").trim()) settings.top_k = +f.get("top_k");  // else a grounded run's own
     for (const m of models) {
       const col = el("div", {class: "chat-col", "data-model": m, "data-state": "streaming"});
       col.appendChild(el("h3", {}, m.replace(/^(run|base):/, "")));
