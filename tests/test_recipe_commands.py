@@ -71,3 +71,14 @@ def test_the_printed_command_calls_the_step_as_the_recipe_does(recipe: Path, pro
         res = call_cli(call.args)
         assert res.code == 0, res.err
         assert seen == direct, f"kotune {' '.join(call.args)}"
+
+
+def test_a_grounded_recipe_records_its_chunks_in_the_run(tmp_path) -> None:
+    """The grounded profile's train step gets the prepared chunks (the run records them, so
+    eval, chat and serve retrieve from them by default); the closed-book recipe's does not."""
+    recipe = REPO / "recipes" / "policy-qa.yaml"
+    grounded = {c.name: c.args for c in load_recipe(recipe, profile="grounded").calls(tmp_path / "g")}
+    chunks = grounded["prepare"][grounded["prepare"].index("-o") + 1]
+    assert grounded["train"][grounded["train"].index("--chunks") + 1] == chunks
+    closed = {c.name: c.args for c in load_recipe(recipe).calls(tmp_path / "c")}
+    assert "--chunks" not in closed["train"]

@@ -471,6 +471,12 @@ class Plan:
             produced["train"], produced["test"] = train, test
         if s.train:
             t = s.train
+            if t.chunks:   # a chunks file the recipe names: relative to the recipe
+                t = t.model_copy(update={"chunks": str(self._need("steps.train.chunks", self.rel(t.chunks)))})
+            elif s.generate is not None and s.generate.grounded and produced["chunks"] is not None:
+                # A grounded run records the chunks it was trained to retrieve from (eval, chat,
+                # serve and the studio retrieve from them by default).
+                t = t.model_copy(update={"chunks": str(produced["chunks"])})
             src = self._need("steps.train.data", self.rel(t.data)) if t.data else produced["train"] or records_in
             if src is None:
                 raise KotuneError("steps.train: needs training data: add a split step or set steps.train.data",
