@@ -101,7 +101,7 @@ def generate(
     output: Path = typer.Option(..., "--output", "-o", help="QA records file to write (JSONL)."),
     teacher: str = typer.Option(GenerateOptions.default("teacher"), "--teacher", help="rule (offline, default), hf:PATH (local model, e.g. hf:builtin:tiny-ko) or an OpenAI-compatible URL."),
     model: Optional[str] = typer.Option(GenerateOptions.default("model"), "--model", help="Model name for a URL teacher (default: the server's first model)."),
-    per_chunk: int = typer.Option(GenerateOptions.default("per_chunk"), "--per-chunk", "--per_chunk", help="At most this many records per chunk (the rule teacher: facts × --phrasings)."),
+    per_chunk: Optional[int] = typer.Option(GenerateOptions.default("per_chunk"), "--per-chunk", "--per_chunk", help="At most this many records per chunk. Default: every fact × --phrasings for the rule teacher, 24 for a teacher model."),
     phrasings: int = typer.Option(GenerateOptions.default("phrasings"), "--phrasings", help="Questions per fact, in different wordings (a fact seen in one phrasing is memorised but not recalled by other questions)."),
     workers: int = typer.Option(GenerateOptions.default("workers"), "--workers", help="Concurrent requests (URL teacher) or chunks per batch (hf teacher)."),
     api_key_env: ClientKeysOption = GenerateOptions.default("api_key_env"),

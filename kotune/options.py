@@ -140,7 +140,7 @@ class GenerateOptions(Options):
 
     teacher: str = "rule"
     model: Optional[str] = None
-    per_chunk: int = Field(24, ge=1)          # records per chunk (facts × phrasings for the rule teacher)
+    per_chunk: Optional[int] = Field(None, ge=1)   # records per chunk at most; None: the teacher's default
     phrasings: int = Field(3, ge=1, le=6)     # questions written for each fact
     workers: int = Field(8, ge=1)
     api_key_env: Optional[str] = None

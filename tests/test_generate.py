@@ -166,6 +166,7 @@ class _Counting(Teacher):
     """The rule teacher, recording which chunks it was asked for; can crash on one."""
 
     name = "counting"
+    default_per_chunk = RuleTeacher.default_per_chunk
 
     def __init__(self, crash_on: str | None = None) -> None:
         self.inner = RuleTeacher()

@@ -108,7 +108,7 @@ def generate_file(
     teacher: Teacher,
     out: Path,
     *,
-    per_chunk: int = GenerateOptions.default("per_chunk"),
+    per_chunk: int | None = GenerateOptions.default("per_chunk"),
     resume: bool = False,
     overwrite: bool = False,
     on_chunk: Callable[[int], None] | None = None,
@@ -125,6 +125,7 @@ def generate_file(
     (``--template rag`` then trains on the prompts eval and serve will build). ``ground``
     rewrites the finished records before they are written (``kotune.data.grounded.Grounder.apply``).
     """
+    per_chunk = per_chunk or teacher.default_per_chunk
     jpath = journal_path(out)
     if jpath.exists() and not (resume or overwrite):
         raise KotuneError(f"an unfinished run left {jpath.name}; pass --resume to continue it or --overwrite to start over", path=out)

@@ -69,6 +69,9 @@ class Teacher(ABC):
     """Turns one chunk (``{"chunk_id", "text", "metadata"}``) into QA records."""
 
     name: str = "teacher"
+    # Records asked of one chunk when --per-chunk is not given. A model teacher is asked
+    # for 24 pairs (8 facts × 3 phrasings) per request; the rule teacher overrides it.
+    default_per_chunk: int = 24
     batch_size: int = 1                 # chunks handed to generate_batch at once
     stats: TeacherStats | None = None   # LLM teachers count requests, retries, rejections
 
