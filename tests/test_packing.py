@@ -109,3 +109,32 @@ def test_answer_only_head_loss_equals_the_full_logits_loss(tiny_model, batches, 
                 got = trainer.compute_loss(model, dict(inputs)).item()
             assert got == pytest.approx(want, rel=1e-5)
     assert trainer._metrics["eval"]["mean_token_accuracy"]
+
+
+@pytest.mark.parametrize("window", [None, 4, 64])
+def test_varlen_attention_keeps_a_local_layers_sliding_window(window):
+    """Gemma-style local layers pass ``sliding_window``: a packed sample longer than it
+    attends only to its last ``window`` tokens, exactly as transformers' own mask does."""
+    import torch
+    import torch.nn.functional as F
+
+    from kotune.train.packing import varlen_sdpa
+
+    torch.manual_seed(0)
+    sizes = [9, 3, 12]
+    q, k, v = (torch.randn(1, 2, sum(sizes), 8) for _ in range(3))
+    module = torch.nn.Module().eval()
+    cu = torch.tensor([0, 9, 12, 24])
+    got, _ = varlen_sdpa(module, q, k, v, None, cu_seq_lens_q=cu, sliding_window=window)
+    want = []
+    for s, e in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        i = torch.arange(e - s)
+        mask = i[None, :] <= i[:, None]
+        if window:
+            mask &= i[None, :] > i[:, None] - window   # transformers.masking_utils.sliding_window_overlay
+        want.append(F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], attn_mask=mask))
+    want = torch.cat(want, dim=2).transpose(1, 2)
+    assert torch.allclose(got, want, atol=1e-6)
+    if window == 4:   # the band changed something: a 12-token sample's last token ignores its first
+        full, _ = varlen_sdpa(module, q, k, v, None, cu_seq_lens_q=cu)
+        assert not torch.allclose(full, got, atol=1e-4)

@@ -136,19 +136,23 @@ def test_unknown_enum_values_are_refused_before_loading(sample_split, tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("n_records,epochs,min_steps,want_epochs,changed", [
-    (18, None, 30, 10.0, True),     # 3 steps an epoch (batch 8): raised to reach 30 steps
-    (400, None, 30, 4.0, False),    # 50 steps an epoch: the preset's 4 epochs stand
-    (18, 4.0, 30, 4.0, False),      # an explicit --epochs is the user's choice
-    (18, None, 0, 4.0, False),      # --min-steps 0 turns it off
-    (2, None, 30, 30.0, True),      # one step an epoch: capped at MAX_AUTO_EPOCHS
+@pytest.mark.parametrize("n_records,epochs,batch,min_steps,want_epochs,want_batch,changed", [
+    (18, None, None, 30, 4.0, 2, True),    # 3 steps an epoch at 8: 2 a step gives 9 × 4 = 36 steps, same cost
+    (400, None, None, 30, 4.0, 8, False),  # 50 steps an epoch: the preset stands
+    (18, 4.0, None, 30, 4.0, 2, True),     # an explicit --epochs is kept; the batch still shrinks
+    (18, None, 8, 30, 10.0, 8, True),      # an explicit --batch-size is kept: epochs rise instead
+    (18, 4.0, 8, 30, 4.0, 8, False),       # both given: the user's choice
+    (18, None, None, 0, 4.0, 8, False),    # --min-steps 0 turns it off
+    (2, None, None, 30, 30.0, 2, True),    # one step an epoch even at 2: epochs capped at MAX_AUTO_EPOCHS
 ])
-def test_min_steps_raises_preset_epochs_on_small_data(n_records, epochs, min_steps, want_epochs, changed):
+def test_min_steps_lowers_the_batch_then_raises_epochs_on_small_data(n_records, epochs, batch, min_steps, want_epochs,
+                                                                      want_batch, changed):
     from kotune.train.sft import TrainConfig
 
-    config = TrainConfig(base_model="m", data="d", output_dir="o", epochs=epochs, min_steps=min_steps).resolved()
-    got, reason = config.with_min_steps(n_records, epochs_given=epochs is not None)
-    assert got.epochs == want_epochs and (reason is not None) == changed
+    config = TrainConfig(base_model="m", data="d", output_dir="o", epochs=epochs, batch_size=batch,
+                         min_steps=min_steps).resolved()
+    got, reason = config.with_min_steps(n_records, epochs_given=epochs is not None, batch_given=batch is not None)
+    assert (got.epochs, got.batch_size) == (want_epochs, want_batch) and (reason is not None) == changed
     if changed:
         assert f"{n_records} records" in reason and "--min-steps" in reason
 

@@ -44,6 +44,7 @@ PREFERENCE_BETA = {"dpo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}  # TRL's /
 # keeps them likely. SimPO is run as published (no NLL term) unless asked.
 PREFERENCE_SFT_WEIGHT = {"dpo": 1.0, "simpo": 0.0}
 MAX_AUTO_EPOCHS = 30  # min_steps never makes a run pass over its data more often than this
+MIN_AUTO_BATCH = 2    # min_steps lowers the preset's batch size (records per step) no further
 # Optimizer steps below which a run is unlikely to have learned the answer format and EOS
 # (doctor's too_few_steps warning; the default --min-steps).
 MIN_LEARNING_STEPS = TrainOptions.default("min_steps")
@@ -173,27 +174,45 @@ class TrainConfig:
     def steps_per_epoch(self, n_train: int) -> int:
         return math.ceil(n_train / (self.batch_size * self.grad_accum))
 
-    def with_min_steps(self, n_train: int, epochs_given: bool) -> tuple["TrainConfig", str | None]:
-        """Raise the preset's epochs until the run takes ``min_steps`` optimizer steps.
+    def with_min_steps(self, n_train: int, epochs_given: bool,
+                       batch_given: bool = False) -> tuple["TrainConfig", str | None]:
+        """Give small data ``min_steps`` optimizer steps: first fewer records per step, then
+        more epochs.
 
-        Why: a preset's epoch count suits a dataset of hundreds of records. On 10-50
-        records (the seeds' "140 samples" and smaller) 4 epochs are 2-8 optimizer
-        steps, too few for a real model to learn the answer format or to stop at EOS
-        (measured on Gemma-3-270M: 6 steps left eos_rate at 0.0; 30 steps gave 1.0).
-        An explicit --epochs or --max-steps is the user's choice and is kept (doctor
-        warns about it). Returns the config and a one-line reason when it changed.
+        Why: a preset's batch size and epochs suit a dataset of hundreds of records. On
+        10-100 records (the seeds' "140 samples" and smaller) 4 epochs of 8 records a step
+        are 2-50 optimizer steps, too few for a real model to learn the answer format or
+        to stop at EOS (Gemma-3-270M: 6 steps left eos_rate at 0.0; 30 steps gave 1.0),
+        let alone to read passages (59 grounded records, 2 epochs: 16 steps of 8 answered
+        with the passages' headings; 60 steps of 2 learned the format). Halving the batch
+        (down to :data:`MIN_AUTO_BATCH`) doubles the steps at the same cost, since a step's
+        cost is its tokens; only then are epochs raised (up to :data:`MAX_AUTO_EPOCHS`),
+        which costs time. An explicit --batch-size, --epochs or --max-steps is the user's
+        choice and is kept (doctor warns about it). Returns the config and a one-line
+        reason when it changed.
         """
-        if epochs_given or self.max_steps > 0 or self.min_steps <= 0:
+        if self.max_steps > 0 or self.min_steps <= 0:
             return self, None
-        per_epoch = self.steps_per_epoch(n_train)
-        if per_epoch * math.ceil(self.epochs) >= self.min_steps:
+        if self.steps_per_epoch(n_train) * math.ceil(self.epochs) >= self.min_steps:
             return self, None
-        epochs = min(math.ceil(self.min_steps / per_epoch), MAX_AUTO_EPOCHS)
-        reason = (f"epochs raised from {self.epochs:g} to {epochs} so that {n_train} records ({per_epoch} optimizer "
-                  f"step{'s' if per_epoch != 1 else ''} per epoch) get {per_epoch * epochs} steps, at least --min-steps "
-                  f"{self.min_steps}: fewer do not teach a real model the format and EOS (--epochs or --min-steps 0 "
-                  "to choose yourself)")
-        return dataclasses.replace(self, epochs=float(epochs)), reason
+        c, why = self, []
+        if not batch_given and self.batch_size > MIN_AUTO_BATCH:
+            batch = self.batch_size
+            while batch > MIN_AUTO_BATCH and math.ceil(n_train / (batch * self.grad_accum)) * math.ceil(self.epochs) < self.min_steps:
+                batch = max(MIN_AUTO_BATCH, batch // 2)
+            c = dataclasses.replace(c, batch_size=batch)
+            why.append(f"batch size lowered from {self.batch_size} to {batch}")
+        per_epoch = c.steps_per_epoch(n_train)
+        if not epochs_given and per_epoch * math.ceil(c.epochs) < c.min_steps:
+            epochs = min(math.ceil(c.min_steps / per_epoch), MAX_AUTO_EPOCHS)
+            c = dataclasses.replace(c, epochs=float(epochs))
+            why.append(f"epochs raised from {self.epochs:g} to {epochs}")
+        if not why:
+            return self, None
+        reason = (f"{' and '.join(why)} so that {n_train} records ({per_epoch} optimizer step{'s' if per_epoch != 1 else ''} "
+                  f"per epoch) get {per_epoch * math.ceil(c.epochs)} steps, toward --min-steps {self.min_steps}: fewer do "
+                  "not teach a real model the format and EOS (--batch-size, --epochs or --min-steps 0 to choose yourself)")
+        return c, reason
 
     def fingerprint(self) -> dict[str, Any]:
         """What must match for --resume to continue a run."""
@@ -345,6 +364,7 @@ class Start:
     base_path: str
     epochs_given: bool
     out: Path
+    batch_given: bool = False
 
     @property
     def main(self) -> bool:
@@ -363,6 +383,7 @@ def start(config: TrainConfig, log=print) -> Start:
     state = PartialState(cpu=device == "cpu")
     base_path = resolve_base(config.base_model, log=log if state.is_main_process else (lambda *_: None))
     epochs_given = config.epochs is not None
+    batch_given = config.batch_size is not None
     config = config.resolved(training_hints(config.base_model), device=device)
     out = Path(config.output_dir)
     if config.report_to not in ("none", ""):
@@ -377,13 +398,13 @@ def start(config: TrainConfig, log=print) -> Start:
         os.environ["TENSORBOARD_LOGGING_DIR"] = _USER_TB_DIR or str(out / "logs")
     if not Path(config.data).exists():
         raise KotuneError("no such file", path=config.data)
-    return Start(config, device, state, base_path, epochs_given, out)
+    return Start(config, device, state, base_path, epochs_given, out, batch_given)
 
 
 def output_folder(s: Start, n_train: int, *, resume: bool, overwrite: bool) -> tuple[TrainConfig, str | None, Path | None]:
     """Epochs raised for small data (``with_min_steps``), then the output folder checked:
     the final config, why epochs changed, and the checkpoint to resume from."""
-    config, epochs_reason = s.config.with_min_steps(n_train, s.epochs_given)
+    config, epochs_reason = s.config.with_min_steps(n_train, s.epochs_given, s.batch_given)
     resume_from = None
     if s.main:
         resume_from = prepare_output_dir(s.out, config, resume=resume, overwrite=overwrite)
