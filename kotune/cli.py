@@ -197,7 +197,7 @@ def train(
     lora_alpha: Optional[int] = typer.Option(TrainOptions.default("lora_alpha"), "--lora-alpha", "--lora_alpha", help="LoRA alpha."),
     lora_dropout: float = typer.Option(TrainOptions.default("lora_dropout"), "--lora-dropout", help="LoRA dropout."),
     lora_targets: Optional[str] = typer.Option(TrainOptions.default("lora_targets"), "--lora-targets", help="Comma-separated module names (default: per architecture)."),
-    lora_mlp: bool = typer.Option(TrainOptions.default("lora_mlp"), "--lora-mlp", help="Also adapt the MLP projections."),
+    lora_mlp: Optional[bool] = typer.Option(TrainOptions.default("lora_mlp"), "--lora-mlp/--no-lora-mlp", help="Adapt the MLP projections as well as attention. Default: yes, where facts must be memorised (closed-book data); attention only for grounded data (the answer is in the passages)."),
     scheduler: str = typer.Option(TrainOptions.default("scheduler"), "--scheduler", help=f"{_choices(SCHEDULER_NAMES)}."),
     warmup_ratio: float = typer.Option(TrainOptions.default("warmup_ratio"), "--warmup-ratio", help="Share of steps for linear warmup."),
     neftune_alpha: Optional[float] = typer.Option(TrainOptions.default("neftune_alpha"), "--neftune-alpha", help="NEFTune noise alpha (e.g. 5)."),

@@ -198,7 +198,7 @@ class TrainOptions(Options):
     lora_alpha: Optional[int] = Field(None, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     lora_targets: Optional[list[str]] = None
-    lora_mlp: bool = False
+    lora_mlp: Optional[bool] = None           # None: MLP too unless the data is grounded (see TrainConfig.for_data)
     scheduler: Literal[SCHEDULER_NAMES] = "cosine"  # type: ignore[valid-type]
     warmup_ratio: float = Field(0.03, ge=0, lt=1)
     neftune_alpha: Optional[float] = Field(None, gt=0)

@@ -197,6 +197,7 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
         raise KotuneError(f"template {template.name!r} needs the context in field \"input\" of every preference record", path=config.data)
     if eval_records is None:
         records, eval_records = hold_out(records, config.eval_split, config.seed)
+    s.config = config = config.for_data(grounded=sft is not None and sft.retrieval is not None)
     config, epochs_reason, resume_from = output_folder(s, len(records), resume=resume, overwrite=overwrite)
     continues = sft is not None and not sft.is_full_weights
     tokenizer, model, added_pad = load_weights(config, s, tokenizer_path=str(sft_dir) if continues else None)

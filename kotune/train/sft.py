@@ -77,7 +77,7 @@ class TrainConfig:
     lora_alpha: int | None = _default("lora_alpha")
     lora_dropout: float = _default("lora_dropout")
     lora_targets: list[str] | None = _default("lora_targets")
-    lora_mlp: bool = _default("lora_mlp")
+    lora_mlp: bool | None = _default("lora_mlp")
     scheduler: str = _default("scheduler")
     warmup_ratio: float = _default("warmup_ratio")
     weight_decay: float = 0.0
@@ -170,6 +170,21 @@ class TrainConfig:
         if self.sft_weight is not None and self.preference and self.method not in PREFERENCE_SFT_WEIGHT:
             raise KotuneError(f"--sft-weight applies to dpo and simpo; {self.method} "
                               f"{'has its own NLL term' if self.method == 'orpo' else 'has none'}")
+
+    def for_data(self, grounded: bool) -> "TrainConfig":
+        """The defaults that depend on the data: LoRA on the MLP too, unless asked otherwise,
+        where facts must be memorised (closed-book), attention only where the answer is read
+        from passages (grounded).
+
+        Why: facts live in the MLP (Geva et al. 2021, "Transformer Feed-Forward Layers Are
+        Key-Value Memories"); attention-only LoRA did not store them (Gemma-3-270M, 57 fact
+        records, r16, 35 steps: key facts 0.09), while LoRA on every projection is what the
+        QLoRA paper, Unsloth and Axolotl's defaults use. A grounded model only has to learn
+        to read; attention-only is ~25% cheaper per token on its long prompts.
+        """
+        if self.lora_mlp is not None:
+            return self
+        return dataclasses.replace(self, lora_mlp=not grounded)
 
     def steps_per_epoch(self, n_train: int) -> int:
         return math.ceil(n_train / (self.batch_size * self.grad_accum))
@@ -576,6 +591,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     earlier = RunInfo.read(config.output_dir) if resume else None  # a resumed run keeps its recorded chunks
     retrieval = retrieval_info(records, config, inherited=earlier.retrieval if earlier else None,
                                log=log if main else (lambda *_: None))
+    s.config = config = config.for_data(grounded=retrieval is not None)
     eval_records = load_training_records(config.eval_data) if config.eval_data else None
     if eval_records is None and config.eval_split > 0 and len(records) >= 20:
         from kotune.data.split import stratified_split
