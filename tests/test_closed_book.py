@@ -58,7 +58,7 @@ def test_above_both() -> None:
     assert msg.index("문서 기반 학습") < msg.index("answered closed-book")
     assert "0.420" in msg and "0.250" in msg and "0.3 초과" in msg and "above 0.3" in msg
     for part in ("kotune generate", "--grounded", "kotune train --template rag", "kotune eval --context chunks.jsonl",
-                 '"문서 기반 답변"', '"Grounded answers"'):
+                 '"문서 기반 답변(grounded)과 닫힌 책"', '"Grounded vs closed-book"'):
         assert part in msg and part in GROUNDED_HINT
 
 

@@ -12,7 +12,7 @@ report's baseline, as for the judge and the general-ability check) and is never 
 later model that was asked closed-book is warned when its overall ``unsupported_rate`` is above
 :data:`UNSUPPORTED_LIMIT` or above the base's by more than :data:`ABOVE_BASE_MARGIN`. A model
 asked with passages (grounded) is never warned here. The warning suggests grounded training
-(README "문서 기반 답변" / "Grounded answers"). ``kotune eval`` stores the warnings in
+(README "문서 기반 답변(grounded)과 닫힌 책" / "Grounded vs closed-book"). ``kotune eval`` stores the warnings in
 metrics.json (``warnings``), the report shows them at the top, and ``kotune doctor`` reports
 them as the ``closed_book_unsupported`` finding (:func:`eval_findings`).
 """
@@ -37,7 +37,7 @@ ABOVE_BASE_MARGIN = 0.0
 KIND = "closed_book_unsupported"
 # What to do instead: train and evaluate grounded (the README section of that name).
 GROUNDED_HINT = ("kotune generate chunks.jsonl -o qa.jsonl --grounded, kotune train --template rag, "
-                 "kotune eval --context chunks.jsonl (README \"문서 기반 답변\" / \"Grounded answers\")")
+                 "kotune eval --context chunks.jsonl (README \"문서 기반 답변(grounded)과 닫힌 책\" / \"Grounded vs closed-book\")")
 
 
 def asked_closed_book(questions: Iterable[Mapping[str, Any]], contexts: Iterable[str]) -> bool:
@@ -136,7 +136,7 @@ def eval_findings(eval_dir: str | Path, *, run_dir: str | Path | None = None) ->
     models = metrics["models"]
     warned = closed_book_warnings(models)
     if warned:
-        return [Finding(KIND, False, w["message"], 'README "문서 기반 답변" / "Grounded answers"', severity="warning")
+        return [Finding(KIND, False, w["message"], 'README "문서 기반 답변(grounded)과 닫힌 책" / "Grounded vs closed-book"', severity="warning")
                 for w in warned]
     names = list(models)
     rates = ", ".join(f"{n} {r:.3f}" if (r := _rate(models[n])) is not None else f"{n} —" for n in names)
