@@ -188,8 +188,12 @@ def test_grounded_profile_plans_raft_data_rag_training_and_retrieval_eval(tmp_pa
     out = tmp_path / "o"
     [generate] = _lines(res, "generate")
     assert "--grounded --grounded-k 3 --unanswerable-share 0.2" in generate
+    assert "--per-chunk 4" in generate and "--phrasings 2" in generate
+    [prepare] = _lines(res, "prepare")
+    assert "--chunk-chars 300" in prepare and "--overlap 0" in prepare
     [train] = _lines(res, "train")
-    assert "--base-model builtin:tiny-ko" in train and "--template rag" in train and "--max-length 2048" in train
+    assert "--base-model builtin:tiny-ko" in train and "--template rag" in train and "--max-length 1024" in train
+    assert "--batch-size 2" in train and f"--chunks {out / 'chunks.jsonl'}" in train
     # One eval: the user-style questions (answerable and not) with passages retrieved from the
     # prepared chunks, base vs tuned; no eval-train (re-retrieved training records mislabel abstentions).
     [evaluate] = _lines(res, "eval")
@@ -221,9 +225,9 @@ def test_profiles_compose_left_to_right(profile: str, tmp_path: Path) -> None:
     assert res.code == 0, res.err
     assert f"profile {profile}: base model builtin:gemma-3-270m" in res.err
     [train] = _lines(res, "train")
-    # gemma's base model, grounded's template and max_length (applied after gemma's 512)
+    # gemma's base model, grounded's template and max_length (1024, applied after gemma's 512)
     assert "--base-model builtin:gemma-3-270m" in train and "--template rag" in train
-    assert "--max-length 2048" in train and "--max-length 512" not in train
+    assert "--max-length 1024" in train and "--max-length 512" not in train
     [evaluate] = _lines(res, "eval")
     assert "--max-new-tokens 96" in evaluate and "--context" in evaluate  # gemma's eval length, grounded's context
     # The other order: gemma's max_length comes last and wins.
