@@ -162,8 +162,11 @@ def leftover_temp_files(folder: Path) -> list[str]:
 def sample_split(sample_qa, sample_chunks) -> tuple[Path, Path]:
     """Validated sample QA split into train/test as `make demo` does."""
     folder = sample_qa.parent
-    clean = folder / "clean.jsonl"
-    assert call_cli(["validate", sample_qa, "--chunks", sample_chunks, "-o", clean]).code == 0
+    # 8 records a chunk (~100), as the recipes ask: the rule teacher's every fact (~270) would
+    # make each tiny-ko training in the suite ~3x longer and test nothing more.
+    qa, clean = folder / "qa-8.jsonl", folder / "clean.jsonl"
+    assert call_cli(["generate", sample_chunks, "-o", qa, "--per-chunk", "8"]).code == 0
+    assert call_cli(["validate", qa, "--chunks", sample_chunks, "-o", clean]).code == 0
     train, test = folder / "train.jsonl", folder / "test.jsonl"
     res = call_cli(["split", clean, "--train", train, "--test", test, "--test-size", "0.15"])
     assert res.code == 0, res.err
