@@ -214,7 +214,9 @@ def test_32_concurrent_chat_requests_all_succeed(server, trained_run, questions)
         assert r.choices[0].finish_reason == ("length" if w.finish_reason == "length" else "stop"), i
         assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (prompt_tokens, w.completion_tokens), i
     # The "(i)" changes most answers, so one request's answer handed to another would mostly show.
-    assert len({(m, r.usage.prompt_tokens, r.choices[0].message.content) for (m, _), r in zip(asked, results)}) > 24
+    # Enough different answers for the per-request check above to catch a mix-up (the rule teacher's
+    # fact questions share long openings, so 8-token answers coincide more often than they used to).
+    assert len({(m, r.usage.prompt_tokens, r.choices[0].message.content) for (m, _), r in zip(asked, results)}) > 16
     assert server.healthy()
 
 
