@@ -396,8 +396,9 @@ def _write(s: _Sentence, a: int, b: int, kind: str, title: str, phrasings: int) 
     while head_i - 1 >= start and s.tokens[head_i - 1].tag in ("NNG", "NNP", "XPN", "XSN") \
             and s.tokens[head_i - 1].start + s.tokens[head_i - 1].len == s.tokens[head_i].start:
         head_i -= 1
-    if noun and not _routine(noun) and is_value and kind not in ("law", "period", "until"):
-        what = _what(noun, kind, value)
+    # What the subject's value is called ("…전문인력 규모"), when the fact is that value.
+    what = _what(noun, kind, value) if noun and not _routine(noun) and is_value else None
+    if what and kind not in ("law", "period", "until"):
         direct = f"{josa(what, '은/는')} 얼마나 되나요?" if kind not in ("duration",) else f"{josa(what, '은/는')} 어떻게 되나요?"
     elif (after is not None and after.tag == "JKO" and head_i >= start and s.tokens[head_i].tag in ("NNG", "NNP")
           and noun and kind not in ("law", "period", "until")):
@@ -408,8 +409,7 @@ def _write(s: _Sentence, a: int, b: int, kind: str, title: str, phrasings: int) 
     if direct is None:
         direct = cloze + s.conjugate(p, e, "ᆸ니까") + "?"
     # Third phrasing: a request.
-    if noun and not _routine(noun) and is_value and kind not in ("period", "until"):
-        what = _what(noun, kind, value)
+    if what and kind not in ("period", "until"):
         request = f"{josa(what, '을/를')} 알려 주세요."
     else:
         morphs = [(t.form, t.tag) for t in s.tokens[p:e]]
