@@ -292,7 +292,7 @@ def find_facts(sentence: str, *, title: str = "", phrasings: int = PHRASINGS) ->
         fact = _write(s, a, b, kind, title, phrasings)
         if fact is not None:
             facts.append(fact)
-    agency = _agency(s, title, phrasings)
+    agency = _agency(s, phrasings)
     if agency is not None:
         facts.append(agency)
     return facts
@@ -440,7 +440,7 @@ def _tidy(q: str) -> str:
     return q
 
 
-def _agency(s: _Sentence, title: str, phrasings: int) -> Fact | None:
+def _agency(s: _Sentence, phrasings: int) -> Fact | None:
     """"X(기관)은 …을 총괄한다" → "어느 기관이 …을 총괄하나요?" and its phrasings."""
     a, b = s.clauses[0]
     subj = s.subject(s.content_start(a, b), b, b)
