@@ -46,6 +46,7 @@ SERVE_BATCHING = ("continuous", "static")               # kotune serve: requests
 PAD_TOKENS = ("tokenizer", "eos")                       # doctor: the setup's pad token (eos: pad = eos, the seeds' bug)
 LOSS_ON = ("answer", "full")                            # doctor: which tokens the setup's loss covers
 EXPORT_DTYPES = ("auto", "float32", "bfloat16", "float16")  # export: the merged weights' dtype (auto: the base's)
+EXPORT_FORMATS = ("hf", "gguf")  # export: a transformers/vLLM folder, or one GGUF file (llama.cpp, Ollama)
 
 # ---------------------------------------------------------------- settings several commands share, declared once
 TopK = Annotated[int, Field(3, ge=1)]                          # passages retrieved per question
@@ -333,6 +334,8 @@ class ExportOptions(Options):
     name: Optional[str] = None                # adapter name without merge (default: the folder name)
     dtype: Literal[EXPORT_DTYPES] = "auto"  # type: ignore[valid-type]
     overwrite: bool = False                   # replace an earlier export in output
+    format: Literal[EXPORT_FORMATS] = "hf"    # type: ignore[valid-type]
+    quant: Optional[str] = None               # GGUF tensor type (kotune.export.gguf.QUANTS checks it; default q8_0)
 
 
 class RunOptions(Options):
@@ -357,7 +360,7 @@ class RunOptions(Options):
         return [*self.set, *(f"{key}={value}" for key, value in given if value is not None)]
 
 
-__all__ = ["problem", "Abstention", "BATCHING_NAMES", "ChatOptions", "DoctorOptions", "EvalOptions", "EXPORT_DTYPES", "ExportOptions",
+__all__ = ["problem", "Abstention", "BATCHING_NAMES", "ChatOptions", "DoctorOptions", "EvalOptions", "EXPORT_DTYPES", "EXPORT_FORMATS", "ExportOptions",
            "GenerateOptions", "LOSS_ON", "METHODS", "Options", "PAD_TOKENS", "PairsOptions", "PREFERENCE_METHODS",
            "PRESET_NAMES", "PRESETS", "PrepareOptions", "REPORT_TO", "RunOptions", "SCHEDULER_NAMES", "ScoreOptions",
            "SERVE_BATCHING", "ServeOptions", "SplitOptions", "StudioOptions", "TEMPLATE_NAMES", "TrainOptions",

@@ -196,7 +196,7 @@ def test_the_run_record_is_read_only_through_runinfo() -> None:
 # endpoint answer, the journal keeps answers. No module calls back up into one above it.
 MODEL_ORDER = ("kotune.model.templates", "kotune.model.runinfo", "kotune.model.loading", "kotune.model.resolve",
                "kotune.model.retrieval", "kotune.model.openai_client", "kotune.model.generation",
-               "kotune.model.journal", "kotune.model.endpoint", "kotune.model.access")
+               "kotune.model.journal", "kotune.model.endpoint", "kotune.model.llamacpp", "kotune.model.access")
 
 
 def test_a_model_spec_goes_down_the_model_layer_only() -> None:

@@ -99,6 +99,8 @@ def parse_model_args(specs: list[str]) -> list[tuple[str, str]]:
         name, sep, target = spec.partition("=")
         if spec.startswith("openai:"):  # an unnamed endpoint model is named after its model
             out.append((spec.rpartition("#")[2].partition("?")[0].partition("@")[0] or spec, spec))
+        elif spec.startswith("llamacpp:"):  # an unnamed GGUF model is named after its file
+            out.append((Path(spec[len("llamacpp:"):].partition("?")[0]).stem or spec, spec))
         elif sep and name and not Path(spec).exists():
             out.append((name, target))
         else:

@@ -7,7 +7,8 @@ nowhere else; ``kotune serve``'s engine is the local backend's serving loop and 
 same resolver and generator underneath. What is decided here, once:
 
 - **which backend**: ``openai:URL#MODEL`` is an :class:`~kotune.model.endpoint.EndpointModel`,
-  anything else (HF id, folder, kotune output, ``.gguf`` file, builtin) a :class:`LocalModel`;
+  ``llamacpp:FILE.gguf`` the same over llama.cpp running in this process
+  (:class:`~kotune.model.llamacpp.LlamaCppModel`), anything else (HF id, folder, kotune output, ``.gguf`` file, builtin) a :class:`LocalModel`;
 - **the finished-run check**: a kotune output whose training is running, failed or was
   killed is refused in one line before anything loads (it would otherwise load the base
   with the run's template and answer as if tuned);
@@ -28,6 +29,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkabl
 from kotune.model.endpoint import EndpointModel, EndpointSpec, endpoint_model, is_endpoint, probe_endpoint
 from kotune.model.generation import Answer, GenerationSettings, Generator
 from kotune.model.journal import answer_key, open_journal, read_journal, write_answer
+from kotune.model.llamacpp import LlamaCppModel, LlamaCppSpec, is_llamacpp, open_llamacpp
 from kotune.model.openai_client import read_api_keys
 from kotune.model.resolve import Resolved, load_resolved, resolve, resolve_model, run_template
 from kotune.model.runinfo import RunInfo
@@ -172,6 +174,9 @@ def open_model(spec: str, *, name: str | None = None, template: str | None = Non
     template of a plain base without ``--template`` (the compared run's); ``api_key_env``: the
     environment variable(s) holding an endpoint's API keys."""
     name = name or spec
+    gguf = LlamaCppSpec.parse(spec)
+    if gguf is not None:
+        return open_llamacpp(name, gguf, template=template, default_template=default_template, workers=workers)
     endpoint = EndpointSpec.parse(spec)
     if endpoint is not None:
         api_keys = _keys(api_key_env)
@@ -191,14 +196,18 @@ def open_models(models: Sequence[tuple[str, str]], *, template: str | None = Non
     docstring)."""
     api_keys = _keys(api_key_env)
     endpoints = {n: EndpointSpec.parse(s) for n, s in models}
-    refs = {n: resolve_model(s, log=log, require_finished=True) for n, s in models if endpoints[n] is None}
+    ggufs = {n: LlamaCppSpec.parse(s) for n, s in models}
+    refs = {n: resolve_model(s, log=log, require_finished=True) for n, s in models
+            if endpoints[n] is None and ggufs[n] is None}
     probed = {n: probe_endpoint(n, e, api_keys=api_keys) for n, e in endpoints.items() if e is not None}
     owns = [r.run.own_template for r in refs.values() if r.run and r.run.own_template]
     owns += [p.own_template for p in probed.values() if p.own_template]
     shared = owns[0] if owns else None
     opened: dict[str, Model] = {}
     for n, s in models:
-        if n in probed:
+        if ggufs[n] is not None:
+            opened[n] = open_llamacpp(n, ggufs[n], template=template, default_template=shared, workers=workers)
+        elif n in probed:
             opened[n] = endpoint_model(probed[n], template=template, default_template=shared, api_keys=api_keys,
                                        workers=workers, rpm=rpm)
         else:
@@ -207,5 +216,5 @@ def open_models(models: Sequence[tuple[str, str]], *, template: str | None = Non
     return opened
 
 
-__all__ = ["Answer", "DEFAULT_BATCH_SIZE", "EndpointModel", "GenerationSettings", "LocalModel", "Model", "is_endpoint", "open_model", "open_models",
-           "run_template"]
+__all__ = ["Answer", "DEFAULT_BATCH_SIZE", "EndpointModel", "GenerationSettings", "LlamaCppModel", "LocalModel", "Model",
+           "is_endpoint", "is_llamacpp", "open_model", "open_models", "run_template"]

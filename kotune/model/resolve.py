@@ -167,6 +167,16 @@ def resolve(spec: str, *, template: str | None = None, default_template: Templat
     return Resolved(ref, tmpl, eos, pad, LoadOptions(dev, pick_dtype(dev), trust), tokenizer)
 
 
+def source_gguf(ref: ModelRef) -> Path | None:
+    """The GGUF file a model's base was converted from (still there), else None: an export to
+    GGUF copies its tokenizer from it, exactly as llama.cpp already reads it."""
+    marker = Path(ref.base) / GGUF_MARKER
+    if not marker.exists():
+        return None
+    source = Path(json.loads(marker.read_text(encoding="utf-8")).get("source") or "")
+    return source if source.is_file() else None
+
+
 def load_resolved(resolved: Resolved):
     """The model a resolved argument names: its base with its own adapter (if any) attached,
     embeddings sized to its tokenizer. What Generator and the general-ability check load."""

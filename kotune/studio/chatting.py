@@ -3,7 +3,8 @@
 each answering with its own run's template, or asked over an OpenAI-compatible endpoint.
 
 A model is named ``run:PATH`` (a training run under ROOT), ``base:SPEC`` (a base model
-that a run under ROOT was trained from, or a builtin) or ``openai:URL#MODEL``. A base
+that a run under ROOT was trained from, or a builtin), ``openai:URL#MODEL``, or
+``llamacpp:PATH.gguf`` (a GGUF export under ROOT, answered by llama.cpp). A base
 model asked beside a run gets that run's template, so both see the same prompt.
 
 Retrieval is ``kotune chat``'s (:func:`kotune.model.retrieval.retrieval_for`): a chunks file
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from kotune.errors import KotuneError
-from kotune.model.access import Answer, GenerationSettings, Model, is_endpoint, open_model, run_template
+from kotune.model.access import (Answer, GenerationSettings, Model, is_endpoint, is_llamacpp, open_model,
+                                 run_template)
 from kotune.model.retrieval import Retrieval, abstains, retrieval_for
 from kotune.model.templates import ABSTENTION, Template
 from kotune.studio.root import MODEL_LOCK, Root
@@ -158,7 +160,12 @@ class ChatModels:
         if is_endpoint(model_id):
             return Loaded(open_model(model_id, default_template=self._template_of(template_from)), threading.Lock(),
                           model_id)
-        raise KotuneError(f"{model_id}: pick a model (run:PATH, base:MODEL or openai:URL#MODEL)")
+        if is_llamacpp(model_id):  # a GGUF file under ROOT (the studio reads nothing outside it)
+            rel, sep, mode = model_id[len("llamacpp:"):].partition("?")
+            spec = f"llamacpp:{self.root.path(rel)}{sep}{mode}"
+            return Loaded(open_model(spec, default_template=self._template_of(template_from)), threading.Lock(),
+                          model_id)
+        raise KotuneError(f"{model_id}: pick a model (run:PATH, base:MODEL, openai:URL#MODEL or llamacpp:PATH.gguf)")
 
     def answer(self, loaded: Loaded, question: str, settings: GenerationSettings, context: str | None) -> Iterator[str | Answer]:
         """Pieces of the answer as they come (a local model's, or an endpoint's ``stream: true``

@@ -1,0 +1,100 @@
+"""``kotune export --format gguf``: one GGUF file for llama.cpp and Ollama, and its Modelfile.
+
+The run is merged in full precision (a LoRA/QLoRA adapter folded into its fp32 base; a
+full fine-tune loaded as is) and written by :func:`kotune.export.gguf.write_gguf` with
+everything the run decided, so llama.cpp prompts and stops as kotune does:
+
+- ``tokenizer.chat_template``: the run template's own Jinja form
+  (:meth:`kotune.model.templates.Template.chat_template`), system prompts included;
+- the trained EOS ids (every one a stop token in llama.cpp) and pad (≠ EOS);
+- the tokenizer: copied from the GGUF file the base came from, converted otherwise;
+- ``kotune.run``: the run record, so ``llamacpp:FILE.gguf`` answers in the run's template,
+  with its retrieval settings and abstention sentence (:mod:`kotune.model.llamacpp`).
+
+Beside it, ``FILE.Modelfile`` (:mod:`kotune.export.modelfile`) and the two commands that
+run it under Ollama. Nothing is half-written: the GGUF goes to a temporary file renamed
+into place, the Modelfile after it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from kotune.errors import KotuneError
+from kotune.export.modelfile import modelfile, ollama_name
+from kotune.io import atomic_writer
+from kotune.model.llamacpp import RUN_KEY
+from kotune.model.resolve import load_model, resolve, source_gguf
+from kotune.model.runinfo import RunInfo
+
+DEFAULT_QUANT = "q8_0"
+
+
+def gguf_path(src: Path, output: Path | None, quant: str) -> Path:
+    """``-o FILE.gguf`` as given; ``-o DIR`` (an existing folder) or none: ``RUN.QUANT.gguf``
+    in that folder or beside the run folder."""
+    default_name = f"{src.resolve().name}.{quant}.gguf"
+    if output is None:
+        return src.resolve().parent / default_name
+    if output.is_dir():
+        return output / default_name
+    if output.suffix.lower() != ".gguf":
+        raise KotuneError("a GGUF export is written to a .gguf file (or give an existing folder)", path=output)
+    return output
+
+
+def export_gguf(model_dir: str | Path, output: Path | None = None, *, quant: str = DEFAULT_QUANT,
+                overwrite: bool = False, log=print) -> dict[str, Any]:
+    """Write the GGUF file and its Modelfile. Returns ``{"kind", "output", "modelfile", "commands", ...}``."""
+    try:
+        from kotune.export.gguf import QUANTS, write_gguf
+    except ImportError as e:
+        raise KotuneError(f"GGUF export needs the gguf package: pip install 'kotune[gguf]' ({e})") from None
+    src = Path(model_dir)
+    run = RunInfo.finished(src, option="--model")
+    if quant not in QUANTS:
+        raise KotuneError(f"--quant {quant}: not supported; one of {', '.join(QUANTS)}")
+    target = gguf_path(src, output, quant)
+    mfile = target.with_suffix(".Modelfile")
+    for p in (target, mfile):
+        if p.exists() and not overwrite:
+            raise KotuneError("already exists (use --overwrite to replace it)", path=p)
+    resolved = resolve(str(src), device="cpu", log=log)
+    template, tokenizer, eos = resolved.template, resolved.tokenizer, list(resolved.eos_ids)
+    if template.needs_context:
+        log("note: this grounded run answers from passages; Ollama has no retrieval, so the Modelfile asks questions "
+            "without them. kotune chat/eval/serve with llamacpp:FILE.gguf retrieve as the run records.")
+
+    import torch
+
+    adapter = resolved.ref.adapter
+    log(f"loading {run.base_model or resolved.ref.base}" + (" and merging the adapter" if adapter else "")
+        + " in float32 ...")
+    with torch.no_grad():
+        model = load_model(resolved.ref.base, resolved.load, adapters=[("default", adapter)] if adapter else [],
+                           vocab=len(tokenizer), dtype=torch.float32)
+        if adapter:
+            model = model.merge_and_unload()
+    model.eval()
+    pad = tokenizer.pad_token_id
+    record = run.exported(src, "gguf", eos, pad)
+    log(f"writing {target} ({quant}) ...")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    info = write_gguf(model, tokenizer, target, quant=quant, chat_template=template.chat_template(tokenizer),
+                      eos_ids=eos, pad_id=pad, source_gguf=source_gguf(resolved.ref),
+                      name=src.resolve().name, metadata={RUN_KEY: json.dumps(record.to_dict(), ensure_ascii=False)},
+                      log=log)
+    with atomic_writer(mfile) as f:
+        ctx = run.max_length if (run.max_length or 0) > 2048 else None  # Ollama's own default is at least 2048
+        f.write(modelfile(target.name, template, tokenizer, eos, context_length=ctx))
+    name = ollama_name(target.stem)
+    commands = [f"ollama create {name} -f {shlex.quote(str(mfile))}", f"ollama run {name}"]
+    log(f"eos {eos}, pad {pad}, template {template.name}, tokenizer {info.get('tokenizer')}")
+    return {"kind": "gguf", "output": str(target), "modelfile": str(mfile), "commands": commands,
+            "llamacpp": f"llamacpp:{target}", **{k: v for k, v in info.items() if k in ("bytes", "types")}}
+
+
+__all__ = ["DEFAULT_QUANT", "export_gguf", "gguf_path"]

@@ -1,0 +1,199 @@
+"""A GGUF file answered by llama.cpp, as a model like any other: ``llamacpp:FILE.gguf``.
+
+This is how an exported model is proved (``kotune export --format gguf``): the file is
+loaded by llama.cpp itself (the ``xllamacpp`` wheel, llama.cpp's server built as a Python
+extension, started in this process on a free local port), and asked through the same
+OpenAI-protocol path as any ``openai:`` endpoint (:mod:`kotune.model.endpoint`), so eval,
+chat, pairs and the studio take it unchanged, journaled answers included.
+
+The spec is ``llamacpp:FILE.gguf[?mode=completions|chat]``; a bare ``FILE.gguf`` keeps
+its other meaning (a base model dequantized into transformers for training). What the
+file says of itself decides the rest:
+
+- **a kotune export** carries its run record in the GGUF metadata (``kotune.run``): the
+  model answers in the run's template, with its EOS, retrieval and abstention sentence.
+  By default kotune renders the prompt and sends it to ``/v1/completions`` (what
+  ``kotune eval`` compares token for token with the PyTorch run); ``?mode=chat`` sends
+  messages instead, so llama.cpp renders them with the GGUF's own chat template, as
+  Ollama and ``llama-server`` users will.
+- **any other GGUF** (a community model) is asked in chat mode with its own chat template;
+  ``?mode=completions`` renders ``--template`` (or the compared run's) here instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kotune.errors import KotuneError
+from kotune.model.endpoint import MODES, EndpointModel, EndpointSpec, Probed, endpoint_model
+from kotune.model.runinfo import RunInfo
+from kotune.model.templates import Template
+
+PREFIX = "llamacpp:"
+RUN_KEY = "kotune.run"
+"""The GGUF metadata key holding the exported run's record (JSON), written by ``kotune export``."""
+SERVED_NAME = "kotune"
+INSTALL = "pip install 'kotune[llamacpp]'"
+CONTEXT_PER_SLOT = 4096
+"""Tokens of context per parallel request (the prompt plus the answer)."""
+
+
+def is_llamacpp(spec: str) -> bool:
+    return spec.startswith(PREFIX)
+
+
+@dataclass(frozen=True)
+class LlamaCppSpec:
+    file: Path
+    mode: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "LlamaCppSpec | None":
+        """``llamacpp:FILE.gguf[?mode=...]`` → the spec; None for anything else."""
+        if not is_llamacpp(spec):
+            return None
+        path, _, mode = spec[len(PREFIX):].partition("?mode=")
+        if not path:
+            raise KotuneError(f"{spec}: a llama.cpp model is llamacpp:FILE.gguf")
+        if mode and mode not in MODES:
+            raise KotuneError(f"{spec}: unknown mode {mode!r}; one of {', '.join(MODES)}")
+        return cls(Path(path).expanduser(), mode or None)
+
+    def __str__(self) -> str:
+        return f"{PREFIX}{self.file}" + (f"?mode={self.mode}" if self.mode else "")
+
+
+# ---------------------------------------------------------------- GGUF metadata
+# gguf-py's GGUFReader parses every field (a Gemma vocabulary of 262k strings costs it
+# ~10 s); one key is found here by walking the key/value section and skipping the rest.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+def gguf_metadata(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The values of ``keys`` (scalars and strings) in a GGUF file's metadata; missing keys are absent."""
+    p = Path(path)
+    found: dict[str, Any] = {}
+    try:
+        with open(p, "rb") as f:
+            if f.read(4) != b"GGUF":
+                raise KotuneError("not a GGUF file (no GGUF magic bytes at its start)", path=p)
+            version, _tensors, n_kv = struct.unpack("<IQQ", f.read(20))
+            if version < 2:
+                raise KotuneError(f"GGUF version {version} is too old", path=p)
+
+            def string() -> str:
+                (n,) = struct.unpack("<Q", f.read(8))
+                return f.read(n).decode("utf-8", errors="replace")
+
+            def value(kind: int, keep: bool) -> Any:
+                if kind == _STRING:
+                    if keep:
+                        return string()
+                    (n,) = struct.unpack("<Q", f.read(8))
+                    f.seek(n, os.SEEK_CUR)
+                    return None
+                if kind == _ARRAY:
+                    inner, n = struct.unpack("<IQ", f.read(12))
+                    if inner in _SCALARS:
+                        f.seek(n * struct.calcsize("<" + _SCALARS[inner]), os.SEEK_CUR)
+                    else:
+                        for _ in range(n):
+                            value(inner, False)
+                    return None
+                fmt = "<" + _SCALARS[kind]
+                (v,) = struct.unpack(fmt, f.read(struct.calcsize(fmt)))
+                return v
+
+            for _ in range(n_kv):
+                key = string()
+                (kind,) = struct.unpack("<I", f.read(4))
+                v = value(kind, key in keys)
+                if key in keys:
+                    found[key] = v
+                    if len(found) == len(keys):
+                        break
+    except (struct.error, KeyError, OSError) as e:
+        raise KotuneError(f"not a readable GGUF file (truncated or corrupt?): {e}", path=p) from None
+    return found
+
+
+def exported_run(path: str | Path) -> RunInfo | None:
+    """The run record a kotune export wrote into the GGUF file (None for any other GGUF)."""
+    raw = gguf_metadata(path, (RUN_KEY,)).get(RUN_KEY)
+    if raw is None:
+        return None
+    try:
+        return RunInfo.model_validate(json.loads(raw))
+    except (ValueError, TypeError) as e:
+        raise KotuneError(f"the kotune.run metadata is broken ({str(e).splitlines()[0]})", path=path) from None
+
+
+# ---------------------------------------------------------------- the server
+def start_server(file: Path, *, parallel: int = 4, context: int = CONTEXT_PER_SLOT, threads: int | None = None,
+                 name: str = SERVED_NAME) -> Any:
+    """llama.cpp's server on a free local port, in this process (``.listening_address``; deleting the
+    object stops it). Chat requests are rendered with the GGUF's own Jinja chat template."""
+    try:
+        import xllamacpp
+    except ImportError:
+        raise KotuneError(f"running GGUF files needs llama.cpp's Python wheel: {INSTALL}") from None
+    params = xllamacpp.CommonParams()
+    params.model.path = str(file)
+    params.n_parallel = max(1, parallel)
+    params.n_ctx = context * params.n_parallel  # llama.cpp splits the context between the slots
+    params.use_jinja = True  # the file's tokenizer.chat_template, not llama.cpp's built-in guesses
+    params.cpuparams.n_threads = threads or os.cpu_count() or 1
+    params.cpuparams_batch.n_threads = params.cpuparams.n_threads
+    params.model_alias = {name}
+    params.verbosity = -1
+    params.warmup = False
+    try:
+        return xllamacpp.Server(params)
+    except Exception as e:  # llama.cpp reports a file it cannot load as a runtime error
+        raise KotuneError(f"llama.cpp cannot load this file: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                          path=file) from None
+
+
+@dataclass
+class LlamaCppModel(EndpointModel):
+    """An endpoint model whose server is llama.cpp running in this process (module docstring)."""
+
+    file: Path | None = None
+    server: Any = None
+
+    def close(self) -> None:
+        """Stop the server (the file stays loaded until then)."""
+        self.server = None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "url": None, "llamacpp": str(self.file)}
+
+
+def open_llamacpp(name: str, spec: LlamaCppSpec, *, template: str | None, default_template: Template | None,
+                  workers: int = 4) -> LlamaCppModel:
+    """The llama.cpp model of ``spec``: the file checked, its run read, the server started."""
+    file = spec.file
+    if not file.exists():
+        raise KotuneError(f"model {name}: no such GGUF file", path=file)
+    if not file.is_file():
+        raise KotuneError(f"model {name}: expected a .gguf file", path=file)
+    run = exported_run(file)
+    if run is not None and not run.complete:
+        raise KotuneError(f"model {name}: the run record in this file is not of a finished run", path=file)
+    server = start_server(file, parallel=min(max(1, workers), 8))
+    endpoint = EndpointSpec(server.listening_address + "/v1", SERVED_NAME, None, spec.mode)
+    # A kotune export is served as trained: kotune renders its prompt (completions), as for
+    # a vLLM server named with @RUN; anything else is asked with messages (its own template).
+    decided = endpoint_model(Probed(name, endpoint, run, run, False), template=template,
+                             default_template=default_template, workers=workers)
+    return LlamaCppModel(**{f: getattr(decided, f) for f in decided.__dataclass_fields__}, file=file, server=server)
+
+
+__all__ = ["LlamaCppModel", "LlamaCppSpec", "PREFIX", "RUN_KEY", "exported_run", "gguf_metadata", "is_llamacpp",
+           "open_llamacpp", "start_server"]
