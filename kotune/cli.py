@@ -383,7 +383,7 @@ def chat(
 @app.command()
 def serve(
     ctx: typer.Context,
-    model: str = typer.Option(..., "--model", help="Base: HF id, folder, builtin:tiny-ko or a kotune output (served under this name and 'base')."),
+    model: str = typer.Option(..., "--model", help="Base: HF id, folder, builtin:tiny-ko or a kotune output (served under this name and 'base'); or llamacpp:FILE.gguf (an exported GGUF, served by llama.cpp's own server)."),
     adapter: Optional[List[str]] = typer.Option(None, "--adapter", help="NAME=PATH of a kotune LoRA output on the same base; repeat or list."),
     host: str = typer.Option(ServeOptions.default("host"), "--host", help="Address to listen on (loopback by default)."),
     port: int = typer.Option(ServeOptions.default("port"), "--port", help="Port to listen on."),

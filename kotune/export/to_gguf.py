@@ -97,4 +97,39 @@ def export_gguf(model_dir: str | Path, output: Path | None = None, *, quant: str
             "llamacpp": f"llamacpp:{target}", **{k: v for k, v in info.items() if k in ("bytes", "types")}}
 
 
-__all__ = ["DEFAULT_QUANT", "export_gguf", "gguf_path"]
+def prompt_fidelity(file: str | Path, model_dir: str | Path, questions: list[str]) -> list[dict[str, Any]]:
+    """Whether llama.cpp prompts as kotune trained, per question: the prompt its chat endpoint
+    renders from the GGUF's chat template (``/apply-template``, for the messages a chat client
+    sends) is kotune's text, its tokens (``/tokenize`` as the chat endpoint tokenizes: special
+    tokens added and parsed) are the training prompt's ids, and a chat request counts as many
+    prompt tokens (no doubled BOS)."""
+    import httpx
+
+    from kotune.model.llamacpp import start_server
+    from kotune.model.templates import encode_prompt
+
+    resolved = resolve(str(model_dir), device="cpu", log=lambda *_: None)
+    template, tokenizer = resolved.template, resolved.tokenizer
+    server = start_server(Path(file), parallel=1)
+    out: list[dict[str, Any]] = []
+    try:
+        with httpx.Client(base_url=server.listening_address, timeout=120) as client:
+            for q in questions:
+                messages = template.messages(q)
+                rendered = client.post("/apply-template", json={"messages": messages}).json()["prompt"]
+                ids = client.post("/tokenize", json={"content": rendered, "add_special": True,
+                                                     "parse_special": True}).json()["tokens"]
+                usage = client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1,
+                                                                  "temperature": 0}).json()["usage"]
+                text = template.prompt(q, tokenizer=tokenizer)
+                want = encode_prompt(tokenizer, text, template)
+                bos = tokenizer.bos_token or ""
+                out.append({"question": q, "same_text": rendered in (text, text.removeprefix(bos) if bos else text),
+                            "same_tokens": ids == want and usage["prompt_tokens"] == len(want),
+                            "tokens": len(want)})
+    finally:
+        del server
+    return out
+
+
+__all__ = ["DEFAULT_QUANT", "export_gguf", "gguf_path", "prompt_fidelity"]

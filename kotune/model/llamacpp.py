@@ -136,9 +136,10 @@ def exported_run(path: str | Path) -> RunInfo | None:
 
 # ---------------------------------------------------------------- the server
 def start_server(file: Path, *, parallel: int = 4, context: int = CONTEXT_PER_SLOT, threads: int | None = None,
-                 name: str = SERVED_NAME) -> Any:
-    """llama.cpp's server on a free local port, in this process (``.listening_address``; deleting the
-    object stops it). Chat requests are rendered with the GGUF's own Jinja chat template."""
+                 name: str = SERVED_NAME, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> Any:
+    """llama.cpp's server in this process, on a free local port unless ``port`` is given
+    (``.listening_address``; deleting the object stops it). Chat requests are rendered with the
+    GGUF's own Jinja chat template."""
     try:
         import xllamacpp
     except ImportError:
@@ -151,6 +152,10 @@ def start_server(file: Path, *, parallel: int = 4, context: int = CONTEXT_PER_SL
     params.cpuparams.n_threads = threads or os.cpu_count() or 1
     params.cpuparams_batch.n_threads = params.cpuparams.n_threads
     params.model_alias = {name}
+    params.hostnames = [host]
+    params.port = port
+    if api_key:
+        params.api_keys = [api_key]
     params.verbosity = -1
     params.warmup = False
     try:
@@ -186,7 +191,7 @@ def open_llamacpp(name: str, spec: LlamaCppSpec, *, template: str | None, defaul
     run = exported_run(file)
     if run is not None and not run.complete:
         raise KotuneError(f"model {name}: the run record in this file is not of a finished run", path=file)
-    server = start_server(file, parallel=min(max(1, workers), 8))
+    server = start_server(file, parallel=min(max(1, workers), 4))  # CPU: more slots only share the same cores
     endpoint = EndpointSpec(server.listening_address + "/v1", SERVED_NAME, None, spec.mode)
     # A kotune export is served as trained: kotune renders its prompt (completions), as for
     # a vLLM server named with @RUN; anything else is asked with messages (its own template).

@@ -369,11 +369,50 @@ def api_key_from_env(var: str | None) -> str | None:
     return key
 
 
+def serve_llamacpp(model: str, adapters: list[tuple[str, str]], opts: ServeOptions, *, log=print) -> None:
+    """``kotune serve --model llamacpp:FILE.gguf``: llama.cpp's own OpenAI-compatible server (the
+    runtime a CPU server runs an exported model with), on ``--host``/``--port`` with ``--api-key-env``,
+    until interrupted. Its chat endpoint renders the GGUF's chat template (the run's prompt);
+    kotune's batching and retrieval options do not apply to it."""
+    import time
+
+    from kotune.model.llamacpp import LlamaCppSpec, SERVED_NAME, exported_run, start_server
+
+    spec = LlamaCppSpec.parse(model)
+    if adapters:
+        raise KotuneError("--adapter: a GGUF file is one merged model; export each run to its own file")
+    if opts.context:
+        raise KotuneError("--context: llama.cpp's server does not retrieve passages; serve the run itself "
+                          "(kotune serve --model RUN) for grounded answers")
+    if not spec.file.is_file():
+        raise KotuneError("no such GGUF file", path=spec.file)
+    key = api_key_from_env(opts.api_key_env)
+    run = exported_run(spec.file)
+    server = start_server(spec.file, parallel=min(opts.max_batch, 8), host=opts.host, port=opts.port, api_key=key)
+    url = server.listening_address + "/v1"
+    log(f"serving {spec.file.name} as {SERVED_NAME!r} with llama.cpp at {url}"
+        + ("; API key required" if key else "; no API key"))
+    if run is not None:
+        log(f"  exported from {run.exported_from.run if run.exported_from else '?'}: template "
+            f"{run.own_template.name if run.own_template else '?'} (its chat template), eos {run.eos_token_ids}")
+        if run.exported_from:
+            log(f"  evaluate it: kotune eval --models 'openai:{url}#{SERVED_NAME}@{run.exported_from.run}' --data ...")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log("stopped")
+    finally:
+        del server
+
+
 def serve(model: str, adapters: list[tuple[str, str]], options: ServeOptions | None = None, *, log=print) -> None:
     """Load the model and adapters once, then run uvicorn with ``kotune serve``'s options until interrupted."""
     import uvicorn
 
     opts = options or ServeOptions()
+    if model.startswith("llamacpp:"):
+        return serve_llamacpp(model, adapters, opts, log=log)
     api_key_from_env(opts.api_key_env)  # an unset variable fails before the model loads
     if opts.context and not Path(opts.context).exists():
         raise KotuneError("no such file", path=opts.context)
