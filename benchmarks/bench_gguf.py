@@ -66,7 +66,7 @@ def main() -> None:
     fidelity = _fidelity(files, model, run)
     eval_dir = work / "eval"
     times["eval"], _ = timed([sys.executable, "-m", "kotune", "eval", "--models", f"kotune={model}",
-                              *[f"{q}=llamacpp:{f}" for q, f in files.items()], "--data", str(run / "test.jsonl"),
+                              *[f"{q}=llamacpp:{f}" for q, f in files.items()], "--questions", str(run / "test.jsonl"),
                               "-o", str(eval_dir)], env, work / "eval.log")
     speed = _speed(files, model, run / "test.jsonl", work)
     publish(section(run, files, fidelity, eval_dir, speed, times, started, load_before), args.write, "gguf")

@@ -26,7 +26,7 @@ def exported(trained_run, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def questions(sample_split) -> list[dict]:
-    return read_jsonl(sample_split[1])[:20]
+    return read_jsonl(sample_split[0])[:20]  # 20 training questions (the test split holds fewer)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_eval_compares_the_run_with_its_gguf_in_process_and_served(exported, tra
     out = tmp_path / "eval"
     with serve_process(["--model", f"llamacpp:{exported}"], tmp_path / "serve.log") as (url, _):
         res = call_cli(["eval", "--models", f"tuned={trained_run}", f"llamacpp:{exported}",
-                        f"served=openai:{url}/v1#kotune@{trained_run}", "--data", sample_split[1], "-o", out,
+                        f"served=openai:{url}/v1#kotune@{trained_run}", "--questions", sample_split[1], "-o", out,
                         "--max-new-tokens", "48"])
     assert res.code == 0, res.err
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
@@ -126,7 +126,7 @@ def test_bad_exports_are_one_line_and_write_nothing(trained_run, tmp_path, monke
     info = json.loads((trained_run / "kotune.json").read_text(encoding="utf-8"))
     (unfinished / "kotune.json").write_text(json.dumps({**info, "status": "running"}), encoding="utf-8")
     res = call_cli(["export", "--model", unfinished, "--format", "gguf", "-o", target])
-    assert res.code == 2 and res.err_lines == [f"error: --model: {unfinished}: training has not finished "
+    assert res.code == 2 and res.err_lines == [f"error: {unfinished}: --model: training has not finished "
                                                 "(status 'running'); finish or --resume it first"]
     # The gguf extra missing: one line naming the install command.
     import sys
@@ -139,7 +139,7 @@ def test_bad_exports_are_one_line_and_write_nothing(trained_run, tmp_path, monke
 
 
 def test_a_gguf_model_that_cannot_run_is_one_line(tmp_path, monkeypatch, sample_split) -> None:
-    res = call_cli(["eval", "--models", f"llamacpp:{tmp_path / 'none.gguf'}", "--data", sample_split[1], "-o",
+    res = call_cli(["eval", "--models", f"llamacpp:{tmp_path / 'none.gguf'}", "--questions", sample_split[1], "-o",
                     tmp_path / "e"])
     assert res.code == 2 and len(res.err_lines) == 1 and "no such GGUF file" in res.err
     bad = tmp_path / "bad.gguf"

@@ -50,6 +50,8 @@ def export_gguf(model_dir: str | Path, output: Path | None = None, *, quant: str
                 overwrite: bool = False, log=print) -> dict[str, Any]:
     """Write the GGUF file and its Modelfile. Returns ``{"kind", "output", "modelfile", "commands", ...}``."""
     try:
+        import gguf  # noqa: F401 - the writer's library, checked before anything loads
+
         from kotune.export.gguf import QUANTS, write_gguf
     except ImportError as e:
         raise KotuneError(f"GGUF export needs the gguf package: pip install 'kotune[gguf]' ({e})") from None

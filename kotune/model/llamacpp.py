@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,13 +157,25 @@ def start_server(file: Path, *, parallel: int = 4, context: int = CONTEXT_PER_SL
     params.port = port
     if api_key:
         params.api_keys = [api_key]
-    params.verbosity = -1
+    params.verbosity = 1  # errors only (the default logs every request)
     params.warmup = False
-    try:
-        return xllamacpp.Server(params)
-    except Exception as e:  # llama.cpp reports a file it cannot load as a runtime error
-        raise KotuneError(f"llama.cpp cannot load this file: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
-                          path=file) from None
+    # llama.cpp says why it cannot load a file only in its log, on the process's stderr (file
+    # descriptor 2), and raises "Failed to init server": the log of the start is caught, so the
+    # one error line says why.
+    with tempfile.TemporaryFile() as caught:
+        saved = os.dup(2)
+        os.dup2(caught.fileno(), 2)
+        try:
+            return xllamacpp.Server(params)
+        except Exception as e:  # noqa: BLE001 - llama.cpp's failure to start, explained below
+            error = str(e).splitlines()[0] if str(e) else type(e).__name__
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        caught.seek(0)
+        log = caught.read().decode("utf-8", errors="replace").splitlines()
+    why = [line.split(": ", 1)[-1].strip() for line in log if " E " in line[:24]]
+    raise KotuneError(f"llama.cpp cannot load this file: {why[0] if why else error}", path=file)
 
 
 @dataclass

@@ -195,9 +195,19 @@ _LAST_USER = ("{%- set ns = namespace(q='') -%}"
 _DOCUMENTS = "{%- for d in documents -%}{%- if not loop.first -%}{{ '\\n\\n' }}{%- endif -%}{{ d['text'] }}{%- endfor -%}"
 
 
+def _quoted(s: str) -> str:
+    """``s`` as a Jinja string literal that Python's jinja2 (transformers, vLLM) and llama.cpp's
+    own Jinja engine (GGUF chat templates, which rejects ``\\u`` escapes) both read back as ``s``:
+    Hangul stays as it is; only quote, backslash, newline, tab and carriage return are escaped."""
+    bad = [c for c in s if ord(c) < 32 and c not in "\n\t\r"]
+    if bad:
+        raise KotuneError(f"a template text holds a control character ({ord(bad[0]):#04x}) no chat template can quote")
+    return json.dumps(s, ensure_ascii=False)
+
+
 def _lit(s: str) -> str:
-    """A Jinja expression printing ``s`` (JSON escapes, so no text is read as Jinja syntax)."""
-    return "{{ " + json.dumps(s, ensure_ascii=True) + " }}" if s else ""
+    """A Jinja expression printing ``s`` (a string literal, so no text is read as Jinja syntax)."""
+    return "{{ " + _quoted(s) + " }}" if s else ""
 
 
 def _as_jinja(text: str, slots: dict[str, str]) -> str | None:
@@ -313,7 +323,7 @@ class ChatFormat(Format):
             return None
         if not template.default_system:
             return own
-        system = json.dumps({"role": "system", "content": template.default_system}, ensure_ascii=True)
+        system = '{"role": "system", "content": ' + _quoted(template.default_system) + "}"
         return ("{%- set ns_kotune = namespace(system=false) -%}"
                 "{%- for m in messages -%}{%- if m['role'] == 'system' -%}{%- set ns_kotune.system = true -%}{%- endif -%}"
                 "{%- endfor -%}"
