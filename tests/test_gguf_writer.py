@@ -269,6 +269,73 @@ def test_chat_template_metadata_and_stop_ids(tiny, tiny_f32):
         assert r["tokens"] == [3] * 8 and r["stop_type"] == "limit"
 
 
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_REGEX = LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")
+TRICKY = ["I've been 'told he's there, 'RE you sure? 3333 33 3.14 1234567", "\n \n\n \t\t  x   \n",
+          "🚀 (normal) 😶‍🌫️ ✅ 🦙🦙", "Hello World! HELLO   world\r\n\r\nok", "가나다 123 abc ABC"]
+
+
+def _split_bpe_tokenizer(regex: str, ignore_merges: bool):
+    """A Llama-3-style tokenizer (Split regex + ByteLevel without regex, BOS added) trained on the corpus."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from kotune.model.loading import corpus_texts
+
+    tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus_texts() + TRICKY * 20, trainer=trainers.BpeTrainer(
+        vocab_size=3000, special_tokens=["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                       special_tokens=[("<|begin_of_text|>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2"])
+def test_split_regex_tokenizers_convert_to_llama_cpp_pre_tokenizers(pre, tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kotune.export.gguf import read_gguf, write_gguf
+
+    tok = _split_bpe_tokenizer(LLAMA3_REGEX if pre == "llama-bpe" else QWEN2_REGEX, ignore_merges=pre == "llama-bpe")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=4, vocab_size=len(tok), bos_token_id=0, eos_token_id=1))
+    path = tmp_path / "model.gguf"
+    write_gguf(model, tok, path, quant="f32", chat_template=None, eos_ids=[1, 2], pad_id=None, log=lambda *a: None)
+    meta, _ = read_gguf(path)
+    assert meta["tokenizer.ggml.pre"] == pre and meta["tokenizer.ggml.add_bos_token"] is True
+    assert meta["tokenizer.ggml.bos_token_id"] == 0 and meta["tokenizer.ggml.eot_token_id"] == 2
+    with llama_server(path) as base:
+        assert [llama_tokens(base, t) for t in PROMPTS + TRICKY] == [tok(t)["input_ids"] for t in PROMPTS + TRICKY]
+
+
+def test_a_pre_tokenizer_llama_cpp_lacks_is_one_error(tmp_path):
+    import torch
+    from tokenizers import pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kotune.export.gguf import write_gguf
+
+    tok = _split_bpe_tokenizer(r"\p{L}+|\p{N}+|\s+|[^\s\p{L}\p{N}]+", ignore_merges=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, vocab_size=len(tok)))
+    path = tmp_path / "model.gguf"
+    with pytest.raises(KotuneError, match="no llama.cpp pre-tokenizer matches the Split regex"):
+        write_gguf(model, tok, path, quant="f32", chat_template=None, eos_ids=[1], pad_id=None)
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    with pytest.raises(KotuneError, match="Metaspace has no llama.cpp equivalent"):
+        write_gguf(model, tok, path, quant="f32", chat_template=None, eos_ids=[1], pad_id=None)
+    assert list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- Gemma 3
 @pytest.fixture(scope="module")
 def gemma(tmp_path_factory):
@@ -347,6 +414,18 @@ def test_gemma_copies_its_tokenizer_and_stops_on_end_of_turn(gemma):
         ids = tok("<start_of_turn>user\n안녕하세요<end_of_turn>\n<start_of_turn>model\n")["input_ids"]
         r = llama_greedy(base, ids, 8, logit_bias=[[eot, 100.0]])
         assert r["tokens"] == [eot] and r["stop_type"] == "eos"
+
+
+@pytest.mark.e2e
+def test_gemma_without_its_source_gguf_is_one_error_and_no_file(gemma, tmp_path):
+    """Gemma's SentencePiece-style vocabulary (BPE with byte fallback) is copied from its GGUF, not converted."""
+    from kotune.export.gguf import write_gguf
+
+    model, tok, *_ = gemma
+    path = tmp_path / "gemma.gguf"
+    with pytest.raises(KotuneError, match="byte fallback"):
+        write_gguf(model, tok, path, quant="q8_0", chat_template=None, eos_ids=[tok.eos_token_id], pad_id=None)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.e2e
