@@ -31,8 +31,8 @@ import ctypes
 import glob
 import importlib.util
 import os
-import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -144,9 +144,8 @@ def write_gguf(model, tokenizer, path: Path, *, quant: str = "f16", chat_templat
                                raw_dtype=qt)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # beside the target (same file system for os.replace); opened by the writer, so it gets the umask's mode
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
