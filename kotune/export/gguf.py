@@ -31,8 +31,8 @@ import ctypes
 import glob
 import importlib.util
 import os
-import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -108,13 +108,14 @@ def write_gguf(model, tokenizer, path: Path, *, quant: str = "f16", chat_templat
                           f"supported: {', '.join(ARCHITECTURES)}")
     if not eos_ids:
         raise KotuneError("GGUF export needs at least one EOS id")
+    if path.is_dir():
+        raise KotuneError("is a folder; give the .gguf file to write", path=path)
     text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     arch = _GGUF_ARCH[model_type]
-    ftype_name, default_name = _FTYPES[quant]
-    ftype = gguf.LlamaFileType[ftype_name]
+    ftype = gguf.LlamaFileType[_FTYPES[quant][0]]
 
     spec = _ARCH_SPECS[arch](text_cfg)  # checks the config before anything is written
-    tensors, tied = _tensor_list(model, arch, text_cfg, spec)
+    tensors = _tensor_list(model, arch, spec)
     n_vocab = next(t.shape[0] for t in tensors if t.name == "token_embd.weight")
     types = plan_tensor_types([(t.name, t.shape) for t in tensors], quant, arch=arch,
                               n_layer=spec["n_layer"], model_70b=spec.get("model_70b", False))
@@ -143,9 +144,8 @@ def write_gguf(model, tokenizer, path: Path, *, quant: str = "f16", chat_templat
                                raw_dtype=qt)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    # beside the target (same file system for os.replace); opened by the writer, so it gets the umask's mode
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
@@ -372,7 +372,7 @@ def _hf_name(name: str) -> str:
     return name
 
 
-def _tensor_list(model, arch: str, cfg, spec: dict) -> tuple[list[_Tensor], bool]:
+def _tensor_list(model, arch: str, spec: dict) -> list[_Tensor]:
     """(GGUF name, shape, loader of the final fp32 numpy array) per tensor, in the converter's order."""
     import gguf
     import numpy as np
@@ -391,8 +391,8 @@ def _tensor_list(model, arch: str, cfg, spec: dict) -> tuple[list[_Tensor], bool
         new = tmap.get_name(src, try_suffixes=(".weight", ".bias"))
         if new is None:
             raise KotuneError(f"GGUF export ({arch}) cannot map the tensor {hf_name!r}")
-        if new == "output.weight" and tied:
-            continue  # llama.cpp duplicates token_embd as the output
+        if new == "output.weight" and tied and arch != "gptneox":
+            continue  # llama.cpp duplicates token_embd as the output (its gptneox requires output.weight)
         if new in seen:
             continue
         seen.add(new)
@@ -406,7 +406,7 @@ def _tensor_list(model, arch: str, cfg, spec: dict) -> tuple[list[_Tensor], bool
                     result.append(_Tensor(nm, (size,), lambda size=size: np.zeros(size, dtype=np.float32)))
     if "token_embd.weight" not in seen:
         raise KotuneError(f"GGUF export ({arch}): the model has no token embedding")
-    return result, tied
+    return result
 
 
 def _loader(value, src: str, arch: str, spec: dict) -> Callable[[], Any]:
@@ -867,7 +867,9 @@ def _write_tokenizer(writer, tokenizer, *, n_vocab: int, source_gguf: Path | Non
         writer.add_eot_token_id(slots[0])
     if len(slots) > 1:
         writer.add_eom_token_id(slots[1])
-    if pad_id is not None and pad_id != stops[0]:
+    if pad_id is not None and int(pad_id) != stops[0]:
+        if not 0 <= int(pad_id) < n_vocab:
+            raise KotuneError(f"pad id {pad_id} is outside the vocabulary of {n_vocab} tokens")
         writer.add_pad_token_id(int(pad_id))
     if chat_template is not None:
         writer.add_chat_template(chat_template)
