@@ -157,3 +157,30 @@ def test_a_gguf_model_that_cannot_run_is_one_line(tmp_path, monkeypatch, sample_
 
     with pytest.raises(KotuneError, match=r"pip install 'kotune\[llamacpp\]'"):
         start_server(bad)
+
+
+def test_the_studio_chats_with_a_gguf_under_its_root_only(exported, tuned, tmp_path) -> None:
+    """``llamacpp:PATH.gguf`` in the studio's chat: a file under ROOT answers (streamed, the run's
+    template); a path outside ROOT is refused before anything loads."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from kotune.model.access import GenerationSettings
+    from kotune.studio.app import create_app
+
+    root = tmp_path / "root"
+    (root / "exports").mkdir(parents=True)
+    shutil.copy(exported, root / "exports" / "tiny.gguf")
+    c = TestClient(create_app(root), base_url="http://127.0.0.1")
+    headers = {"X-Kotune-Studio": "1"}
+    question = "국가초고성능컴퓨팅 기본계획은 무엇인가요?"
+    with c.stream("POST", "/api/chat", json={"model": "llamacpp:exports/tiny.gguf", "question": question,
+                                             "max_tokens": 48}, headers=headers) as res:
+        assert res.status_code == 200
+        events = [json.loads(line[5:]) for line in res.iter_lines() if line.startswith("data:")]
+    ours = tuned.answer([tuned.prompt(question)], GenerationSettings(max_new_tokens=48))[0]
+    assert events[0]["template"] == tuned.template.name
+    assert "".join(e["text"] for e in events if "text" in e).strip() == ours.text
+    res = c.post("/api/chat", json={"model": f"llamacpp:../{exported.name}", "question": question}, headers=headers)
+    assert res.status_code in (400, 403) and "outside" in res.text
