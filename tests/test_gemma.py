@@ -127,6 +127,31 @@ def test_exported_chat_template_renders_the_training_prompt_byte_for_byte(merged
         assert tok(rendered, add_special_tokens=False)["input_ids"] == encode_prompt(tok, prompt, template)
 
 
+def test_gguf_export_prompts_as_trained_and_stops_where_kotune_stops(gemma_run, evaluation, data, tmp_path):
+    """The run as a Q8_0 GGUF in llama.cpp: for 20 questions its chat template renders kotune's
+    prompt token for token (Gemma adds BOS), and it stops at EOS where kotune's answers stop."""
+    from kotune.export.to_gguf import prompt_fidelity
+    from kotune.model.access import GenerationSettings, open_model
+
+    out = tmp_path / "civil.gguf"
+    res = call_cli(["export", "--model", gemma_run, "--format", "gguf", "-o", out])  # q8_0 by default
+    assert res.code == 0, res.err
+    train = [json.loads(line)["instruction"] for line in data[0].read_text(encoding="utf-8").splitlines()]
+    held = [json.loads(line)["question"] for line in data[1].read_text(encoding="utf-8").splitlines()]
+    checks = prompt_fidelity(out, gemma_run, (train + held)[:20])
+    assert len(checks) == 20 and all(c["same_text"] and c["same_tokens"] for c in checks), checks
+    ours = {json.loads(line)["question"]: json.loads(line)["answers"]["tuned"]
+            for line in (evaluation / "responses.jsonl").read_text(encoding="utf-8").splitlines()}
+    gguf = open_model(f"llamacpp:{out}")
+    try:
+        theirs = gguf.answer([gguf.prompt(q) for q in held], GenerationSettings(max_new_tokens=int(MAX_NEW)))
+    finally:
+        gguf.close()
+    stopped = [q for q in held if ours[q]["finish_reason"] == "eos"]
+    assert len(stopped) >= 9
+    assert sum(a.finish_reason == "eos" for q, a in zip(held, theirs) if q in stopped) >= 0.9 * len(stopped)
+
+
 def test_serve_answers_the_openai_client_and_stops_on_gemmas_eos(gemma_run, data, tmp_path):
     openai = pytest.importorskip("openai")
     question = json.loads(data[1].read_text(encoding="utf-8").splitlines()[0])["question"]

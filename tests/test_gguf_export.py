@@ -184,3 +184,14 @@ def test_the_studio_chats_with_a_gguf_under_its_root_only(exported, tuned, tmp_p
     assert "".join(e["text"] for e in events if "text" in e).strip() == ours.text
     res = c.post("/api/chat", json={"model": f"llamacpp:../{exported.name}", "question": question}, headers=headers)
     assert res.status_code in (400, 403) and "outside" in res.text
+
+
+def test_re_quantizing_a_low_bit_base_to_low_bits_is_warned() -> None:
+    """A base from a 4-bit GGUF (Gemma's Q4_K_M, file type 15) re-quantized to 4-6 bits loses the
+    tuning (benchmarks/RESULTS.md): export says so; 8 bits and more, or a full-precision base, do not."""
+    from kotune.export.to_gguf import requantize_warning
+
+    assert "Q4_K_M GGUF file; re-quantizing to q4_k_m" in requantize_warning(15, "q4_k_m")
+    assert requantize_warning(15, "q5_0") is not None
+    assert requantize_warning(15, "q8_0") is None and requantize_warning(15, "f16") is None
+    assert requantize_warning(None, "q4_k_m") is None and requantize_warning(1, "q4_0") is None  # from F16

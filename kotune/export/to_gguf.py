@@ -26,7 +26,7 @@ from typing import Any
 from kotune.errors import KotuneError
 from kotune.export.modelfile import modelfile, ollama_name
 from kotune.io import atomic_writer
-from kotune.model.llamacpp import RUN_KEY
+from kotune.model.llamacpp import RUN_KEY, gguf_metadata
 from kotune.model.resolve import load_model, resolve, source_gguf
 from kotune.model.runinfo import RunInfo
 
@@ -46,6 +46,31 @@ def gguf_path(src: Path, output: Path | None, quant: str) -> Path:
     return output
 
 
+FULL_PRECISION = ("f32", "f16", "bf16", "q8_0")
+"""Quants that keep a fine-tuning's small weight changes (8 bits or more)."""
+
+
+def requantize_warning(source_file_type: int | None, quant: str) -> str | None:
+    """The warning for re-quantizing a base that came from a low-bit GGUF to low bits again: the
+    base weights sit exactly on that file's grid and a LoRA's changes are mostly smaller than one
+    step of a 4-6-bit grid, so rounding puts most weights back where the base had them. Measured
+    on Gemma-3-270M (from its Q4_K_M file, policy recipe): q4_k_m lost the tuning (answers never
+    stopped, ROUGE-L 84 → 18) while q8_0 kept it (benchmarks/RESULTS.md)."""
+    import gguf
+
+    if source_file_type is None or quant in FULL_PRECISION:
+        return None
+    try:
+        source = gguf.LlamaFileType(int(source_file_type)).name.removeprefix("MOSTLY_")
+    except ValueError:
+        return None
+    if source in ("ALL_F32", "F16", "BF16", "Q8_0"):
+        return None
+    return (f"warning: the base came from a {source} GGUF file; re-quantizing to {quant} rounds most of the "
+            "fine-tuning's weight changes back onto the base's grid (measured on Gemma-3-270M: q4_k_m answers "
+            "as the untuned base). Export q8_0 or f16 for a tuned model.")
+
+
 def export_gguf(model_dir: str | Path, output: Path | None = None, *, quant: str = DEFAULT_QUANT,
                 overwrite: bool = False, log=print) -> dict[str, Any]:
     """Write the GGUF file and its Modelfile. Returns ``{"kind", "output", "modelfile", "commands", ...}``."""
@@ -59,12 +84,17 @@ def export_gguf(model_dir: str | Path, output: Path | None = None, *, quant: str
     run = RunInfo.finished(src, option="--model")
     if quant not in QUANTS:
         raise KotuneError(f"--quant {quant}: not supported; one of {', '.join(QUANTS)}")
+    resolved = resolve(str(src), device="cpu", log=log)
+    source = source_gguf(resolved.ref)
+    warning = requantize_warning(gguf_metadata(source, ("general.file_type",)).get("general.file_type")
+                                 if source else None, quant)
+    if warning:
+        log(warning)
     target = gguf_path(src, output, quant)
     mfile = target.with_suffix(".Modelfile")
     for p in (target, mfile):
         if p.exists() and not overwrite:
             raise KotuneError("already exists (use --overwrite to replace it)", path=p)
-    resolved = resolve(str(src), device="cpu", log=log)
     template, tokenizer, eos = resolved.template, resolved.tokenizer, list(resolved.eos_ids)
     if template.needs_context:
         log("note: this grounded run answers from passages; Ollama has no retrieval, so the Modelfile asks questions "
@@ -86,7 +116,7 @@ def export_gguf(model_dir: str | Path, output: Path | None = None, *, quant: str
     log(f"writing {target} ({quant}) ...")
     target.parent.mkdir(parents=True, exist_ok=True)
     info = write_gguf(model, tokenizer, target, quant=quant, chat_template=template.chat_template(tokenizer),
-                      eos_ids=eos, pad_id=pad, source_gguf=source_gguf(resolved.ref),
+                      eos_ids=eos, pad_id=pad, source_gguf=source,
                       name=src.resolve().name, metadata={RUN_KEY: json.dumps(record.to_dict(), ensure_ascii=False)},
                       log=log)
     with atomic_writer(mfile) as f:
@@ -134,4 +164,4 @@ def prompt_fidelity(file: str | Path, model_dir: str | Path, questions: list[str
     return out
 
 
-__all__ = ["DEFAULT_QUANT", "export_gguf", "gguf_path", "prompt_fidelity"]
+__all__ = ["DEFAULT_QUANT", "FULL_PRECISION", "export_gguf", "gguf_path", "prompt_fidelity", "requantize_warning"]
