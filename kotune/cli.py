@@ -13,7 +13,7 @@ import typer
 from kotune import __version__
 from kotune.errors import KotuneError
 from kotune.eval.closed_book import UNSUPPORTED_LIMIT
-from kotune.options import (BATCHING_NAMES, EXPORT_DTYPES, EXPORT_FORMATS, LOSS_ON, METHODS, PAD_TOKENS, PREFERENCE_METHODS,
+from kotune.options import (BATCHING_NAMES, EXPORT_DTYPES, EXPORT_FORMATS, GGUF_QUANTS, LOSS_ON, METHODS, PAD_TOKENS, PREFERENCE_METHODS,
                             PRESET_NAMES, REPORT_TO, SCHEDULER_NAMES, SERVE_BATCHING, TEMPLATE_NAMES, ChatOptions,
                             DoctorOptions, EvalOptions, ExportOptions, GenerateOptions, PairsOptions, PrepareOptions,
                             RunOptions, ScoreOptions, ServeOptions, SplitOptions, StudioOptions, TrainOptions,
@@ -430,10 +430,11 @@ def studio(
 
 @app.command()
 def export(
+    ctx: typer.Context,
     model: Path = typer.Option(..., "--model", help="A kotune output folder (LoRA, QLoRA or full)."),
     output: Optional[Path] = typer.Option(ExportOptions.default("output"), "--output", "-o", help="hf: folder for the merged model (needed with --merge). gguf: the .gguf file, or a folder for RUN.QUANT.gguf (default: beside the run folder)."),
     format: str = typer.Option(ExportOptions.default("format"), "--format", help=f"{_choices(EXPORT_FORMATS)}: a transformers/vLLM folder, or one GGUF file for llama.cpp and Ollama (with a Modelfile)."),
-    quant: Optional[str] = typer.Option(ExportOptions.default("quant"), "--quant", help="GGUF tensor type: f32, f16, bf16, q8_0 (default), q4_0, q5_0, q4_k_m, ... (llama.cpp's names)."),
+    quant: str = typer.Option(ExportOptions.default("quant"), "--quant", help=f"GGUF tensor type ({_choices(GGUF_QUANTS)}: llama.cpp's names). q8_0 keeps a fine-tuning; 4-6 bits may not (README)."),
     merge: bool = typer.Option(ExportOptions.default("merge"), "--merge/--no-merge", help="Merge the adapter into the base (default) or print the vLLM LoRA command."),
     name: Optional[str] = typer.Option(ExportOptions.default("name"), "--name", help="Adapter name for --no-merge (default: the folder name)."),
     dtype: str = typer.Option(ExportOptions.default("dtype"), "--dtype", help=f"{_choices(EXPORT_DTYPES)} for the merged weights (auto: the base's)."),
@@ -442,31 +443,19 @@ def export(
     """A merged, standalone model: a folder (safetensors + tokenizer + generation_config + kotune.json) for vLLM and
     plain transformers, or (--format gguf) one GGUF file with the run's chat template and stop tokens, plus an Ollama Modelfile."""
     opts = ExportOptions.check(dict(output=str(output) if output else None, merge=merge, name=name, dtype=dtype,
-                                    overwrite=overwrite, format=format, quant=quant))
-    log = lambda m: console.print(m, markup=False)  # noqa: E731
-    _quiet_libraries()
-    if opts.format == "gguf":
-        if not opts.merge:
-            raise KotuneError("--format gguf writes a merged model; --no-merge applies to --format hf (vLLM LoRA)")
-        if opts.dtype != "auto":
-            raise KotuneError("--dtype applies to --format hf; a GGUF file's tensor type is --quant")
-        from kotune.export.to_gguf import DEFAULT_QUANT, export_gguf
+                                    overwrite=overwrite, format=format, **_given(ctx, quant=quant)))
+    from kotune.export import export as run_export
 
-        result = export_gguf(model, Path(opts.output) if opts.output else None, quant=opts.quant or DEFAULT_QUANT,
-                             overwrite=opts.overwrite, log=log)
+    _quiet_libraries()
+    result = run_export(model, opts, log=lambda m: console.print(m, markup=False))
+    if result["kind"] == "gguf":
         done(f"GGUF ({result['bytes'] / 2**20:.0f} MiB) → {result['output']}; Ollama Modelfile → {result['modelfile']}")
         console.print("run it with Ollama:", markup=False)
         for c in result["commands"]:
-            typer.echo(c)
+            typer.echo(c)  # stdout: the lines a script wants
         console.print(f"or evaluate it with llama.cpp: kotune eval --models {shlex.quote(result['llamacpp'])} ...",
                       markup=False)
         return
-    if opts.quant is not None:
-        raise KotuneError("--quant applies to --format gguf")
-    from kotune.export.merged import export as run_export
-
-    result = run_export(model, Path(opts.output) if opts.output else None, merge=opts.merge, name=opts.name,
-                        dtype=opts.dtype, overwrite=opts.overwrite, log=log)
     if result["kind"] in ("merged", "copied"):
         done(f"{result['kind']} model → {result['output']}")
     console.print("serve it with vLLM:", markup=False)

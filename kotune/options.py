@@ -47,6 +47,8 @@ PAD_TOKENS = ("tokenizer", "eos")                       # doctor: the setup's pa
 LOSS_ON = ("answer", "full")                            # doctor: which tokens the setup's loss covers
 EXPORT_DTYPES = ("auto", "float32", "bfloat16", "float16")  # export: the merged weights' dtype (auto: the base's)
 EXPORT_FORMATS = ("hf", "gguf")  # export: a transformers/vLLM folder, or one GGUF file (llama.cpp, Ollama)
+GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0")  # kotune.export.gguf.QUANTS' names
+GGUF_QUANT = "q8_0"  # export --format gguf: the default tensor type (keeps a fine-tuning's changes)
 
 # ---------------------------------------------------------------- settings several commands share, declared once
 TopK = Annotated[int, Field(3, ge=1)]                          # passages retrieved per question
@@ -335,7 +337,7 @@ class ExportOptions(Options):
     dtype: Literal[EXPORT_DTYPES] = "auto"  # type: ignore[valid-type]
     overwrite: bool = False                   # replace an earlier export in output
     format: Literal[EXPORT_FORMATS] = "hf"    # type: ignore[valid-type]
-    quant: Optional[str] = None               # GGUF tensor type (kotune.export.gguf.QUANTS checks it; default q8_0)
+    quant: Literal[GGUF_QUANTS] = GGUF_QUANT  # type: ignore[valid-type]  # GGUF tensor type
 
 
 class RunOptions(Options):
@@ -360,7 +362,7 @@ class RunOptions(Options):
         return [*self.set, *(f"{key}={value}" for key, value in given if value is not None)]
 
 
-__all__ = ["problem", "Abstention", "BATCHING_NAMES", "ChatOptions", "DoctorOptions", "EvalOptions", "EXPORT_DTYPES", "EXPORT_FORMATS", "ExportOptions",
+__all__ = ["problem", "Abstention", "BATCHING_NAMES", "ChatOptions", "DoctorOptions", "EvalOptions", "EXPORT_DTYPES", "EXPORT_FORMATS", "ExportOptions", "GGUF_QUANT", "GGUF_QUANTS",
            "GenerateOptions", "LOSS_ON", "METHODS", "Options", "PAD_TOKENS", "PairsOptions", "PREFERENCE_METHODS",
            "PRESET_NAMES", "PRESETS", "PrepareOptions", "REPORT_TO", "RunOptions", "SCHEDULER_NAMES", "ScoreOptions",
            "SERVE_BATCHING", "ServeOptions", "SplitOptions", "StudioOptions", "TEMPLATE_NAMES", "TrainOptions",

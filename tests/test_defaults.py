@@ -90,7 +90,7 @@ def _functions() -> dict[str, list[tuple[str, Callable[..., Any], dict[str, str]
     from kotune.data.http_teacher import OpenAITeacher
     from kotune.data.local_teacher import LocalTeacher
     from kotune.eval import evaluate, pairs
-    from kotune.export import merged
+    from kotune.export import merged, to_gguf
     from kotune.serve import chat, engine, server
     from kotune.studio import app as studio
 
@@ -116,7 +116,7 @@ def _functions() -> dict[str, list[tuple[str, Callable[..., Any], dict[str, str]
         "serve": [f(server.serve), f(server.create_app), f(engine.Engine.__init__), f(engine.Batcher.__init__),
                   f(engine.LiveBatcher.__init__)],
         "studio": [f(studio.run_studio)],
-        "export": [f(merged.export, model_dir="model")],
+        "export": [f(merged.export, model_dir="model"), f(to_gguf.export_gguf, model_dir="model")],
         "run": [f(plan.load_run), f(plan.load_recipe, overrides="set"), f(plan.Plan.output, given="output"),
                 f(plan.run_recipe)],
         "score": [f(steps.score)],
@@ -156,7 +156,7 @@ ENTRY = {  # command → (module, attribute the command calls, its command line 
     "chat": ("kotune.serve.chat", "run_chat", ["chat", "--model", "m"]),
     "serve": ("kotune.serve.server", "serve", ["serve", "--model", "m"]),
     "studio": ("kotune.studio.app", "run_studio", ["studio"]),
-    "export": ("kotune.export.merged", "export", ["export", "--model", "m"]),
+    "export": ("kotune.export", "export", ["export", "--model", "m"]),
     "run": ("kotune.recipe.plan", "load_run", ["run", "recipe.yaml"]),
     "score": ("kotune.recipe.steps", "score", ["score", "p.jsonl", "-o", "s.json"]),
 }

@@ -87,7 +87,7 @@ def test_the_enum_and_range_tables_are_not_empty() -> None:
                                               "pad_token", "loss_on"}
     assert len(RANGES) >= 20
     assert {(c, f) for c, f, _, kind in COMMAND_CHECKS if kind == "enum"} == {("serve", "batching"), ("export", "dtype"),
-                                                                                      ("export", "format")}
+                                                                                      ("export", "format"), ("export", "quant")}
     assert {("studio", "port"), ("run", "epochs")} <= {(c, f) for c, f, _, kind in COMMAND_CHECKS if kind == "range"}
     assert len([1 for *_, kind in COMMAND_CHECKS if kind == "range"]) >= 12
 

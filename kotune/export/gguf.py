@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kotune.errors import KotuneError
+from kotune.options import GGUF_QUANTS
 from kotune.model.llamacpp import read_gguf_raw
 
 # --quant name -> one-line description
@@ -52,6 +53,9 @@ QUANTS: dict[str, str] = {
     "q4_k_m": "4-bit K-quant mix (Q4_K_M, llama.cpp's usual choice: Q6_K for output, some attn_v/ffn_down)",
     "q4_0": "4-bit (Q4_0), output Q6_K/Q8_0",
 }
+
+if tuple(QUANTS) != GGUF_QUANTS:  # the command line's --quant choices (kotune.options) are these names
+    raise ImportError("kotune.options.GGUF_QUANTS and kotune.export.gguf.QUANTS disagree")
 
 # transformers model_type values this writer converts
 ARCHITECTURES: tuple[str, ...] = ("gemma3", "gemma3_text", "gpt_neox", "llama")

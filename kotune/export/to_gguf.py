@@ -29,8 +29,9 @@ from kotune.io import atomic_writer
 from kotune.model.llamacpp import RUN_KEY, gguf_metadata
 from kotune.model.resolve import load_model, resolve, source_gguf
 from kotune.model.runinfo import RunInfo
+from kotune.options import GGUF_QUANT
 
-DEFAULT_QUANT = "q8_0"
+DEFAULT_QUANT = GGUF_QUANT
 
 
 def gguf_path(src: Path, output: Path | None, quant: str) -> Path:
