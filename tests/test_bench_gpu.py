@@ -43,7 +43,7 @@ def test_smoke_run_on_cpu_writes_every_row(tmp_path):
     out = tmp_path / "RESULTS.md"
     out.write_text("# Benchmark results\n\n<!-- bench_gpu:start -->\npending\n<!-- bench_gpu:end -->\n", encoding="utf-8")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--preset", "tiny", "--allow-cpu", "--repeats", "1",
-                           "--samples", "16", "--batch", "4", "--long-samples", "1", "--write", str(out)],
+                           "--samples", "8", "--batch", "4", "--long-samples", "1", "--write", str(out)],
                           capture_output=True, text=True, env={**_subprocess_env(), "CUDA_VISIBLE_DEVICES": ""},
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
