@@ -51,6 +51,7 @@ bench-real: install
 	$(BIN)/python benchmarks/bench_seed004.py --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_preference.py --profile gemma --write benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/bench_grounded.py --write benchmarks/RESULTS.md
+	$(BIN)/python benchmarks/bench_gguf.py --write benchmarks/RESULTS.md
 
 # On a machine with a CUDA GPU: LoRA/QLoRA on the Polyglot-ko-1.3B and Llama-3-Open-Ko-8B configs
 # (estimated 30-45 min on an H200; not run on one yet).
