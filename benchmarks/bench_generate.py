@@ -15,21 +15,19 @@ benchmarks/RESULTS.md between markers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import date
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from common import machine, publish  # noqa: E402
+from common import kotune_serve, machine, publish  # noqa: E402
 
 
 def questions(n: int) -> list[str]:
@@ -41,31 +39,6 @@ def questions(n: int) -> list[str]:
     teacher = RuleTeacher()
     qs = [r.instruction for c in chunks for r in teacher.generate(c.to_dict(), 8)]
     return (qs * (n // max(len(qs), 1) + 1))[:n]
-
-
-class _serve:
-    """`python -m kotune serve --model MODEL` on a free loopback port, up once /health answers."""
-
-    def __init__(self, model: str):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "kotune", "serve", "--model", model, "--port", str(port)],
-                                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2):
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    sys.exit(f"kotune serve exited with {self.proc.returncode}")
-                time.sleep(0.5)
-        sys.exit("kotune serve did not come up")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
 
 
 def main() -> None:
@@ -103,10 +76,11 @@ def main() -> None:
     def kotune_batched():
         return [a.text for a in gen.generate(prompts, settings, batch_size=args.batch_size)]
 
-    server = _serve(args.model)
+    stack = contextlib.ExitStack()
+    served = stack.enter_context(kotune_serve(["--model", args.model]))
     from kotune.model.access import open_model
 
-    ep = open_model(f"openai:{server.url}/v1#{args.model}", name="served", template="kotune", workers=args.workers)
+    ep = open_model(f"openai:{served}/v1#{args.model}", name="served", template="kotune", workers=args.workers)
     assert ep.mode == "completions", ep.mode
     work = Path(tempfile.mkdtemp(prefix="kotune-bench-gen-"))
 
@@ -125,7 +99,7 @@ def main() -> None:
             t = time.perf_counter()
             outputs[name] = fn()
             times[name].append(time.perf_counter() - t)
-    server.stop()
+    stack.close()
     shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med["seed loop (pipeline, one at a time)"]

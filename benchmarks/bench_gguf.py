@@ -24,14 +24,14 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, header, load1, publish, timed_process as timed  # noqa: E402
+from common import header, kotune_serve, load1, publish, timed_process as timed  # noqa: E402
 
 CONCURRENCY = 4
 MAX_TOKENS = 128
@@ -125,36 +125,11 @@ def _speed(files: dict[str, Path], model: Path, test: Path, work: Path) -> dict[
             out[f"llama.cpp {quant}"] = asyncio.run(_tokens_per_second(server.listening_address, "kotune", prompts))
         finally:
             del server
-    out["kotune serve"] = _kotune_serve(model, prompts, work)
-    return out
-
-
-def _kotune_serve(model: Path, prompts: list[str], work: Path) -> tuple[float, int, float]:
-    import socket
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    with open(work / "serve.log", "w", encoding="utf-8") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "kotune", "serve", "--model", str(model), "--port", str(port)],
-                                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=5):
-                    break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"kotune serve exited; see {work / 'serve.log'}")
-                time.sleep(0.5)
+    with kotune_serve(["--model", str(model)], work / "serve.log", timeout=300) as url:
         with urllib.request.urlopen(url + "/v1/models", timeout=30) as r:
             name = json.load(r)["data"][0]["id"]
-        return asyncio.run(_tokens_per_second(url, name, prompts))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        out["kotune serve"] = asyncio.run(_tokens_per_second(url, name, prompts))
+    return out
 
 
 # ---------------------------------------------------------------- the section

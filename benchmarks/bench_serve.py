@@ -26,18 +26,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, header, load1, publish  # noqa: E402
+from common import ROOT, header, kotune_serve, load1, publish  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 QUESTIONS = ["국가초고성능컴퓨팅 육성 기본계획의 목표는 무엇인가요?", "국가센터의 역할은 무엇인가요?",
@@ -45,44 +41,13 @@ QUESTIONS = ["국가초고성능컴퓨팅 육성 기본계획의 목표는 무�
              "전문센터는 어떤 분야를 맡나요?", "2030년까지의 목표 성능은 얼마인가요?", "추진 체계를 설명해 주세요."]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(port: int, adapters: list[str], max_batch: int, log: Path, batching: str = "continuous"):
-    """``kotune serve`` in a subprocess, until the block ends (then stopped)."""
-    import httpx
-
-    cmd = [sys.executable, "-m", "kotune", "serve", "--model", "builtin:tiny-ko", "--port", str(port),
-           "--max-batch", str(max_batch), "--batching", batching]
+def running_server(adapters: list[str], max_batch: int, log: Path, batching: str = "continuous"):
+    """``kotune serve`` of builtin:tiny-ko (and ``adapters``) in a subprocess, until the block ends
+    (yields its base URL)."""
+    args = ["--model", "builtin:tiny-ko", "--max-batch", str(max_batch), "--batching", batching]
     for a in adapters:
-        cmd += ["--adapter", a]
-    with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"kotune serve exited ({proc.returncode}); see {log}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"kotune serve did not start in 180 s; see {log}")
-            time.sleep(0.3)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        args += ["--adapter", a]
+    return kotune_serve(args, log)
 
 
 async def chat_load(url: str, model: str, n: int, concurrent: bool, max_tokens: int) -> dict:
@@ -162,8 +127,6 @@ def main() -> None:
     from kotune.korean import kiwi
 
     kiwi().tokenize("워밍업 문장입니다.")  # Kiwi's first call takes seconds; keep it out of the timings
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/v1"
     load_before, started = load1(), time.time()
     with tempfile.TemporaryDirectory() as tmp:
         if args.teacher_adapter:
@@ -180,8 +143,9 @@ def main() -> None:
                       for k in range(args.chunks)]
         runs: dict[str, dict] = {}
         for batching in args.batching:
-            with running_server(port, [*args.adapter, f"teacher={adapter}"], args.max_batch,
-                                Path(tmp) / f"serve-{batching}.log", batching):
+            with running_server([*args.adapter, f"teacher={adapter}"], args.max_batch,
+                                Path(tmp) / f"serve-{batching}.log", batching) as base:
+                url = base + "/v1"
                 asyncio.run(chat_load(url, args.model, 4, True, 8))  # warm-up: first batches allocate
                 seq = asyncio.run(chat_load(url, args.model, args.requests, False, args.max_tokens))
                 print(f"[{batching}] chat one at a time: {seq['wall']:.1f} s", flush=True)

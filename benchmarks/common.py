@@ -7,12 +7,14 @@ its own section and leaves the others alone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 TITLE = ("# Benchmark results\n\nEach section is written by the script it names, with the command that produced it; "
@@ -99,6 +101,45 @@ def publish(body: str, path: Path | None, name: str) -> None:
     if path:
         write_section(path, name, body)
         print(f"wrote {path}")
+
+
+@contextlib.contextmanager
+def kotune_serve(args: list[str], log: Path | None = None, timeout: float = 180) -> Iterator[str]:
+    """``python -m kotune serve ARGS`` on a free loopback port, its output to ``log``; yields the base
+    URL once ``/health`` answers and stops the server when the block ends."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    out = open(log, "w", encoding="utf-8") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "kotune", "serve", *args, "--port", str(port)], cwd=ROOT,
+                            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"kotune serve exited ({proc.returncode})" + (f"; see {log}" if log else ""))
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"kotune serve did not start in {timeout:.0f} s" + (f"; see {log}" if log else ""))
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log:
+            out.close()
 
 
 def timed_process(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float]:

@@ -180,16 +180,25 @@ def _finish_tokenizer(tokenizer, template: Template) -> None:
         tokenizer.chat_template = jinja
 
 
-def _merge(src: Path, dest: Path, resolved: Resolved, dtype: str, log) -> dict[str, Any]:
+def load_merged(resolved: Resolved, torch_dtype):
+    """The run's whole model in ``torch_dtype``: its adapter (if any) merged into the base
+    (``merge_and_unload``), or a full fine-tune as it is. What every export format writes."""
     import torch
 
+    adapter = resolved.ref.adapter
+    with torch.no_grad():
+        model = load_model(resolved.ref.base, resolved.load, adapters=[("default", adapter)] if adapter else [],
+                           vocab=len(resolved.tokenizer), dtype=torch_dtype)
+        if adapter:
+            model = model.merge_and_unload()
+    return model.eval()
+
+
+def _merge(src: Path, dest: Path, resolved: Resolved, dtype: str, log) -> dict[str, Any]:
     run, base, tokenizer = resolved.run, resolved.ref.base, resolved.tokenizer
     torch_dtype = _torch_dtype(dtype, base)
     log(f"merging {src} into {run.base_model or base} ({str(torch_dtype).replace('torch.', '')}) ...")
-    with torch.no_grad():
-        model = load_model(base, resolved.load, adapters=[("default", str(src))], vocab=len(tokenizer),
-                           dtype=torch_dtype).merge_and_unload()
-    model.eval()
+    model = load_merged(resolved, torch_dtype)
     eos, pad = resolved.eos_ids, tokenizer.pad_token_id
     _save_generation_config(model, eos, pad)
     model.save_pretrained(str(dest))

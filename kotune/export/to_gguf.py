@@ -27,7 +27,8 @@ from kotune.errors import KotuneError
 from kotune.export.modelfile import modelfile, ollama_name
 from kotune.io import atomic_writer
 from kotune.model.llamacpp import RUN_KEY, gguf_metadata
-from kotune.model.resolve import load_model, resolve, source_gguf
+from kotune.export.merged import load_merged
+from kotune.model.resolve import resolve, source_gguf
 from kotune.model.runinfo import RunInfo
 from kotune.options import GGUF_QUANT
 
@@ -103,15 +104,9 @@ def export_gguf(model_dir: str | Path, output: Path | None = None, *, quant: str
 
     import torch
 
-    adapter = resolved.ref.adapter
-    log(f"loading {run.base_model or resolved.ref.base}" + (" and merging the adapter" if adapter else "")
+    log(f"loading {run.base_model or resolved.ref.base}" + (" and merging the adapter" if resolved.ref.adapter else "")
         + " in float32 ...")
-    with torch.no_grad():
-        model = load_model(resolved.ref.base, resolved.load, adapters=[("default", adapter)] if adapter else [],
-                           vocab=len(tokenizer), dtype=torch.float32)
-        if adapter:
-            model = model.merge_and_unload()
-    model.eval()
+    model = load_merged(resolved, torch.float32)
     pad = tokenizer.pad_token_id
     record = run.exported(src, "gguf", eos, pad)
     log(f"writing {target} ({quant}) ...")

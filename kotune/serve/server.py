@@ -396,7 +396,8 @@ def serve_llamacpp(model: str, adapters: list[tuple[str, str]], opts: ServeOptio
         log(f"  exported from {run.exported_from.run if run.exported_from else '?'}: template "
             f"{run.own_template.name if run.own_template else '?'} (its chat template), eos {run.eos_token_ids}")
         if run.exported_from:
-            log(f"  evaluate it: kotune eval --models 'openai:{url}#{SERVED_NAME}@{run.exported_from.run}' --data ...")
+            log(f"  evaluate it: kotune eval --models 'openai:{url}#{SERVED_NAME}@{run.exported_from.run}' "
+                "--questions QUESTIONS.jsonl -o EVAL" + (f" --api-key-env {opts.api_key_env}" if key else ""))
     try:
         while True:
             time.sleep(3600)
