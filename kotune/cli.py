@@ -13,7 +13,7 @@ import typer
 from kotune import __version__
 from kotune.errors import KotuneError
 from kotune.eval.closed_book import UNSUPPORTED_LIMIT
-from kotune.options import (BATCHING_NAMES, EXPORT_DTYPES, EXPORT_FORMATS, GGUF_QUANTS, LOSS_ON, METHODS, PAD_TOKENS, PREFERENCE_METHODS,
+from kotune.options import (BATCHING_NAMES, EXPORT_DTYPES, EXPORT_FORMATS, GGUF_QUANTS, LOSS_ON, METHODS, PAD_TOKENS, PREFERENCE_METHODS, RL_METHODS, TRAIN_METHODS, GRPO_PRESETS,
                             PRESET_NAMES, REPORT_TO, SCHEDULER_NAMES, SERVE_BATCHING, TEMPLATE_NAMES, ChatOptions,
                             DoctorOptions, EvalOptions, ExportOptions, GenerateOptions, PairsOptions, PrepareOptions,
                             RunOptions, ScoreOptions, ServeOptions, SplitOptions, StudioOptions, TrainOptions,
@@ -179,19 +179,22 @@ def split(
 @app.command()
 def train(
     base_model: Optional[str] = typer.Option(None, "--base-model", "--base_model", help=f"HF id, local folder, .gguf file, builtin:tiny-ko or builtin:gemma-3-270m (default {TrainOptions.default_base_model}; with --from, the run's base)."),
-    data: Path = typer.Option(..., "--data", "--data_path", "--data-path", help="Training records (.jsonl .json .csv); for preference methods, pairs {instruction, chosen, rejected} (or TRL's formats) or labelled answers {prompt, completion, label} (KTO)."),
+    data: Path = typer.Option(..., "--data", "--data_path", "--data-path", help="Training records (.jsonl .json .csv); for preference methods, pairs {instruction, chosen, rejected} (or TRL's formats) or labelled answers {prompt, completion, label} (KTO); for grpo, questions as kotune eval reads them {question, reference, keywords, answerable}."),
     output_dir: Path = typer.Option(..., "--output-dir", "--output_dir", "-o", help="Run folder: adapter, tokenizer, kotune.json."),
-    method: str = typer.Option(TrainOptions.default("method"), "--method", help=f"{_choices(METHODS)} (qlora: 4-bit NF4); or preference tuning: {_choices(PREFERENCE_METHODS)}."),
-    from_run: Optional[Path] = typer.Option(None, "--from", help="Preference methods: the SFT run to start from (its adapter, base, template; the reference model for DPO/KTO)."),
-    adapter: Optional[str] = typer.Option(TrainOptions.default("adapter"), "--adapter", help=f"Preference methods: {_choices(METHODS)} weights (default: the --from run's, else lora)."),
-    beta: Optional[float] = typer.Option(TrainOptions.default("beta"), "--beta", help="Preference methods: strength of the preference (default DPO/KTO/ORPO 0.1, SimPO 2.0)."),
+    method: str = typer.Option(TrainOptions.default("method"), "--method", help=f"{_choices(METHODS)} (qlora: 4-bit NF4); preference tuning: {_choices(PREFERENCE_METHODS)}; or online RL with kotune's metrics as rewards: {_choices(RL_METHODS)}."),
+    from_run: Optional[Path] = typer.Option(None, "--from", help="Preference methods and grpo: the SFT run to start from (its adapter, base, template, EOS; the reference model for DPO/KTO)."),
+    adapter: Optional[str] = typer.Option(TrainOptions.default("adapter"), "--adapter", help=f"Preference methods and grpo: {_choices(METHODS)} weights (default: the --from run's, else lora)."),
+    beta: Optional[float] = typer.Option(TrainOptions.default("beta"), "--beta", help="Preference methods: strength of the preference (default DPO/KTO/ORPO 0.1, SimPO 2.0); grpo: weight of the KL term to the --from run (default 0: none)."),
+    reward: Optional[str] = typer.Option(TrainOptions.default("reward"), "--reward", metavar="NAME[=WEIGHT],...", help="grpo: the rewards, kotune's eval metrics: facts, grounded, abstain, eos, repetition, korean (default facts=1,grounded=1,abstain=1,eos=0.5,repetition=0.5)."),
+    num_generations: Optional[int] = typer.Option(TrainOptions.default("num_generations"), "--num-generations", help=f"grpo: answers sampled per question (default {GRPO_PRESETS['cpu']['num_generations']} on CPU, {GRPO_PRESETS['cuda']['num_generations']} on a GPU)."),
+    max_completion_length: Optional[int] = typer.Option(TrainOptions.default("max_completion_length"), "--max-completion-length", help=f"grpo: answer length limit in tokens (default {GRPO_PRESETS['cpu']['max_completion_length']} on CPU, {GRPO_PRESETS['cuda']['max_completion_length']} on a GPU)."),
     sft_weight: Optional[float] = typer.Option(TrainOptions.default("sft_weight"), "--sft-weight", help="DPO/SimPO: weight of the chosen answers' NLL beside the preference loss, which keeps them (and their EOS) likely (default DPO 1.0, SimPO 0)."),
     preset: str = typer.Option(TrainOptions.default("preset"), "--preset", help=f"{_choices(PRESET_NAMES)}: the epochs, learning rate, batch and LoRA size the other options leave open."),
     template: TemplateOption = None,  # None: not given (TrainOptions' default, or with --from the run's)
     system_prompts: Optional[Path] = typer.Option(None, "--system-prompts", help="JSON {category: system prompt} for --template chat."),
     epochs: Optional[float] = typer.Option(TrainOptions.default("epochs"), "--epochs", help="Override the preset."),
     learning_rate: Optional[float] = typer.Option(TrainOptions.default("learning_rate"), "--learning-rate", "--learning_rate", help="Override the preset."),
-    batch_size: Optional[int] = typer.Option(TrainOptions.default("batch_size"), "--batch-size", "--batch_size", help="Per-device batch; overrides the preset."),
+    batch_size: Optional[int] = typer.Option(TrainOptions.default("batch_size"), "--batch-size", "--batch_size", help="Per-device batch; overrides the preset (grpo: questions per step, each answered --num-generations times; default 2)."),
     grad_accum: Optional[int] = typer.Option(TrainOptions.default("grad_accum"), "--grad-accum", help="Gradient accumulation steps."),
     max_length: int = typer.Option(TrainOptions.default("max_length"), "--max-length", "--max_length", help="Tokens per sample (longer ones are truncated, EOS kept)."),
     lora_r: Optional[int] = typer.Option(TrainOptions.default("lora_r"), "--lora-r", "--lora_r", help="LoRA rank."),
@@ -219,10 +222,11 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUTPUT_DIR from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the kotune run in OUTPUT_DIR."),
 ) -> None:
-    """Fine-tune with LoRA, QLoRA or full SFT, or preference-tune (DPO, ORPO, KTO, SimPO): prompt masked, EOS trained, template saved for inference."""
+    """Fine-tune with LoRA, QLoRA or full SFT, preference-tune (DPO, ORPO, KTO, SimPO) or run GRPO on kotune's metrics: prompt masked, EOS trained, template saved for inference."""
     targets = _commas(lora_targets)
-    given = {k: v for k, v in (("template", template), ("adapter", adapter), ("beta", beta),
-                                                   ("sft_weight", sft_weight)) if v is not None}
+    given = {k: v for k, v in (("template", template), ("adapter", adapter), ("beta", beta), ("sft_weight", sft_weight),
+                               ("reward", reward), ("num_generations", num_generations),
+                               ("max_completion_length", max_completion_length)) if v is not None}
     opts = TrainOptions.check(dict(
         **given, method=method, preset=preset, epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
         grad_accum=grad_accum, max_length=max_length, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -469,7 +473,7 @@ def run(
     set_: Optional[List[str]] = typer.Option(RunOptions.default("set"), "--set", help="Override a recipe field: KEY=VALUE with a dotted key, e.g. steps.train.epochs=2 (repeatable)."),
     base_model: Optional[str] = typer.Option(RunOptions.default("base_model"), "--base-model", "--base_model", help="Override base_model (e.g. EleutherAI/polyglot-ko-1.3b); a profile declaring that model applies too."),
     profile: Optional[str] = typer.Option(RunOptions.default("profile"), "--profile", help="Apply the recipe's named profile (e.g. gemma: builtin:gemma-3-270m with settings that suit it)."),
-    method: Optional[str] = typer.Option(RunOptions.default("method"), "--method", help=f"Override steps.train.method ({_choices(METHODS + PREFERENCE_METHODS)})."),
+    method: Optional[str] = typer.Option(RunOptions.default("method"), "--method", help=f"Override steps.train.method ({_choices(TRAIN_METHODS)})."),
     preset: Optional[str] = typer.Option(RunOptions.default("preset"), "--preset", help=f"Override steps.train.preset ({_choices(PRESET_NAMES)})."),
     epochs: Optional[float] = typer.Option(RunOptions.default("epochs"), "--epochs", help="Override steps.train.epochs."),
     max_steps: Optional[int] = typer.Option(RunOptions.default("max_steps"), "--max-steps", help="Override steps.train.max_steps."),

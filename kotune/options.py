@@ -28,6 +28,16 @@ from kotune.model.templates import ABSTENTION, TEMPLATES
 # ---------------------------------------------------------------- registries: the allowed values, once
 METHODS = ("lora", "qlora", "full")                   # how the weights train (supervised fine-tuning)
 PREFERENCE_METHODS = ("dpo", "orpo", "kto", "simpo")    # preference tuning, on LoRA, QLoRA or full weights
+RL_METHODS = ("grpo",)                                 # online RL, kotune's metrics as rewards (kotune.train.grpo)
+TRAIN_METHODS = METHODS + PREFERENCE_METHODS + RL_METHODS
+# GRPO's generation per device (kotune.train.sft.TrainConfig.resolved), where the user gave none: answers
+# sampled per question (the group its advantage is relative to) and their length limit. Generation is
+# most of a GRPO step; on CPU, 4 answers of 128 tokens keep a Gemma-3-270M step near a minute (TRL's
+# defaults, 8 x 256, are sized for a GPU).
+GRPO_PRESETS: dict[str, dict[str, int]] = {
+    "cpu": {"num_generations": 4, "max_completion_length": 128},
+    "cuda": {"num_generations": 8, "max_completion_length": 256},
+}
 # What each --preset sets: the training options it fills where the user gave none
 # (kotune.train.sft.TrainConfig.resolved). Named as in the civil-law seed; values tuned for LoRA-style adapters.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -186,9 +196,12 @@ class TrainOptions(Options):
 
     default_base_model: ClassVar[str] = "builtin:tiny-ko"
 
-    method: Literal[METHODS + PREFERENCE_METHODS] = "lora"  # type: ignore[valid-type]
-    adapter: Optional[Literal[METHODS]] = None  # type: ignore[valid-type]  # preference methods: lora | qlora | full
-    beta: Optional[float] = Field(None, gt=0)   # preference strength (default per method: DPO/KTO/ORPO 0.1, SimPO 2)
+    method: Literal[TRAIN_METHODS] = "lora"  # type: ignore[valid-type]
+    adapter: Optional[Literal[METHODS]] = None  # type: ignore[valid-type]  # preference methods, GRPO: lora | qlora | full
+    beta: Optional[float] = Field(None, ge=0)   # preference strength (DPO/KTO/ORPO 0.1, SimPO 2); GRPO: KL weight (0)
+    reward: Optional[str] = None              # GRPO: "NAME[=WEIGHT],..." (kotune.train.rewards; default DEFAULT_REWARDS)
+    num_generations: Optional[int] = Field(None, ge=2)   # GRPO: answers per question (default: GRPO_PRESETS)
+    max_completion_length: Optional[int] = Field(None, ge=8)   # GRPO: answer length limit (default: GRPO_PRESETS)
     sft_weight: Optional[float] = Field(None, ge=0)  # DPO/SimPO: weight of the chosen answers' NLL (default DPO 1, SimPO 0)
     preset: Literal[PRESET_NAMES] = "balanced"  # type: ignore[valid-type]
     template: Literal[TEMPLATE_NAMES] = "kotune"  # type: ignore[valid-type]
@@ -348,7 +361,7 @@ class RunOptions(Options):
     set: list[str] = Field(default_factory=list)   # KEY=VALUE overrides of recipe fields, applied in order
     base_model: Optional[str] = None          # overrides base_model; a profile declaring it applies too
     profile: Optional[str] = None             # the recipe's named profile to apply
-    method: Optional[Literal[METHODS + PREFERENCE_METHODS]] = None  # type: ignore[valid-type]
+    method: Optional[Literal[TRAIN_METHODS]] = None  # type: ignore[valid-type]
     preset: Optional[Literal[PRESET_NAMES]] = None  # type: ignore[valid-type]
     epochs: Optional[float] = Field(None, gt=0)
     max_steps: Optional[int] = None
@@ -364,6 +377,6 @@ class RunOptions(Options):
 
 __all__ = ["problem", "Abstention", "BATCHING_NAMES", "ChatOptions", "DoctorOptions", "EvalOptions", "EXPORT_DTYPES", "EXPORT_FORMATS", "ExportOptions", "GGUF_QUANT", "GGUF_QUANTS",
            "GenerateOptions", "LOSS_ON", "METHODS", "Options", "PAD_TOKENS", "PairsOptions", "PREFERENCE_METHODS",
-           "PRESET_NAMES", "PRESETS", "PrepareOptions", "REPORT_TO", "RunOptions", "SCHEDULER_NAMES", "ScoreOptions",
+           "PRESET_NAMES", "PRESETS", "RL_METHODS", "TRAIN_METHODS", "GRPO_PRESETS", "PrepareOptions", "REPORT_TO", "RunOptions", "SCHEDULER_NAMES", "ScoreOptions",
            "SERVE_BATCHING", "ServeOptions", "SplitOptions", "StudioOptions", "TEMPLATE_NAMES", "TrainOptions",
            "ValidateOptions"]

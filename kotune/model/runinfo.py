@@ -85,6 +85,24 @@ class PreferenceInfo(_Part):
     eval_reward_accuracy: float | None = None
 
 
+class GrpoInfo(_Part):
+    """A GRPO run: its rewards and weights (``kotune.train.rewards``), the SFT run it started from,
+    the questions, the generation per question, and the reward curve (per logged step: the
+    weighted reward and each reward's mean)."""
+
+    rewards: dict[str, float] = {}
+    from_run: str | None = None
+    from_method: str | None = None
+    data: str | None = None
+    questions: int = 0
+    unanswerable: int = 0
+    num_generations: int | None = None
+    max_completion_length: int | None = None
+    beta: float | None = None
+    retrieval: dict[str, Any] | None = None
+    reward_curve: list[dict[str, Any]] = []
+
+
 class RetrievalInfo(_Part):
     """How a grounded run (trained on questions with retrieved ``[문서 n]`` passages) is asked:
     eval, chat, serve and the studio retrieve this way for it when no ``--context`` is given
@@ -130,6 +148,7 @@ class RunInfo(_Part):
     generation: GenerationInfo | None = None
     exported_from: ExportedFrom | None = None
     preference: PreferenceInfo | None = None
+    grpo: GrpoInfo | None = None
     abstention: str | None = None   # the sentence the run says when the documents do not hold the answer
     retrieval: RetrievalInfo | None = None   # a grounded run's retrieval settings (None: closed-book or plain)
     pid: int | None = None     # the training process (a running record whose process is gone was killed)

@@ -218,8 +218,8 @@ def split(data: Path, train: Path, test: Path, opts: SplitOptions, *, mapping: d
 def train(opts: TrainOptions, *, base_model: str | None, data: Path, output_dir: Path, system_prompts: Path | None = None,
           eval_data: Path | None = None, trust_remote_code: bool = False, resume: bool = False,
           overwrite: bool = False, from_run: Path | None = None) -> None:
-    """Fine-tune with LoRA, QLoRA or full SFT, or preference-tune (DPO, ORPO, KTO, SimPO),
-    from ``base_model`` or, for preference methods, from the SFT run ``from_run``."""
+    """Fine-tune with LoRA, QLoRA or full SFT, preference-tune (DPO, ORPO, KTO, SimPO) or run GRPO,
+    from ``base_model`` or, for preference methods and GRPO, from the SFT run ``from_run``."""
     import json
 
     from kotune.train.sft import TrainConfig, train as run_train
@@ -250,6 +250,11 @@ def train(opts: TrainOptions, *, base_model: str | None, data: Path, output_dir:
 
         info = train_preference(config, resume=resume, overwrite=overwrite,
                                 template_given="template" in opts.model_fields_set, log=_log)
+    elif config.rl:
+        from kotune.train.grpo import train_grpo
+
+        info = train_grpo(config, resume=resume, overwrite=overwrite, template_given="template" in opts.model_fields_set,
+                          log=_log)
     else:
         info = run_train(config, resume=resume, overwrite=overwrite, log=_log)
     if info.complete and info.final:
@@ -258,6 +263,9 @@ def train(opts: TrainOptions, *, base_model: str | None, data: Path, output_dir:
         p = info.preference
         if p is not None and p.eval_margin_after is not None:
             extra = f", held-out log-prob margin {p.eval_margin_before} → {p.eval_margin_after}"
+        curve = info.grpo.reward_curve if info.grpo is not None else []
+        if curve:
+            extra = f", reward {curve[0]['reward']} → {curve[-1]['reward']}"
         done(f"trained in {f.seconds} s ({f.steps} steps): train loss {f.train_loss}, "
              f"eval loss {f.eval_loss}{extra} → {output_dir}")
 

@@ -50,6 +50,13 @@ def starting_point(info: RunInfo, folder: Path, adapter: str | None) -> tuple[st
     return info.base_model, adapter or info.method or "lora"
 
 
+def drop_reference_adapter(model) -> None:
+    """Delete TRL's frozen "ref" adapter copy (the reference of DPO/KTO and of GRPO with a KL
+    term) before saving: it is not part of the result."""
+    if "ref" in getattr(model, "peft_config", {}):
+        model.delete_adapter("ref")
+
+
 # ---------------------------------------------------------------- trainers
 def _trainer_class(method: str):
     """TRL's trainer for ``method``, taking kotune-tokenized samples as they are."""
@@ -276,13 +283,8 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
         announce(info, config, s, f"{config.method} ({config.weights}{start_from}, beta {config.beta:g}{nll}) on "
                  f"{len(records)} {'pairs' if records[0].paired else 'labelled answers'} ({tokens} tokens), "
                  f"eval {len(eval_records or [])}", est, len(records), epochs_reason, log)
-    def drop_reference() -> None:  # TRL's frozen "ref" adapter copy is not part of the result
-        peft_model = trainer.model
-        if "ref" in getattr(peft_model, "peft_config", {}):
-            peft_model.delete_adapter("ref")
-
     info, final_eval = run_trainer(trainer, info, s, tokenizer, resume_from=resume_from, resume=resume,
-                                   has_eval=eval_ds is not None, before_save=drop_reference)
+                                   has_eval=eval_ds is not None, before_save=lambda: drop_reference_adapter(trainer.model))
     if main and info.complete:
         if pairs_eval:
             after = log_margins(trainer.model, tokenizer, template, pairs_eval, config.max_length)

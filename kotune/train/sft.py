@@ -28,7 +28,8 @@ from typing import Any
 
 from kotune import __version__
 from kotune.errors import KotuneError
-from kotune.options import BATCHING_NAMES, METHODS, PREFERENCE_METHODS, PRESETS, SCHEDULER_NAMES, TrainOptions
+from kotune.options import (BATCHING_NAMES, GRPO_PRESETS, METHODS, PREFERENCE_METHODS, PRESETS, RL_METHODS, SCHEDULER_NAMES,
+                            TRAIN_METHODS, TrainOptions)
 from kotune.model.runinfo import DataInfo, FinalInfo, GenerationInfo, RetrievalInfo, RunInfo, TemplateInfo
 
 # The presets (what each --preset sets), the batching and scheduler names: kotune.options, their one registry.
@@ -43,6 +44,7 @@ PREFERENCE_BETA = {"dpo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}  # TRL's /
 # The chosen answers' NLL beside the preference loss (RPO, Pang et al. 2024: weight 1)
 # keeps them likely. SimPO is run as published (no NLL term) unless asked.
 PREFERENCE_SFT_WEIGHT = {"dpo": 1.0, "simpo": 0.0}
+GRPO_QUESTIONS_PER_STEP = 2  # GRPO's default --batch-size: questions per step, each answered num_generations times
 MAX_AUTO_EPOCHS = 30  # min_steps never makes a run pass over its data more often than this
 MIN_AUTO_BATCH = 2    # min_steps lowers the preset's batch size (records per step) no further
 # Optimizer steps below which a run is unlikely to have learned the answer format and EOS
@@ -60,11 +62,14 @@ class TrainConfig:
     base_model: str
     data: str
     output_dir: str
-    method: str = _default("method")                 # lora | qlora | full | dpo | orpo | kto | simpo
-    adapter: str | None = _default("adapter")        # preference methods: lora | qlora | full weights
-    beta: float | None = _default("beta")            # preference methods: strength of the preference
+    method: str = _default("method")                 # lora | qlora | full | dpo | orpo | kto | simpo | grpo
+    adapter: str | None = _default("adapter")        # preference methods, GRPO: lora | qlora | full weights
+    beta: float | None = _default("beta")            # preference: strength of the preference; GRPO: KL weight
     sft_weight: float | None = _default("sft_weight")  # DPO/SimPO: NLL on chosen answers beside the preference loss
-    from_run: str | None = None                      # preference methods: the SFT run to start from
+    from_run: str | None = None                      # preference methods, GRPO: the SFT run to start from
+    reward: str | None = _default("reward")          # GRPO: "NAME[=WEIGHT],..." (kotune.train.rewards)
+    num_generations: int | None = _default("num_generations")   # GRPO: answers sampled per question
+    max_completion_length: int | None = _default("max_completion_length")   # GRPO: their length limit
     preset: str = _default("preset")
     template: str = _default("template")
     system_prompts: dict[str, str] = field(default_factory=dict)
@@ -117,6 +122,23 @@ class TrainConfig:
                 c.beta = PREFERENCE_BETA[self.method]
             if c.sft_weight is None:
                 c.sft_weight = PREFERENCE_SFT_WEIGHT.get(self.method)
+        if self.rl:
+            from kotune.train.rewards import DEFAULT_REWARDS
+
+            c.adapter = self.adapter or "lora"
+            c.beta = 0.0 if c.beta is None else c.beta  # TRL's and DAPO's: no reference model, no KL term
+            c.reward = self.reward or DEFAULT_REWARDS
+            for k, v in GRPO_PRESETS["cuda" if device == "cuda" else "cpu"].items():
+                if getattr(c, k) is None:
+                    setattr(c, k, v)
+            # Questions per step, each answered num_generations times; one pass over the questions:
+            # a GRPO step costs num_generations generations, and the SFT run already learned the format.
+            if c.batch_size is None:
+                c.batch_size = GRPO_QUESTIONS_PER_STEP
+            if c.grad_accum is None:
+                c.grad_accum = 1
+            if c.epochs is None:
+                c.epochs = 1.0
         for k, v in PRESETS[self.preset].items():
             if getattr(c, k) is None:
                 setattr(c, k, v)
@@ -130,8 +152,8 @@ class TrainConfig:
         if self.learning_rate is None:
             c.learning_rate = (c.learning_rate * hints.get("learning_rate_scale", 1.0)
                                * (FULL_LR_SCALE if c.weights == "full" else 1.0)
-                               * (PREFERENCE_LR_SCALE if self.preference else 1.0))
-        if self.epochs is None:
+                               * (PREFERENCE_LR_SCALE if self.continues else 1.0))
+        if self.epochs is None and not self.rl:  # GRPO: one pass over the questions, whatever the model
             c.epochs = c.epochs * hints.get("epochs_scale", 1.0)
         if hints.get("lora_mlp") and not self.lora_targets:
             c.lora_mlp = True
@@ -150,23 +172,48 @@ class TrainConfig:
         return self.method in PREFERENCE_METHODS
 
     @property
+    def rl(self) -> bool:
+        """Online reinforcement learning (GRPO) with kotune's metrics as rewards."""
+        return self.method in RL_METHODS
+
+    @property
+    def continues(self) -> bool:
+        """A method that continues an SFT run (``--from``): preference tuning or GRPO."""
+        return self.preference or self.rl
+
+    @property
     def weights(self) -> str:
-        """How the weights train: lora, qlora or full (``--method``, or ``--adapter`` for preference methods)."""
-        return (self.adapter or "lora") if self.preference else self.method
+        """How the weights train: lora, qlora or full (``--method``, or ``--adapter`` for preference methods and GRPO)."""
+        return (self.adapter or "lora") if self.continues else self.method
 
     def check(self) -> None:
         """Options that do not go together: one line, before any data or weights are read."""
-        if self.method not in METHODS + PREFERENCE_METHODS:
-            raise KotuneError(f"unknown method {self.method!r}; one of {', '.join(METHODS + PREFERENCE_METHODS)}")
-        if self.adapter is not None and not self.preference:
-            raise KotuneError(f"--adapter applies to preference methods ({', '.join(PREFERENCE_METHODS)}); "
+        if self.method not in TRAIN_METHODS:
+            raise KotuneError(f"unknown method {self.method!r}; one of {', '.join(TRAIN_METHODS)}")
+        continuing = ", ".join(PREFERENCE_METHODS + RL_METHODS)
+        if self.adapter is not None and not self.continues:
+            raise KotuneError(f"--adapter applies to preference methods and GRPO ({continuing}); "
                               f"for supervised fine-tuning use --method {self.adapter}")
-        if self.from_run is not None and not self.preference:
-            raise KotuneError(f"--from starts preference tuning from an SFT run; --method {self.method} is supervised "
-                              f"(give --method {' | '.join(PREFERENCE_METHODS)})")
-        for option, value in (("--beta", self.beta), ("--sft-weight", self.sft_weight)):
-            if value is not None and not self.preference:
-                raise KotuneError(f"{option} applies to preference methods ({', '.join(PREFERENCE_METHODS)})")
+        if self.from_run is not None and not self.continues:
+            raise KotuneError(f"--from starts preference tuning or GRPO from an SFT run; --method {self.method} is "
+                              f"supervised (give --method {' | '.join(PREFERENCE_METHODS + RL_METHODS)})")
+        if self.rl and self.from_run is None:
+            raise KotuneError(f"--method {self.method} needs --from SFT_OUT: GRPO improves a fine-tuned run (its "
+                              "adapter, template and EOS); train one with kotune train first")
+        if self.beta is not None and not self.continues:
+            raise KotuneError(f"--beta applies to preference methods and GRPO ({continuing})")
+        if self.beta is not None and self.preference and self.beta <= 0:
+            raise KotuneError(f"--beta must be > 0 for {self.method}, got {self.beta:g}")
+        if self.sft_weight is not None and not self.preference:
+            raise KotuneError(f"--sft-weight applies to preference methods ({', '.join(PREFERENCE_METHODS)})")
+        for option, value in (("--reward", self.reward), ("--num-generations", self.num_generations),
+                              ("--max-completion-length", self.max_completion_length)):
+            if value is not None and not self.rl:
+                raise KotuneError(f"{option} applies to --method {' | '.join(RL_METHODS)}")
+        if self.rl:
+            from kotune.train.rewards import parse_rewards
+
+            parse_rewards(self.reward)
         if self.sft_weight is not None and self.preference and self.method not in PREFERENCE_SFT_WEIGHT:
             raise KotuneError(f"--sft-weight applies to dpo and simpo; {self.method} "
                               f"{'has its own NLL term' if self.method == 'orpo' else 'has none'}")
@@ -206,7 +253,7 @@ class TrainConfig:
         choice and is kept (doctor warns about it). Returns the config and a one-line
         reason when it changed.
         """
-        if self.max_steps > 0 or self.min_steps <= 0:
+        if self.max_steps > 0 or self.min_steps <= 0 or self.rl:  # GRPO: one pass over the questions by default
             return self, None
         if self.steps_per_epoch(n_train) * math.ceil(self.epochs) >= self.min_steps:
             return self, None
@@ -550,7 +597,7 @@ def run_trainer(trainer, info: RunInfo, s: Start, tokenizer, *, resume_from: Pat
 
 
 def announce(info: RunInfo, config: TrainConfig, s: Start, what: str, est: dict[str, Any], n_train: int,
-             epochs_reason: str | None, log) -> None:
+             epochs_reason: str | None, log, unit: str = "records") -> None:
     """Log the run's setup and estimate, and write its record (status running)."""
     import torch
 
@@ -563,7 +610,7 @@ def announce(info: RunInfo, config: TrainConfig, s: Start, what: str, est: dict[
         f"{precision}, batching {info.batching}, attention {info.attention}"
         f"{', gradient checkpointing' if config.gradient_checkpointing else ''}")
     log(f"estimate: {est['steps']} optimizer steps ({config.epochs:g} epochs x {config.steps_per_epoch(n_train)}"
-        f" steps of {config.batch_size * config.grad_accum} records), ~{est['seconds'] or '?'} s, "
+        f" steps of {config.batch_size * config.grad_accum} {unit}), ~{est['seconds'] or '?'} s, "
         f"~{est['memory_gb']} GB memory")
     if epochs_reason:
         log(f"note: {epochs_reason}")
@@ -773,7 +820,8 @@ def live_history(info: RunInfo, out: Path):
 
 
 def rich_training_progress():
-    """A Rich progress bar for Trainer: step, loss, eval loss and tokens/s."""
+    """A Rich progress bar for Trainer: step, loss, eval loss and tokens/s (GRPO: the reward
+    and each reward function's mean)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers import TrainerCallback
 
@@ -788,6 +836,7 @@ def rich_training_progress():
             self.tokens0 = 0
             self.loss: float | None = None
             self.eval_loss: float | None = None
+            self.rewards: dict[str, float] = {}   # GRPO: the weighted reward and each reward's mean
 
         def on_train_begin(self, args, state, control, **kwargs):
             import time
@@ -804,6 +853,10 @@ def rich_training_progress():
         def _stats(self, state) -> str:
             import time
 
+            if self.rewards:  # GRPO: what it optimises, not its (near-zero, meaningless) loss
+                total = self.rewards.get("reward")
+                each = " ".join(f"{k} {v:.2f}" for k, v in self.rewards.items() if k != "reward")
+                return f"reward {total:.3f} ({each})" if total is not None else each
             tps = (state.num_input_tokens_seen - self.tokens0) / max(time.time() - self.t0, 1e-9)
             parts = [f"loss {self.loss:.3f}" if self.loss is not None else "loss –"]
             if self.eval_loss is not None:
@@ -821,6 +874,10 @@ def rich_training_progress():
                 self.loss = float(logs["loss"])
             if "eval_loss" in logs:
                 self.eval_loss = float(logs["eval_loss"])
+            if "reward" in logs:
+                self.rewards = {"reward": float(logs["reward"])}
+                self.rewards.update({k.split("/")[1]: float(v) for k, v in logs.items()
+                                     if k.startswith("rewards/") and k.endswith("/mean") and v == v})
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.bar is not None:
