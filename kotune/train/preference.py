@@ -50,7 +50,111 @@ def starting_point(info: RunInfo, folder: Path, adapter: str | None) -> tuple[st
     return info.base_model, adapter or info.method or "lora"
 
 
+# ---------------------------------------------------------------- the LM head
+# The per-token outputs TRL's DPO and KTO read from their fused head (``add_fused_lm_head(outputs=...)``).
+HEAD_OUTPUTS = {"dpo": ("log_probs", "entropy", "mean_logits", "is_top1"), "kto": ("log_probs", "entropy", "mean_logits")}
+
+
+def completion_head(model, outputs: tuple[str, ...]) -> bool:
+    """Replace the fused LM head TRL's DPO/KTO trainers put on ``model`` with kotune's.
+    Returns whether it did (models whose forward takes no ``logits_to_keep`` keep TRL's).
+
+    TRL's trainers get per-token log-probabilities from ``model(..., labels=labels,
+    fused_lm_head=True)``: a ``FusedCausalLMOutput`` whose fields are zero where the
+    label is -100. Its loss math reads only that output, so kotune replaces the head
+    and keeps the trainers' loss code as it is. Why: off Triton devices (every CPU)
+    TRL's head projects every position of the padded batch (prompt and padding too)
+    through the vocabulary, in tiles, and the backward recomputes each tile; on
+    Gemma-3-270M (262k vocabulary) that made a DPO token cost ~4x an SFT token
+    (benchmarks/RESULTS.md, bench_dpo_cost). kotune's head, as SFT's
+    (``sft.answer_only_head``), runs the model's own head only on completion positions
+    (``logits_to_keep`` with a boolean mask), and when the attention keeps packed
+    samples apart (``packing.padding_free_attention``) runs the padded batch as one
+    padding-free row. Numerically the same outputs (tests/test_preference.py).
+    """
+    import inspect
+    import types
+
+    import torch
+    import torch.nn.functional as F
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    if getattr(model, "_kotune_completion_head", False):
+        return True
+    if "logits_to_keep" not in inspect.signature(type(model).forward).parameters:
+        return False
+    trl_forward = model.forward  # TRL's fused head, for the calls kotune's does not cover
+    packing_attention = ("kotune_varlen", "flash_attention_2")
+
+    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+        if (not fused_lm_head or args or shift_labels is not None or kwargs.get("output_router_logits")
+                or kwargs.get("inputs_embeds") is not None or "input_ids" not in kwargs):
+            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
+                               num_items_in_batch=num_items_in_batch, **kwargs)
+        input_ids, mask = kwargs.pop("input_ids"), kwargs.pop("attention_mask", None)
+        kwargs.pop("inputs_embeds", None)
+        kwargs["use_cache"] = False
+        scored = labels[:, 1:] != -100                       # position t is scored on the label at t+1
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = scored
+        if mask is not None and self.config._attn_implementation in packing_attention:
+            real = mask.bool()
+            positions = (mask.long().cumsum(1) - 1)[real][None]  # restart at 0: one packed sample per row
+            out = type(self).forward(self, input_ids=input_ids[real][None], position_ids=positions,
+                                     logits_to_keep=keep[real][None], **kwargs)
+        else:
+            out = type(self).forward(self, input_ids=input_ids, attention_mask=mask, logits_to_keep=keep, **kwargs)
+        logits = out.logits.reshape(-1, out.logits.shape[-1]).float()  # [completion tokens, vocab]
+        targets = labels[:, 1:][scored]
+        logps = -F.cross_entropy(logits, targets, reduction="none")
+        fields = {"log_probs": logps}
+        with torch.no_grad():
+            if "entropy" in outputs or "log_sum_sq_probs" in outputs:
+                log_p = torch.log_softmax(logits, -1)
+                if "entropy" in outputs:
+                    fields["entropy"] = -(log_p.exp() * log_p).sum(-1)
+                if "log_sum_sq_probs" in outputs:
+                    fields["log_sum_sq_probs"] = torch.logsumexp(2 * log_p, -1)
+                del log_p
+            if "mean_logits" in outputs:
+                fields["mean_logits"] = logits.mean(-1)
+            if "is_top1" in outputs:
+                fields["is_top1"] = logits.argmax(-1) == targets
+        per_token = {k: v.new_zeros(scored.shape).masked_scatter(scored, v) for k, v in fields.items()}
+        log_probs = per_token["log_probs"]
+        loss = -log_probs.sum() / (scored.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
+        return FusedCausalLMOutput(loss=loss, label_mask=scored, **per_token)
+
+    model.forward = types.MethodType(forward, model)
+    model._kotune_completion_head = True
+    return True
+
+
 # ---------------------------------------------------------------- trainers
+def _with_completion_head(base: type, method: str) -> type:
+    """TRL's DPO/KTO trainer ``base`` with :func:`completion_head` on the policy and the
+    reference: installed before the reference log-probabilities are precomputed (in
+    ``__init__``) and checked again before each loss."""
+
+    class CompletionHeadTrainer(base):
+        def _completion_head(self) -> None:
+            outputs = HEAD_OUTPUTS[method] + (("log_sum_sq_probs",) if getattr(self, "use_weighting", False) else ())
+            for model in (self.model, self.ref_model):
+                if model is not None:
+                    model = self.accelerator.unwrap_model(model)
+                    completion_head(model.get_base_model() if hasattr(model, "get_base_model") else model, outputs)
+
+        def _precompute_ref_logps(self, *args, **kwargs):
+            self._completion_head()
+            return super()._precompute_ref_logps(*args, **kwargs)
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            self._completion_head()
+            return super()._compute_loss(model, inputs, return_outputs)
+
+    return CompletionHeadTrainer
+
+
 def _trainer_class(method: str):
     """TRL's trainer for ``method``, taking kotune-tokenized samples as they are."""
     import warnings
@@ -58,7 +162,7 @@ def _trainer_class(method: str):
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        class KotuneDPOTrainer(DPOTrainer):
+        class KotuneDPOTrainer(_with_completion_head(DPOTrainer, method)):
             def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
                 return dataset  # prompt_ids / chosen_ids / rejected_ids from encode_preference
 
@@ -66,7 +170,7 @@ def _trainer_class(method: str):
     if method == "kto":
         from trl import KTOConfig, KTOTrainer
 
-        class KotuneKTOTrainer(KTOTrainer):
+        class KotuneKTOTrainer(_with_completion_head(KTOTrainer, method)):
             def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
                 if not self.calculate_KL:
                     return dataset
