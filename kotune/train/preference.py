@@ -206,12 +206,22 @@ def _trainer_class(method: str):
     return KotunePairTrainer, Config
 
 
+# The reference of a kotune run never changes (no sync_ref_model): TRL can score it once,
+# before training, instead of on every step (PEFT: the "ref" adapter or the base; full
+# weights: the starting weights, so no second copy of the model is held). Resume rebuilds
+# the trainer from the same starting point, so the figures are the same.
+PACKED_METHODS = ("dpo", "kto")  # the trainers whose forward kotune's completion_head packs
+
+
 def _method_arguments(config: TrainConfig) -> dict[str, Any]:
+    # Eval needs the loss only: without this DPO/KTO run one more forward per eval batch
+    # for full-vocabulary logits nobody reads.
+    reference = dict(precompute_ref_log_probs=True, prediction_loss_only=True)
     if config.method == "dpo":
         losses = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, config.sft_weight]) if config.sft_weight else {}
-        return dict(beta=config.beta, max_length=None, precompute_ref_log_probs=False, **losses)
+        return dict(beta=config.beta, max_length=None, **reference, **losses)
     if config.method == "kto":
-        return dict(beta=config.beta, max_length=None)
+        return dict(beta=config.beta, max_length=None, **reference)
     if config.method == "orpo":
         return dict(beta=config.beta, max_length=config.max_length * 2, max_completion_length=config.max_length)
     # SimPO (Meng et al. 2024) as TRL runs it: CPO's trainer, the length-normalised margin loss, no BC term.
@@ -312,9 +322,6 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
         model = PeftModel.from_pretrained(model, str(sft_dir), is_trainable=True)
     else:
         peft_config = lora_config(config, model, added_pad)
-    ref_model = None
-    if config.weights == "full" and config.method in ("dpo", "kto"):
-        ref_model = load_weights(config, s, tokenizer_path=None)[1].eval()  # frozen copy of the starting weights
 
     train_ds, truncated = encode_records(records, tokenizer, template, config.max_length)
     eval_ds = encode_records(eval_records, tokenizer, template, config.max_length)[0] if eval_records else None
@@ -328,6 +335,14 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
 
     datasets.disable_progress_bars()
     trainer_cls, config_cls = _trainer_class(config.method)
+    # DPO/KTO batches run as one padding-free row (completion_head), as SFT's do; the
+    # attention is restored before anything is saved.
+    attention_switch = contextlib.ExitStack()
+    attention = model.config._attn_implementation
+    if config.method in PACKED_METHODS:
+        from kotune.train.packing import padding_free_attention
+
+        attention = attention_switch.enter_context(padding_free_attention(model, s.device))
     early = bool(config.early_stopping and eval_ds is not None)
     common = trainer_arguments(config, s, has_eval=eval_ds is not None, early=early)
     if config.method in ("orpo", "simpo"):  # their batches have no "input_ids" for Trainer to count
@@ -340,8 +355,6 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
                   callbacks=callbacks)
     if peft_config is not None:
         kwargs["peft_config"] = peft_config
-    if ref_model is not None:
-        kwargs["ref_model"] = ref_model
     with contextlib.redirect_stdout(None) if not main else contextlib.nullcontext():
         trainer = trainer_cls(**kwargs)
     trainer.remove_callback(PrinterCallback)
@@ -355,7 +368,8 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
         eos_token_ids=eos_ids(tokenizer), config=config.fingerprint(),
         data=DataInfo(path=str(data_path), sha256=sha256_file(data_path), train_records=len(records),
                       eval_records=len(eval_records or []), truncated=truncated, train_tokens=tokens),
-        device=s.device, processes=s.state.num_processes, batching="padded", attention=model.config._attn_implementation,
+        device=s.device, processes=s.state.num_processes,
+        batching="padding_free" if config.method in PACKED_METHODS else "padded", attention=attention,
         trainable_parameters=trainable, abstention=config.abstention,
         # A preference run from a grounded SFT run is asked as that run is (its passages, its chunks).
         retrieval=retrieval_info([], config, inherited=sft.retrieval if sft else None,
@@ -373,7 +387,9 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
             info.preference.eval_margin_before = round(sum(margins_before) / len(margins_before), 4)
         eval_tokens = sum(eval_ds["length"]) if eval_ds is not None else 0
         # A preference step runs the policy (and the reference, without gradients) over both answers.
-        est = estimate(len(records), tokens, config, trainer.model, trainable, time_per_token(trainer, train_ds),
+        # trainer.train_dataset: with the reference log-probabilities TRL precomputed.
+        est = estimate(len(records), tokens, config, trainer.model, trainable,
+                       time_per_token(trainer, trainer.train_dataset),
                        eval_tokens=eval_tokens)
         start_from = f" from {sft_dir}" if sft_dir else ""
         nll = f", chosen NLL weight {config.sft_weight:g}" if config.sft_weight else ""
@@ -381,6 +397,7 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
                  f"{len(records)} {'pairs' if records[0].paired else 'labelled answers'} ({tokens} tokens), "
                  f"eval {len(eval_records or [])}", est, len(records), epochs_reason, log)
     def drop_reference() -> None:  # TRL's frozen "ref" adapter copy is not part of the result
+        attention_switch.close()
         peft_model = trainer.model
         if "ref" in getattr(peft_model, "peft_config", {}):
             peft_model.delete_adapter("ref")
