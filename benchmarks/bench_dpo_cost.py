@@ -97,9 +97,9 @@ def pairs_from_run(run: Path, n: int, seed: int) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, default=Path("/tmp/demo-g"), help="a policy-qa Gemma run (model/, train.jsonl, chunks.jsonl)")
-    ap.add_argument("--pairs-per-step", type=int, default=4)
+    ap.add_argument("--pairs-per-step", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
-    ap.add_argument("--rounds", type=int, default=3, help="timed rounds (median)")
+    ap.add_argument("--rounds", type=int, default=2, help="timed rounds (median)")
     ap.add_argument("--variants", default="abcd")
     ap.add_argument("--write", type=Path, help="replace this script's section of a Markdown file")
     args = ap.parse_args()
@@ -257,7 +257,8 @@ def section(args, times, tokens, peaks, grown, precompute_s, pref_ds, sft_ds, at
                      f"({'met' if met else 'missed'})" + (f"; before {per_token['c'] / sft:.2f}×" if "c" in times else "")
                      + (f", TRL's defaults {per_token['b'] / sft:.2f}×" if "b" in times else ""))
     lines.append("- Step memory: the most resident memory a step of that variant added over what the process held "
-                 "when it started (activations, logits, gradients); peak RSS: the process's highest during that "
+                 "when it started (activations, logits, gradients; memory an earlier step freed is reused, so it "
+                 "understates); peak RSS: the process's highest during that "
                  "variant's steps, with every variant's model (~1.7 GB each) and optimizer loaded in the one process")
     return "\n".join(lines)
 

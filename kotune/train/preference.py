@@ -14,6 +14,10 @@ adds what TRL leaves to the user, and why:
   base, template and tokenizer are kept, and for DPO/KTO TRL copies the adapter
   as the frozen reference ("ref" adapter), so the preference is learned
   relative to the SFT model, not the base;
+- a DPO/KTO step costs what an SFT step costs per answer token: the LM head only on
+  completion positions, the batch as one padding-free row (``completion_head``), the
+  reference log-probabilities computed once before training (the reference never
+  changes); TRL's defaults on CPU cost ~2-4x (benchmarks/bench_dpo_cost.py);
 - the run folder, checkpoints, resume, estimate, progress bar and run record are
   those of supervised training (``kotune.train.sft``); the record's ``preference``
   section names the method, the SFT run and the preference data.
