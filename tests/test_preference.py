@@ -175,6 +175,58 @@ def test_preference_on_qlora_and_full_weights(adapter, tail_data, tiny_model, tm
     assert (out / ("adapter_model.safetensors" if adapter == "qlora" else "model.safetensors")).is_file()
 
 
+def test_dpo_completion_head_changes_no_number_of_trls_dpo(tiny_model, tmp_path):
+    """kotune's DPO head (completion positions only, the batch packed into one row) gives
+    TRL's own fused head's loss, metrics and gradients on the same batch."""
+    import contextlib
+
+    import torch
+    from peft import LoraConfig
+    from trl import DPOTrainer
+
+    from kotune.data.preferences import read_preferences
+    from kotune.model.loading import ensure_pad_token, load_causal_lm, load_tokenizer
+    from kotune.model.templates import get_template
+    from kotune.train.packing import padding_free_attention
+    from kotune.train.preference import _trainer_class, encode_records
+
+    torch.manual_seed(0)
+    tokenizer, model = load_tokenizer(str(tiny_model)), load_causal_lm(str(tiny_model), device="cpu")
+    ensure_pad_token(tokenizer, model)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    rows = [{"instruction": "보험료는 언제 내나요?" * (1 + i), "chosen": "매월 말일에 냅니다." * (2 - i % 2),
+             "rejected": "모릅니다." + TAIL * (i % 3)} for i in range(3)]  # unequal lengths: padding in the batch
+    ds, _ = encode_records(read_preferences(_write(tmp_path / "p.jsonl", rows)), tokenizer, get_template("alpaca"), 256)
+    trainer_cls, config_cls = _trainer_class("dpo")
+    args = config_cls(output_dir=str(tmp_path / "out"), per_device_train_batch_size=3, use_cpu=True, bf16=False,
+                      report_to=[], gradient_checkpointing=False, max_length=None, loss_type=["sigmoid", "sft"],
+                      loss_weights=[1.0, 1.0], remove_unused_columns=False, precompute_ref_log_probs=False)
+    trainer = trainer_cls(model=model, args=args, train_dataset=ds, processing_class=tokenizer,
+                          peft_config=LoraConfig(r=8, target_modules=["query_key_value"], task_type="CAUSAL_LM"))
+    for name, weight in trainer.model.named_parameters():
+        if "lora_B" in name:  # a policy that differs from its reference (the adapter disabled)
+            torch.nn.init.normal_(weight, std=0.05)
+    batch = trainer.data_collator([ds[i] for i in range(3)])
+    policy = trainer.model
+    policy.train()
+    seen = {}
+    for who in ("trl", "kotune"):  # TRL's first: kotune's head is installed on its first loss
+        for metrics in trainer._metrics.values():
+            metrics.clear()
+        policy.zero_grad()
+        with padding_free_attention(model, "cpu") if who == "kotune" else contextlib.nullcontext():
+            loss = (DPOTrainer._compute_loss(trainer, policy, batch, False) if who == "trl"
+                    else trainer._compute_loss(policy, batch, False))
+            loss.backward()
+        grads = torch.cat([w.grad.flatten() for w in policy.parameters() if w.grad is not None])
+        seen[who] = loss.item(), {k: v[-1] for k, v in trainer._metrics["train"].items() if k != "num_tokens"}, grads
+    (trl_loss, trl_metrics, trl_grads), (loss, metrics, grads) = seen["trl"], seen["kotune"]
+    assert abs(loss - trl_loss) < 1e-4 and trl_metrics["rewards/margins"] != 0
+    assert metrics.keys() == trl_metrics.keys()
+    assert all(abs(metrics[k] - trl_metrics[k]) < 1e-4 * max(1.0, abs(trl_metrics[k])) for k in metrics), (metrics, trl_metrics)
+    assert torch.allclose(grads, trl_grads, atol=1e-5) and grads.abs().max() > 0
+
+
 def test_sigkill_during_dpo_then_resume_finishes(sft_run, tail_data, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "kotune", "train", "--method", "dpo", "--from", str(sft_run), "--data",

@@ -14,6 +14,10 @@ adds what TRL leaves to the user, and why:
   base, template and tokenizer are kept, and for DPO/KTO TRL copies the adapter
   as the frozen reference ("ref" adapter), so the preference is learned
   relative to the SFT model, not the base;
+- a DPO/KTO step costs what an SFT step costs per answer token: the LM head only on
+  completion positions, the batch as one padding-free row (``completion_head``), the
+  reference log-probabilities computed once before training (the reference never
+  changes); TRL's defaults on CPU cost ~2-4x (benchmarks/bench_dpo_cost.py);
 - the run folder, checkpoints, resume, estimate, progress bar and run record are
   those of supervised training (``kotune.train.sft``); the record's ``preference``
   section names the method, the SFT run and the preference data.
@@ -57,7 +61,111 @@ def drop_reference_adapter(model) -> None:
         model.delete_adapter("ref")
 
 
+# ---------------------------------------------------------------- the LM head
+# The per-token outputs TRL's DPO and KTO read from their fused head (``add_fused_lm_head(outputs=...)``).
+HEAD_OUTPUTS = {"dpo": ("log_probs", "entropy", "mean_logits", "is_top1"), "kto": ("log_probs", "entropy", "mean_logits")}
+
+
+def completion_head(model, outputs: tuple[str, ...]) -> bool:
+    """Replace the fused LM head TRL's DPO/KTO trainers put on ``model`` with kotune's.
+    Returns whether it did (models whose forward takes no ``logits_to_keep`` keep TRL's).
+
+    TRL's trainers get per-token log-probabilities from ``model(..., labels=labels,
+    fused_lm_head=True)``: a ``FusedCausalLMOutput`` whose fields are zero where the
+    label is -100. Its loss math reads only that output, so kotune replaces the head
+    and keeps the trainers' loss code as it is. Why: off Triton devices (every CPU)
+    TRL's head projects every position of the padded batch (prompt and padding too)
+    through the vocabulary, in tiles, and the backward recomputes each tile; on
+    Gemma-3-270M (262k vocabulary) that made a DPO token cost ~4x an SFT token
+    (benchmarks/RESULTS.md, bench_dpo_cost). kotune's head, as SFT's
+    (``sft.answer_only_head``), runs the model's own head only on completion positions
+    (``logits_to_keep`` with a boolean mask), and when the attention keeps packed
+    samples apart (``packing.padding_free_attention``) runs the padded batch as one
+    padding-free row. Numerically the same outputs (tests/test_preference.py).
+    """
+    import inspect
+    import types
+
+    import torch
+    import torch.nn.functional as F
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    if getattr(model, "_kotune_completion_head", False):
+        return True
+    if "logits_to_keep" not in inspect.signature(type(model).forward).parameters:
+        return False
+    trl_forward = model.forward  # TRL's fused head, for the calls kotune's does not cover
+    packing_attention = ("kotune_varlen", "flash_attention_2")
+
+    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+        if (not fused_lm_head or args or shift_labels is not None or kwargs.get("output_router_logits")
+                or kwargs.get("inputs_embeds") is not None or "input_ids" not in kwargs):
+            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
+                               num_items_in_batch=num_items_in_batch, **kwargs)
+        input_ids, mask = kwargs.pop("input_ids"), kwargs.pop("attention_mask", None)
+        kwargs.pop("inputs_embeds", None)
+        kwargs["use_cache"] = False
+        scored = labels[:, 1:] != -100                       # position t is scored on the label at t+1
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = scored
+        if mask is not None and self.config._attn_implementation in packing_attention:
+            real = mask.bool()
+            positions = (mask.long().cumsum(1) - 1)[real][None]  # restart at 0: one packed sample per row
+            out = type(self).forward(self, input_ids=input_ids[real][None], position_ids=positions,
+                                     logits_to_keep=keep[real][None], **kwargs)
+        else:
+            out = type(self).forward(self, input_ids=input_ids, attention_mask=mask, logits_to_keep=keep, **kwargs)
+        logits = out.logits.reshape(-1, out.logits.shape[-1]).float()  # [completion tokens, vocab]
+        targets = labels[:, 1:][scored]
+        logps = -F.cross_entropy(logits, targets, reduction="none")
+        fields = {"log_probs": logps}
+        with torch.no_grad():
+            if "entropy" in outputs or "log_sum_sq_probs" in outputs:
+                log_p = torch.log_softmax(logits, -1)
+                if "entropy" in outputs:
+                    fields["entropy"] = -(log_p.exp() * log_p).sum(-1)
+                if "log_sum_sq_probs" in outputs:
+                    fields["log_sum_sq_probs"] = torch.logsumexp(2 * log_p, -1)
+                del log_p
+            if "mean_logits" in outputs:
+                fields["mean_logits"] = logits.mean(-1)
+            if "is_top1" in outputs:
+                fields["is_top1"] = logits.argmax(-1) == targets
+        per_token = {k: v.new_zeros(scored.shape).masked_scatter(scored, v) for k, v in fields.items()}
+        log_probs = per_token["log_probs"]
+        loss = -log_probs.sum() / (scored.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
+        return FusedCausalLMOutput(loss=loss, label_mask=scored, **per_token)
+
+    model.forward = types.MethodType(forward, model)
+    model._kotune_completion_head = True
+    return True
+
+
 # ---------------------------------------------------------------- trainers
+def _with_completion_head(base: type, method: str) -> type:
+    """TRL's DPO/KTO trainer ``base`` with :func:`completion_head` on the policy and the
+    reference: installed before the reference log-probabilities are precomputed (in
+    ``__init__``) and checked again before each loss."""
+
+    class CompletionHeadTrainer(base):
+        def _completion_head(self) -> None:
+            outputs = HEAD_OUTPUTS[method] + (("log_sum_sq_probs",) if getattr(self, "use_weighting", False) else ())
+            for model in (self.model, self.ref_model):
+                if model is not None:
+                    model = self.accelerator.unwrap_model(model)
+                    completion_head(model.get_base_model() if hasattr(model, "get_base_model") else model, outputs)
+
+        def _precompute_ref_logps(self, *args, **kwargs):
+            self._completion_head()
+            return super()._precompute_ref_logps(*args, **kwargs)
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            self._completion_head()
+            return super()._compute_loss(model, inputs, return_outputs)
+
+    return CompletionHeadTrainer
+
+
 def _trainer_class(method: str):
     """TRL's trainer for ``method``, taking kotune-tokenized samples as they are."""
     import warnings
@@ -65,7 +173,7 @@ def _trainer_class(method: str):
     if method == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        class KotuneDPOTrainer(DPOTrainer):
+        class KotuneDPOTrainer(_with_completion_head(DPOTrainer, method)):
             def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
                 return dataset  # prompt_ids / chosen_ids / rejected_ids from encode_preference
 
@@ -73,7 +181,7 @@ def _trainer_class(method: str):
     if method == "kto":
         from trl import KTOConfig, KTOTrainer
 
-        class KotuneKTOTrainer(KTOTrainer):
+        class KotuneKTOTrainer(_with_completion_head(KTOTrainer, method)):
             def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
                 if not self.calculate_KL:
                     return dataset
@@ -109,12 +217,22 @@ def _trainer_class(method: str):
     return KotunePairTrainer, Config
 
 
+# The reference of a kotune run never changes (no sync_ref_model): TRL can score it once,
+# before training, instead of on every step (PEFT: the "ref" adapter or the base; full
+# weights: the starting weights, so no second copy of the model is held). Resume rebuilds
+# the trainer from the same starting point, so the figures are the same.
+PACKED_METHODS = ("dpo", "kto")  # the trainers whose forward kotune's completion_head packs
+
+
 def _method_arguments(config: TrainConfig) -> dict[str, Any]:
+    # Eval needs the loss only: without this DPO/KTO run one more forward per eval batch
+    # for full-vocabulary logits nobody reads.
+    reference = dict(precompute_ref_log_probs=True, prediction_loss_only=True)
     if config.method == "dpo":
         losses = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, config.sft_weight]) if config.sft_weight else {}
-        return dict(beta=config.beta, max_length=None, precompute_ref_log_probs=False, **losses)
+        return dict(beta=config.beta, max_length=None, **reference, **losses)
     if config.method == "kto":
-        return dict(beta=config.beta, max_length=None)
+        return dict(beta=config.beta, max_length=None, **reference)
     if config.method == "orpo":
         return dict(beta=config.beta, max_length=config.max_length * 2, max_completion_length=config.max_length)
     # SimPO (Meng et al. 2024) as TRL runs it: CPO's trainer, the length-normalised margin loss, no BC term.
@@ -215,9 +333,6 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
         model = PeftModel.from_pretrained(model, str(sft_dir), is_trainable=True)
     else:
         peft_config = lora_config(config, model, added_pad)
-    ref_model = None
-    if config.weights == "full" and config.method in ("dpo", "kto"):
-        ref_model = load_weights(config, s, tokenizer_path=None)[1].eval()  # frozen copy of the starting weights
 
     train_ds, truncated = encode_records(records, tokenizer, template, config.max_length)
     eval_ds = encode_records(eval_records, tokenizer, template, config.max_length)[0] if eval_records else None
@@ -231,6 +346,14 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
 
     datasets.disable_progress_bars()
     trainer_cls, config_cls = _trainer_class(config.method)
+    # DPO/KTO batches run as one padding-free row (completion_head), as SFT's do; the
+    # attention is restored before anything is saved.
+    attention_switch = contextlib.ExitStack()
+    attention = model.config._attn_implementation
+    if config.method in PACKED_METHODS:
+        from kotune.train.packing import padding_free_attention
+
+        attention = attention_switch.enter_context(padding_free_attention(model, s.device))
     early = bool(config.early_stopping and eval_ds is not None)
     common = trainer_arguments(config, s, has_eval=eval_ds is not None, early=early)
     if config.method in ("orpo", "simpo"):  # their batches have no "input_ids" for Trainer to count
@@ -243,8 +366,6 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
                   callbacks=callbacks)
     if peft_config is not None:
         kwargs["peft_config"] = peft_config
-    if ref_model is not None:
-        kwargs["ref_model"] = ref_model
     with contextlib.redirect_stdout(None) if not main else contextlib.nullcontext():
         trainer = trainer_cls(**kwargs)
     trainer.remove_callback(PrinterCallback)
@@ -258,7 +379,8 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
         eos_token_ids=eos_ids(tokenizer), config=config.fingerprint(),
         data=DataInfo(path=str(data_path), sha256=sha256_file(data_path), train_records=len(records),
                       eval_records=len(eval_records or []), truncated=truncated, train_tokens=tokens),
-        device=s.device, processes=s.state.num_processes, batching="padded", attention=model.config._attn_implementation,
+        device=s.device, processes=s.state.num_processes,
+        batching="padding_free" if config.method in PACKED_METHODS else "padded", attention=attention,
         trainable_parameters=trainable, abstention=config.abstention,
         # A preference run from a grounded SFT run is asked as that run is (its passages, its chunks).
         retrieval=retrieval_info([], config, inherited=sft.retrieval if sft else None,
@@ -276,15 +398,21 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
             info.preference.eval_margin_before = round(sum(margins_before) / len(margins_before), 4)
         eval_tokens = sum(eval_ds["length"]) if eval_ds is not None else 0
         # A preference step runs the policy (and the reference, without gradients) over both answers.
-        est = estimate(len(records), tokens, config, trainer.model, trainable, time_per_token(trainer, train_ds),
+        # trainer.train_dataset: with the reference log-probabilities TRL precomputed.
+        est = estimate(len(records), tokens, config, trainer.model, trainable,
+                       time_per_token(trainer, trainer.train_dataset),
                        eval_tokens=eval_tokens)
         start_from = f" from {sft_dir}" if sft_dir else ""
         nll = f", chosen NLL weight {config.sft_weight:g}" if config.sft_weight else ""
         announce(info, config, s, f"{config.method} ({config.weights}{start_from}, beta {config.beta:g}{nll}) on "
                  f"{len(records)} {'pairs' if records[0].paired else 'labelled answers'} ({tokens} tokens), "
                  f"eval {len(eval_records or [])}", est, len(records), epochs_reason, log)
+    def before_save() -> None:  # attention restored; TRL's frozen "ref" adapter copy is not part of the result
+        attention_switch.close()
+        drop_reference_adapter(trainer.model)
+
     info, final_eval = run_trainer(trainer, info, s, tokenizer, resume_from=resume_from, resume=resume,
-                                   has_eval=eval_ds is not None, before_save=lambda: drop_reference_adapter(trainer.model))
+                                   has_eval=eval_ds is not None, before_save=before_save)
     if main and info.complete:
         if pairs_eval:
             after = log_margins(trainer.model, tokenizer, template, pairs_eval, config.max_length)

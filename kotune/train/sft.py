@@ -143,9 +143,14 @@ class TrainConfig:
             if getattr(c, k) is None:
                 setattr(c, k, v)
         if self.preference and self.batch_size is None:
-            # A pair is two sequences (policy and, for DPO/KTO, reference passes over each): half
-            # the preset's records per forward, twice the accumulation, the same pairs per step.
-            # Gemma-3-270M DPO at 8 pairs of ~700 tokens held ~23 GB and was OOM-killed at 24 GB.
+            # A pair is two sequences through the policy's forward and backward: half the preset's
+            # records per forward (as many sequences as an SFT step), twice the accumulation, the
+            # same pairs per step. The activations of 16 sequences are what does not fit: Gemma-3-
+            # 270M DPO at 8 pairs of ~700 tokens held ~23 GB and was OOM-killed at 24 GB; with the
+            # LM head on completion positions only, packed rows and the reference precomputed
+            # (kotune.train.preference) it still reached 17.0 GB RSS in its first steps (`kotune train
+            # --method dpo --from` the policy-qa Gemma run, --batch-size 8, --max-length 1024): too
+            # little margin on a 24 GB machine to restore the preset's 8 pairs per forward.
             c.batch_size = max(1, c.batch_size // 2)
             if self.grad_accum is None:
                 c.grad_accum = c.grad_accum * 2
