@@ -28,7 +28,7 @@ from kotune.model.templates import ABSTENTION, TEMPLATES
 # ---------------------------------------------------------------- registries: the allowed values, once
 METHODS = ("lora", "qlora", "full")                   # how the weights train (supervised fine-tuning)
 PREFERENCE_METHODS = ("dpo", "orpo", "kto", "simpo")    # preference tuning, on LoRA, QLoRA or full weights
-RL_METHODS = ("grpo",)                                 # online RL, kotune's metrics as rewards (kotune.train.grpo)
+RL_METHODS = ("grpo",)                                 # online RL, kotune's metrics as rewards (kotune.rl.grpo)
 TRAIN_METHODS = METHODS + PREFERENCE_METHODS + RL_METHODS
 # GRPO's generation per device (kotune.train.sft.TrainConfig.resolved), where the user gave none: answers
 # sampled per question (the group its advantage is relative to) and their length limit. Generation is
@@ -59,6 +59,43 @@ EXPORT_DTYPES = ("auto", "float32", "bfloat16", "float16")  # export: the merged
 EXPORT_FORMATS = ("hf", "gguf")  # export: a transformers/vLLM folder, or one GGUF file (llama.cpp, Ollama)
 GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_0", "q4_k_m", "q4_0")  # kotune.export.gguf.QUANTS' names
 GGUF_QUANT = "q8_0"  # export --format gguf: the default tensor type (keeps a fine-tuning's changes)
+
+# GRPO's rewards (kotune.rl.rewards computes each from kotune.eval.metrics), in catalogue order.
+REWARD_NAMES = ("facts", "grounded", "abstain", "eos", "repetition", "korean")
+# Document QA: right facts first, nothing unsupported, "not in the documents" when it is not,
+# and the format (stop, no loops) kept. Facts and grounding pull against each other (copying more
+# of the reference raises both; inventing raises neither); the format terms weigh half.
+DEFAULT_REWARDS = "facts=1,grounded=1,abstain=1,eos=0.5,repetition=0.5"
+
+
+def parse_rewards(value: str | None, option: str = "--reward") -> dict[str, float]:
+    """``"facts=1,eos=0.5,grounded"`` → ``{"facts": 1.0, "eos": 0.5, "grounded": 1.0}`` (None: the
+    default mix); one line naming the problem for an unknown name, a weight that is not a
+    number, or a repeated name."""
+    text = (value if value is not None else DEFAULT_REWARDS).strip()
+    if not text:
+        raise KotuneError(f"{option}: give at least one reward ({', '.join(REWARD_NAMES)})")
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, _, weight = part.partition("=")
+        name = name.strip()
+        if name not in REWARD_NAMES:
+            raise KotuneError(f"unknown {option} {name!r}; one of {', '.join(REWARD_NAMES)}")
+        if name in out:
+            raise KotuneError(f"{option}: {name!r} is given twice")
+        try:
+            w = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise KotuneError(f"{option} {name}: the weight must be a number, got {weight.strip()!r}") from None
+        if w != w or w in (float("inf"), float("-inf")):
+            raise KotuneError(f"{option} {name}: the weight must be a finite number, got {weight.strip()!r}")
+        out[name] = w
+    if not any(out.values()):
+        raise KotuneError(f"{option}: every weight is 0; nothing to reward")
+    return out
+
 
 # ---------------------------------------------------------------- settings several commands share, declared once
 TopK = Annotated[int, Field(3, ge=1)]                          # passages retrieved per question
@@ -199,7 +236,7 @@ class TrainOptions(Options):
     method: Literal[TRAIN_METHODS] = "lora"  # type: ignore[valid-type]
     adapter: Optional[Literal[METHODS]] = None  # type: ignore[valid-type]  # preference methods, GRPO: lora | qlora | full
     beta: Optional[float] = Field(None, ge=0)   # preference strength (DPO/KTO/ORPO 0.1, SimPO 2); GRPO: KL weight (0)
-    reward: Optional[str] = None              # GRPO: "NAME[=WEIGHT],..." (kotune.train.rewards; default DEFAULT_REWARDS)
+    reward: Optional[str] = None              # GRPO: "NAME[=WEIGHT],..." (REWARD_NAMES; default DEFAULT_REWARDS)
     num_generations: Optional[int] = Field(None, ge=2)   # GRPO: answers per question (default: GRPO_PRESETS)
     max_completion_length: Optional[int] = Field(None, ge=8)   # GRPO: answer length limit (default: GRPO_PRESETS)
     sft_weight: Optional[float] = Field(None, ge=0)  # DPO/SimPO: weight of the chosen answers' NLL (default DPO 1, SimPO 0)
@@ -377,6 +414,7 @@ class RunOptions(Options):
 
 __all__ = ["problem", "Abstention", "BATCHING_NAMES", "ChatOptions", "DoctorOptions", "EvalOptions", "EXPORT_DTYPES", "EXPORT_FORMATS", "ExportOptions", "GGUF_QUANT", "GGUF_QUANTS",
            "GenerateOptions", "LOSS_ON", "METHODS", "Options", "PAD_TOKENS", "PairsOptions", "PREFERENCE_METHODS",
-           "PRESET_NAMES", "PRESETS", "RL_METHODS", "TRAIN_METHODS", "GRPO_PRESETS", "PrepareOptions", "REPORT_TO", "RunOptions", "SCHEDULER_NAMES", "ScoreOptions",
+           "PRESET_NAMES", "PRESETS", "RL_METHODS", "TRAIN_METHODS", "GRPO_PRESETS", "REWARD_NAMES", "DEFAULT_REWARDS",
+           "parse_rewards", "PrepareOptions", "REPORT_TO", "RunOptions", "SCHEDULER_NAMES", "ScoreOptions",
            "SERVE_BATCHING", "ServeOptions", "SplitOptions", "StudioOptions", "TEMPLATE_NAMES", "TrainOptions",
            "ValidateOptions"]

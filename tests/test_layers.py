@@ -24,12 +24,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("kotune.data",),      # documents → chunks → records (teachers, validate, split, preferences)
     ("kotune.train",),     # SFT, preference tuning, packing, doctor
     ("kotune.eval",),      # metrics, evaluate, pairs, judge, general ability, report
+    ("kotune.rl",),        # GRPO: online RL with eval's metrics as rewards
     ("kotune.serve", "kotune.export"),   # peers: the OpenAI server and terminal chat; export
     ("kotune.recipe",),    # recipe schema, plan, steps
     ("kotune.studio",),    # web UI
     ("kotune.cli", "kotune.__main__"),
 ]
-PEERS_APART = {6}  # serve and export do not import each other
+PEERS_APART = {7}  # serve and export do not import each other
 
 # What only the model-access layer may import: how a model is reached.
 MODEL_INTERNALS = ("kotune.model.endpoint", "kotune.model.generation", "kotune.model.loading",
@@ -48,6 +49,7 @@ INTERNAL_ALLOWED = {
     "kotune.eval.judge": ("kotune.model.openai_client",),
     "kotune.train.sft": ("kotune.model.loading",),
     "kotune.train.preference": ("kotune.model.loading",),
+    "kotune.rl.grpo": ("kotune.model.loading",),
     "kotune.train.doctor": ("kotune.model.loading",),
 }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kotune.options import (BATCHING_NAMES, EXPORT_DTYPES, METHODS, PREFERENCE_METHODS, PRESET_NAMES, PRESETS,
+from kotune.options import (BATCHING_NAMES, EXPORT_DTYPES, METHODS, PREFERENCE_METHODS, PRESET_NAMES, PRESETS, RL_METHODS, TRAIN_METHODS,
                             SCHEDULER_NAMES, TEMPLATE_NAMES, ChatOptions, DoctorOptions, EvalOptions, ExportOptions,
                             GenerateOptions, PairsOptions, PrepareOptions, RunOptions, ServeOptions, SplitOptions,
                             StudioOptions, TrainOptions, ValidateOptions)
@@ -154,7 +154,12 @@ def test_allowed_values_come_from_the_registries_they_name() -> None:
     assert merged.DTYPES is EXPORT_DTYPES
     run_literals = {name: typing.get_args(typing.get_args(RunOptions.model_fields[name].annotation)[0])
                     for name in ("method", "preset")}
-    assert run_literals == {"method": METHODS + PREFERENCE_METHODS, "preset": PRESET_NAMES}
+    assert run_literals == {"method": TRAIN_METHODS, "preset": PRESET_NAMES}
+    assert TRAIN_METHODS == METHODS + PREFERENCE_METHODS + RL_METHODS
+    assert literal["method"] == TRAIN_METHODS
+    from kotune.rl import rewards
+
+    assert rewards.REWARD_NAMES == ("facts", "grounded", "abstain", "eos", "repetition", "korean")
 
 
 def test_shared_options_are_declared_once_on_the_command_line() -> None:

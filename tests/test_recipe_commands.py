@@ -62,7 +62,7 @@ def test_the_printed_command_calls_the_step_as_the_recipe_does(recipe: Path, pro
     seen = _capture(monkeypatch)
     for call in plan.calls(tmp_path / "out"):
         seen.clear()
-        if call.name in ("generate", "train", "prefer"):
+        if call.name in ("generate", "train", "prefer", "grpo"):
             call.run(resume=False, overwrite=False)
         else:
             call.run()

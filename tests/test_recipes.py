@@ -28,7 +28,8 @@ SMALL = ["--max-steps", "6", "--set", "steps.eval.limit=4", "--set", "steps.eval
 # The insurance recipe's preference round, as small: a few questions, short samples, few DPO steps.
 SMALL_PREFERENCE = ["--set", "steps.pairs.limit=6", "--set", "steps.pairs.samples=2",
                     "--set", "steps.pairs.max_new_tokens=24", "--set", "steps.prefer.max_steps=3",
-                    "--set", "steps.prefer.report_to=none"]
+                    "--set", "steps.prefer.report_to=none", "--set", "steps.grpo.max_steps=2",
+                    "--set", "steps.grpo.max_completion_length=16", "--set", "steps.grpo.report_to=none"]
 
 
 def _run(name: str, out: Path, *extra: str):
@@ -68,7 +69,8 @@ def test_recipe_runs_every_step_end_to_end(name: str, tmp_path: Path, tiny_model
     assert run["method"] == train.get("method", "lora") and run["template"]["name"] == train["template"]
     assert run["final"]["steps"] == 6
     metrics = json.loads((out / "eval" / "metrics.json").read_text(encoding="utf-8"))["models"]
-    models = {"base", "tuned"} | ({recipe["steps"]["prefer"]["method"]} if "prefer" in recipe["steps"] else set())
+    models = ({"base", "tuned"} | ({recipe["steps"]["prefer"]["method"]} if "prefer" in recipe["steps"] else set())
+              | ({"grpo"} if "grpo" in recipe["steps"] else set()))
     assert set(metrics) == models
     assert recipe["steps"]["eval"]["headline"] in metrics["tuned"]["overall"]
     html = (out / "eval" / "report.html").read_text(encoding="utf-8")
@@ -86,6 +88,11 @@ def test_recipe_runs_every_step_end_to_end(name: str, tmp_path: Path, tiny_model
         assert preferred["preference"]["from_run"] == str((out / "model").resolve())
         assert preferred["template"]["name"] == "rag" and preferred["method"] == "qlora"
         assert all(p["rejected_errors"] for p in read_jsonl(out / "pairs.jsonl"))
+        # ... and GRPO from the same SFT run, its metrics as rewards (all answerable: no abstain term).
+        reinforced = json.loads((out / "model-grpo" / "kotune.json").read_text(encoding="utf-8"))
+        assert reinforced["grpo"]["from_run"] == str((out / "model").resolve()) and reinforced["final"]["steps"] == 2
+        assert reinforced["grpo"]["rewards"] == {"facts": 1.0, "grounded": 1.0, "eos": 0.5, "repetition": 0.5}
+        assert reinforced["template"]["name"] == "rag"
         assert all(a["retrieved"] for r in responses for a in r["answers"].values())
         assert metrics["tuned"]["overall"]["unsupported_rate"] is not None
     if name == "civil-law-qa":  # per-category system prompts saved with the template

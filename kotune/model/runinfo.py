@@ -86,7 +86,7 @@ class PreferenceInfo(_Part):
 
 
 class GrpoInfo(_Part):
-    """A GRPO run: its rewards and weights (``kotune.train.rewards``), the SFT run it started from,
+    """A GRPO run: its rewards and weights (``kotune.rl.rewards``), the SFT run it started from,
     the questions, the generation per question, and the reward curve (per logged step: the
     weighted reward and each reward's mean)."""
 

@@ -44,12 +44,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from kotune import __version__
 from kotune.recipe import steps
 from kotune.errors import KotuneError
-from kotune.options import (PREFERENCE_METHODS, DoctorOptions, EvalOptions, GenerateOptions, PairsOptions,
+from kotune.options import (PREFERENCE_METHODS, RL_METHODS, DoctorOptions, EvalOptions, GenerateOptions, PairsOptions,
                             PrepareOptions, RunOptions, SplitOptions, TrainOptions, ValidateOptions, problem)
 from kotune.model.runinfo import RunInfo
 from kotune.eval.report import METRICS as REPORT_METRICS
 
-STEP_ORDER = ("prepare", "generate", "validate", "split", "train", "doctor", "pairs", "prefer", "eval")
+STEP_ORDER = ("prepare", "generate", "validate", "split", "train", "doctor", "pairs", "prefer", "grpo", "eval")
 METRICS = tuple(key for key, *_ in REPORT_METRICS)
 LOWER_IS_BETTER = tuple(key for key, _, _, higher_is_better in REPORT_METRICS if not higher_is_better)
 
@@ -113,6 +113,15 @@ class PreferStep(TrainOptions):
     data: Optional[str] = None
 
 
+class GrpoStep(TrainOptions):
+    """GRPO from ``OUT/model`` on questions (the train split by default) → ``OUT/model-grpo/``;
+    the other fields are ``kotune train``'s options (``reward``, ``num_generations``, ...)."""
+
+    method: Literal[RL_METHODS] = "grpo"  # type: ignore[valid-type]
+    questions: str = "train"                 # train | test | a questions file
+    context: Union[bool, str] = False        # true: retrieve from OUT/chunks.jsonl (as the eval step does)
+
+
 class EvalStep(EvalOptions):
     """Base vs tuned on the test split → ``OUT/eval/``; ``train_sample: N`` adds
     ``OUT/eval-train/`` on the first N training records (did tuning take?)."""
@@ -134,6 +143,7 @@ class Steps(_Strict):
     doctor: Optional[DoctorStep] = None
     pairs: Optional[PairsStep] = None
     prefer: Optional[PreferStep] = None
+    grpo: Optional[GrpoStep] = None
     eval: Optional[EvalStep] = None
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -156,7 +166,8 @@ class Recipe(_Strict):
 
 
 _STEP_MODELS = {"prepare": PrepareStep, "generate": GenerateStep, "validate": ValidateStep, "split": SplitStep,
-                "train": TrainStep, "doctor": DoctorStep, "pairs": PairsStep, "prefer": PreferStep, "eval": EvalStep}
+                "train": TrainStep, "doctor": DoctorStep, "pairs": PairsStep, "prefer": PreferStep, "grpo": GrpoStep,
+                "eval": EvalStep}
 
 
 # ---------------------------------------------------------------- loading
@@ -415,7 +426,7 @@ class Plan:
         calls: list[StepCall] = []
         chunks = out / "chunks.jsonl"
         produced: dict[str, Path | None] = {"chunks": None, "qa": None, "clean": None, "train": None, "test": None,
-                                            "model": None, "pairs": None, "preferred": None}
+                                            "model": None, "pairs": None, "preferred": None, "grpo": None}
 
         if s.prepare:
             inputs = [self._need(f"steps.prepare.inputs[{i}]", self.rel(v)) for i, v in enumerate(s.prepare.inputs)]
@@ -543,6 +554,30 @@ class Plan:
                                   steps.train(pr, base_model=None, data=src, output_dir=o, from_run=m,
                                               resume=resume, overwrite=overwrite)))
             produced["preferred"] = preferred
+        if s.grpo:
+            gr = s.grpo
+            if produced["model"] is None:
+                raise KotuneError("steps.grpo: needs a train step (GRPO starts from its model)", path=self.path)
+            if gr.questions in ("test", "train"):
+                q = produced[gr.questions]
+                if q is None:
+                    raise KotuneError(f"steps.grpo.questions: {gr.questions!r} needs a split step; give a questions file",
+                                      path=self.path)
+            else:
+                q = self._need("steps.grpo.questions", self.rel(gr.questions))
+            ctx = self._context("steps.grpo.context", gr.context, produced["chunks"])
+            if ctx is not None:
+                gr = gr.model_copy(update={"chunks": str(ctx)})
+                gr.model_fields_set.add("chunks")
+            reinforced = out / "model-grpo"
+            args = ["train", "--from", str(produced["model"]), "--data", str(q), "--output-dir", str(reinforced),
+                    "--method", "grpo", *_flags(gr, {"questions", "context", "method"})]
+            calls.append(StepCall("grpo", args, [q, produced["model"]] + ([ctx] if ctx else []),
+                                  [reinforced / "kotune.json"],
+                                  run=lambda resume, overwrite, gr=gr, q=q, m=produced["model"], o=reinforced:
+                                  steps.train(gr, base_model=None, data=q, output_dir=o, from_run=m,
+                                              resume=resume, overwrite=overwrite)))
+            produced["grpo"] = reinforced
         if s.eval:
             e = s.eval
             if e.models:
@@ -551,9 +586,11 @@ class Plan:
                 models = [f"base={self.recipe.base_model}", f"tuned={produced['model']}"]
                 if produced["preferred"] is not None:
                     models.append(f"{s.prefer.method}={produced['preferred']}")
+                if produced["grpo"] is not None:
+                    models.append(f"grpo={produced['grpo']}")
             else:
                 raise KotuneError("steps.eval.models: needed when there is no train step", path=self.path)
-            model_inputs = [m for m in (produced["model"], produced["preferred"]) if m is not None]
+            model_inputs = [m for m in (produced["model"], produced["preferred"], produced["grpo"]) if m is not None]
             context = self._context("steps.eval.context", e.context, produced["chunks"])
             sets: list[tuple[str, str, Path, Optional[int]]] = []
             if e.questions in ("test", "train"):
@@ -685,7 +722,7 @@ def run_recipe(plan: Plan, out: Path, *, force: bool = RunOptions.default("force
             journal = Path(str(call.outputs[0]) + ".journal")
             resumed = journal.exists() and prev.get("status") == "started" and prev.get("key") == key and not force
             overwrite = not resumed
-        elif call.name in ("train", "prefer"):
+        elif call.name in ("train", "prefer", "grpo"):
             model_dir = call.outputs[0].parent
             info = RunInfo.read(model_dir)
             resumed = (info is not None and info.status == "running" and prev.get("status") == "started"
@@ -700,7 +737,7 @@ def run_recipe(plan: Plan, out: Path, *, force: bool = RunOptions.default("force
         _write_state(state_path, state)
         t0 = time.monotonic()
         try:
-            rc = call.run(resume=resumed, overwrite=overwrite) if call.name in ("generate", "train", "prefer") else call.run()
+            rc = call.run(resume=resumed, overwrite=overwrite) if call.name in ("generate", "train", "prefer", "grpo") else call.run()
             if rc not in (None, 0):
                 raise KotuneError(f"step {label} failed (exit code {rc}); fix it and run the recipe again")
         except (KotuneError, OSError) as e:

@@ -251,7 +251,7 @@ def train(opts: TrainOptions, *, base_model: str | None, data: Path, output_dir:
         info = train_preference(config, resume=resume, overwrite=overwrite,
                                 template_given="template" in opts.model_fields_set, log=_log)
     elif config.rl:
-        from kotune.train.grpo import train_grpo
+        from kotune.rl.grpo import train_grpo
 
         info = train_grpo(config, resume=resume, overwrite=overwrite, template_given="template" in opts.model_fields_set,
                           log=_log)

@@ -28,8 +28,8 @@ from typing import Any
 
 from kotune import __version__
 from kotune.errors import KotuneError
-from kotune.options import (BATCHING_NAMES, GRPO_PRESETS, METHODS, PREFERENCE_METHODS, PRESETS, RL_METHODS, SCHEDULER_NAMES,
-                            TRAIN_METHODS, TrainOptions)
+from kotune.options import (BATCHING_NAMES, DEFAULT_REWARDS, GRPO_PRESETS, METHODS, PREFERENCE_METHODS, PRESETS,
+                            RL_METHODS, SCHEDULER_NAMES, TRAIN_METHODS, TrainOptions, parse_rewards)
 from kotune.model.runinfo import DataInfo, FinalInfo, GenerationInfo, RetrievalInfo, RunInfo, TemplateInfo
 
 # The presets (what each --preset sets), the batching and scheduler names: kotune.options, their one registry.
@@ -67,7 +67,7 @@ class TrainConfig:
     beta: float | None = _default("beta")            # preference: strength of the preference; GRPO: KL weight
     sft_weight: float | None = _default("sft_weight")  # DPO/SimPO: NLL on chosen answers beside the preference loss
     from_run: str | None = None                      # preference methods, GRPO: the SFT run to start from
-    reward: str | None = _default("reward")          # GRPO: "NAME[=WEIGHT],..." (kotune.train.rewards)
+    reward: str | None = _default("reward")          # GRPO: "NAME[=WEIGHT],..." (kotune.rl.rewards)
     num_generations: int | None = _default("num_generations")   # GRPO: answers sampled per question
     max_completion_length: int | None = _default("max_completion_length")   # GRPO: their length limit
     preset: str = _default("preset")
@@ -123,8 +123,6 @@ class TrainConfig:
             if c.sft_weight is None:
                 c.sft_weight = PREFERENCE_SFT_WEIGHT.get(self.method)
         if self.rl:
-            from kotune.train.rewards import DEFAULT_REWARDS
-
             c.adapter = self.adapter or "lora"
             c.beta = 0.0 if c.beta is None else c.beta  # TRL's and DAPO's: no reference model, no KL term
             c.reward = self.reward or DEFAULT_REWARDS
@@ -216,8 +214,6 @@ class TrainConfig:
             if value is not None and not self.rl:
                 raise KotuneError(f"{option} applies to --method {' | '.join(RL_METHODS)}")
         if self.rl:
-            from kotune.train.rewards import parse_rewards
-
             parse_rewards(self.reward)
         if self.sft_weight is not None and self.preference and self.method not in PREFERENCE_SFT_WEIGHT:
             raise KotuneError(f"--sft-weight applies to dpo and simpo; {self.method} "

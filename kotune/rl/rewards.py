@@ -6,7 +6,8 @@ against the reference and the passages, the abstention sentence, repetition, EOS
 what GRPO optimises is what the report measures: there is no second implementation.
 Each completion is scored once per batch, whichever rewards read it (:class:`Scorer`).
 
-The catalogue (``--reward NAME[=WEIGHT],...``), each in [0, 1] unless said:
+The catalogue (``--reward NAME[=WEIGHT],...``; the names and the default mix are registered in
+:mod:`kotune.options`), each in [0, 1] unless said:
 
 - ``facts``: the reference's key facts in the answer (keyword coverage where the question
   has keywords, else morpheme ROUGE-L F1 / 100); unanswerable questions: no value;
@@ -29,43 +30,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from kotune.errors import KotuneError
-
-# Document QA: right facts first, nothing unsupported, "not in the documents" when it is not,
-# and the format (stop, no loops) kept. Weights sum to 4 so no single term dominates the
-# group-normalised advantage; facts and grounding pull against each other (copying more of
-# the reference raises both; inventing raises neither).
-DEFAULT_REWARDS = "facts=1,grounded=1,abstain=1,eos=0.5,repetition=0.5"
+from kotune.options import REWARD_NAMES
 
 _LETTER = re.compile(r"[^\W\d_]")
 _HANGUL = re.compile(r"[\uac00-\ud7a3\u3131-\u318e]")
-
-
-def parse_rewards(value: str | None, option: str = "--reward") -> dict[str, float]:
-    """``"facts=1,eos=0.5,grounded"`` → ``{"facts": 1.0, "eos": 0.5, "grounded": 1.0}``; one line
-    naming the problem for an unknown name, a weight that is not a number, or a repeated name."""
-    text = (value if value is not None else DEFAULT_REWARDS).strip()
-    if not text:
-        raise KotuneError(f"{option}: give at least one reward ({', '.join(REWARD_NAMES)})")
-    out: dict[str, float] = {}
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        name, _, weight = part.partition("=")
-        name = name.strip()
-        if name not in REWARD_NAMES:
-            raise KotuneError(f"unknown {option} {name!r}; one of {', '.join(REWARD_NAMES)}")
-        if name in out:
-            raise KotuneError(f"{option}: {name!r} is given twice")
-        try:
-            w = float(weight) if weight.strip() else 1.0
-        except ValueError:
-            raise KotuneError(f"{option} {name}: the weight must be a number, got {weight.strip()!r}") from None
-        if w != w or w in (float("inf"), float("-inf")):
-            raise KotuneError(f"{option} {name}: the weight must be a finite number, got {weight.strip()!r}")
-        out[name] = w
-    if not out or not any(out.values()):
-        raise KotuneError(f"{option}: every weight is 0; nothing to reward")
-    return out
 
 
 def check_questions(questions: Sequence[dict[str, Any]], rewards: dict[str, float], path: str) -> None:
@@ -155,7 +123,7 @@ _PER_ROW: dict[str, Callable[[dict[str, Any]], float | None]] = {
     "facts": _facts, "grounded": _grounded, "abstain": _abstain, "eos": _eos, "repetition": _repetition,
     "korean": _korean,
 }
-REWARD_NAMES = tuple(_PER_ROW)  # the catalogue, in the order the module docstring lists it
+assert tuple(_PER_ROW) == REWARD_NAMES, "kotune.options.REWARD_NAMES lists the rewards this module computes"
 
 
 def reward_functions(names: Sequence[str], scorer: Scorer) -> list[Callable[..., list[float | None]]]:

@@ -4,7 +4,7 @@ TRL's ``GRPOTrainer`` does the optimisation: for each question it samples
 ``num_generations`` answers from the model being trained, scores them, and raises the
 likelihood of the answers that scored above their group's mean. kotune adds, and why:
 
-- the rewards are kotune's metrics (:mod:`kotune.train.rewards`), computed by the code
+- the rewards are kotune's metrics (:mod:`kotune.rl.rewards`), computed by the code
   ``kotune eval`` reports with: the key facts, unsupported content against the reference and
   the passages, the abstention sentence on unanswerable questions, EOS, repetition, Hangul;
 - ``--from SFT_OUT`` is required: the run's adapter is the starting point, its base, template,
@@ -38,8 +38,18 @@ def _trainer_class(template, max_prompt_tokens: int):
     from trl import GRPOTrainer
 
     from kotune.model.templates import encode_prompt
+    from kotune.train.preference import completion_head
 
     class KotuneGRPOTrainer(GRPOTrainer):
+        def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+            # The LM head only on completion positions (preference.completion_head, as DPO/KTO):
+            # TRL's fused head projects every padded prompt position through the vocabulary on CPU.
+            # kotune samples at temperature 1 (GRPOConfig below), the head's own scale.
+            target = self.accelerator.unwrap_model(model)
+            completion_head(target.get_base_model() if hasattr(target, "get_base_model") else target,
+                            ("log_probs", "entropy"))
+            return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+
         def _tokenize_prompts(self, prompts: list):
             # The prompt tokens training and inference use (encode_prompt), cut from the left
             # like a training sample's prompt; TRL would call the tokenizer with its defaults.
@@ -80,8 +90,9 @@ def reward_curve(log_history: list[dict[str, Any]], names: list[str]) -> list[di
 def grpo_estimate(trainer, config: TrainConfig, rows: list[dict[str, Any]], steps: int, tokenizer) -> dict[str, Any]:
     """Seconds before training: a GRPO step is one generation of batch × num_generations answers
     (up to max_completion_length tokens, one decoding step per token) plus a forward and backward
-    over them. Both are measured on the first questions (8 decoding steps; one forward+backward)
-    and scaled, assuming answers of the full length limit (an upper bound: most stop earlier)."""
+    over them. Both are measured on the first questions (the prompts' prefill, 8 decoding steps, one
+    forward+backward) and scaled, assuming answers of the full length limit (an upper bound: most
+    stop earlier)."""
     import torch
 
     from kotune.model.templates import encode_prompt
@@ -94,20 +105,23 @@ def grpo_estimate(trainer, config: TrainConfig, rows: list[dict[str, Any]], step
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts], device=model.device)
         mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
-        new = 8
-        model.eval()
-        with torch.no_grad():
+        def generate(new: int) -> float:
             t = time.perf_counter()
             model.generate(input_ids=ids, attention_mask=mask.to(model.device), max_new_tokens=new, min_new_tokens=new,
                            do_sample=True, pad_token_id=tokenizer.pad_token_id)
-            per_decode = (time.perf_counter() - t) / new
+            return time.perf_counter() - t
+
+        model.eval()
+        with torch.no_grad():
+            prefill = generate(1)  # the prompts' forward pass (and the first token)
+            per_decode = max(generate(9) - prefill, 0.0) / 8  # each further token: one step over the cache
         model.train()
         full = torch.cat([ids, ids[:, -min(width, config.max_completion_length):]], 1)
         t = time.perf_counter()
         model(input_ids=full, attention_mask=torch.ones_like(full)).logits.float().mean().backward()
         model.zero_grad(set_to_none=True)
         backward = (time.perf_counter() - t)
-        generation = per_decode * config.max_completion_length
+        generation = prefill + per_decode * config.max_completion_length
         step = generation + backward
         return {"steps": steps, "seconds": round(step * steps, 1), "generation_seconds": round(generation * steps, 1),
                 "generation_share": round(generation / step, 2)}
@@ -128,7 +142,8 @@ def train_grpo(config: TrainConfig, *, resume: bool = False, overwrite: bool = F
     from kotune.model.resolve import decide_template
     from kotune.model.retrieval import retrieval_for
     from kotune.train.preference import drop_reference_adapter, read_sft_run, starting_point
-    from kotune.train.rewards import Scorer, check_questions, parse_rewards, reward_functions
+    from kotune.options import parse_rewards
+    from kotune.rl.rewards import Scorer, check_questions, reward_functions
 
     sft_dir = Path(config.from_run)
     sft = read_sft_run(sft_dir)
@@ -137,12 +152,23 @@ def train_grpo(config: TrainConfig, *, resume: bool = False, overwrite: bool = F
     check_chunks(config)
     rewards = parse_rewards(config.reward)  # None: the default mix (as TrainConfig.resolved records it)
     questions = load_questions(config.data)
+    if config.reward is None and "abstain" in rewards and all(q["answerable"] for q in questions):
+        # The default mix on questions that all have answers: nothing to decline, so no abstain term
+        # (asked for by name, check_questions refuses it instead).
+        del rewards["abstain"]
+        config = dataclasses.replace(config, reward=",".join(f"{k}={v:g}" for k, v in rewards.items()))
+        log("note: every question is answerable: the default rewards without abstain "
+            f"({config.reward}); add questions with \"answerable\": false to teach declining")
     check_questions(questions, rewards, config.data)  # before any weights load
     s = start(config, log)
     config, main, out = s.config, s.main, s.out
     template = decide_template(sft, config.template if template_given else None, spec=str(sft_dir))
+    # Questions that bring their passages (in "input", as grounded records do) are asked with them,
+    # as a grounded run's own retrieval leaves them; the others are retrieved for as at inference.
+    bare = any(not q["input"] and not q["context"] for q in questions)
     retrieval = retrieval_for(sft, name=str(sft_dir), context=config.chunks,
-                              remedy="pass --chunks CHUNKS.jsonl (the file its passages came from)")
+                              remedy="pass --chunks CHUNKS.jsonl (the file its passages came from)") \
+        if bare or config.chunks else None
     contexts = [p.text for p in retrieval.for_questions(questions)] if retrieval is not None else [""] * len(questions)
     s.config = config = config.for_data(grounded=sft.retrieval is not None)
     config, epochs_reason, resume_from = output_folder(s, len(questions), resume=resume, overwrite=overwrite)
