@@ -420,6 +420,15 @@ class Plan:
             return self._need(field_path, self.rel(value))
         return None
 
+    def _questions(self, field_path: str, value: str, produced: dict[str, Path | None]) -> Path:
+        """A step's questions: the ``train`` or ``test`` split the recipe makes, or a file."""
+        if value in ("test", "train"):
+            q = produced[value]
+            if q is None:
+                raise KotuneError(f"{field_path}: {value!r} needs a split step; give a questions file", path=self.path)
+            return q
+        return self._need(field_path, self.rel(value))
+
     def calls(self, out: Path) -> list[StepCall]:
         """Every step's command, in order; checks inputs exist and that each step's input is provided."""
         s = self.recipe.steps
@@ -516,13 +525,7 @@ class Plan:
             pa = s.pairs
             if produced["model"] is None:
                 raise KotuneError("steps.pairs: needs a train step (its model's answers are mined)", path=self.path)
-            if pa.questions in ("test", "train"):
-                q = produced[pa.questions]
-                if q is None:
-                    raise KotuneError(f"steps.pairs.questions: {pa.questions!r} needs a split step; give a questions file",
-                                      path=self.path)
-            else:
-                q = self._need("steps.pairs.questions", self.rel(pa.questions))
+            q = self._questions("steps.pairs.questions", pa.questions, produced)
             qfile = out / "pairs-questions.jsonl" if pa.limit else q
             ctx = self._context("steps.pairs.context", pa.context, produced["chunks"])
             pairs_file = out / "pairs.jsonl"
@@ -558,13 +561,7 @@ class Plan:
             gr = s.grpo
             if produced["model"] is None:
                 raise KotuneError("steps.grpo: needs a train step (GRPO starts from its model)", path=self.path)
-            if gr.questions in ("test", "train"):
-                q = produced[gr.questions]
-                if q is None:
-                    raise KotuneError(f"steps.grpo.questions: {gr.questions!r} needs a split step; give a questions file",
-                                      path=self.path)
-            else:
-                q = self._need("steps.grpo.questions", self.rel(gr.questions))
+            q = self._questions("steps.grpo.questions", gr.questions, produced)
             ctx = self._context("steps.grpo.context", gr.context, produced["chunks"])
             if ctx is not None:
                 gr = gr.model_copy(update={"chunks": str(ctx)})
