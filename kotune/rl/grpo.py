@@ -116,9 +116,12 @@ def grpo_estimate(trainer, config: TrainConfig, rows: list[dict[str, Any]], step
             prefill = generate(1)  # the prompts' forward pass (and the first token)
             per_decode = max(generate(9) - prefill, 0.0) / 8  # each further token: one step over the cache
         model.train()
-        full = torch.cat([ids, ids[:, -min(width, config.max_completion_length):]], 1)
+        answer = min(width, config.max_completion_length)
+        full = torch.cat([ids, ids[:, -answer:]], 1)
         t = time.perf_counter()
-        model(input_ids=full, attention_mask=torch.ones_like(full)).logits.float().mean().backward()
+        # The head on the answer positions only, as training runs it (the full 262k-vocabulary logits of
+        # every prompt position would take ~15 GB on Gemma with their gradient).
+        model(input_ids=full, attention_mask=torch.ones_like(full), logits_to_keep=answer).logits.float().mean().backward()
         model.zero_grad(set_to_none=True)
         backward = (time.perf_counter() - t)
         generation = prefill + per_decode * config.max_completion_length
