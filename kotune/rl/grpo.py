@@ -99,7 +99,7 @@ def grpo_estimate(trainer, config: TrainConfig, rows: list[dict[str, Any]], step
 
     try:
         model = trainer.model
-        n = min(len(rows), config.batch_size) * config.num_generations
+        n = config.num_generations  # one question's group: the unit training steps over (scaled below)
         prompts = [encode_prompt(tokenizer, rows[i % len(rows)]["prompt"], trainer._kotune_template)
                    for i in range(n)]
         width = max(len(p) for p in prompts)
@@ -124,8 +124,10 @@ def grpo_estimate(trainer, config: TrainConfig, rows: list[dict[str, Any]], step
         model(input_ids=full, attention_mask=torch.ones_like(full), logits_to_keep=answer).logits.float().mean().backward()
         model.zero_grad(set_to_none=True)
         backward = (time.perf_counter() - t)
-        generation = prefill + per_decode * config.max_completion_length
-        step = generation + backward
+        # One generate call samples every question's group at once: a wider batch, about as many
+        # decoding steps (counted as one group each, an upper bound on a CPU's batched decoding).
+        generation = (prefill + per_decode * config.max_completion_length) * config.batch_size
+        step = generation + backward * config.batch_size
         return {"steps": steps, "seconds": round(step * steps, 1), "generation_seconds": round(generation * steps, 1),
                 "generation_share": round(generation / step, 2)}
     except Exception:  # an estimate must never stop a run
@@ -195,8 +197,12 @@ def train_grpo(config: TrainConfig, *, resume: bool = False, overwrite: bool = F
     train_ds = datasets.Dataset.from_list(rows)
 
     common = trainer_arguments(config, s, has_eval=False, early=False)
-    # --batch-size counts questions; TRL's batch counts answers (a multiple of num_generations).
-    common["per_device_train_batch_size"] = common["per_device_eval_batch_size"] = config.batch_size * config.num_generations
+    # --batch-size counts questions; TRL's batch counts answers. One generation of every question's
+    # answers per optimizer step (TRL's steps_per_generation = gradient accumulation), trained one
+    # question's group at a time: the activations of one group, not of all (Gemma-3-270M on CPU,
+    # 2 questions x 4 answers of ~900 tokens in one batch: 18.7 GB peak).
+    common["per_device_train_batch_size"] = common["per_device_eval_batch_size"] = config.num_generations
+    common["gradient_accumulation_steps"] = config.batch_size * config.grad_accum
     common["include_num_input_tokens_seen"] = "no"  # its batches carry prompts, not input_ids
     common.pop("dataset_num_proc")  # GRPO tokenizes while it generates, not beforehand
     args = GRPOConfig(**common, num_generations=config.num_generations, max_completion_length=config.max_completion_length,
