@@ -199,8 +199,8 @@ def train_grpo(config: TrainConfig, *, resume: bool = False, overwrite: bool = F
     common = trainer_arguments(config, s, has_eval=False, early=False)
     # --batch-size counts questions; TRL's batch counts answers. One generation of every question's
     # answers per optimizer step (TRL's steps_per_generation = gradient accumulation), trained one
-    # question's group at a time: the activations of one group, not of all (Gemma-3-270M on CPU,
-    # 2 questions x 4 answers of ~900 tokens in one batch: 18.7 GB peak).
+    # question's group per micro-step (Gemma-3-270M on CPU, 4 answers of ~900 tokens: ~18.5 GB peak
+    # RSS either way; the 262k-vocabulary head over the answers and the sampling dominate).
     common["per_device_train_batch_size"] = common["per_device_eval_batch_size"] = config.num_generations
     common["gradient_accumulation_steps"] = config.batch_size * config.grad_accum
     common["include_num_input_tokens_seen"] = "no"  # its batches carry prompts, not input_ids
