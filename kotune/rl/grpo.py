@@ -30,8 +30,8 @@ from typing import Any
 from kotune import __version__
 from kotune.errors import KotuneError
 from kotune.model.runinfo import DataInfo, GrpoInfo, RunInfo, TemplateInfo
-from kotune.train.sft import (TrainConfig, announce, check_chunks, estimate, load_weights, output_folder,
-                              rich_training_progress, run_trainer, start, trainer_arguments)
+from kotune.train.sft import (TrainConfig, announce, check_chunks, estimate, load_weights, lora_config, output_folder,
+                              retrieval_info, rich_training_progress, run_trainer, start, trainer_arguments)
 
 
 def _trainer_class(template, max_prompt_tokens: int):
@@ -87,7 +87,8 @@ def reward_curve(log_history: list[dict[str, Any]], names: list[str]) -> list[di
     return curve
 
 
-def grpo_estimate(trainer, config: TrainConfig, rows: list[dict[str, Any]], steps: int, tokenizer) -> dict[str, Any]:
+def grpo_estimate(trainer, config: TrainConfig, rows: list[dict[str, Any]], steps: int, tokenizer,
+                  template) -> dict[str, Any]:
     """Seconds before training: a GRPO step is one generation of batch × num_generations answers
     (up to max_completion_length tokens, one decoding step per token) plus a forward and backward
     over them. Both are measured on the first questions (the prompts' prefill, 8 decoding steps, one
@@ -100,7 +101,7 @@ def grpo_estimate(trainer, config: TrainConfig, rows: list[dict[str, Any]], step
     try:
         model = trainer.model
         n = config.num_generations  # one question's group: the unit training steps over (scaled below)
-        prompts = [encode_prompt(tokenizer, rows[i % len(rows)]["prompt"], trainer._kotune_template)
+        prompts = [encode_prompt(tokenizer, rows[i % len(rows)]["prompt"], template)
                    for i in range(n)]
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in prompts], device=model.device)
@@ -189,8 +190,6 @@ def train_grpo(config: TrainConfig, *, resume: bool = False, overwrite: bool = F
 
         model = PeftModel.from_pretrained(model, str(sft_dir), is_trainable=True)
     else:
-        from kotune.train.sft import lora_config
-
         peft_config = lora_config(config, model, False)
     rows = question_rows(questions, contexts, template, tokenizer)
     datasets.disable_progress_bars()
@@ -217,7 +216,6 @@ def train_grpo(config: TrainConfig, *, resume: bool = False, overwrite: bool = F
         kwargs["peft_config"] = peft_config
     with contextlib.redirect_stdout(None) if not main else contextlib.nullcontext():
         trainer = _trainer_class(template, max_prompt)(**kwargs)
-    trainer._kotune_template = template
     trainer.remove_callback(PrinterCallback)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     data_path = Path(config.data)
@@ -230,8 +228,7 @@ def train_grpo(config: TrainConfig, *, resume: bool = False, overwrite: bool = F
         device=s.device, processes=s.state.num_processes, batching="padded", attention=model.config._attn_implementation,
         trainable_parameters=trainable, abstention=sft.abstention or config.abstention,
         # A GRPO run from a grounded SFT run is asked as that run is (its passages, its chunks).
-        retrieval=sft.retrieval.model_copy(update={"chunks": str(Path(config.chunks).resolve())} if config.chunks else {})
-        if sft.retrieval is not None else None,
+        retrieval=retrieval_info([], config, inherited=sft.retrieval, log=lambda *_: None),
         grpo=GrpoInfo(rewards=rewards, from_run=str(sft_dir.resolve()), from_method=sft.method, data=str(data_path),
                       questions=len(questions), unanswerable=unanswerable, num_generations=config.num_generations,
                       max_completion_length=config.max_completion_length, beta=config.beta,
@@ -240,7 +237,7 @@ def train_grpo(config: TrainConfig, *, resume: bool = False, overwrite: bool = F
     if main:
         steps = (config.max_steps if config.max_steps > 0
                  else config.steps_per_epoch(len(questions)) * max(1, round(config.epochs)))
-        est = grpo_estimate(trainer, config, rows, steps, tokenizer)
+        est = grpo_estimate(trainer, config, rows, steps, tokenizer, template)
         # Weights, optimizer and activations as for a training step of batch x num_generations sequences.
         est["memory_gb"] = estimate(len(questions), 0, dataclasses.replace(
             config, batch_size=config.batch_size * config.num_generations), trainer.model, trainable, None)["memory_gb"]
