@@ -54,7 +54,8 @@ def main() -> None:
 
     from transformers import pipeline
 
-    from kotune.model.generation import GenerationSettings, Generator
+    from kotune.model.answers import GenerationSettings
+    from kotune.model.generation import Generator
 
     gen = Generator(args.model, template="kotune", log=lambda *_: None)
     qs = questions(args.questions)

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from kotune.serve.batching import ContinuousBatcher, Row, supports
-from kotune.model.generation import Answer, GenerationSettings, Generator
+from kotune.model.answers import Answer, GenerationSettings
+from kotune.model.generation import Generator
 from kotune.model.templates import encode_prompt
 
 BASE = "builtin:tiny-ko"

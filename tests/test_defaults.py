@@ -125,7 +125,7 @@ def _functions() -> dict[str, list[tuple[str, Callable[..., Any], dict[str, str]
 
 def _settings_classes() -> dict[str, list[tuple[type, dict[str, str], set[str] | None]]]:
     """command → (dataclass, {field: option}, only these fields or None for all) its values are copied into."""
-    from kotune.model.generation import GenerationSettings
+    from kotune.model.answers import GenerationSettings
     from kotune.train.doctor import DoctorSetup
     from kotune.train.sft import TrainConfig
 

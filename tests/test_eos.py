@@ -8,7 +8,8 @@ from collections import Counter
 
 import pytest
 
-from kotune.model.generation import GenerationSettings, Generator
+from kotune.model.answers import GenerationSettings
+from kotune.model.generation import Generator
 from kotune.records import read_records
 
 

@@ -183,7 +183,8 @@ def test_chat_streams_hangul_and_handles_commands(trained_run):
 
 def test_sampled_answers_repeat_with_the_same_seed(trained_run, train_questions):
     # The insurance seed's settings sample (temperature 0.1, top_p 0.9): --seed makes a run reproducible.
-    from kotune.model.generation import GenerationSettings, Generator
+    from kotune.model.answers import GenerationSettings
+    from kotune.model.generation import Generator
 
     gen = Generator(str(trained_run), log=lambda *_: None)
     prompts = [gen.prompt(r["question"]) for r in read_jsonl(train_questions)[:4]]

@@ -90,7 +90,8 @@ def test_generation_config_template_and_run_info(merged, trained_run, run_info, 
 
 
 def test_kotune_serve_engine_uses_the_merged_weights(merged, trained_run, prompts):
-    from kotune.model.generation import GenerationSettings, Generator
+    from kotune.model.answers import GenerationSettings
+    from kotune.model.generation import Generator
     from kotune.serve.engine import Engine
 
     settings = GenerationSettings(max_new_tokens=32)

@@ -166,7 +166,7 @@ def test_eval_journals_answers_per_context(tmp_path, runs) -> None:
     the grounded run, asked with its passages now, asks again; answers to the same prompts with
     its passages are taken from the journal."""
     from kotune.model.access import GenerationSettings, open_model
-    from kotune.model.generation import Answer
+    from kotune.model.answers import Answer
     from kotune.model.journal import answer_key, journal_path, open_journal, write_answer
     from kotune.options import EvalOptions
 
@@ -270,13 +270,13 @@ class _Engine:
         pass
 
     def generate(self, name, prompts, settings, batch_size=16):
-        from kotune.model.generation import Answer
+        from kotune.model.answers import Answer
 
         self.prompts += prompts
         return [Answer(self.answer, "eos", 1, 1) for _ in prompts]
 
     def stream(self, name, prompt, settings):
-        from kotune.model.generation import Answer
+        from kotune.model.answers import Answer
 
         self.prompts.append(prompt)
         yield self.answer[:4]

@@ -43,8 +43,6 @@ MODEL_INTERNALS = ("kotune.model.endpoint", "kotune.model.generation", "kotune.m
 INTERNAL_ALLOWED = {
     "kotune.serve.engine": ("kotune.model.generation", "kotune.model.loading"),
     "kotune.serve.batching": ("kotune.model.generation",),
-    "kotune.serve.protocol": ("kotune.model.generation",),
-    "kotune.serve.server": ("kotune.model.generation",),
     "kotune.data.http_teacher": ("kotune.model.openai_client",),
     "kotune.eval.judge": ("kotune.model.openai_client",),
     "kotune.train.sft": ("kotune.model.loading",),
@@ -193,10 +191,11 @@ def test_the_run_record_is_read_only_through_runinfo() -> None:
     assert readers == []
 
 
-# Inside the model layer, a model argument travels down this order only: access opens a
+# Inside the model layer, a model argument travels down this order only (answers: the types
+# every backend returns, importing nothing): access opens a
 # Model, resolve decides it (loading finds and loads the weights), generation and the
 # endpoint answer, the journal keeps answers. No module calls back up into one above it.
-MODEL_ORDER = ("kotune.model.templates", "kotune.model.runinfo", "kotune.model.loading", "kotune.model.resolve",
+MODEL_ORDER = ("kotune.model.answers", "kotune.model.templates", "kotune.model.runinfo", "kotune.model.loading", "kotune.model.resolve",
                "kotune.model.retrieval", "kotune.model.openai_client", "kotune.model.generation",
                "kotune.model.journal", "kotune.model.endpoint", "kotune.model.llamacpp", "kotune.model.access")
 

@@ -112,7 +112,8 @@ def test_completions_endpoint(server, trained_run, questions):
 
 
 def test_greedy_answers_equal_generator_with_the_runs_template(server, trained_run, questions):
-    from kotune.model.generation import GenerationSettings, Generator
+    from kotune.model.answers import GenerationSettings
+    from kotune.model.generation import Generator
 
     settings = GenerationSettings(max_new_tokens=40)
     tuned = Generator(str(trained_run), log=lambda *_: None)
@@ -185,7 +186,8 @@ def test_bad_requests_get_openai_errors_and_the_server_keeps_serving(server, que
 
 
 def test_32_concurrent_chat_requests_all_succeed(server, trained_run, questions):
-    from kotune.model.generation import GenerationSettings, Generator
+    from kotune.model.answers import GenerationSettings
+    from kotune.model.generation import Generator
     from kotune.model.templates import encode_prompt
 
     asked = [("policy" if i % 2 else BASE, f"{questions[i % len(questions)]} ({i})") for i in range(32)]
@@ -226,7 +228,7 @@ class _FakeEngine:
         self.calls: list[tuple[str, list[str], tuple]] = []
 
     def generate(self, name, prompts, settings, batch_size=16):
-        from kotune.model.generation import Answer
+        from kotune.model.answers import Answer
 
         self.calls.append((name, list(prompts), (settings.max_new_tokens, settings.temperature)))
         time.sleep(0.05)
@@ -234,7 +236,7 @@ class _FakeEngine:
 
 
 def test_batcher_groups_concurrent_requests_by_model_and_settings():
-    from kotune.model.generation import GenerationSettings
+    from kotune.model.answers import GenerationSettings
     from kotune.serve.engine import Batcher
 
     engine = _FakeEngine()
@@ -278,7 +280,8 @@ def test_serve_start_up_errors_are_one_line(trained_run, tmp_path, monkeypatch):
 
 
 def test_engine_holds_several_adapters_on_one_base(trained_run, questions):
-    from kotune.model.generation import GenerationSettings, Generator
+    from kotune.model.answers import GenerationSettings
+    from kotune.model.generation import Generator
     from kotune.serve.engine import Engine
 
     engine = Engine(BASE, [("p1", str(trained_run)), ("p2", str(trained_run))], log=lambda *_: None)

@@ -308,7 +308,7 @@ def test_each_field_the_client_sends_is_refused_or_changes_nothing(server, endpo
 
 
 def test_the_kotune_and_vllm_extensions(server, generator) -> None:
-    from kotune.model.generation import GenerationSettings
+    from kotune.model.answers import GenerationSettings
 
     client = server.client()
     _assert_refused(client, "chat", "category", "법")  # tiny-ko's kotune template has no system prompt
@@ -386,7 +386,7 @@ def _forward_logprobs(generator, prompt: str, tokens: list[int]) -> list[float]:
 
 
 def test_chat_logprobs_are_the_models_own(server, generator) -> None:
-    from kotune.model.generation import GenerationSettings
+    from kotune.model.answers import GenerationSettings
     from kotune.serve.protocol import token_bytes
 
     client = server.client()
@@ -430,7 +430,7 @@ def test_chat_logprobs_are_the_models_own(server, generator) -> None:
 
 
 def test_completions_logprobs_on_generation(server, generator) -> None:
-    from kotune.model.generation import GenerationSettings
+    from kotune.model.answers import GenerationSettings
 
     client = server.client()
     prompt = generator.prompt(QUESTION)

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 from kotune.model.endpoint import EndpointModel, EndpointSpec, endpoint_model, is_endpoint, probe_endpoint
-from kotune.model.generation import Answer, GenerationSettings, Generator
+from kotune.model.answers import Answer, GenerationSettings
+from kotune.model.generation import Generator
 from kotune.model.journal import answer_key, open_journal, read_journal, write_answer
 from kotune.model.llamacpp import LlamaCppModel, LlamaCppSpec, is_llamacpp, open_llamacpp
 from kotune.model.openai_client import read_api_keys

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from kotune.errors import KotuneError
-from kotune.model.generation import Answer, GenerationSettings
+from kotune.model.answers import Answer, GenerationSettings
 from kotune.model.journal import answer_key, open_journal, read_journal, write_answer
 from kotune.model.openai_client import OpenAIClient, RequestFailed
 from kotune.model.resolve import decide_template

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, TextIO
 
-from kotune.model.generation import Answer, GenerationSettings
+from kotune.model.answers import Answer, GenerationSettings
 
 
 def answer_key(prompt: Any, settings: GenerationSettings) -> str:

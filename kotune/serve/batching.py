@@ -41,7 +41,8 @@ from typing import Any, Callable, ContextManager
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from kotune.model.generation import Answer, GenerationSettings, Generator, find_stop, next_token
+from kotune.model.answers import Answer, GenerationSettings, find_stop
+from kotune.model.generation import Generator, next_token
 
 
 def _text_config(model: Any) -> Any:

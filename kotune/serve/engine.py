@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from kotune.errors import KotuneError
-from kotune.model.generation import Answer, GenerationSettings, Generator, TextPieces, find_stop
+from kotune.model.answers import Answer, GenerationSettings, TextPieces, find_stop
+from kotune.model.generation import Generator
 from kotune.serve.protocol import ApiError
 from kotune.model.resolve import LoadOptions, Resolved, load_model, resolve, run_template
 from kotune.model.templates import encode_prompt

@@ -53,7 +53,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from kotune.model.generation import Answer, GenerationSettings
+from kotune.model.answers import Answer, GenerationSettings
 
 
 # ---------------------------------------------------------------- errors (OpenAI-shaped)

@@ -31,7 +31,7 @@ from fastapi import APIRouter, Request  # module level: FastAPI resolves the (st
 
 from kotune.serve.engine import BASE_ALIAS, Batcher, Engine, LiveBatcher, Served, parse_adapter_args
 from kotune.errors import KotuneError
-from kotune.model.generation import Answer, GenerationSettings
+from kotune.model.answers import Answer, GenerationSettings
 from kotune.model.retrieval import Passages, Retrieval, abstains, holds_passages, retrieval_for
 from kotune.model.runinfo import RunInfo
 from kotune.model.templates import ABSTENTION
