@@ -35,20 +35,12 @@ PEERS_APART = {7}  # serve and export do not import each other
 # What only the model-access layer may import: how a model is reached.
 MODEL_INTERNALS = ("kotune.model.endpoint", "kotune.model.generation", "kotune.model.loading",
                    "kotune.model.openai_client")
-# Everything else that answers with a model goes through kotune.model.access. The exceptions,
-# and why: serve's engine, batcher and protocol *are* the local backend's serving loop
-# (one loaded base, many adapters, continuous batching over Generator); training and the
-# doctor load weights to train or inspect them, not to answer; the HTTP teacher and the
-# judge are OpenAI-protocol clients with their own retry, key and token-limit handling.
+# Everything else goes through kotune.model.access: models that answer (open_model/open_models),
+# chat clients for callers that write their own messages (the HTTP teacher, the judge:
+# open_chat_client), and weights to train or inspect (load_trainable and the base's facts).
 INTERNAL_ALLOWED = {
     "kotune.serve.engine": ("kotune.model.generation", "kotune.model.loading"),
     "kotune.serve.batching": ("kotune.model.generation",),
-    "kotune.data.http_teacher": ("kotune.model.openai_client",),
-    "kotune.eval.judge": ("kotune.model.openai_client",),
-    "kotune.train.sft": ("kotune.model.loading",),
-    "kotune.train.preference": ("kotune.model.loading",),
-    "kotune.rl.grpo": ("kotune.model.loading",),
-    "kotune.train.doctor": ("kotune.model.loading",),
 }
 
 

@@ -1,7 +1,7 @@
 """The HTTP teacher: QA pairs from an OpenAI-compatible server (vLLM, TGI, Ollama, kotune serve, hosted APIs).
 
-``OpenAITeacher`` runs ``workers`` chunks at once through one
-``kotune.model.openai_client.OpenAIClient`` (key rotation, per-key ``rpm`` limits,
+``OpenAITeacher`` runs ``workers`` chunks at once through one chat client
+(:func:`kotune.model.access.open_chat_client`: key rotation, per-key ``rpm`` limits,
 retries with backoff and ``Retry-After``, the server's ``max_tokens`` limit:
 the seed's parallel generation, section 12, without its fixed 0.2 s sleeps and
 per-process key sharding). Each chunk is asked with the shared generation
@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 
 from kotune.data.qa import accept_pairs, build_messages, parse_qa
 from kotune.data.teacher import AsyncTeacher, ChunkFailed, TeacherStats
-from kotune.model.openai_client import OpenAIClient, RequestFailed, read_api_keys
+from kotune.model.access import RequestFailed, endpoint_keys, open_chat_client
 from kotune.options import GenerateOptions, ValidateOptions
 from kotune.records import Record
 
@@ -57,7 +57,7 @@ class OpenAITeacher(AsyncTeacher):
         self.phrasings = phrasings
         self.min_grounding = min_grounding
         self.stats = TeacherStats()
-        self.client = OpenAIClient(
+        self.client = open_chat_client(
             url, model, api_keys=api_keys, max_retries=max_retries, rpm=rpm, timeout=timeout,
             max_connections=workers, backoff_base=backoff_base, backoff_cap=backoff_cap,
             rng=random.Random(seed), stats=self.stats, name="teacher",
@@ -67,7 +67,7 @@ class OpenAITeacher(AsyncTeacher):
     def from_options(cls, options: GenerateOptions, **extra: Any) -> "OpenAITeacher":
         """The teacher ``kotune generate`` asks: the URL ``options.teacher``, with the options'
         model and settings and the API keys named by ``options.api_key_env``."""
-        return cls(options.teacher, options.model, workers=options.workers, api_keys=read_api_keys(options.api_key_env),
+        return cls(options.teacher, options.model, workers=options.workers, api_keys=endpoint_keys(options.api_key_env),
                    max_retries=options.max_retries, rpm=options.rpm, timeout=options.timeout,
                    temperature=options.temperature, max_tokens=options.max_new_tokens,
                    phrasings=options.phrasings, **extra)

@@ -3,7 +3,7 @@
 Judges prefer whichever answer they see first (position bias), so each pair is
 asked twice with the answers swapped; a model wins a question only when both
 orders agree, otherwise it is a tie. Requests go through
-``kotune.model.openai_client.OpenAIClient`` (the HTTP teacher's client: retries with
+:func:`kotune.model.access.open_chat_client` (the HTTP teacher's client: retries with
 backoff and ``Retry-After``, a one-line error for a rejected key), one at a
 time, at temperature 0 with ``max_tokens`` 8.
 """
@@ -15,7 +15,7 @@ import re
 from typing import Any, Callable
 
 from kotune.errors import KotuneError
-from kotune.model.openai_client import OpenAIClient, RequestFailed, read_api_keys
+from kotune.model.access import RequestFailed, endpoint_keys, open_chat_client
 
 JUDGE_PROMPT = """당신은 한국어 답변을 공정하게 평가하는 심사위원입니다.
 질문과 참고 답변을 보고, 두 답변 중 더 정확하고 근거가 있으며 간결한 답변을 고르세요.
@@ -35,7 +35,7 @@ JUDGE_PROMPT = """당신은 한국어 답변을 공정하게 평가하는 심사
 """
 
 
-async def _ask(client: OpenAIClient, prompt: str) -> str:
+async def _ask(client: Any, prompt: str) -> str:
     try:
         return await client.chat([{"role": "user", "content": prompt}], max_tokens=8, temperature=0)
     except RequestFailed as e:
@@ -51,13 +51,13 @@ def _verdict(text: str) -> str:
 def judge_pairs(responses: list[dict[str, Any]], models: list[str], *, url: str, judge_model: str,
                 api_key_env: str | None = None, on_step: Callable[[], None] | None = None) -> dict[str, Any]:
     """Compare the first model with each other model on every question, in both orders."""
-    api_keys = read_api_keys(api_key_env, option="--judge-api-key-env")
-    client = OpenAIClient(url, judge_model, api_keys=api_keys, max_retries=3, timeout=60, max_connections=1,
-                          name="judge endpoint", key_option="--judge-api-key-env")
+    api_keys = endpoint_keys(api_key_env, option="--judge-api-key-env")
+    client = open_chat_client(url, judge_model, api_keys=api_keys, max_retries=3, timeout=60, max_connections=1,
+                              name="judge endpoint", key_option="--judge-api-key-env")
     return asyncio.run(_judge_all(client, responses, models, on_step))
 
 
-async def _judge_all(client: OpenAIClient, responses: list[dict[str, Any]], models: list[str],
+async def _judge_all(client: Any, responses: list[dict[str, Any]], models: list[str],
                      on_step: Callable[[], None] | None) -> dict[str, Any]:
     base = models[0]
     result: dict[str, Any] = {"judge_model": client.model, "baseline": base, "pairs": {}}

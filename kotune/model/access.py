@@ -26,12 +26,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
+from kotune.errors import KotuneError
 from kotune.model.endpoint import EndpointModel, EndpointSpec, endpoint_model, is_endpoint, probe_endpoint
 from kotune.model.answers import Answer, GenerationSettings
 from kotune.model.generation import Generator
 from kotune.model.journal import answer_key, open_journal, read_journal, write_answer
 from kotune.model.llamacpp import LlamaCppModel, LlamaCppSpec, is_llamacpp, open_llamacpp
-from kotune.model.openai_client import read_api_keys
+from kotune.model.loading import (base_source, ensure_pad_token, load_causal_lm, load_tokenizer, lora_targets,
+                                  module_names, pick_device, resolve_base, training_hints)
+from kotune.model.openai_client import OpenAIClient, RequestFailed, read_api_keys
 from kotune.model.resolve import Resolved, load_resolved, resolve, resolve_model, run_template
 from kotune.model.runinfo import RunInfo
 from kotune.model.templates import Template
@@ -162,9 +165,10 @@ class LocalModel:
         self._generator = None
 
 
-def _keys(api_key_env: str | None) -> list[str]:
-    """The API keys held by the comma-separated environment variables ``--api-key-env`` names."""
-    return read_api_keys(api_key_env, option="--api-key-env") if api_key_env else []
+def endpoint_keys(api_key_env: str | None, option: str = "--api-key-env") -> list[str]:
+    """The API keys held by the comma-separated environment variables ``api_key_env`` names
+    (``option``: the flag named in the one-line error when one is unset)."""
+    return read_api_keys(api_key_env, option=option)
 
 
 def open_model(spec: str, *, name: str | None = None, template: str | None = None,
@@ -180,7 +184,7 @@ def open_model(spec: str, *, name: str | None = None, template: str | None = Non
         return open_llamacpp(name, gguf, template=template, default_template=default_template, workers=workers)
     endpoint = EndpointSpec.parse(spec)
     if endpoint is not None:
-        api_keys = _keys(api_key_env)
+        api_keys = endpoint_keys(api_key_env)
         return endpoint_model(probe_endpoint(name, endpoint, api_keys=api_keys), template=template,
                               default_template=default_template, api_keys=api_keys, workers=workers, rpm=rpm)
     resolved = resolve(spec, template=template, default_template=default_template, instruct_chat=instruct_chat,
@@ -195,7 +199,7 @@ def open_models(models: Sequence[tuple[str, str]], *, template: str | None = Non
     any answers (a bad path, an unfinished run, a refused ``--template``, an endpoint that
     cannot answer: one line). A plain base answers in the first run's template (module
     docstring)."""
-    api_keys = _keys(api_key_env)
+    api_keys = endpoint_keys(api_key_env)
     endpoints = {n: EndpointSpec.parse(s) for n, s in models}
     ggufs = {n: LlamaCppSpec.parse(s) for n, s in models}
     refs = {n: resolve_model(s, log=log, require_finished=True) for n, s in models
@@ -217,5 +221,42 @@ def open_models(models: Sequence[tuple[str, str]], *, template: str | None = Non
     return opened
 
 
+# ---------------------------------------------------------------- chat clients
+def open_chat_client(url: str, model: str | None = None, *, api_keys: list[str] | None = None, name: str = "endpoint",
+                     key_option: str = "--api-key-env", **limits: Any) -> OpenAIClient:
+    """An OpenAI-protocol chat client for callers that write their own messages and ask them
+    concurrently (the HTTP teacher's workers, the judge), where a :class:`Model` renders the
+    prompt itself. ``limits``: :class:`~kotune.model.openai_client.OpenAIClient`'s retry, rate,
+    timeout and connection settings. Failed requests raise :class:`RequestFailed`."""
+    return OpenAIClient(url, model, api_keys=api_keys, name=name, key_option=key_option, **limits)
+
+
+# ---------------------------------------------------------------- weights to train or inspect
+def load_trainable(path: str, *, device: str, quantize_4bit: bool = False, trust_remote_code: bool = False,
+                   tokenizer_path: str | None = None) -> tuple[Any, Any, bool]:
+    """A base's tokenizer and weights to train (4-bit for QLoRA), with a pad token distinct from
+    EOS: ``(tokenizer, model, added_pad)``. ``tokenizer_path``: a run's saved tokenizer (with
+    the pad it added) instead of the base's."""
+    tokenizer = load_tokenizer(tokenizer_path or path, trust_remote_code)
+    model = load_causal_lm(path, device=device, quantize_4bit=quantize_4bit, trust_remote_code=trust_remote_code)
+    if quantize_4bit and device == "cpu":
+        # bitsandbytes repacks 4-bit weights into an inference-only layout on the first
+        # no-grad forward on CPUs with AVX512-BF16 (an eval pass) and never unpacks them,
+        # so the next training step fails ("a view of a leaf Variable ... in-place").
+        for m in model.modules():
+            if hasattr(m, "support_avx512bf16_for_cpu"):
+                m.support_avx512bf16_for_cpu = False
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) != rows and tokenizer.pad_token_id is not None and tokenizer.pad_token_id >= rows:
+        model.resize_token_embeddings(len(tokenizer))  # a run's saved tokenizer with the pad it added
+    added_pad = ensure_pad_token(tokenizer, model)
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        raise KotuneError("pad token equals EOS after setup; EOS would be masked out of the loss")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer, model, added_pad
+
+
 __all__ = ["Answer", "DEFAULT_BATCH_SIZE", "EndpointModel", "GenerationSettings", "LlamaCppModel", "LocalModel", "Model",
-           "is_endpoint", "is_llamacpp", "open_model", "open_models", "run_template"]
+           "RequestFailed", "endpoint_keys", "base_source", "is_endpoint", "is_llamacpp", "load_trainable", "lora_targets",
+           "module_names", "open_chat_client", "open_model", "open_models", "pick_device", "resolve_base", "run_template",
+           "training_hints"]

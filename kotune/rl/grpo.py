@@ -144,7 +144,7 @@ def train_grpo(config: TrainConfig, *, resume: bool = False, overwrite: bool = F
 
     from kotune.eval.evaluate import load_questions
     from kotune.io import sha256_file
-    from kotune.model.loading import base_source
+    from kotune.model.access import base_source
     from kotune.model.resolve import decide_template
     from kotune.model.retrieval import retrieval_for
     from kotune.train.preference import drop_reference_adapter, read_sft_run, starting_point

@@ -64,7 +64,7 @@ def _raw_texts(path: str) -> list[str] | None:
 
 
 def diagnose(setup: DoctorSetup, log=print) -> list[Finding]:
-    from kotune.model.loading import lora_targets, module_names, resolve_base
+    from kotune.model.access import lora_targets, module_names, resolve_base
     from kotune.options import TrainOptions
     from kotune.records import read_records
     from kotune.model.resolve import resolve

@@ -298,7 +298,7 @@ def train_preference(config: TrainConfig, *, resume: bool = False, overwrite: bo
 
     from kotune.data.preferences import check_for_method, read_preferences
     from kotune.io import sha256_file
-    from kotune.model.loading import base_source
+    from kotune.model.access import base_source
     from kotune.model.resolve import decide_template
     from kotune.model.templates import eos_ids, get_template
 

@@ -438,7 +438,7 @@ def start(config: TrainConfig, log=print) -> Start:
     """Device, process group, base weights, preset values and the logging folder."""
     from accelerate import PartialState
 
-    from kotune.model.loading import pick_device, resolve_base, training_hints
+    from kotune.model.access import pick_device, resolve_base, training_hints
 
     # cpu=True makes a CPU-only machine join the torchrun/accelerate process group
     # over gloo (DDP) instead of each process training alone.
@@ -480,31 +480,16 @@ def output_folder(s: Start, n_train: int, *, resume: bool, overwrite: bool) -> t
 def load_weights(config: TrainConfig, s: Start, tokenizer_path: str | None = None):
     """Tokenizer and model to train (4-bit for QLoRA), with a pad token distinct from EOS.
     Returns ``(tokenizer, model, added_pad)``."""
-    from kotune.model.loading import ensure_pad_token, load_causal_lm, load_tokenizer
+    from kotune.model.access import load_trainable
 
-    tokenizer = load_tokenizer(tokenizer_path or s.base_path, config.trust_remote_code)
-    model = load_causal_lm(s.base_path, device=s.device if s.state.num_processes == 1 else "cpu",
-                           quantize_4bit=config.weights == "qlora", trust_remote_code=config.trust_remote_code)
-    if config.weights == "qlora" and s.device == "cpu":
-        # bitsandbytes repacks 4-bit weights into an inference-only layout on the first
-        # no-grad forward on CPUs with AVX512-BF16 (an eval pass) and never unpacks them,
-        # so the next training step fails ("a view of a leaf Variable ... in-place").
-        for m in model.modules():
-            if hasattr(m, "support_avx512bf16_for_cpu"):
-                m.support_avx512bf16_for_cpu = False
-    if len(tokenizer) != model.get_input_embeddings().weight.shape[0] and tokenizer.pad_token_id is not None \
-            and tokenizer.pad_token_id >= model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))  # a run's saved tokenizer with the pad it added
-    added_pad = ensure_pad_token(tokenizer, model)
-    if tokenizer.pad_token_id == tokenizer.eos_token_id:
-        raise KotuneError("pad token equals EOS after setup; EOS would be masked out of the loss")
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return tokenizer, model, added_pad
+    return load_trainable(s.base_path, device=s.device if s.state.num_processes == 1 else "cpu",
+                          quantize_4bit=config.weights == "qlora", trust_remote_code=config.trust_remote_code,
+                          tokenizer_path=tokenizer_path)
 
 
 def lora_config(config: TrainConfig, model, added_pad: bool):
     """The LoRA adapter to train (None for full weights)."""
-    from kotune.model.loading import lora_targets, module_names
+    from kotune.model.access import lora_targets, module_names
 
     if config.weights not in ("lora", "qlora"):
         return None
@@ -624,7 +609,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
     """Fine-tune and save to ``config.output_dir``; returns the run record written to kotune.json.
     Preference methods are :func:`kotune.train.preference.train_preference`."""
     from kotune.io import sha256_file
-    from kotune.model.loading import base_source
+    from kotune.model.access import base_source
     from kotune.model.templates import eos_ids, get_template
 
     if config.preference:
