@@ -1,4 +1,4 @@
-"""Continuous batching (kotune.serve.batching): rows join a running batch, leave it when
+"""Continuous batching (kotune.model.batching): rows join a running batch, leave it when
 done, and get the answers they would get alone — for the base and an adapter of
 one loaded model, with mixed settings, seeds, stop strings and cancellation."""
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from kotune.serve.batching import ContinuousBatcher, Row, supports
+from kotune.model.batching import ContinuousBatcher, Row, supports
 from kotune.model.answers import Answer, GenerationSettings
 from kotune.model.generation import Generator
 from kotune.model.templates import encode_prompt

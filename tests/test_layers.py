@@ -4,7 +4,8 @@ The packages are layers, lowest first (:data:`LAYERS`); a module may import its 
 layer and the layers below it, never one above. Beyond that: no import cycle, no module
 takes another module's private names (through any import form), the run record is read
 only through kotune.model.runinfo (never by string keys, ``config.get(...)`` included),
-and only the model-access layer touches the endpoint client, the generator and the loader.
+and only the model-access layer touches the endpoint client, the generators (the continuous
+batcher included) and the loader.
 """
 
 from __future__ import annotations
@@ -33,14 +34,16 @@ LAYERS: list[tuple[str, ...]] = [
 PEERS_APART = {7}  # serve and export do not import each other
 
 # What only the model-access layer may import: how a model is reached.
-MODEL_INTERNALS = ("kotune.model.endpoint", "kotune.model.generation", "kotune.model.loading",
+MODEL_INTERNALS = ("kotune.model.batching", "kotune.model.endpoint", "kotune.model.generation", "kotune.model.loading",
                    "kotune.model.openai_client")
 # Everything else goes through kotune.model.access: models that answer (open_model/open_models),
 # chat clients for callers that write their own messages (the HTTP teacher, the judge:
 # open_chat_client), and weights to train or inspect (load_trainable and the base's facts).
+# The exception, and why: serve's engine and server *are* the local backend's serving loop
+# (one loaded base, many adapters, kotune.model.batching's continuous batcher).
 INTERNAL_ALLOWED = {
-    "kotune.serve.engine": ("kotune.model.generation", "kotune.model.loading"),
-    "kotune.serve.batching": ("kotune.model.generation",),
+    "kotune.serve.engine": ("kotune.model.batching", "kotune.model.generation", "kotune.model.loading"),
+    "kotune.serve.server": ("kotune.model.batching",),
 }
 
 
@@ -186,9 +189,10 @@ def test_the_run_record_is_read_only_through_runinfo() -> None:
 # Inside the model layer, a model argument travels down this order only (answers: the types
 # every backend returns, importing nothing): access opens a
 # Model, resolve decides it (loading finds and loads the weights), generation and the
-# endpoint answer, the journal keeps answers. No module calls back up into one above it.
+# endpoint answer (batching: the continuous batcher, a generator over rows that join at
+# different steps), the journal keeps answers. No module calls back up into one above it.
 MODEL_ORDER = ("kotune.model.answers", "kotune.model.templates", "kotune.model.runinfo", "kotune.model.loading", "kotune.model.resolve",
-               "kotune.model.retrieval", "kotune.model.openai_client", "kotune.model.generation",
+               "kotune.model.retrieval", "kotune.model.openai_client", "kotune.model.generation", "kotune.model.batching",
                "kotune.model.journal", "kotune.model.endpoint", "kotune.model.llamacpp", "kotune.model.access")
 
 

@@ -9,7 +9,7 @@ template and stops at its own EOS ids, as decided by
 
 Concurrency: the event loop only parses, validates and answers. Generation
 runs in one thread. For full-attention decoders (GPT-NeoX, Llama, Qwen2, ...)
-it is :class:`~kotune.serve.batching.ContinuousBatcher` (:class:`LiveBatcher` here):
+it is :class:`~kotune.model.batching.ContinuousBatcher` (:class:`LiveBatcher` here):
 every request, streaming or not, joins the running batch at the next decode
 step and leaves it when it is done. Other models use :class:`Batcher`:
 requests collected for up to ``batch_wait_ms`` (or until ``max_batch``
@@ -399,7 +399,7 @@ class Batcher:
 
 
 class LiveBatcher:
-    """The event loop's side of :class:`~kotune.serve.batching.ContinuousBatcher`.
+    """The event loop's side of :class:`~kotune.model.batching.ContinuousBatcher`.
 
     The same ``submit`` as :class:`Batcher`, and ``stream`` for streaming
     requests, which join the running batch like any other. A request whose
@@ -411,7 +411,7 @@ class LiveBatcher:
         self.core = None
 
     async def start(self) -> None:
-        from kotune.serve.batching import ContinuousBatcher
+        from kotune.model.batching import ContinuousBatcher
 
         engine = self.engine
         self.core = ContinuousBatcher(lambda name: engine.served[name].generator,
@@ -423,7 +423,7 @@ class LiveBatcher:
             await asyncio.to_thread(self.core.close)
 
     def _row(self, model: str, prompt: str, settings: GenerationSettings, done, on_tokens=None):
-        from kotune.serve.batching import Row
+        from kotune.model.batching import Row
 
         gen = self.engine.served[model].generator
         return self.core.submit(Row(model, encode_prompt(gen.tokenizer, prompt, gen.template), settings, done, on_tokens))

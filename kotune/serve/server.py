@@ -311,7 +311,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None):
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from kotune.serve.batching import supports
+    from kotune.model.batching import supports
 
     opts = options or ServeOptions()
     api_key = api_key_from_env(opts.api_key_env)

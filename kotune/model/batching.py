@@ -10,6 +10,11 @@ vLLM does this properly on GPUs. This is the small version for ``kotune
 serve``: one left-padded KV cache per running batch, with the same model
 forward, template and EOS ids as everywhere else.
 
+It is a generator (rows that join at different steps, decoded with the same
+:func:`~kotune.model.generation.next_token` as :class:`~kotune.model.generation.Generator`),
+so it lives in the model layer beside the generator; ``kotune serve``'s engine
+drives it.
+
 - A batch serves one name (base or one adapter), because the active adapter is
   model-wide state. Requests are admitted first-come-first-served. When the
   oldest waiting request is for another name, nothing more joins; the batch
