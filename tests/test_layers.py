@@ -37,14 +37,12 @@ PEERS_APART = {7}  # serve and export do not import each other
 MODEL_INTERNALS = ("kotune.model.batching", "kotune.model.endpoint", "kotune.model.generation", "kotune.model.loading",
                    "kotune.model.openai_client")
 # Everything else goes through kotune.model.access: models that answer (open_model/open_models),
-# chat clients for callers that write their own messages (the HTTP teacher, the judge:
-# open_chat_client), and weights to train or inspect (load_trainable and the base's facts).
-# The exception, and why: serve's engine and server *are* the local backend's serving loop
-# (one loaded base, many adapters, kotune.model.batching's continuous batcher).
-INTERNAL_ALLOWED = {
-    "kotune.serve.engine": ("kotune.model.batching", "kotune.model.generation", "kotune.model.loading"),
-    "kotune.serve.server": ("kotune.model.batching",),
-}
+# serve's one loaded base with several adapters (open_shared: kotune.model.shared, with
+# kotune.model.batching's continuous batcher; serve keeps the requests, the lock and the
+# batchers' event-loop side), chat clients for callers that write their own messages (the
+# HTTP teacher, the judge: open_chat_client), and weights to train or inspect (load_trainable
+# and the base's facts). No module is an exception.
+INTERNAL_ALLOWED: dict[str, tuple[str, ...]] = {}
 
 
 def _modules() -> dict[str, Path]:
@@ -190,10 +188,12 @@ def test_the_run_record_is_read_only_through_runinfo() -> None:
 # every backend returns, importing nothing): access opens a
 # Model, resolve decides it (loading finds and loads the weights), generation and the
 # endpoint answer (batching: the continuous batcher, a generator over rows that join at
-# different steps), the journal keeps answers. No module calls back up into one above it.
+# different steps), the journal keeps answers, shared is serve's one base with several
+# adapters. No module calls back up into one above it.
 MODEL_ORDER = ("kotune.model.answers", "kotune.model.templates", "kotune.model.runinfo", "kotune.model.loading", "kotune.model.resolve",
                "kotune.model.retrieval", "kotune.model.openai_client", "kotune.model.generation", "kotune.model.batching",
-               "kotune.model.journal", "kotune.model.endpoint", "kotune.model.llamacpp", "kotune.model.access")
+               "kotune.model.journal", "kotune.model.endpoint", "kotune.model.llamacpp", "kotune.model.shared",
+               "kotune.model.access")
 
 
 def test_a_model_spec_goes_down_the_model_layer_only() -> None:

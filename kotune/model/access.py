@@ -3,8 +3,9 @@ will see, answers a batch (journaled), and streams.
 
 Every consumer of "a model answering prompts" (``kotune eval``, ``pairs``, ``chat``, the
 studio's chat, the general-ability check, the ``hf:`` teacher) opens models here and
-nowhere else; ``kotune serve``'s engine is the local backend's serving loop and uses the
-same resolver and generator underneath. What is decided here, once:
+nowhere else. ``kotune serve``'s engine opens its model here too (:func:`open_shared`: one
+loaded base serving several named adapters, :class:`~kotune.model.shared.SharedModel`,
+through the same resolver and generator). What is decided here, once:
 
 - **which backend**: ``openai:URL#MODEL`` is an :class:`~kotune.model.endpoint.EndpointModel`,
   ``llamacpp:FILE.gguf`` the same over llama.cpp running in this process
@@ -37,6 +38,7 @@ from kotune.model.loading import (base_source, ensure_pad_token, load_causal_lm,
 from kotune.model.openai_client import OpenAIClient, RequestFailed, read_api_keys
 from kotune.model.resolve import Resolved, load_resolved, resolve, resolve_model, run_template
 from kotune.model.runinfo import RunInfo
+from kotune.model.shared import BASE_ALIAS, Served, SharedModel
 from kotune.model.templates import Template
 
 DEFAULT_BATCH_SIZE = 16
@@ -221,6 +223,15 @@ def open_models(models: Sequence[tuple[str, str]], *, template: str | None = Non
     return opened
 
 
+# ---------------------------------------------------------------- serve's shared model
+def open_shared(model_spec: str, adapters: Sequence[tuple[str, str]] | None, *, template: str | None = None,
+                device: str | None = None, log: Callable[[str], None] = print) -> SharedModel:
+    """``kotune serve``'s model: ``model_spec`` loaded once with every ``(name, adapter folder)``
+    attached, each name answering in its own run's template (:class:`~kotune.model.shared.SharedModel`).
+    Every run is checked finished and every adapter checked against the base before anything loads."""
+    return SharedModel(model_spec, adapters, template=template, device=device, log=log)
+
+
 # ---------------------------------------------------------------- chat clients
 def open_chat_client(url: str, model: str | None = None, *, api_keys: list[str] | None = None, name: str = "endpoint",
                      key_option: str = "--api-key-env", **limits: Any) -> OpenAIClient:
@@ -256,7 +267,7 @@ def load_trainable(path: str, *, device: str, quantize_4bit: bool = False, trust
     return tokenizer, model, added_pad
 
 
-__all__ = ["Answer", "DEFAULT_BATCH_SIZE", "EndpointModel", "GenerationSettings", "LlamaCppModel", "LocalModel", "Model",
-           "RequestFailed", "endpoint_keys", "base_source", "is_endpoint", "is_llamacpp", "load_trainable", "lora_targets",
-           "module_names", "open_chat_client", "open_model", "open_models", "pick_device", "resolve_base", "run_template",
-           "training_hints"]
+__all__ = ["Answer", "BASE_ALIAS", "DEFAULT_BATCH_SIZE", "EndpointModel", "GenerationSettings", "LlamaCppModel", "LocalModel",
+           "Model", "RequestFailed", "Served", "SharedModel", "endpoint_keys", "base_source", "is_endpoint", "is_llamacpp",
+           "load_trainable", "lora_targets", "module_names", "open_chat_client", "open_model", "open_models", "open_shared",
+           "pick_device", "resolve_base", "run_template", "training_hints"]

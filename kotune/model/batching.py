@@ -12,8 +12,8 @@ forward, template and EOS ids as everywhere else.
 
 It is a generator (rows that join at different steps, decoded with the same
 :func:`~kotune.model.generation.next_token` as :class:`~kotune.model.generation.Generator`),
-so it lives in the model layer beside the generator; ``kotune serve``'s engine
-drives it.
+so it lives in the model layer; ``kotune serve`` builds it through
+:meth:`kotune.model.shared.SharedModel.continuous_batcher`.
 
 - A batch serves one name (base or one adapter), because the active adapter is
   model-wide state. Requests are admitted first-come-first-served. When the

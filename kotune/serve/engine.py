@@ -1,11 +1,12 @@
-"""The serving engine: one base model, its adapters, and the batchers every request goes through.
+"""The serving engine: one shared model, its served names, and the batchers every request goes through.
 
-The base model is loaded once (:func:`kotune.model.resolve.load_model`); every
-``--adapter NAME=OUT`` (a kotune output) is attached to it as a named PEFT
-adapter and switched per batch. Each served name answers in its own run's
-template and stops at its own EOS ids, as decided by
-:func:`kotune.model.resolve.resolve` — the same prompts ``kotune eval`` and
-``kotune chat`` build, through the same :class:`~kotune.model.generation.Generator`.
+The model is opened by :func:`kotune.model.access.open_shared`: the base loaded once,
+every ``--adapter NAME=OUT`` (a kotune output) attached to it as a named PEFT
+adapter and switched per batch, each served name answering in its own run's
+template and stopping at its own EOS ids
+(:class:`~kotune.model.shared.SharedModel`). What is serving stays here: a
+request's model name (404), its length (400), the lock every generation holds,
+and the batchers the event loop talks to.
 
 Concurrency: the event loop only parses, validates and answers. Generation
 runs in one thread. For full-attention decoders (GPT-NeoX, Llama, Qwen2, ...)
@@ -24,39 +25,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 from kotune.errors import KotuneError
+from kotune.model.access import BASE_ALIAS, Served, SharedModel, open_shared
 from kotune.model.answers import Answer, GenerationSettings, TextPieces, find_stop
-from kotune.model.generation import Generator
-from kotune.serve.protocol import ApiError
-from kotune.model.resolve import LoadOptions, Resolved, load_model, resolve, run_template
 from kotune.model.templates import encode_prompt
-
-BASE_ALIAS = "base"
-
-
-@dataclass
-class Served:
-    """One name the API answers to: the shared model with one adapter (or none) active."""
-
-    name: str
-    adapter: str | None          # internal PEFT adapter name; None = adapters disabled
-    generator: Generator         # shares the one model; own tokenizer, template and EOS ids
-    source: str                  # what the user passed (path or id), for /v1/models
-    created: int = field(default_factory=lambda: int(time.time()))
-
-
-def _same_model(a: str, b: str) -> bool:
-    """The same HF id, or the same folder however it was written."""
-    if a == b:
-        return True
-    pa, pb = Path(a).expanduser(), Path(b).expanduser()
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+from kotune.serve.protocol import ApiError
 
 
 def parse_adapter_args(items: list[str] | None) -> list[tuple[str, str]]:
@@ -74,59 +52,46 @@ def parse_adapter_args(items: list[str] | None) -> list[tuple[str, str]]:
 
 
 class Engine:
-    """The loaded model, its served names, and the lock every generation holds.
-
-    Every name is decided by :func:`kotune.model.resolve.resolve` (template, EOS, pad,
-    trust_remote_code), exactly as eval and chat decide it; the weights are loaded
-    once by :func:`kotune.model.resolve.load_model` with every adapter attached."""
+    """The shared model (:class:`~kotune.model.shared.SharedModel`), its served names, and the
+    lock every generation holds."""
 
     def __init__(self, model_spec: str, adapters: list[tuple[str, str]] | None = None, *, template: str | None = None,
                  device: str | None = None, log=print):
-        adapters = list(adapters or [])
-        # --template is for the --model entry when it is a plain base (refused for a run, before loading);
-        # without it, a plain base answers in the first adapter's template (the format it will be
-        # compared with), else kotune's: the same rule as kotune eval's (kotune.model.access.open_models).
-        first = next((t for t in (run_template(p) for _, p in adapters) if t is not None), None)
-        main = resolve(model_spec, template=template, default_template=first, device=device, log=log,
-                       require_finished=True)
-        self.device = main.load.device
+        self.shared: SharedModel = open_shared(model_spec, adapters, template=template, device=device, log=log)
         self.lock = threading.Lock()
-        base_path = main.ref.base
-        if main.ref.adapter is None and main.run and main.run.method == "merged" and (Path(model_spec) / "config.json").exists():
-            base_path = str(model_spec)  # a `kotune export` folder: its own (merged) weights
-        entries: list[tuple[str, Resolved]] = [(model_spec, main)]
-        names = {model_spec, BASE_ALIAS}
-        for name, path in adapters:
-            if name in names:
-                raise KotuneError(f"adapter name {name!r} is taken (the base is served as {model_spec!r} and {BASE_ALIAS!r}; "
-                                  "names must be unique)")
-            names.add(name)
-            if not Path(path).is_dir():
-                raise KotuneError("no such adapter folder", path=path)
-            sub = resolve(path, device=self.device, log=log, require_finished=True)
-            if sub.ref.adapter is None:
-                raise KotuneError("not a LoRA adapter (a full or merged model); serve it with --model", path=path)
-            if not _same_model(sub.ref.base, base_path):
-                raise KotuneError(f"adapter was trained on {(sub.run.base_model if sub.run else '') or sub.ref.base}, "
-                                  f"not on {model_spec}", path=path)
-            entries.append((name, sub))
 
-        log(f"loading {model_spec} on {self.device} ...")
-        internal = {name: f"a{i}" for i, (name, r) in enumerate(entries) if r.ref.adapter}  # PEFT names: no dots/colons
-        trust = any(r.trust_remote_code for _, r in entries)
-        load = LoadOptions(self.device, main.load.dtype, trust)
-        model = load_model(base_path, load, adapters=[(internal[n], r.ref.adapter) for n, r in entries if n in internal],
-                           vocab=max(len(r.tokenizer) for _, r in entries))
-        for name, r in entries:
-            if name in internal:
-                log(f"adapter {name} ← {r.ref.adapter}")
-        self.model = model
-        self.is_peft = bool(internal)  # then self.model is a PeftModel
-        self.served: dict[str, Served] = {
-            name: Served(name, internal.get(name), Generator.over(r, self.model), r.spec) for name, r in entries}
-        self.base_name = model_spec
-        cfg = getattr(self.model, "config", None)
-        self.max_context = int(getattr(cfg, "max_position_embeddings", 0) or 0) or None
+    # ------------------------------------------------------------ the shared model
+    @property
+    def served(self) -> dict[str, Served]:
+        return self.shared.served
+
+    @property
+    def model(self) -> Any:
+        return self.shared.model
+
+    @property
+    def is_peft(self) -> bool:
+        return self.shared.is_peft
+
+    @property
+    def device(self) -> str:
+        return self.shared.device
+
+    @property
+    def max_context(self) -> int | None:
+        return self.shared.max_context
+
+    @property
+    def base_name(self) -> str:
+        return self.shared.base_name
+
+    def supports_continuous(self) -> bool:
+        """Whether the model can be batched continuously (then :class:`LiveBatcher`)."""
+        return self.shared.supports_continuous()
+
+    def active(self, served: Served) -> ContextManager[None]:
+        """``served``'s adapter active (or adapters disabled for the base); hold :attr:`lock` around it."""
+        return self.shared.active(served)
 
     # ------------------------------------------------------------ lookup
     @property
@@ -144,18 +109,6 @@ class Engine:
                        param="model", code="model_not_found")
 
     # ------------------------------------------------------------ generation (call with nothing held)
-    @contextlib.contextmanager
-    def active(self, served: Served) -> Iterator[None]:
-        """``served``'s adapter active (or adapters disabled for the base) while generating."""
-        if not self.is_peft:
-            yield
-        elif served.adapter is None:
-            with self.model.disable_adapter():
-                yield
-        else:
-            self.model.set_adapter(served.adapter)
-            yield
-
     def check_length(self, served: Served, prompt: str, max_new_tokens: int) -> None:
         """400 when prompt + max_tokens cannot fit the model's context (fast tokenizers
         encode concurrently without trouble; nothing here changes tokenizer state)."""
@@ -411,22 +364,14 @@ class LiveBatcher:
         self.core = None
 
     async def start(self) -> None:
-        from kotune.model.batching import ContinuousBatcher
-
-        engine = self.engine
-        self.core = ContinuousBatcher(lambda name: engine.served[name].generator,
-                                      lambda name: engine.active(engine.served[name]),
-                                      max_batch=self.max_batch, lock=engine.lock)
+        self.core = self.engine.shared.continuous_batcher(self.max_batch, self.engine.lock)
 
     async def stop(self) -> None:
         if self.core is not None:
             await asyncio.to_thread(self.core.close)
 
     def _row(self, model: str, prompt: str, settings: GenerationSettings, done, on_tokens=None):
-        from kotune.model.batching import Row
-
-        gen = self.engine.served[model].generator
-        return self.core.submit(Row(model, encode_prompt(gen.tokenizer, prompt, gen.template), settings, done, on_tokens))
+        return self.core.submit(self.engine.shared.row(model, prompt, settings, done, on_tokens))
 
     async def submit(self, model: str, prompts: list[str], settings: GenerationSettings) -> list[Answer]:
         assert self.core is not None, "LiveBatcher.start() was not awaited"

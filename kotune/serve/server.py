@@ -311,11 +311,9 @@ def create_app(engine: Engine, options: ServeOptions | None = None):
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from kotune.model.batching import supports
-
     opts = options or ServeOptions()
     api_key = api_key_from_env(opts.api_key_env)
-    if opts.batching == "continuous" and supports(engine.model):
+    if opts.batching == "continuous" and engine.supports_continuous():
         batcher: Batcher | LiveBatcher = LiveBatcher(engine, max_batch=opts.max_batch)
     else:
         batcher = Batcher(engine, max_batch=opts.max_batch, wait_s=opts.batch_wait_ms / 1000.0)
