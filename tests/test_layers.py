@@ -216,3 +216,15 @@ def test_templates_are_asked_their_properties_not_their_names() -> None:
             if re.search(r"\.name\s*(==|!=|in)\s*\(?[\"'](kotune|alpaca|koalpaca|rag|chat)[\"']", line):
                 named.append(f"{m}:{i}")
     assert named == []
+
+
+def test_opening_the_model_access_layer_loads_no_torch() -> None:
+    """The CLI, the teacher and the judge import kotune.model.access; torch and transformers load
+    with a model (about 2 s), not with the import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, kotune.model.access, kotune.data.http_teacher, kotune.eval.judge, kotune.serve.engine; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

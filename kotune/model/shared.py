@@ -21,14 +21,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from kotune.errors import KotuneError
 from kotune.model.answers import Answer, GenerationSettings
-from kotune.model.batching import ContinuousBatcher, Row, supports
 from kotune.model.generation import Generator
 from kotune.model.resolve import LoadOptions, Resolved, load_model, resolve, run_template
 from kotune.model.templates import encode_prompt
+
+if TYPE_CHECKING:
+    from kotune.model.batching import ContinuousBatcher, Row
 
 BASE_ALIAS = "base"
 
@@ -122,16 +124,22 @@ class SharedModel:
     # ------------------------------------------------------------ continuous batching
     def supports_continuous(self) -> bool:
         """True when the model can be batched continuously (:func:`kotune.model.batching.supports`)."""
+        from kotune.model.batching import supports  # torch at import: loaded with the model, not with the CLI
+
         return supports(self.model)
 
-    def continuous_batcher(self, max_batch: int, lock: threading.Lock) -> ContinuousBatcher:
+    def continuous_batcher(self, max_batch: int, lock: threading.Lock) -> "ContinuousBatcher":
         """The batching thread over every served name, holding ``lock`` around each running batch."""
+        from kotune.model.batching import ContinuousBatcher
+
         return ContinuousBatcher(lambda name: self.served[name].generator, lambda name: self.active(self.served[name]),
                                  max_batch=max_batch, lock=lock)
 
     def row(self, name: str, prompt: str, settings: GenerationSettings, done: Callable[[Answer | BaseException], None],
-            on_tokens: Callable[[list[int]], None] | None = None) -> Row:
+            on_tokens: Callable[[list[int]], None] | None = None) -> "Row":
         """``prompt`` for ``name`` as a batcher row: encoded as ``name``'s generator encodes it."""
+        from kotune.model.batching import Row
+
         gen = self.served[name].generator
         return Row(name, encode_prompt(gen.tokenizer, prompt, gen.template), settings, done, on_tokens)
 
