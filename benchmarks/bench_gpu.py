@@ -72,8 +72,10 @@ def runs_for(preset: str, long: bool) -> list[tuple[str, str, str]]:
     """(data, method, variant) for one preset: data is "qa" (60-600 tokens) or "long" (~2048)."""
     if preset == "llama-3-open-ko-8b":
         pairs = [("qa", "qlora")] + ([("long", "qlora")] if long else [])
+    elif preset == "tiny":  # the smoke run: LoRA and QLoRA, QA and long data, each once
+        pairs = [("qa", "lora")] + ([("long", "qlora")] if long else [("qa", "qlora")])
     else:
-        pairs = [("qa", "lora"), ("qa", "qlora")] + ([("long", "qlora")] if preset == "tiny" and long else [])
+        pairs = [("qa", "lora"), ("qa", "qlora")]
     return [(d, m, v) for d, m in pairs for v in ("seed", "kotune")]
 
 

@@ -52,7 +52,7 @@ def test_smoke_run_on_cpu_writes_every_row(tmp_path):
     assert "(CPU smoke run, not a GPU result)" in text
     rows = {tuple(c.strip() for c in line.split("|")[1:5]): line for line in text.splitlines()
             if line.startswith("| tiny |")}
-    assert set(rows) == {("tiny", m, d, v) for m, d in (("lora", "qa"), ("qlora", "qa"), ("qlora", "long"))
+    assert set(rows) == {("tiny", m, d, v) for m, d in (("lora", "qa"), ("qlora", "long"))
                          for v in ("seed", "kotune")}
     tps = {k: float(line.split("|")[5]) for k, line in rows.items()}
     assert all(v > 0 for v in tps.values())
