@@ -260,6 +260,19 @@ def test_evasive_is_whitespace_insensitive_and_configurable():
     assert reasons_by_id(res) == {"e3": "evasive"}
 
 
+def test_a_refusal_phrase_inside_a_fact_is_not_evasive():
+    """Terms and laws state facts with "명시되어 있지 않은 …" / "해당 내용이 없는 …": kept. The same
+    predicate closing its clause (final ending, connective) is a non-answer: dropped."""
+    recs = [
+        R("f1", "약관에 없는 사항은 어떻게 처리하나요?", "이 약관에 명시되어 있지 않은 사항은 관계 법령에 따릅니다."),
+        R("f2", "서류가 부족하면 어떻게 되나요?", "해당 내용이 없는 서류는 접수되지 않고 반려됩니다."),
+        R("f3", "규정이 없으면 무엇을 따르나요?", "조례에 명시되어 있지 않으면 시행규칙을 따릅니다."),
+        R("n1", "보장 한도는 얼마인가요?", "보장 한도는 문서에 명시되어 있지 않으며, 약관을 확인해야 합니다."),
+        R("n2", "가입 연령은요?", "제공된 자료에는 해당 내용이 없습니다."),
+    ]
+    assert reasons_by_id(validate_records(recs, {})) == {"n1": "evasive", "n2": "evasive"}
+
+
 def test_first_failing_reason_wins():
     # too short AND incomplete AND evasive-ish → too_short (checked first)
     res = validate_records([R("s", "질문?", "알 수 없음"), R("t", "질문2?", "답")], {})

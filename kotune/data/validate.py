@@ -55,7 +55,7 @@ from typing import Any, Iterable
 
 from kotune.errors import KotuneError
 from kotune.korean import content_morphemes, ends_like_sentence, split_sentences
-from kotune.model.retrieval import CITATION, strip_citations
+from kotune.model.retrieval import CITATION, says_as_a_clause, strip_citations
 from kotune.model.templates import ABSTENTION
 from kotune.options import ValidateOptions
 from kotune.records import Record
@@ -236,6 +236,10 @@ def squash_phrases(phrases: Iterable[str]) -> tuple[str, ...]:
 
 
 DEFAULT_EVASIVE_SQUASHED = squash_phrases(DEFAULT_EVASIVE_PHRASES)
+# A phrase that ends in an open predicate ("명시되어 있지 않", "해당 내용이 없") is evasive only as a
+# clause of its own ("…않습니다", "…없으며"): terms and laws state facts with it ("약관에 명시되어 있지
+# 않은 사항은 관계 법령에 따릅니다", "해당 내용이 없는 서류는 반려됩니다"), which a substring test dropped.
+_OPEN_PREDICATES = ("않", "없")
 
 
 def text_problem(instruction: str, output: str, *, min_answer_chars: int = 10,
@@ -256,7 +260,7 @@ def text_problem(instruction: str, output: str, *, min_answer_chars: int = 10,
     if not ends_like_sentence(output):
         return "incomplete"
     squashed = _squash(output)
-    if any(p and p in squashed for p in evasive):
+    if any(p and p in squashed and (not p.endswith(_OPEN_PREDICATES) or says_as_a_clause(output, p)) for p in evasive):
         return "evasive"
     return None
 

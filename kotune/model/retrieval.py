@@ -184,22 +184,33 @@ def _closes_clause(sentence: str, end: int) -> bool:
     return True
 
 
+def _phrase_closes_clause(sentence: str, phrase: str) -> bool:
+    """Whether ``phrase`` (compared without whitespace) occurs in ``sentence`` closing a clause
+    (:func:`_closes_clause`) at least once."""
+    keep = [i for i, ch in enumerate(sentence) if not ch.isspace()]
+    flat = "".join(sentence[i] for i in keep)
+    needle = "".join(phrase.split())
+    at = flat.find(needle) if needle else -1
+    while at >= 0:
+        if _closes_clause(sentence, keep[at + len(needle) - 1] + 1):
+            return True
+        at = flat.find(needle, at + 1)
+    return False
+
+
 def refusal(answer: str) -> str | None:
     """The refusal of :data:`REFUSALS` that the answer's first sentence ends a clause with, or None."""
     sentences = split_sentences(answer or "")
     if not sentences:
         return None
-    first = sentences[0]
-    keep = [i for i, ch in enumerate(first) if not ch.isspace()]
-    flat = "".join(first[i] for i in keep)
-    for phrase in REFUSALS:
-        needle = "".join(phrase.split())
-        at = flat.find(needle)
-        while at >= 0:
-            if _closes_clause(first, keep[at + len(needle) - 1] + 1):
-                return phrase
-            at = flat.find(needle, at + 1)
-    return None
+    return next((phrase for phrase in REFUSALS if _phrase_closes_clause(sentences[0], phrase)), None)
+
+
+def says_as_a_clause(text: str, phrase: str) -> bool:
+    """Whether any sentence of ``text`` holds ``phrase`` (a predicate such as "명시되어 있지 않")
+    as a clause of its own, as :func:`abstains` reads refusals: "약관에 명시되어 있지 않습니다"
+    and "… 않으며, …" do; "명시되어 있지 않은 사항은 관계 법령에 따릅니다" (a fact) does not."""
+    return any(_phrase_closes_clause(sentence, phrase) for sentence in split_sentences(text or ""))
 
 
 def abstains(answer: str, sentence: str = ABSTENTION) -> bool:
