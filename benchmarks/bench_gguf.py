@@ -2,7 +2,8 @@
 
 Takes a finished ``recipes/policy-qa.yaml --profile gemma`` output (``--run``; by default
 the recipe is run into a fresh folder first, as ``make demo`` does), exports its model with
-``kotune export --format gguf`` at each ``--quants`` type, then measures, in one run:
+``kotune export --format gguf`` at each ``--quants`` type (``QUANT+lora``: the base at QUANT
+with the LoRA adapter as its own file, ``--no-merge``), then measures, in one run:
 
 - **prompt fidelity**: for 20 of the run's questions, the prompt llama.cpp's chat endpoint
   renders from the GGUF's chat template equals kotune's, token for token;
@@ -41,7 +42,9 @@ AGREE_TOKENS = 32
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", type=Path, help="a finished policy-qa recipe output (model/, test.jsonl, clean.jsonl)")
-    ap.add_argument("--quants", default="q8_0,q4_k_m", help="comma-separated --quant types to export")
+    ap.add_argument("--quants", default="q8_0,q4_k_m,q4_k_m+lora",
+                    help="comma-separated --quant types to export; QUANT+lora: the base at QUANT and the LoRA adapter "
+                         "kept apart (--no-merge)")
     ap.add_argument("--work", type=Path, help="where the GGUF files and the eval go (default: a temporary folder)")
     ap.add_argument("--write", type=Path, help="replace this script's section of a Markdown file")
     args = ap.parse_args()
@@ -59,10 +62,12 @@ def main() -> None:
     model = run / "model"
     files: dict[str, Path] = {}
     for quant in [q.strip() for q in args.quants.split(",") if q.strip()]:
-        files[quant] = work / f"policy.{quant}.gguf"
+        base_quant, _, kept = quant.partition("+")
+        files[quant] = work / f"policy.{base_quant}{'-lora' if kept else ''}.gguf"
         times[f"export {quant}"], _ = timed([sys.executable, "-m", "kotune", "export", "--model", str(model),
-                                             "--format", "gguf", "--quant", quant, "-o", str(files[quant]),
-                                             "--overwrite"], env, work / f"export-{quant}.log")
+                                             "--format", "gguf", "--quant", base_quant, "-o", str(files[quant]),
+                                             "--overwrite", *(["--no-merge"] if kept else [])],
+                                            env, work / f"export-{quant}.log")
     fidelity = _fidelity(files, model, run)
     eval_dir = work / "eval"
     times["eval"], _ = timed([sys.executable, "-m", "kotune", "eval", "--models", f"kotune={model}",
@@ -172,7 +177,8 @@ def section(run: Path, files: dict[str, Path], fidelity: dict, eval_dir: Path, s
         o = metrics[q]["overall"]
         text, toks, n = fidelity[q]
         same, total, stops, ours_stop = agree[q]
-        lines.append(f"| llama.cpp {q} | {f.stat().st_size / 2**20:.0f} MiB | {text}/{n} / {toks}/{n} | "
+        size = f.stat().st_size + sum(a.stat().st_size for a in [f.with_name(f"{f.stem}.lora.gguf")] if a.exists())
+        lines.append(f"| llama.cpp {q} | {size / 2**20:.0f} MiB | {text}/{n} / {toks}/{n} | "
                      f"{same}/{total} ({same / total:.0%}) | {stops}/{ours_stop} | {o['rougeL']:.2f} | "
                      f"{o['keyword_coverage']:.2f} | {o['eos_rate']:.2f} | {o['unsupported_rate']:.3f} |")
     lines += ["", f"Speed: the {len(_questions(run / 'test.jsonl'))} test prompts, {CONCURRENCY} at a time, "

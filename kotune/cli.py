@@ -439,7 +439,7 @@ def export(
     output: Optional[Path] = typer.Option(ExportOptions.default("output"), "--output", "-o", help="hf: folder for the merged model (needed with --merge). gguf: the .gguf file, or a folder for RUN.QUANT.gguf (default: beside the run folder)."),
     format: str = typer.Option(ExportOptions.default("format"), "--format", help=f"{_choices(EXPORT_FORMATS)}: a transformers/vLLM folder, or one GGUF file for llama.cpp and Ollama (with a Modelfile)."),
     quant: str = typer.Option(ExportOptions.default("quant"), "--quant", help=f"GGUF tensor type ({_choices(GGUF_QUANTS)}: llama.cpp's names). q8_0 keeps a fine-tuning; 4-6 bits may not (README)."),
-    merge: bool = typer.Option(ExportOptions.default("merge"), "--merge/--no-merge", help="Merge the adapter into the base (default) or print the vLLM LoRA command."),
+    merge: bool = typer.Option(ExportOptions.default("merge"), "--merge/--no-merge", help="Merge the adapter into the base (default). --no-merge: hf prints the vLLM LoRA command; gguf writes the base and the LoRA adapter as two files (a 4-bit base keeps the tuning)."),
     name: Optional[str] = typer.Option(ExportOptions.default("name"), "--name", help="Adapter name for --no-merge (default: the folder name)."),
     dtype: str = typer.Option(ExportOptions.default("dtype"), "--dtype", help=f"{_choices(EXPORT_DTYPES)} for the merged weights (auto: the base's)."),
     overwrite: bool = typer.Option(ExportOptions.default("overwrite"), "--overwrite", help="Replace an earlier export."),
@@ -453,7 +453,9 @@ def export(
     _quiet_libraries()
     result = run_export(model, opts, log=lambda m: console.print(m, markup=False))
     if result["kind"] == "gguf":
-        done(f"GGUF ({result['bytes'] / 2**20:.0f} MiB) → {result['output']}; Ollama Modelfile → {result['modelfile']}")
+        done(f"GGUF ({result['bytes'] / 2**20:.0f} MiB) → {result['output']}"
+             + (f"; LoRA adapter → {result['adapter']}" if result.get("adapter") else "")
+             + f"; Ollama Modelfile → {result['modelfile']}")
         console.print("run it with Ollama:", markup=False)
         for c in result["commands"]:
             typer.echo(c)  # stdout: the lines a script wants

@@ -382,7 +382,7 @@ class ExportOptions(Options):
     """How ``kotune export`` writes a run (the run folder is its input)."""
 
     output: Optional[str] = None              # folder for the merged model (needed with merge)
-    merge: bool = True                        # merge the adapter into the base, or print the vLLM LoRA command
+    merge: bool = True                        # merge the adapter into the base (hf: else the vLLM LoRA command; gguf: else base + adapter files)
     name: Optional[str] = None                # adapter name without merge (default: the folder name)
     dtype: Literal[EXPORT_DTYPES] = "auto"  # type: ignore[valid-type]
     overwrite: bool = False                   # replace an earlier export in output

@@ -113,13 +113,56 @@ def test_eval_compares_the_run_with_its_gguf_in_process_and_served(exported, tra
     assert "tiny.f32" in (out / "report.html").read_text(encoding="utf-8")
 
 
+def test_a_lora_kept_apart_is_applied_by_llama_cpp_and_ollamas_modelfile(trained_run, tuned, questions,
+                                                                         tmp_path) -> None:
+    """``--no-merge``: the base GGUF and the LoRA adapter GGUF (llama.cpp's adapter format), which
+    llama.cpp applies at load: the pair answers token for token as the PyTorch run; the Modelfile
+    names the adapter; a base moved away from its adapter is one line."""
+    from kotune.export.modelfile import parse_modelfile
+    from kotune.model.access import GenerationSettings, open_model
+    from kotune.model.llamacpp import ADAPTER_KEY, gguf_metadata
+
+    target = tmp_path / "tiny.f32.gguf"
+    res = call_cli(["export", "--model", trained_run, "--format", "gguf", "--quant", "f32", "--no-merge", "-o", target])
+    assert res.code == 0, res.err
+    adapter = tmp_path / "tiny.f32.lora.gguf"
+    assert gguf_metadata(adapter, ("general.type", "adapter.type")) == {"general.type": "adapter",
+                                                                       "adapter.type": "lora"}
+    assert gguf_metadata(target, (ADAPTER_KEY,)) == {ADAPTER_KEY: adapter.name}
+    assert parse_modelfile(target.with_suffix(".Modelfile").read_text(encoding="utf-8"))["adapter"] == f"./{adapter.name}"
+
+    settings = GenerationSettings(max_new_tokens=48)
+    prompts = [tuned.prompt(q["instruction"]) for q in questions[:8]]
+    ours = tuned.answer(prompts, settings)
+    pair = open_model(f"llamacpp:{target}")
+    try:
+        theirs = pair.answer(prompts, settings)
+    finally:
+        pair.close()
+    assert [a.text for a in theirs] == [a.text for a in ours]
+    base = open_model("builtin:tiny-ko", template=tuned.template.name, log=lambda *_: None)
+    assert [a.text for a in base.answer(prompts, settings)] != [a.text for a in ours]  # the adapter is what answers
+    base.close()
+
+    adapter.rename(tmp_path / "elsewhere.gguf")
+    res = call_cli(["eval", "--models", f"llamacpp:{target}", "--questions", json_questions(tmp_path, questions[:1]),
+                    "-o", tmp_path / "eval"])
+    assert res.code == 2 and len(res.err_lines) == 1 and "adapter tiny.f32.lora.gguf is not beside it" in res.err
+
+
+def json_questions(folder: Path, rows: list[dict]) -> Path:
+    path = folder / "q.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 def test_bad_exports_are_one_line_and_write_nothing(trained_run, tmp_path, monkeypatch) -> None:
     target = tmp_path / "x.gguf"
     res = call_cli(["export", "--model", trained_run, "--format", "gguf", "--quant", "q3_z", "-o", target])
     assert res.code == 2 and len(res.err_lines) == 1 and "unknown --quant 'q3_z'; one of" in res.err
     assert "q8_0" in res.err and not target.exists()
-    res = call_cli(["export", "--model", trained_run, "--format", "gguf", "--no-merge", "-o", target])
-    assert res.code == 2 and len(res.err_lines) == 1
+    res = call_cli(["export", "--model", trained_run, "--format", "gguf", "--dtype", "float16", "-o", target])
+    assert res.code == 2 and res.err_lines == ["error: --dtype applies to --format hf; a GGUF file's tensor type is --quant"]
     # A run that has not finished.
     unfinished = tmp_path / "run"
     unfinished.mkdir()

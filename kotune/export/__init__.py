@@ -2,7 +2,7 @@
 
 ``--format hf`` (:mod:`kotune.export.merged`): a merged transformers folder for vLLM, or the
 vLLM LoRA command; ``--format gguf`` (:mod:`kotune.export.to_gguf`): one GGUF file for
-llama.cpp and Ollama, with its Modelfile.
+llama.cpp and Ollama, with its Modelfile (``--no-merge``: the base and its LoRA adapter as two GGUF files).
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ def export(model: str | Path, options: ExportOptions, *, log=print) -> dict[str,
     (``kind`` says which: "merged", "copied", "lora", "full" or "gguf")."""
     output = Path(options.output) if options.output else None
     if options.format == "gguf":
-        if not options.merge:
-            raise KotuneError("--format gguf writes a merged model; --no-merge applies to --format hf (vLLM LoRA)")
         if options.dtype != "auto":
             raise KotuneError("--dtype applies to --format hf; a GGUF file's tensor type is --quant")
         from kotune.export.to_gguf import export_gguf
 
-        return export_gguf(model, output, quant=options.quant, overwrite=options.overwrite, log=log)
+        return export_gguf(model, output, quant=options.quant, merge=options.merge, overwrite=options.overwrite, log=log)
     if options.given("quant"):
         raise KotuneError("--quant applies to --format gguf")
     from kotune.export.merged import export as export_merged

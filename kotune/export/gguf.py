@@ -176,6 +176,84 @@ def write_gguf(model, tokenizer, path: Path, *, quant: str = "f16", chat_templat
             "types": counts}
 
 
+def write_lora_gguf(model, path: Path, *, name: str = "", log=print) -> dict:
+    """A PEFT LoRA adapter → a llama.cpp LoRA adapter GGUF (``general.type = adapter``, as
+    llama.cpp's ``convert_lora_to_gguf.py`` writes it), for a base written by :func:`write_gguf`.
+
+    ``model`` is the base with the adapter attached, not merged (a ``PeftModel``). Per adapted
+    weight ``W`` (GGUF name ``blk.N.attn_q.weight``, ...) the file holds ``W.lora_a`` [r, in] and
+    ``W.lora_b`` [out, r] in F32, ``lora_b`` rows transformed as ``W``'s rows are (GPT-NeoX's
+    fused qkv order, Llama's q/k RoPE permutation). PEFT's scaling (alpha/r, rsLoRA, rank and
+    alpha patterns) is folded into ``lora_b`` and ``adapter.lora.alpha`` is 0, which llama.cpp
+    reads as scale 1. Refused in one line: DoRA, and adapters that also train whole modules
+    (``modules_to_save``, e.g. embeddings resized for an added pad): llama.cpp's LoRA has no
+    place for them. Returns {"architecture", "tensors", "bytes", "rank"}."""
+    import gguf
+    import numpy as np
+    from peft.tuners.lora import LoraLayer
+
+    t0 = time.time()
+    path = Path(path)
+    adapter = getattr(model, "active_adapter", "default")
+    peft_cfg = model.peft_config[adapter]
+    if getattr(peft_cfg, "use_dora", False):
+        raise KotuneError("a DoRA adapter has no llama.cpp LoRA form; export it merged (without --no-merge)")
+    if getattr(peft_cfg, "modules_to_save", None):
+        raise KotuneError(f"the adapter also trains whole modules ({', '.join(peft_cfg.modules_to_save)}), which a "
+                          "llama.cpp LoRA file cannot hold; export it merged (without --no-merge)")
+    base = model.get_base_model()
+    cfg = base.config
+    model_type = getattr(cfg, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise KotuneError(f"GGUF export does not support architecture {model_type!r}; "
+                          f"supported: {', '.join(ARCHITECTURES)}")
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    arch = _GGUF_ARCH[model_type]
+    spec = _ARCH_SPECS[arch](text_cfg)
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], spec["n_layer"])
+    tensors: list[tuple[str, Any]] = []
+    ranks: set[int] = set()
+    for module_name, module in model.named_modules():
+        if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
+            continue
+        src = _hf_name(module_name.removeprefix("base_model.model.") + ".weight")
+        new = tmap.get_name(src, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise KotuneError(f"GGUF export ({arch}) cannot map the adapted module {module_name!r}")
+        a = module.lora_A[adapter].weight.detach().float().cpu()
+        b = module.lora_B[adapter].weight.detach().float().cpu() * float(module.scaling[adapter])
+        ranks.add(a.shape[0])
+        tensors.append((f"{new}.lora_a", np.ascontiguousarray(a.numpy(), dtype=np.float32)))
+        tensors.append((f"{new}.lora_b", _loader(b, src, arch, spec)()))
+    if not tensors:
+        raise KotuneError("the adapter adapts no module kotune can map to GGUF")
+
+    writer = gguf.GGUFWriter(path=None, arch=arch)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    if name:
+        writer.add_name(name)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)  # scaling folded into lora_b: llama.cpp's scale 1
+    for tname, data in tensors:
+        writer.add_tensor(tname, data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    size = path.stat().st_size
+    log(f"wrote {path.name}: {arch} LoRA adapter, {len(tensors) // 2} weights, rank {'/'.join(map(str, sorted(ranks)))}, "
+        f"F32, {size / 1e6:.1f} MB, {time.time() - t0:.1f} s")
+    return {"architecture": arch, "tensors": len(tensors), "bytes": size, "rank": sorted(ranks)}
+
+
 # ----------------------------------------------------------------------------- architectures
 def _get(cfg, *names, default=None):
     for n in names:
@@ -420,9 +498,9 @@ def _loader(value, src: str, arch: str, spec: dict) -> Callable[[], Any]:
 
         data = value.detach().to("cpu").float()
         if arch == "gptneox" and src.endswith(".attention.query_key_value.weight"):
-            n_head, n_embd = spec["n_head"], spec["hidden"]  # GPTNeoXModel.modify_tensors
-            qkv = data.reshape(n_head, 3, n_embd // n_head, n_embd)
-            data = qkv.permute(1, 0, 2, 3).reshape(-1, n_embd)
+            n_head, n_embd = spec["n_head"], spec["hidden"]  # GPTNeoXModel.modify_tensors (rows; any width:
+            qkv = data.reshape(n_head, 3, n_embd // n_head, -1)  # a LoRA B matrix has r columns)
+            data = qkv.permute(1, 0, 2, 3).reshape(-1, qkv.shape[-1])
         elif arch == "gptneox" and src.endswith(".attention.query_key_value.bias"):
             n_head, n_embd = spec["n_head"], spec["hidden"]
             data = data.reshape(n_head, 3, n_embd // n_head).permute(1, 0, 2).reshape(-1)

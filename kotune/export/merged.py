@@ -194,6 +194,17 @@ def load_merged(resolved: Resolved, torch_dtype):
     return model.eval()
 
 
+def load_unmerged(resolved: Resolved, torch_dtype):
+    """A LoRA run's base in ``torch_dtype`` with its adapter attached, not merged (a ``PeftModel``):
+    what a GGUF export that keeps the adapter apart writes, as two files."""
+    import torch
+
+    with torch.no_grad():
+        model = load_model(resolved.ref.base, resolved.load, adapters=[("default", resolved.ref.adapter)],
+                           vocab=len(resolved.tokenizer), dtype=torch_dtype)
+    return model.eval()
+
+
 def _merge(src: Path, dest: Path, resolved: Resolved, dtype: str, log) -> dict[str, Any]:
     run, base, tokenizer = resolved.run, resolved.ref.base, resolved.tokenizer
     torch_dtype = _torch_dtype(dtype, base)

@@ -81,11 +81,13 @@ def ollama_name(stem: str) -> str:
 
 
 def modelfile(gguf_file: str, template: Template, tokenizer: Any, eos_ids: list[int], *,
-              context_length: int | None = None) -> str:
-    """The Modelfile text: ``FROM`` the GGUF (a path relative to the Modelfile), the TEMPLATE,
-    one ``PARAMETER stop`` per trained stop string, ``num_ctx`` and the default system prompt."""
+              context_length: int | None = None, adapter: str | None = None) -> str:
+    """The Modelfile text: ``FROM`` the GGUF (a path relative to the Modelfile), ``ADAPTER`` the
+    LoRA GGUF when it is kept apart, the TEMPLATE, one ``PARAMETER stop`` per trained stop string,
+    ``num_ctx`` and the default system prompt."""
     lines = ["# Written by kotune export: the prompt, stop strings and system prompt the model was trained with.",
-             f"FROM ./{gguf_file}", "", f'TEMPLATE """{ollama_template(template, tokenizer)}"""', ""]
+             f"FROM ./{gguf_file}"] + ([f"ADAPTER ./{adapter}"] if adapter else []) + [
+             "", f'TEMPLATE """{ollama_template(template, tokenizer)}"""', ""]
     lines += [f"PARAMETER stop {json.dumps(s, ensure_ascii=False)}" for s in stop_strings(tokenizer, eos_ids)]
     if context_length:
         lines.append(f"PARAMETER num_ctx {int(context_length)}")
@@ -95,9 +97,9 @@ def modelfile(gguf_file: str, template: Template, tokenizer: Any, eos_ids: list[
 
 
 def parse_modelfile(text: str) -> dict[str, Any]:
-    """The ``FROM``, ``TEMPLATE``, ``SYSTEM`` and ``PARAMETER`` values of a Modelfile kotune wrote."""
+    """The ``FROM``, ``ADAPTER``, ``TEMPLATE``, ``SYSTEM`` and ``PARAMETER`` values of a Modelfile kotune wrote."""
     out: dict[str, Any] = {"parameters": []}
-    for m in re.finditer(r'^(FROM|TEMPLATE|SYSTEM|PARAMETER)[ \t]+("""(.*?)"""|[^\n]*)$', text, re.M | re.S):
+    for m in re.finditer(r'^(FROM|ADAPTER|TEMPLATE|SYSTEM|PARAMETER)[ \t]+("""(.*?)"""|[^\n]*)$', text, re.M | re.S):
         key, raw, quoted = m.group(1), m.group(2), m.group(3)
         value = quoted if quoted is not None else raw.strip()
         if key == "PARAMETER":

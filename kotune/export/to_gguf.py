@@ -26,8 +26,8 @@ from typing import Any
 from kotune.errors import KotuneError
 from kotune.export.modelfile import modelfile, ollama_name
 from kotune.io import atomic_writer
-from kotune.model.llamacpp import RUN_KEY, gguf_metadata
-from kotune.export.merged import load_merged
+from kotune.model.llamacpp import ADAPTER_KEY, RUN_KEY, gguf_metadata
+from kotune.export.merged import load_merged, load_unmerged
 from kotune.model.resolve import resolve, source_gguf
 from kotune.model.runinfo import RunInfo
 from kotune.options import GGUF_QUANT
@@ -70,16 +70,27 @@ def requantize_warning(source_file_type: int | None, quant: str) -> str | None:
         return None
     return (f"warning: the base came from a {source} GGUF file; re-quantizing to {quant} rounds most of the "
             "fine-tuning's weight changes back onto the base's grid (measured on Gemma-3-270M: q4_k_m answers "
-            "as the untuned base). Export q8_0 or f16 for a tuned model.")
+            "as the untuned base). Export q8_0 or f16, or keep the adapter apart (--no-merge): a 4-bit base with "
+            "its LoRA as a second file keeps the tuning.")
 
 
-def export_gguf(model_dir: str | Path, output: Path | None = None, *, quant: str = DEFAULT_QUANT,
+def adapter_path(target: Path) -> Path:
+    """Where ``--no-merge`` writes the LoRA adapter beside the base ``target``: ``RUN.QUANT.lora.gguf``."""
+    return target.with_name(f"{target.stem}.lora.gguf")
+
+
+def export_gguf(model_dir: str | Path, output: Path | None = None, *, quant: str = DEFAULT_QUANT, merge: bool = True,
                 overwrite: bool = False, log=print) -> dict[str, Any]:
-    """Write the GGUF file and its Modelfile. Returns ``{"kind", "output", "modelfile", "commands", ...}``."""
+    """Write the GGUF file and its Modelfile. Returns ``{"kind", "output", "modelfile", "commands", ...}``.
+
+    ``merge=False`` (a LoRA run) keeps the adapter apart: the base at ``quant`` in ``output``
+    (with the run's template, EOS and record, and the adapter's file name) and the adapter in F32
+    beside it (:func:`adapter_path`), which llama.cpp (and Ollama's ``ADAPTER``) applies at load.
+    A 4-bit base then keeps the tuning: the adapter's changes are not rounded onto the base's grid."""
     try:
         import gguf  # noqa: F401 - the writer's library, checked before anything loads
 
-        from kotune.export.gguf import QUANTS, write_gguf
+        from kotune.export.gguf import QUANTS, write_gguf, write_lora_gguf
     except ImportError as e:
         raise KotuneError(f"GGUF export needs the gguf package: pip install 'kotune[gguf]' ({e})") from None
     src = Path(model_dir)
@@ -87,14 +98,20 @@ def export_gguf(model_dir: str | Path, output: Path | None = None, *, quant: str
     if quant not in QUANTS:
         raise KotuneError(f"--quant {quant}: not supported; one of {', '.join(QUANTS)}")
     resolved = resolve(str(src), device="cpu", log=log)
+    if not merge and not resolved.ref.adapter:
+        raise KotuneError("--no-merge keeps a LoRA adapter apart from its base; this run has no adapter "
+                          f"({run.method}): export it merged", path=src)
     source = source_gguf(resolved.ref)
     warning = requantize_warning(gguf_metadata(source, ("general.file_type",)).get("general.file_type")
-                                 if source else None, quant)
+                                 if source else None, quant) if merge else None
     if warning:
         log(warning)
     target = gguf_path(src, output, quant)
     mfile = target.with_suffix(".Modelfile")
-    for p in (target, mfile):
+    lora = None if merge else adapter_path(target)
+    for p in (target, mfile, lora):
+        if p is None:
+            continue
         if p.exists() and not overwrite:
             raise KotuneError("already exists (use --overwrite to replace it)", path=p)
     template, tokenizer, eos = resolved.template, resolved.tokenizer, list(resolved.eos_ids)
@@ -104,25 +121,34 @@ def export_gguf(model_dir: str | Path, output: Path | None = None, *, quant: str
 
     import torch
 
-    log(f"loading {run.base_model or resolved.ref.base}" + (" and merging the adapter" if resolved.ref.adapter else "")
-        + " in float32 ...")
-    model = load_merged(resolved, torch.float32)
     pad = tokenizer.pad_token_id
     record = run.exported(src, "gguf", eos, pad)
-    log(f"writing {target} ({quant}) ...")
+    metadata = {RUN_KEY: json.dumps(record.to_dict(), ensure_ascii=False)}
     target.parent.mkdir(parents=True, exist_ok=True)
+    if merge:
+        log(f"loading {run.base_model or resolved.ref.base}" + (" and merging the adapter" if resolved.ref.adapter else "")
+            + " in float32 ...")
+        model = load_merged(resolved, torch.float32)
+    else:
+        log(f"loading {run.base_model or resolved.ref.base} and the adapter (kept apart) in float32 ...")
+        model = load_unmerged(resolved, torch.float32)
+        log(f"writing {lora} (LoRA adapter) ...")
+        write_lora_gguf(model, lora, name=f"{src.resolve().name} (LoRA)", log=log)
+        model = model.unload()  # the base's own modules back, the adapter dropped (written above)
+        metadata[ADAPTER_KEY] = lora.name
+    log(f"writing {target} ({quant}{', the base' if lora else ''}) ...")
     info = write_gguf(model, tokenizer, target, quant=quant, chat_template=template.chat_template(tokenizer),
-                      eos_ids=eos, pad_id=pad, source_gguf=source,
-                      name=src.resolve().name, metadata={RUN_KEY: json.dumps(record.to_dict(), ensure_ascii=False)},
-                      log=log)
+                      eos_ids=eos, pad_id=pad, source_gguf=source, name=src.resolve().name, metadata=metadata, log=log)
     with atomic_writer(mfile) as f:
         ctx = run.max_length if (run.max_length or 0) > 2048 else None  # Ollama's own default is at least 2048
-        f.write(modelfile(target.name, template, tokenizer, eos, context_length=ctx))
+        f.write(modelfile(target.name, template, tokenizer, eos, context_length=ctx,
+                          adapter=lora.name if lora else None))
     name = ollama_name(target.stem)
     commands = [f"ollama create {name} -f {shlex.quote(str(mfile))}", f"ollama run {name}"]
     log(f"eos {eos}, pad {pad}, template {template.name}, tokenizer {info.get('tokenizer')}")
     return {"kind": "gguf", "output": str(target), "modelfile": str(mfile), "commands": commands,
-            "llamacpp": f"llamacpp:{target}", **{k: v for k, v in info.items() if k in ("bytes", "types")}}
+            "llamacpp": f"llamacpp:{target}", "adapter": str(lora) if lora else None,
+            **{k: v for k, v in info.items() if k in ("bytes", "types")}}
 
 
 def prompt_fidelity(file: str | Path, model_dir: str | Path, questions: list[str]) -> list[dict[str, Any]]:
@@ -160,4 +186,4 @@ def prompt_fidelity(file: str | Path, model_dir: str | Path, questions: list[str
     return out
 
 
-__all__ = ["DEFAULT_QUANT", "FULL_PRECISION", "export_gguf", "gguf_path", "prompt_fidelity", "requantize_warning"]
+__all__ = ["DEFAULT_QUANT", "adapter_path", "FULL_PRECISION", "export_gguf", "gguf_path", "prompt_fidelity", "requantize_warning"]

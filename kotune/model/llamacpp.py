@@ -38,6 +38,9 @@ from kotune.model.templates import Template
 PREFIX = "llamacpp:"
 RUN_KEY = "kotune.run"
 """The GGUF metadata key holding the exported run's record (JSON), written by ``kotune export``."""
+ADAPTER_KEY = "kotune.lora_adapter"
+"""In a base exported with its LoRA kept apart (``kotune export --format gguf --no-merge``): the
+adapter GGUF's file name, beside the base; llama.cpp applies it at load."""
 SERVED_NAME = "kotune"
 INSTALL = "pip install 'kotune[llamacpp]'"
 CONTEXT_PER_SLOT = 4096
@@ -153,6 +156,19 @@ def gguf_metadata(path: str | Path, keys: tuple[str, ...]) -> dict[str, Any]:
             for k, (_, _, v) in kv.items() if k in keys}
 
 
+def lora_adapter(path: str | Path) -> Path | None:
+    """The LoRA adapter file a kotune export's base names (``ADAPTER_KEY``), checked to exist; None
+    when the file is a whole model."""
+    name = gguf_metadata(path, (ADAPTER_KEY,)).get(ADAPTER_KEY)
+    if name is None:
+        return None
+    adapter = Path(path).parent / str(name)
+    if not adapter.is_file():
+        raise KotuneError(f"this base is exported with its LoRA adapter kept apart, and the adapter {name} is not "
+                          "beside it (keep the two files together)", path=path)
+    return adapter
+
+
 def exported_run(path: str | Path) -> RunInfo | None:
     """The run record a kotune export wrote into the GGUF file (None for any other GGUF)."""
     raw = gguf_metadata(path, (RUN_KEY,)).get(RUN_KEY)
@@ -169,13 +185,19 @@ def start_server(file: Path, *, parallel: int = 4, context: int = CONTEXT_PER_SL
                  name: str = SERVED_NAME, host: str = "127.0.0.1", port: int = 0, api_key: str | None = None) -> Any:
     """llama.cpp's server in this process, on a free local port unless ``port`` is given
     (``.listening_address``; deleting the object stops it). Chat requests are rendered with the
-    GGUF's own Jinja chat template."""
+    GGUF's own Jinja chat template. A base exported with its LoRA kept apart is served with the
+    adapter applied (:func:`lora_adapter`)."""
     try:
         import xllamacpp
     except ImportError:
         raise KotuneError(f"running GGUF files needs llama.cpp's Python wheel: {INSTALL}") from None
+    adapter = lora_adapter(file)
     params = xllamacpp.CommonParams()
     params.model.path = str(file)
+    if adapter is not None:
+        lora = xllamacpp.CommonAdapterLoraInfo()
+        lora.path, lora.scale = str(adapter), 1.0
+        params.lora_adapters = [lora]
     params.n_parallel = max(1, parallel)
     params.n_ctx = context * params.n_parallel  # llama.cpp splits the context between the slots
     params.use_jinja = True  # the file's tokenizer.chat_template, not llama.cpp's built-in guesses
@@ -242,5 +264,5 @@ def open_llamacpp(name: str, spec: LlamaCppSpec, *, template: str | None, defaul
     return LlamaCppModel(**{f: getattr(decided, f) for f in decided.__dataclass_fields__}, file=file, server=server)
 
 
-__all__ = ["LlamaCppModel", "LlamaCppSpec", "PREFIX", "RUN_KEY", "exported_run", "gguf_metadata", "is_llamacpp",
-           "open_llamacpp", "start_server"]
+__all__ = ["ADAPTER_KEY", "LlamaCppModel", "LlamaCppSpec", "PREFIX", "RUN_KEY", "exported_run", "gguf_metadata", "is_llamacpp",
+           "lora_adapter", "open_llamacpp", "start_server"]

@@ -546,6 +546,24 @@ def trainer_arguments(config: TrainConfig, s: Start, *, has_eval: bool, early: b
     )
 
 
+@contextlib.contextmanager
+def _tqdm_off(off: bool):
+    """``TQDM_DISABLE=1`` while training: TRL's DPO/KTO reference pass draws its own tqdm bar
+    ("Computing reference log probs ...") and reads that variable, not ``disable_tqdm``; kotune
+    shows one Rich bar."""
+    before = os.environ.get("TQDM_DISABLE")
+    if off:
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if off:
+            if before is None:
+                os.environ.pop("TQDM_DISABLE", None)
+            else:
+                os.environ["TQDM_DISABLE"] = before
+
+
 def run_trainer(trainer, info: RunInfo, s: Start, tokenizer, *, resume_from: Path | None, resume: bool,
                 has_eval: bool, before_save=None) -> tuple[RunInfo, dict[str, Any]]:
     """Train (from ``resume_from`` when resuming), save the weights and tokenizer, and
@@ -554,12 +572,13 @@ def run_trainer(trainer, info: RunInfo, s: Start, tokenizer, *, resume_from: Pat
     evaluation's metrics."""
     if trainer.is_world_process_zero():
         trainer.add_callback(live_history(info, s.out))
-    # The untuned model's eval loss, so the run reports what tuning changed.
-    initial_eval = trainer.evaluate()["eval_loss"] if has_eval and not resume else None
-    t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    elapsed = time.time() - t0
-    final_eval = trainer.evaluate() if has_eval else {}
+    with _tqdm_off(trainer.args.disable_tqdm):
+        # The untuned model's eval loss, so the run reports what tuning changed.
+        initial_eval = trainer.evaluate()["eval_loss"] if has_eval and not resume else None
+        t0 = time.time()
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        elapsed = time.time() - t0
+        final_eval = trainer.evaluate() if has_eval else {}
     if before_save is not None:
         before_save()
     if trainer.is_world_process_zero():
