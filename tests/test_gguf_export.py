@@ -215,7 +215,10 @@ def test_the_studio_chats_with_a_gguf_under_its_root_only(exported, tuned, tmp_p
     root = tmp_path / "root"
     (root / "exports").mkdir(parents=True)
     shutil.copy(exported, root / "exports" / "tiny.gguf")
+    (root / "exports" / "tiny.lora.gguf").write_bytes(b"GGUF")  # an adapter kept apart: not offered on its own
     c = TestClient(create_app(root), base_url="http://127.0.0.1")
+    page = c.get("/chat").text
+    assert 'value="llamacpp:exports/tiny.gguf"' in page and "tiny.lora.gguf" not in page  # the picker offers it
     headers = {"X-Kotune-Studio": "1"}
     question = "국가초고성능컴퓨팅 기본계획은 무엇인가요?"
     with c.stream("POST", "/api/chat", json={"model": "llamacpp:exports/tiny.gguf", "question": question,

@@ -107,8 +107,9 @@ class ChatModels:
         self._lock = threading.Lock()
 
     def choices(self, outputs: list[Any]) -> list[dict[str, str]]:
-        """What the chat page offers: the base models runs under ROOT came from, then every
-        finished run (its own template)."""
+        """What the chat page offers: the base models runs under ROOT came from, every finished
+        run (its own template), then the GGUF files under ROOT (``kotune export --format gguf``,
+        answered by llama.cpp; a LoRA adapter file kept apart is not a model of its own)."""
         bases, runs = [], []
         for o in outputs:
             for m in o.models:
@@ -117,7 +118,9 @@ class ChatModels:
                 runs.append({"id": f"run:{m.rel}", "label": m.rel, "template": m.info.template.name if m.info.template else ""})
                 if m.info.base_model and m.info.base_model not in bases:
                     bases.append(m.info.base_model)
-        return [{"id": f"base:{b}", "label": b, "template": ""} for b in bases] + runs
+        ggufs = [{"id": f"llamacpp:{rel}", "label": f"{rel} (llama.cpp)", "template": ""}
+                 for rel in self.root.files("*.gguf") if not rel.endswith(".lora.gguf")]
+        return [{"id": f"base:{b}", "label": b, "template": ""} for b in bases] + runs + ggufs
 
     def _allowed_bases(self) -> set[str]:
         bases = set(BUILTINS)
