@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What a DPO step costs against an SFT step, per answer token, on Gemma-3-270M (CPU).
 
-One process, one set of preference pairs, four trainers built side by side, their
+One process, one set of preference pairs, the trainers built side by side, their
 optimizer steps interleaved (a, b, c, d, a, b, c, d, ...) so background load hits
 each alike; the median over the timed rounds is reported:
 
@@ -10,6 +10,8 @@ each alike; the median over the timed rounds is reported:
   c  kotune DPO before completion_head: TRL's fused head on the padded batch, the
      reference scored on every step
   d  kotune DPO as ``kotune train --method dpo`` builds it now (kotune.train.preference)
+  e, f  ORPO with TRL's forward (every padded position through the head) and kotune's
+  g, h  SimPO (CPO's trainer) the same two ways
 
 Pairs: the policy-qa Gemma run's training records (``--run``, default /tmp/demo-g,
 any ``kotune run recipes/policy-qa.yaml --profile gemma`` output), each question with
@@ -49,6 +51,10 @@ VARIANTS = {
     "b": "TRL DPOTrainer defaults (fp32)",
     "c": "kotune DPO before (TRL's fused head, padded, reference every step)",
     "d": "kotune DPO now (completion head, packed, reference precomputed)",
+    "e": "ORPO, TRL's head (every position of the padded batch)",
+    "f": "ORPO, kotune's head (completion positions)",
+    "g": "SimPO, TRL's head (every position of the padded batch)",
+    "h": "SimPO, kotune's head (completion positions)",
 }
 TARGET = 1.5
 
@@ -100,7 +106,7 @@ def main() -> None:
     ap.add_argument("--pairs-per-step", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     ap.add_argument("--rounds", type=int, default=2, help="timed rounds (median)")
-    ap.add_argument("--variants", default="abcd")
+    ap.add_argument("--variants", default="abcdefgh")
     ap.add_argument("--write", type=Path, help="replace this script's section of a Markdown file")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
@@ -176,6 +182,15 @@ def main() -> None:
             cfg = DPOConfig(output_dir=out, **shared, **cpu, **method, per_device_train_batch_size=batch,
                             remove_unused_columns=False)
             trainers[v] = Before(model=model, args=cfg, train_dataset=pref_ds, processing_class=tokenizer)
+        elif v in "efgh":
+            method = "orpo" if v in "ef" else "simpo"
+            cls, config_cls = _trainer_class(method)
+            if v in "eg":  # the same trainer with TRL's own forward (every position through the head)
+                cls = type(f"TRL{cls.__name__}", (cls,), {"concatenated_forward": cls.__mro__[1].concatenated_forward})
+            m = TrainConfig(base_model=base, data=str(pairs_file), output_dir=str(tmp), method=method).resolved()
+            cfg = config_cls(output_dir=out, **shared, **cpu, **_method_arguments(m), per_device_train_batch_size=batch,
+                             remove_unused_columns=False)
+            trainers[v] = cls(model=model, args=cfg, train_dataset=pref_ds, processing_class=tokenizer)
         else:
             cls, config_cls = _trainer_class("dpo")
             cfg = config_cls(output_dir=out, **shared, **cpu, **_method_arguments(kotune), per_device_train_batch_size=batch,
@@ -192,6 +207,8 @@ def main() -> None:
     def answer_tokens(v: str, rows: list[dict]) -> int:
         if v == "a":
             return sum(sum(1 for x in r["labels"] if x != -100) for r in rows)
+        if v in "efgh":  # ORPO/CPO rows: labels mask the prompt
+            return sum(sum(1 for x in r[f"{k}_labels"] if x != -100) for r in rows for k in ("chosen", "rejected"))
         return sum(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in rows)
 
     times = {v: [] for v in args.variants}

@@ -167,6 +167,49 @@ def test_orpo_simpo_and_kto_train_from_the_sft_run(method, sft_run, tail_data, t
     assert (out / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("method", ["orpo", "simpo"])
+def test_orpo_and_simpo_heads_give_trls_log_probabilities(method, tiny_model, tmp_path):
+    """kotune's ORPO/CPO forward (the LM head on completion positions only) gives TRL's
+    per-answer log-probabilities and CPO's NLL on the same padded batch; ORPO's NLL is the
+    chosen answer's alone (TRL's also scores the prompt)."""
+    import torch
+    import torch.nn.functional as F
+
+    from kotune.data.preferences import read_preferences
+    from kotune.model.loading import ensure_pad_token, load_causal_lm, load_tokenizer
+    from kotune.model.templates import get_template
+    from kotune.train.preference import _trainer_class, encode_records
+
+    torch.manual_seed(0)
+    tokenizer, model = load_tokenizer(str(tiny_model)), load_causal_lm(str(tiny_model), device="cpu")
+    ensure_pad_token(tokenizer, model)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    rows = [{"instruction": "보험료는 언제 내나요?" * (1 + i), "chosen": "매월 말일에 냅니다." * (2 - i % 2),
+             "rejected": "모릅니다." + TAIL * (i % 3)} for i in range(3)]  # unequal lengths: padding in the batch
+    ds, _ = encode_records(read_preferences(_write(tmp_path / "p.jsonl", rows)), tokenizer, get_template("alpaca"), 256)
+    trainer_cls, config_cls = _trainer_class(method)
+    extra = dict(loss_type="simpo", cpo_alpha=0.5) if method == "simpo" else {}
+    args = config_cls(output_dir=str(tmp_path / "out"), per_device_train_batch_size=3, use_cpu=True, bf16=False,
+                      report_to=[], gradient_checkpointing=False, max_length=512, max_completion_length=256,
+                      remove_unused_columns=False, **extra)
+    trainer = trainer_cls(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    base = type(trainer).__mro__[1]  # TRL's own trainer
+    with torch.no_grad():
+        ours = trainer.concatenated_forward(trainer.model, batch)
+        theirs = base.concatenated_forward(trainer, trainer.model, batch)
+    assert torch.allclose(ours[0], theirs[0], atol=1e-4) and torch.allclose(ours[1], theirs[1], atol=1e-4)
+    assert (ours[0] != ours[1]).all()
+    if method == "simpo":
+        assert abs(ours[4].item() - theirs[4].item()) < 1e-4
+    else:  # the chosen answers' mean NLL, not the prompt's too
+        labels = batch["chosen_labels"]
+        with torch.no_grad():
+            logits = trainer.model(batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).logits
+        want = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+        assert abs(ours[4].item() - want.item()) < 1e-4 and abs(ours[4].item() - theirs[4].item()) > 1e-3
+
+
 @pytest.mark.parametrize("adapter", ["qlora", "full"])
 def test_preference_on_qlora_and_full_weights(adapter, tail_data, tiny_model, tmp_path):
     out = tmp_path / adapter

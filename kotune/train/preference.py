@@ -17,7 +17,9 @@ adds what TRL leaves to the user, and why:
 - a DPO/KTO step costs what an SFT step costs per answer token: the LM head only on
   completion positions, the batch as one padding-free row (``completion_head``), the
   reference log-probabilities computed once before training (the reference never
-  changes); TRL's defaults on CPU cost ~2-4x (benchmarks/bench_dpo_cost.py);
+  changes); TRL's defaults on CPU cost ~2-4x (benchmarks/bench_dpo_cost.py). ORPO and
+  SimPO run the head on completion positions too (``KotunePairTrainer.concatenated_forward``;
+  ORPO's NLL term on the chosen answer, not its prompt);
 - the run folder, checkpoints, resume, estimate, progress bar and run record are
   those of supervised training (``kotune.train.sft``); the record's ``preference``
   section names the method, the SFT run and the preference data.
@@ -202,6 +204,48 @@ def _trainer_class(method: str):
             from trl.experimental.cpo import CPOConfig as Config, CPOTrainer as Base
 
     class KotunePairTrainer(Base):
+        def concatenated_forward(self, model, batch):
+            """TRL's ORPO/CPO forward with the LM head on completion positions only (``logits_to_keep``
+            with a boolean mask, as SFT's and DPO's heads): TRL's projects every position of the
+            padded chosen + rejected batch through the vocabulary (262k on Gemma) and takes a
+            log-softmax over all of it. The same log-probabilities (summed, or averaged for
+            ORPO, IPO and SimPO) and the same CPO NLL; ORPO's NLL term is on the chosen answer's
+            tokens, not on its prompt too as TRL's is (kotune never scores prompt tokens).
+            Returns TRL's tuple; the "logits" are the completion positions' (its metrics
+            read only their mean)."""
+            import inspect
+
+            import torch
+            import torch.nn.functional as F
+
+            inner = self.accelerator.unwrap_model(model)
+            inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+            if self.is_encoder_decoder or self.aux_loss_enabled or \
+                    "logits_to_keep" not in inspect.signature(type(inner).forward).parameters:
+                return super().concatenated_forward(model, batch)
+            pad = self.padding_value if method == "orpo" else self.pad_token_id  # as each trainer pads
+            cb = self.concatenated_inputs(batch, is_encoder_decoder=False, padding_value=pad,
+                                          device=self.accelerator.device)
+            n = batch["chosen_labels"].shape[0]
+            labels = cb["concatenated_labels"]
+            scored = labels[:, 1:] != -100   # position t is scored on the label at t+1
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = scored
+            out = model(cb["concatenated_input_ids"], attention_mask=cb["concatenated_attention_mask"], use_cache=False,
+                        logits_to_keep=keep)
+            logits = out.logits.reshape(-1, out.logits.shape[-1]).float()   # [completion tokens, vocab]
+            token_logps = -F.cross_entropy(logits, labels[:, 1:][scored], reduction="none")
+            per_row = token_logps.new_zeros(scored.shape).masked_scatter(scored, token_logps)
+            counts = scored.sum(-1)
+            average = method == "orpo" or self.loss_type in ("ipo", "simpo")
+            logps = per_row.sum(-1) / counts.clamp(min=1) if average else per_row.sum(-1)
+            chosen_tokens = int(counts[:n].sum())
+            if method == "orpo" or self.cpo_alpha != 0:
+                nll = -token_logps[:chosen_tokens].mean()   # the chosen rows' tokens come first
+            else:
+                nll = torch.tensor(0.0, device=logits.device)
+            return logps[:n], logps[n:], logits[:chosen_tokens], logits[chosen_tokens:], nll
+
         def tokenize_row(self, feature, model=None):
             # ORPO/CPO's row format, built from encode_preference's tokens: labels mask the prompt.
             prompt = list(feature["prompt_ids"])
