@@ -167,6 +167,25 @@ def test_orpo_simpo_and_kto_train_from_the_sft_run(method, sft_run, tail_data, t
     assert (out / "adapter_model.safetensors").is_file()
 
 
+def _three_padded_pairs(tiny_model, tmp_path):
+    """tiny-ko (pad set) and three pairs of unequal lengths, encoded as kotune trains them: a batch with padding."""
+    import torch
+
+    from kotune.data.preferences import read_preferences
+    from kotune.model.loading import ensure_pad_token, load_causal_lm, load_tokenizer
+    from kotune.model.templates import get_template
+    from kotune.train.preference import encode_records
+
+    torch.manual_seed(0)
+    tokenizer, model = load_tokenizer(str(tiny_model)), load_causal_lm(str(tiny_model), device="cpu")
+    ensure_pad_token(tokenizer, model)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    rows = [{"instruction": "보험료는 언제 내나요?" * (1 + i), "chosen": "매월 말일에 냅니다." * (2 - i % 2),
+             "rejected": "모릅니다." + TAIL * (i % 3)} for i in range(3)]
+    ds, _ = encode_records(read_preferences(_write(tmp_path / "p.jsonl", rows)), tokenizer, get_template("alpaca"), 256)
+    return tokenizer, model, ds
+
+
 @pytest.mark.parametrize("method", ["orpo", "simpo"])
 def test_orpo_and_simpo_heads_give_trls_log_probabilities(method, tiny_model, tmp_path):
     """kotune's ORPO/CPO forward (the LM head on completion positions only) gives TRL's
@@ -175,18 +194,9 @@ def test_orpo_and_simpo_heads_give_trls_log_probabilities(method, tiny_model, tm
     import torch
     import torch.nn.functional as F
 
-    from kotune.data.preferences import read_preferences
-    from kotune.model.loading import ensure_pad_token, load_causal_lm, load_tokenizer
-    from kotune.model.templates import get_template
-    from kotune.train.preference import _trainer_class, encode_records
+    from kotune.train.preference import _trainer_class
 
-    torch.manual_seed(0)
-    tokenizer, model = load_tokenizer(str(tiny_model)), load_causal_lm(str(tiny_model), device="cpu")
-    ensure_pad_token(tokenizer, model)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    rows = [{"instruction": "보험료는 언제 내나요?" * (1 + i), "chosen": "매월 말일에 냅니다." * (2 - i % 2),
-             "rejected": "모릅니다." + TAIL * (i % 3)} for i in range(3)]  # unequal lengths: padding in the batch
-    ds, _ = encode_records(read_preferences(_write(tmp_path / "p.jsonl", rows)), tokenizer, get_template("alpaca"), 256)
+    tokenizer, model, ds = _three_padded_pairs(tiny_model, tmp_path)
     trainer_cls, config_cls = _trainer_class(method)
     extra = dict(loss_type="simpo", cpo_alpha=0.5) if method == "simpo" else {}
     args = config_cls(output_dir=str(tmp_path / "out"), per_device_train_batch_size=3, use_cpu=True, bf16=False,
@@ -230,19 +240,10 @@ def test_dpo_completion_head_changes_no_number_of_trls_dpo(tiny_model, tmp_path)
     from peft import LoraConfig
     from trl import DPOTrainer
 
-    from kotune.data.preferences import read_preferences
-    from kotune.model.loading import ensure_pad_token, load_causal_lm, load_tokenizer
-    from kotune.model.templates import get_template
     from kotune.train.packing import padding_free_attention
-    from kotune.train.preference import _trainer_class, encode_records
+    from kotune.train.preference import _trainer_class
 
-    torch.manual_seed(0)
-    tokenizer, model = load_tokenizer(str(tiny_model)), load_causal_lm(str(tiny_model), device="cpu")
-    ensure_pad_token(tokenizer, model)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    rows = [{"instruction": "보험료는 언제 내나요?" * (1 + i), "chosen": "매월 말일에 냅니다." * (2 - i % 2),
-             "rejected": "모릅니다." + TAIL * (i % 3)} for i in range(3)]  # unequal lengths: padding in the batch
-    ds, _ = encode_records(read_preferences(_write(tmp_path / "p.jsonl", rows)), tokenizer, get_template("alpaca"), 256)
+    tokenizer, model, ds = _three_padded_pairs(tiny_model, tmp_path)
     trainer_cls, config_cls = _trainer_class("dpo")
     args = config_cls(output_dir=str(tmp_path / "out"), per_device_train_batch_size=3, use_cpu=True, bf16=False,
                       report_to=[], gradient_checkpointing=False, max_length=None, loss_type=["sigmoid", "sft"],

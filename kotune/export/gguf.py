@@ -106,20 +106,13 @@ def write_gguf(model, tokenizer, path: Path, *, quant: str = "f16", chat_templat
     quant = quant.lower()
     if quant not in QUANTS:
         raise KotuneError(f"unknown GGUF quant {quant!r}; one of {', '.join(QUANTS)}")
-    cfg = model.config
-    model_type = getattr(cfg, "model_type", None)
-    if model_type not in ARCHITECTURES:
-        raise KotuneError(f"GGUF export does not support architecture {model_type!r}; "
-                          f"supported: {', '.join(ARCHITECTURES)}")
+    arch, spec = _architecture(model.config)  # checks the config before anything is written
     if not eos_ids:
         raise KotuneError("GGUF export needs at least one EOS id")
     if path.is_dir():
         raise KotuneError("is a folder; give the .gguf file to write", path=path)
-    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    arch = _GGUF_ARCH[model_type]
     ftype = gguf.LlamaFileType[_FTYPES[quant][0]]
 
-    spec = _ARCH_SPECS[arch](text_cfg)  # checks the config before anything is written
     tensors = _tensor_list(model, arch, spec)
     n_vocab = next(t.shape[0] for t in tensors if t.name == "token_embd.weight")
     types = plan_tensor_types([(t.name, t.shape) for t in tensors], quant, arch=arch,
@@ -148,23 +141,14 @@ def write_gguf(model, tokenizer, path: Path, *, quant: str = "f16", chat_templat
         writer.add_tensor_info(t.name, _byte_shape(t.shape, qt), np.dtype(np.uint8), _nbytes(t.shape, qt),
                                raw_dtype=qt)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # beside the target (same file system for os.replace); opened by the writer, so it gets the umask's mode
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        writer.write_header_to_file(path=tmp)
-        writer.write_kv_data_to_file()
+    def tensor_data() -> None:
         writer.write_ti_data_to_file()
         for t in tensors:
             data = _quantize(t.load(), qtypes[t.name])
             writer.write_tensor_data(data)
             del data
-        writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+
+    _write_atomically(writer, path, tensor_data)
     counts: dict[str, int] = {}
     for ty in types.values():
         counts[ty] = counts.get(ty, 0) + 1
@@ -201,15 +185,7 @@ def write_lora_gguf(model, path: Path, *, name: str = "", log=print) -> dict:
     if getattr(peft_cfg, "modules_to_save", None):
         raise KotuneError(f"the adapter also trains whole modules ({', '.join(peft_cfg.modules_to_save)}), which a "
                           "llama.cpp LoRA file cannot hold; export it merged (without --no-merge)")
-    base = model.get_base_model()
-    cfg = base.config
-    model_type = getattr(cfg, "model_type", None)
-    if model_type not in ARCHITECTURES:
-        raise KotuneError(f"GGUF export does not support architecture {model_type!r}; "
-                          f"supported: {', '.join(ARCHITECTURES)}")
-    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    arch = _GGUF_ARCH[model_type]
-    spec = _ARCH_SPECS[arch](text_cfg)
+    arch, spec = _architecture(model.get_base_model().config)
     tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], spec["n_layer"])
     tensors: list[tuple[str, Any]] = []
     ranks: set[int] = set()
@@ -236,22 +212,41 @@ def write_lora_gguf(model, path: Path, *, name: str = "", log=print) -> dict:
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)  # scaling folded into lora_b: llama.cpp's scale 1
     for tname, data in tensors:
         writer.add_tensor(tname, data)
+    _write_atomically(writer, path, writer.write_tensors_to_file)
+    size = path.stat().st_size
+    log(f"wrote {path.name}: {arch} LoRA adapter, {len(tensors) // 2} weights, rank {'/'.join(map(str, sorted(ranks)))}, "
+        f"F32, {size / 1e6:.1f} MB, {time.time() - t0:.1f} s")
+    return {"architecture": arch, "tensors": len(tensors), "bytes": size, "rank": sorted(ranks)}
+
+
+def _write_atomically(writer, path: Path, tensor_data: Callable[[], None]) -> None:
+    """Header, metadata, then ``tensor_data()`` to a temporary file beside ``path`` (same file
+    system for ``os.replace``; opened by the writer, so it gets the umask's mode), renamed into
+    place: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        tensor_data()
         writer.close()
         os.replace(tmp, path)
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)
         raise
-    size = path.stat().st_size
-    log(f"wrote {path.name}: {arch} LoRA adapter, {len(tensors) // 2} weights, rank {'/'.join(map(str, sorted(ranks)))}, "
-        f"F32, {size / 1e6:.1f} MB, {time.time() - t0:.1f} s")
-    return {"architecture": arch, "tensors": len(tensors), "bytes": size, "rank": sorted(ranks)}
+
+
+def _architecture(cfg) -> tuple[str, dict]:
+    """(GGUF architecture, checked spec) of a transformers config; one line for an architecture
+    kotune cannot write."""
+    model_type = getattr(cfg, "model_type", None)
+    if model_type not in ARCHITECTURES:
+        raise KotuneError(f"GGUF export does not support architecture {model_type!r}; "
+                          f"supported: {', '.join(ARCHITECTURES)}")
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    arch = _GGUF_ARCH[model_type]
+    return arch, _ARCH_SPECS[arch](text_cfg)
 
 
 # ----------------------------------------------------------------------------- architectures

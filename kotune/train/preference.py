@@ -158,8 +158,11 @@ def _with_completion_head(base: type, method: str) -> type:
                     completion_head(model.get_base_model() if hasattr(model, "get_base_model") else model, outputs)
 
         def _precompute_ref_logps(self, *args, **kwargs):
+            from kotune.train.sft import tqdm_off
+
             self._completion_head()
-            return super()._precompute_ref_logps(*args, **kwargs)
+            with tqdm_off(self.args.disable_tqdm):  # kotune's one progress bar, not TRL's tqdm too
+                return super()._precompute_ref_logps(*args, **kwargs)
 
         def _compute_loss(self, model, inputs, return_outputs):
             self._completion_head()

@@ -547,7 +547,7 @@ def trainer_arguments(config: TrainConfig, s: Start, *, has_eval: bool, early: b
 
 
 @contextlib.contextmanager
-def _tqdm_off(off: bool):
+def tqdm_off(off: bool):
     """``TQDM_DISABLE=1`` while training: TRL's DPO/KTO reference pass draws its own tqdm bar
     ("Computing reference log probs ...") and reads that variable, not ``disable_tqdm``; kotune
     shows one Rich bar."""
@@ -572,7 +572,7 @@ def run_trainer(trainer, info: RunInfo, s: Start, tokenizer, *, resume_from: Pat
     evaluation's metrics."""
     if trainer.is_world_process_zero():
         trainer.add_callback(live_history(info, s.out))
-    with _tqdm_off(trainer.args.disable_tqdm):
+    with tqdm_off(trainer.args.disable_tqdm):
         # The untuned model's eval loss, so the run reports what tuning changed.
         initial_eval = trainer.evaluate()["eval_loss"] if has_eval and not resume else None
         t0 = time.time()
