@@ -119,6 +119,7 @@ def test_a_lora_kept_apart_is_applied_by_llama_cpp_and_ollamas_modelfile(trained
     llama.cpp applies at load: the pair answers token for token as the PyTorch run; the Modelfile
     names the adapter; a base moved away from its adapter is one line."""
     from kotune.export.modelfile import parse_modelfile
+    from kotune.io import write_jsonl
     from kotune.model.access import GenerationSettings, open_model
     from kotune.model.llamacpp import ADAPTER_KEY, gguf_metadata
 
@@ -145,15 +146,9 @@ def test_a_lora_kept_apart_is_applied_by_llama_cpp_and_ollamas_modelfile(trained
     base.close()
 
     adapter.rename(tmp_path / "elsewhere.gguf")
-    res = call_cli(["eval", "--models", f"llamacpp:{target}", "--questions", json_questions(tmp_path, questions[:1]),
-                    "-o", tmp_path / "eval"])
+    write_jsonl(tmp_path / "q.jsonl", questions[:1])
+    res = call_cli(["eval", "--models", f"llamacpp:{target}", "--questions", tmp_path / "q.jsonl", "-o", tmp_path / "eval"])
     assert res.code == 2 and len(res.err_lines) == 1 and "adapter tiny.f32.lora.gguf is not beside it" in res.err
-
-
-def json_questions(folder: Path, rows: list[dict]) -> Path:
-    path = folder / "q.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 def test_bad_exports_are_one_line_and_write_nothing(trained_run, tmp_path, monkeypatch) -> None:

@@ -109,9 +109,7 @@ def export_gguf(model_dir: str | Path, output: Path | None = None, *, quant: str
     target = gguf_path(src, output, quant)
     mfile = target.with_suffix(".Modelfile")
     lora = None if merge else adapter_path(target)
-    for p in (target, mfile, lora):
-        if p is None:
-            continue
+    for p in filter(None, (target, mfile, lora)):
         if p.exists() and not overwrite:
             raise KotuneError("already exists (use --overwrite to replace it)", path=p)
     template, tokenizer, eos = resolved.template, resolved.tokenizer, list(resolved.eos_ids)

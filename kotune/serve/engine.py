@@ -70,14 +70,6 @@ class Engine:
         return self.shared.model
 
     @property
-    def is_peft(self) -> bool:
-        return self.shared.is_peft
-
-    @property
-    def device(self) -> str:
-        return self.shared.device
-
-    @property
     def max_context(self) -> int | None:
         return self.shared.max_context
 
