@@ -110,6 +110,7 @@ def generate(
     rpm: Optional[float] = typer.Option(GenerateOptions.default("rpm"), "--rpm", help="At most this many requests per minute per API key."),
     timeout: float = typer.Option(GenerateOptions.default("timeout"), "--timeout", help="Seconds to wait for one teacher response."),
     temperature: float = typer.Option(GenerateOptions.default("temperature"), "--temperature", help="Sampling temperature of a URL teacher (0 = greedy)."),
+    seed: int = typer.Option(GenerateOptions.default("seed"), "--seed", help="Seed of the teacher's sampling: each request sends one derived from it, the chunk and the re-ask round (OpenAI's `seed`), so a rerun samples the same."),
     max_new_tokens: Optional[int] = typer.Option(GenerateOptions.default("max_new_tokens"), "--max-new-tokens", "--max_new_tokens", help="Token budget of one teacher reply (default: grows with --per-chunk)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only chunks whose index % N == I-1 (merge shards with `kotune validate`)."),
     input_context: bool = typer.Option(GenerateOptions.default("input_context"), "--input-context", help="Store the source chunk as each record's input (RAG-style training with --template rag)."),
@@ -123,7 +124,8 @@ def generate(
     """Chunks → QA records (instruction/output), every record tied to its chunk_id and source."""
     opts = GenerateOptions.check(dict(teacher=teacher, model=model, per_chunk=per_chunk, phrasings=phrasings, workers=workers,
                                       api_key_env=api_key_env, max_retries=max_retries, rpm=rpm, timeout=timeout,
-                                      temperature=temperature, max_new_tokens=max_new_tokens, input_context=input_context,
+                                      temperature=temperature, seed=seed, max_new_tokens=max_new_tokens,
+                                      input_context=input_context,
                                       grounded=grounded, grounded_k=grounded_k, unanswerable_share=unanswerable_share,
                                       abstention=abstention))
     steps.generate(chunks_file, output, opts, shard=shard, resume=resume, overwrite=overwrite)

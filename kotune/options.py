@@ -198,6 +198,7 @@ class GenerateOptions(Options):
     rpm: Optional[float] = Field(None, gt=0)
     timeout: float = Field(120.0, gt=0)
     temperature: float = Field(0.7, ge=0, le=2)
+    seed: int = Field(42, ge=0)             # sampling seeds of a model teacher's requests (reproducible reruns)
     max_new_tokens: Optional[int] = Field(None, ge=16)
     input_context: bool = False              # the source chunk as each record's input (RAG training)
     grounded: bool = False                   # RAFT-style records: retrieved passages, cited answers, abstentions

@@ -93,7 +93,7 @@ class FakeOpenAI:
                     k = len(server.log)
                     action = server.plan(k, chunk["chunk_id"])
                     entry = {"chunk_id": chunk["chunk_id"], "auth": self.headers.get("Authorization"),
-                             "action": action, "reask": reask, "model": body.get("model")}
+                             "action": action, "reask": reask, "model": body.get("model"), "seed": body.get("seed")}
                     server.log.append(entry)
                 if action == "drop":  # close the socket without a response
                     self.close_connection = True
@@ -437,6 +437,16 @@ def test_ungrounded_answers_are_reasked_and_evasive_ones_dropped(tmp_path: Path,
     # round 3: hopeless only
     assert stats.rejected["ungrounded"] == 4 + 3 + 1 + 1 and stats.rejected["evasive"] == 4 + 3 + 1 + 1
     assert stats.rejected["incomplete"] == 4 + 1 + 1
+    # Every request carries a sampling seed fixed by --seed, the chunk and the round: a re-ask
+    # draws a new sample, and a rerun sends the same seeds whatever order the workers ran in.
+    seeds = {(e["chunk_id"], e["reask"], i): e["seed"] for cid in per
+             for i, e in enumerate(x for x in server.log if x["chunk_id"] == cid)}
+    assert all(isinstance(s, int) and 0 <= s < 2**31 for s in seeds.values())
+    assert len(set(seeds.values())) == len(seeds)
+    with FakeOpenAI(few, reply=reply) as again:
+        generate_file(few, OpenAITeacher(again.url, "m", workers=2), tmp_path / "qa2.jsonl", per_chunk=3)
+    assert {(e["chunk_id"], e["reask"], i): e["seed"] for cid in per
+            for i, e in enumerate(x for x in again.log if x["chunk_id"] == cid)} == seeds
 
 
 def test_answer_checks() -> None:

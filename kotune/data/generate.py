@@ -56,7 +56,8 @@ def make_teacher(options: GenerateOptions | str, model: str | None = None, **set
         path = spec[3:].strip()
         if not path:
             raise KotuneError("--teacher hf:PATH needs a model, e.g. hf:builtin:tiny-ko or hf:beomi/Llama-3-Open-Ko-8B")
-        return LocalTeacher(path, batch_size=opts.workers, max_new_tokens=opts.max_new_tokens, phrasings=opts.phrasings)
+        return LocalTeacher(path, batch_size=opts.workers, max_new_tokens=opts.max_new_tokens, phrasings=opts.phrasings,
+                            seed=opts.seed)
     if spec.startswith(("http://", "https://")):
         from kotune.data.http_teacher import OpenAITeacher  # imports httpx: only for a URL teacher
 

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 from kotune.data.qa import accept_pairs, build_messages, parse_qa
-from kotune.data.teacher import AsyncTeacher, ChunkFailed, TeacherStats
+from kotune.data.teacher import AsyncTeacher, ChunkFailed, TeacherStats, sampling_seed
 from kotune.model.access import RequestFailed, endpoint_keys, open_chat_client
 from kotune.options import GenerateOptions, ValidateOptions
 from kotune.records import Record
@@ -47,7 +47,7 @@ class OpenAITeacher(AsyncTeacher):
         min_grounding: float = ValidateOptions.default("min_grounding"),   # the answers kotune validate keeps
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
-        seed: int | None = None,
+        seed: int = GenerateOptions.default("seed"),   # sampling seeds (kotune.data.teacher.sampling_seed) and backoff jitter
     ) -> None:
         GenerateOptions.check(dict(workers=workers, max_retries=max_retries))  # the options' ranges, one line
         self.workers = workers
@@ -56,6 +56,7 @@ class OpenAITeacher(AsyncTeacher):
         self.reask = reask
         self.phrasings = phrasings
         self.min_grounding = min_grounding
+        self.seed = seed
         self.stats = TeacherStats()
         self.client = open_chat_client(
             url, model, api_keys=api_keys, max_retries=max_retries, rpm=rpm, timeout=timeout,
@@ -70,7 +71,7 @@ class OpenAITeacher(AsyncTeacher):
         return cls(options.teacher, options.model, workers=options.workers, api_keys=endpoint_keys(options.api_key_env),
                    max_retries=options.max_retries, rpm=options.rpm, timeout=options.timeout,
                    temperature=options.temperature, max_tokens=options.max_new_tokens,
-                   phrasings=options.phrasings, **extra)
+                   phrasings=options.phrasings, seed=options.seed, **extra)
 
     @property
     def url(self) -> str:
@@ -93,10 +94,10 @@ class OpenAITeacher(AsyncTeacher):
                 await self.client.detect_model()
             yield
 
-    async def chat(self, messages: list[dict[str, str]], max_tokens: int) -> str:
+    async def chat(self, messages: list[dict[str, str]], max_tokens: int, seed: int | None = None) -> str:
         """One completion, retried; raises ChunkFailed after ``max_retries`` retries."""
         try:
-            return await self.client.chat(messages, max_tokens=max_tokens, temperature=self.temperature)
+            return await self.client.chat(messages, max_tokens=max_tokens, temperature=self.temperature, seed=seed)
         except RequestFailed as e:
             raise ChunkFailed(str(e)) from e
 
@@ -105,7 +106,8 @@ class OpenAITeacher(AsyncTeacher):
         for round_ in range(1 + self.reask):
             if round_:
                 self.stats.bump("reasks")
-            content = await self.chat(build_messages(chunk, n, reask=round_ > 0, phrasings=self.phrasings), max_tokens)
+            content = await self.chat(build_messages(chunk, n, reask=round_ > 0, phrasings=self.phrasings), max_tokens,
+                                      seed=sampling_seed(self.seed, str(chunk.get("chunk_id", "")), round_))
             pairs = parse_qa(content)
             if not pairs:
                 self.stats.reject("unparseable")

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from kotune.data.qa import SYSTEM_PROMPT, accept_pairs, build_instruction, build_messages, format_document, parse_qa
-from kotune.data.teacher import Teacher, TeacherStats
+from kotune.data.teacher import Teacher, TeacherStats, sampling_seed
+from kotune.options import GenerateOptions
 from kotune.records import Record
 
 __all__ = ["LocalTeacher"]
@@ -20,12 +21,15 @@ class LocalTeacher(Teacher):
     """A local model (``hf:PATH``, ``hf:builtin:tiny-ko``), opened by kotune.model.access.open_model.
 
     Prompts of ``batch_size`` chunks are generated together (greedy first;
-    re-asks sample at temperature 0.7 so they do not repeat the same reply).
+    re-asks sample at temperature 0.7 so they do not repeat the same reply,
+    seeded by ``seed``, the batch's chunks and the round: reruns are reproducible).
     """
 
     def __init__(self, spec: str, *, batch_size: int = 8, max_new_tokens: int | None = None, reask: int = 2,
-                 min_grounding: float = 0.5, phrasings: int = 3) -> None:
+                 min_grounding: float = 0.5, phrasings: int = 3,
+                 seed: int = GenerateOptions.default("seed")) -> None:
         self.spec = spec
+        self.seed = seed
         self.phrasings = phrasings
         self.batch_size = max(1, batch_size)
         self.max_new_tokens = max_new_tokens
@@ -74,6 +78,7 @@ class LocalTeacher(Teacher):
             settings = GenerationSettings(
                 max_new_tokens=max(16, min(wanted, context - longest - 1)),
                 temperature=0.0 if round_ == 0 else 0.7, top_p=0.95, repetition_penalty=1.1,
+                seed=sampling_seed(self.seed, "\0".join(str(chunks[i].get("chunk_id", "")) for i in pending), round_),
             )
             answers = gen.answer(prompts, settings)
             self.stats.bump("requests", len(prompts))

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -17,7 +18,16 @@ from typing import Any, AsyncIterator, Callable
 
 from kotune.records import Record
 
-__all__ = ["AsyncTeacher", "ChunkFailed", "Teacher", "TeacherStats"]
+__all__ = ["AsyncTeacher", "ChunkFailed", "Teacher", "TeacherStats", "sampling_seed"]
+
+
+def sampling_seed(seed: int, key: str, round_: int) -> int:
+    """The sampling seed of one teacher request: fixed by ``kotune generate --seed``, what is
+    asked (a chunk id, or a batch's ids) and the ask/re-ask round, so a rerun or a
+    resumed run samples every chunk the same way whatever order the requests run in,
+    and each re-ask draws a new sample. 31 bits: every server takes it."""
+    digest = hashlib.blake2b(f"{seed}\0{key}\0{round_}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
 
 
 @dataclass

@@ -287,10 +287,14 @@ class OpenAIClient:
         self.model = models[0]
         return self.model
 
-    async def chat(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float) -> str:
-        """One completion's text, retried; raises ``RequestFailed`` or (401/403/404) ``KotuneError``."""
-        data = await self.post("chat/completions", {"messages": messages, "temperature": temperature,
-                                                    "max_tokens": max_tokens})
+    async def chat(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float,
+                   seed: int | None = None) -> str:
+        """One completion's text, retried; raises ``RequestFailed`` or (401/403/404) ``KotuneError``.
+        ``seed`` (OpenAI's, vLLM's and kotune serve's sampling seed) makes a sampled reply reproducible."""
+        body: dict[str, Any] = {"messages": messages, "temperature": temperature, "max_tokens": max_tokens}
+        if seed is not None:
+            body["seed"] = seed
+        data = await self.post("chat/completions", body)
         content = data["choices"][0]["message"].get("content")
         return content if isinstance(content, str) else ""
 
