@@ -396,6 +396,40 @@ def test_gemma_copies_its_tokenizer_and_stops_on_end_of_turn(gemma):
 
 
 @pytest.mark.e2e
+def test_a_gemma_base_kept_apart_is_its_source_files_tensors(gemma, tmp_path):
+    """The base written for a LoRA kept apart (keep_source_tensors): every quantized tensor of the
+    Q4_K_M file the base came from is copied byte for byte rather than re-quantized onto Q8_0's
+    grid, so llama.cpp answers exactly as from the source file itself."""
+    import numpy as np
+
+    from kotune.export.gguf import _nbytes, read_gguf, write_gguf
+
+    model, tok, _, _, source, eot = gemma
+    path = tmp_path / "base.gguf"
+    info = write_gguf(model, tok, path, quant="q8_0", chat_template=None, eos_ids=[tok.eos_token_id, eot],
+                      pad_id=tok.pad_token_id, source_gguf=source, keep_source_tensors=True, log=lambda *a: None)
+    _, src = read_gguf(source)
+    _, ours = read_gguf(path)
+    quantized = sorted(n for n, t in src.items() if t["type"] not in ("F32", "F16"))
+    assert info["kept"] == len(quantized) == 127
+    assert {ours[n]["type"] for n in quantized} == {"Q4_K", "Q5_0", "Q6_K", "Q8_0"}
+    for n in quantized:
+        import gguf
+
+        size = _nbytes(tuple(src[n]["shape"]), gguf.GGMLQuantizationType[src[n]["type"]])
+        assert ours[n]["type"] == src[n]["type"], n
+        assert np.array_equal(np.fromfile(path, np.uint8, size, offset=ours[n]["offset"]),
+                              np.fromfile(source, np.uint8, size, offset=src[n]["offset"])), n
+    assert path.stat().st_size < source.stat().st_size * 1.05
+    ids = tok("<start_of_turn>user\n국가 예산은 어떻게 정하나요?<end_of_turn>\n<start_of_turn>model\n")["input_ids"]
+    answers = []
+    for f in (path, source):
+        with llama_server(f) as base:
+            answers.append(llama_greedy(base, ids, 24)["tokens"])
+    assert answers[0] == answers[1] and len(answers[0]) >= 8
+
+
+@pytest.mark.e2e
 def test_gemma_without_its_source_gguf_is_one_error_and_no_file(gemma, tmp_path):
     """Gemma's SentencePiece-style vocabulary (BPE with byte fallback) is copied from its GGUF, not converted."""
     from kotune.export.gguf import write_gguf

@@ -94,10 +94,17 @@ _SKIP_PREFIXES = ("model.vision_tower.", "vision_tower.", "model.multi_modal_pro
 
 def write_gguf(model, tokenizer, path: Path, *, quant: str = "f16", chat_template: str | None, eos_ids: list[int],
                pad_id: int | None, source_gguf: Path | None = None, name: str = "",
-               metadata: dict[str, str] | None = None, log=print) -> dict:
+               metadata: dict[str, str] | None = None, keep_source_tensors: bool = False, log=print) -> dict:
     """Write ``model`` (a transformers PreTrainedModel, LoRA merged) and its ``tokenizer`` to
     ``path`` as GGUF; see the module docstring. Returns {"architecture" (GGUF name), "quant",
-    "tensors", "bytes", "tokenizer": "copied"|"converted", "types": {ggml type: count}}."""
+    "tensors", "bytes", "tokenizer": "copied"|"converted", "types": {ggml type: count}, "kept": n}.
+
+    ``keep_source_tensors`` (``model`` is the untouched base of ``source_gguf``, as for a LoRA kept
+    apart): a quantized tensor of the source file whose type takes no more bits per weight than
+    the planned one is copied byte for byte instead of re-quantized. Why: the base weights sit
+    on that file's grid; re-quantizing them onto another grid (Q5_0 or Q4_K onto Q8_0) only adds
+    error (Gemma-3-270M from its Q4_K_M file, q8_0 base + adapter: ROUGE-L 82.65 vs PyTorch 84.29),
+    while the source's own bytes are exactly the base the run was trained on, and smaller."""
     import gguf
     import numpy as np
 
@@ -136,6 +143,10 @@ def write_gguf(model, tokenizer, path: Path, *, quant: str = "f16", chat_templat
         writer.add_string(key, str(value))
 
     qtypes = {n: gguf.GGMLQuantizationType[ty] for n, ty in types.items()}
+    kept = _source_tensors(Path(source_gguf), tensors, qtypes) if keep_source_tensors and source_gguf else {}
+    for n, (qt, _) in kept.items():
+        qtypes[n] = qt
+        types[n] = qt.name
     for t in tensors:
         qt = qtypes[t.name]
         writer.add_tensor_info(t.name, _byte_shape(t.shape, qt), np.dtype(np.uint8), _nbytes(t.shape, qt),
@@ -144,7 +155,7 @@ def write_gguf(model, tokenizer, path: Path, *, quant: str = "f16", chat_templat
     def tensor_data() -> None:
         writer.write_ti_data_to_file()
         for t in tensors:
-            data = _quantize(t.load(), qtypes[t.name])
+            data = kept[t.name][1]() if t.name in kept else _quantize(t.load(), qtypes[t.name])
             writer.write_tensor_data(data)
             del data
 
@@ -155,9 +166,44 @@ def write_gguf(model, tokenizer, path: Path, *, quant: str = "f16", chat_templat
     size = path.stat().st_size
     log(f"wrote {path.name}: {arch}, {quant}, {len(tensors)} tensors "
         f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}), {size / 1e6:.1f} MB, "
-        f"tokenizer {how}, {time.time() - t0:.1f} s")
+        f"tokenizer {how}, {time.time() - t0:.1f} s"
+        + (f"; {len(kept)} quantized tensors kept as in {Path(source_gguf).name}" if kept else ""))
     return {"architecture": arch, "quant": quant, "tensors": len(tensors), "bytes": size, "tokenizer": how,
-            "types": counts}
+            "types": counts, "kept": len(kept)}
+
+
+def _source_tensors(source: Path, tensors: list["_Tensor"], planned: dict[str, Any]) -> dict[str, tuple[Any, Callable]]:
+    """name -> (source type, loader of its raw bytes) for each quantized tensor of ``source`` with
+    the same name and shape whose type takes no more bits per weight than the planned one
+    (see write_gguf's ``keep_source_tensors``)."""
+    import gguf
+    import numpy as np
+
+    T = gguf.GGMLQuantizationType
+    _, found = read_gguf_raw(source)
+
+    def bits(qt) -> float:
+        block, size = gguf.GGML_QUANT_SIZES[qt]
+        return size * 8 / block
+
+    out: dict[str, tuple[Any, Callable]] = {}
+    for t in tensors:
+        if t.name not in found:
+            continue
+        type_id, shape, offset = found[t.name]
+        qt = T(type_id)
+        if qt in (T.F32, T.F16, T.BF16) or tuple(shape) != tuple(t.shape) or bits(qt) > bits(planned[t.name]):
+            continue
+        byte_shape = _byte_shape(t.shape, qt)
+
+        def load(offset=offset, byte_shape=byte_shape):
+            n = 1
+            for d in byte_shape:
+                n *= d
+            return np.fromfile(source, dtype=np.uint8, count=n, offset=offset).reshape(byte_shape)
+
+        out[t.name] = (qt, load)
+    return out
 
 
 def write_lora_gguf(model, path: Path, *, name: str = "", log=print) -> dict:

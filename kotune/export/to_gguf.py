@@ -86,7 +86,9 @@ def export_gguf(model_dir: str | Path, output: Path | None = None, *, quant: str
     ``merge=False`` (a LoRA run) keeps the adapter apart: the base at ``quant`` in ``output``
     (with the run's template, EOS and record, and the adapter's file name) and the adapter in F32
     beside it (:func:`adapter_path`), which llama.cpp (and Ollama's ``ADAPTER``) applies at load.
-    A 4-bit base then keeps the tuning: the adapter's changes are not rounded onto the base's grid."""
+    A 4-bit base then keeps the tuning: the adapter's changes are not rounded onto the base's grid.
+    A base that came from a GGUF file keeps that file's quantized tensors where ``quant`` would
+    not make them smaller (write_gguf's ``keep_source_tensors``): the exact base the run trained on."""
     try:
         import gguf  # noqa: F401 - the writer's library, checked before anything loads
 
@@ -136,7 +138,8 @@ def export_gguf(model_dir: str | Path, output: Path | None = None, *, quant: str
         metadata[ADAPTER_KEY] = lora.name
     log(f"writing {target} ({quant}{', the base' if lora else ''}) ...")
     info = write_gguf(model, tokenizer, target, quant=quant, chat_template=template.chat_template(tokenizer),
-                      eos_ids=eos, pad_id=pad, source_gguf=source, name=src.resolve().name, metadata=metadata, log=log)
+                      eos_ids=eos, pad_id=pad, source_gguf=source, name=src.resolve().name, metadata=metadata,
+                      keep_source_tensors=not merge, log=log)
     with atomic_writer(mfile) as f:
         ctx = run.max_length if (run.max_length or 0) > 2048 else None  # Ollama's own default is at least 2048
         f.write(modelfile(target.name, template, tokenizer, eos, context_length=ctx,
