@@ -414,8 +414,6 @@ def test_a_gemma_base_kept_apart_is_its_source_files_tensors(gemma, tmp_path):
     assert info["kept"] == len(quantized) == 127
     assert {ours[n]["type"] for n in quantized} == {"Q4_K", "Q5_0", "Q6_K", "Q8_0"}
     for n in quantized:
-        import gguf
-
         size = _nbytes(tuple(src[n]["shape"]), gguf.GGMLQuantizationType[src[n]["type"]])
         assert ours[n]["type"] == src[n]["type"], n
         assert np.array_equal(np.fromfile(path, np.uint8, size, offset=ours[n]["offset"]),
