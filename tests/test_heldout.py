@@ -37,6 +37,17 @@ def test_heldout_questions_state_each_key_fact_once() -> None:
     assert len({q["question"] for q in qs}) == 20 and len({q["id"] for q in qs}) == 20
 
 
+def test_library_tuning_questions_state_each_key_fact_once() -> None:
+    text = (HELDOUT / "library_digital_plan.txt").read_text(encoding="utf-8")
+    qs = load_questions(HELDOUT / "library_questions.jsonl")
+    answerable = [q for q in qs if q["answerable"]]
+    assert (len(answerable), len(qs) - len(answerable)) == (15, 3)
+    assert all(text.count(q["keywords"][0]) == 1 for q in answerable), [q["keywords"] for q in answerable]
+    assert all(q["reference"] == ABSTENTION and not q["keywords"] for q in qs if not q["answerable"])
+    other = [q["question"] for q in load_questions(HELDOUT / "other_questions.jsonl")]
+    assert [q["question"] for q in qs[:5]] == other
+
+
 def test_other_document_questions_become_unanswerable(tmp_path: Path) -> None:
     text = (HELDOUT / "library_digital_plan.txt").read_text(encoding="utf-8")
     qs = load_questions(HELDOUT / "other_questions.jsonl")

@@ -10,9 +10,10 @@ answer is a short sentence holding the fact.
 **What is a fact** (:data:`KINDS`, found on a sentence's surface text):
 
 * amounts of money (``4,500억 원``), ratios (``1.5%``), counts with a counter
-  (``1,200명``, ``10곳``, ``12대``), measures (``150페타플롭스``), durations and
+  (``1,200명``, ``10곳``, ``12대``, ``500권``), measures (``150페타플롭스``), durations and
   intervals (``5년간``, ``5년마다``, ``14일``), dates and periods (``2030년까지``,
-  ``2026년부터 2030년까지``);
+  ``2026년부터 2030년까지``, ``2027년 2월에``, ``2027년 하반기에``; a bare year is the
+  plan's frame and is not asked);
 * laws (``「…법률」 제5조``);
 * an organisation that is the subject of a sentence saying what it does
   (``한국과학기술정보연구원(KISTI)은 … 운영을 총괄한다``).
@@ -30,9 +31,12 @@ sentence's ("이 계획은 …되었으며, 2026년부터 …"); a subject that 
 chunk alone. Each fact gets up to :data:`PHRASINGS` questions: the "-나요?" cloze; what
 the subject is ("…전문인력 규모는 얼마나 되나요?") when the fact is its value, the thing
 counted in a relative clause ("…이 지정한 전문센터는 몇 곳인가요?") when the fact counts
-an object, else the formal "-ㅂ니까?" cloze; and a request ("…규모를 알려 주세요.",
+an object, a short wording without the modifiers ("군 지역 도서관에는 디지털 사서 몇 명을
+새로 배치하나요?") where there is a subject and a noun before the fact, else the formal
+"-ㅂ니까?" cloze; and a request ("…규모를 알려 주세요.",
 "…했는지 알려 주세요."). The answers vary too: the clause in polite form ("…약 1,200명으로
-추산됩니다.") and the whole sentence. A list under one copula ("국비는 8,600억 원, 지방비는
+추산됩니다.") and the whole sentence. A clause with no subject anywhere in its sentence keeps the clauses before it ("…배움터를
+운영하고, 몇 명에게 교육을 제공하나요?"). A list under one copula ("국비는 8,600억 원, 지방비는
 3,800억 원이다") is asked item by item; a fact in a condition ("…세어 보면") or a time that
 only qualifies a copula's value is not asked.
 
@@ -62,17 +66,21 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("law", re.compile(r"「[^」]{2,60}」(?:\s*제\s*\d+\s*조(?:의\s*\d+)?(?:\s*제\s*\d+\s*항)?)?")),
     ("period", re.compile(rf"(?:{_APPROX})?\d{{4}}년(?:\s*\d{{1,2}}월)?\s*부터\s*\d{{4}}년(?:\s*\d{{1,2}}월)?\s*까지")),
     ("until", re.compile(r"(?<![\d,.])\d{4}년(?:\s*(?:상반기|하반기|\d{1,2}월(?:\s*\d{1,2}일)?))?\s*(?:까지|부터)")),
+    # A month or half of a year when something happens ("2027년 2월에", "2027년 하반기에"); a bare
+    # year is mostly the plan's frame, not a fact asked for.
+    ("date", re.compile(r"(?<![\d,.])\d{4}년\s*(?:상반기|하반기|\d{1,2}월(?:\s*\d{1,2}일)?)(?=에\s)")),
     ("money", re.compile(rf"{_APPROX}{_BIG}\s*원")),
     ("ratio", re.compile(rf"{_APPROX}{_NUM}\s*(?:%p|%|퍼센트포인트|퍼센트)")),
     ("measure", re.compile(rf"{_APPROX}{_BIG}\s*(?:페타플롭스|엑사플롭스|테라플롭스|페타바이트|테라바이트|"
                            r"메가와트|기가와트|MW|GW|PF|EF|톤|㎡|제곱미터|킬로미터|km|kg|리터|헥타르|ha)")),
-    ("duration", re.compile(rf"{_APPROX}(?<![\d,.])\d{{1,3}}\s*(?:년|개월|주|일|시간)\s*(?:간|마다|동안|이내)?(?![가-힣]*(?:부터|까지))")),
-    ("count", re.compile(rf"{_APPROX}{_BIG}\s*(?:명|개소|개국|개사|개교|개|곳|군데|건|배|회|차례|종|편|가구|세대|팀|기관|분야|과제|척|채|그루|마리|대(?=[이을를은는가와과로의에도만,.\s]*[이을를은는가와과로의에도만,.]))")),
+    ("duration", re.compile(rf"{_APPROX}(?<![\d,.])\d{{1,3}}\s*(?:년|개월|주|일|시간)(?:\s*(?:간|마다|동안|이내))?(?![가-힣]*(?:부터|까지))")),
+    ("count", re.compile(rf"{_APPROX}{_BIG}\s*(?:명|개소|개국|개사|개교|개|곳|군데|건|배|회|차례|종|편|가구|세대|팀|기관|분야|과제|척|채|그루|마리|쪽|권(?!역|리|한|고|장|익|위|력)|대(?=[이을를은는가와과로의에도만,.\s]*[이을를은는가와과로의에도만,.]))")),
 ]
-KINDS = ("money", "ratio", "count", "measure", "duration", "period", "until", "law", "agency")
+KINDS = ("money", "ratio", "count", "measure", "duration", "period", "until", "date", "law", "agency")
 
 _AGENCY_END = re.compile(r"(?:부|처|청|원|위원회|센터|공단|재단|연구소|진흥원|협의회|공사|협회|본부|기관)$")
-_AGENCY_WORDS = ("담당", "총괄", "운영", "지원", "수행", "추진", "관리", "심의", "조정", "주관", "협력", "제공", "구축", "평가")
+_AGENCY_WORDS = ("담당", "총괄", "운영", "지원", "수행", "추진", "관리", "심의", "조정", "주관", "협력", "제공", "구축", "평가",
+                 "맡", "실시", "선정")
 _CONNECTIVE = re.compile(r"^(?:이에 따라|이를 위해|이를 위하여|이와 함께|이 가운데|이 중|이에|또한|한편|특히|아울러|그러나|다만|따라서|이 밖에도|이 밖에)\s*,?\s+")
 # "「법」에 따라", "…에 의해": a predicate that only links an adverbial, not what the clause says.
 _LINKING = {"따르", "의하", "근거하", "의거하", "위하", "비롯하", "통하", "대하", "관하", "걸치"}
@@ -82,6 +90,9 @@ _PREDICATE = {"VV", "VA", "VX", "XSV", "XSA", "VCP", "VCN"}
 _DEMONSTRATIVE = re.compile(r"^(?:이|본|해당|동)\s")
 _TITLE_TAIL = re.compile(r"\s*[(（][^)）]*[)）]\s*$")
 _PAST = {"었", "았", "였", "ᆻ"}
+# Nouns that qualify a value rather than name what it counts ("평균 4개월", "현재 10곳").
+_NOT_HEADS = {"평균", "이후", "이전", "이상", "이하", "현재", "연간", "매년", "전체", "기준", "최대", "최소", "합계", "모두",
+              "내외", "가량", "정도", "수준", "남짓"}
 
 
 @dataclass
@@ -111,6 +122,8 @@ def _wh(kind: str, value: str) -> str:
         return "언제부터 언제까지"
     if kind == "until":
         return "언제" + ("까지" if core.endswith("까지") else "부터")
+    if kind == "date":
+        return "언제"
     if kind == "law":
         name = re.search(r"「([^」]+)」", value).group(1)  # type: ignore[union-attr]
         return "어떤 " + ("조례" if name.endswith("조례") else "법령" if name.endswith(("령", "규칙", "규정")) else "법률")
@@ -347,6 +360,11 @@ def _write(s: _Sentence, a: int, b: int, kind: str, title: str, phrasings: int) 
             subj_text = _subject_text(s, borrowed, title)
         else:
             subj_text = ""
+            if borrowed is None:
+                # No subject anywhere ("…배움터를 도서관 안에 운영하고, 연간 4만 명에게 교육을
+                # 제공한다"): the clauses before say what the question is about; without them
+                # "몇 명에게 교육을 제공하나요?" could be about anything.
+                lead = s.text[s.tokens[s.clauses[0][0]].start:s.tokens[ca].start].strip() + " "
     elif subj is not None:
         subj_text = _subject_text(s, subj, title)
         if subj_text != s.surface(*subj):     # "이 계획은" → the title
@@ -355,12 +373,17 @@ def _write(s: _Sentence, a: int, b: int, kind: str, title: str, phrasings: int) 
         subj_text = ""
     if first < start or (subj is not None and first < subj[1]):
         return None                      # the fact is (inside) the subject itself
-    if kind in ("period", "until", "duration") and s.tokens[p].tag == "VCP":
-        return None    # "…총사업비는 2026년부터 2030년까지 5년간 1조 원이다": the time only qualifies
+    if kind in ("period", "until", "duration", "date") and s.tokens[p].tag == "VCP" \
+            and not (kind == "duration" and _VALUE_TAIL.match(s.text[b:s.tokens[p].start])):
+        # "…총사업비는 2026년부터 2030년까지 5년간 1조 원이다": the time only qualifies the value;
+        # "대출 기간은 14일이며": the duration is the value, and is asked.
+        return None
     wh = _wh(kind, value)
     after_i = last + 1
     after = s.tokens[after_i] if after_i < len(s.tokens) else None
-    if after is not None and after.tag.startswith("J") and after.start == b and after_i < p:
+    if kind == "date" and after is not None and after.form == "에" and after_i < p:
+        wh_part, rest_from = wh, after.start + after.len          # "2027년 2월에" → "언제"
+    elif after is not None and after.tag.startswith("J") and after.start == b and after_i < p:
         wh_part, rest_from = wh + _particle(after.form, wh), after.start + after.len
     else:
         wh_part, rest_from = wh, b
@@ -378,11 +401,14 @@ def _write(s: _Sentence, a: int, b: int, kind: str, title: str, phrasings: int) 
         lead = ""
     before = s.text[begin:a]
     middle = s.text[rest_from:p_start]
-    adjective = stem.tag in ("VA", "XSA", "VCP", "VCN")
+    # 있다/없다 ("넣을 수 있다") ask like verbs: "있나요", "있는지".
+    adjective = stem.tag in ("VA", "XSA", "VCP", "VCN") and s.tokens[e - 1].form not in ("있", "없")
     cloze = f"{lead}{before}{wh_part}{middle}"
     q1 = cloze + s.conjugate(p, e, "ᆫ가요" if adjective else "나요") + "?"
     polite = f"{lead}{s.text[begin:p_start]}{s.conjugate(p, e, 'ᆸ니다')}."
-    noun = _bare(subj_text)
+    # "도서관 안에는 …": a place or time made the topic is no noun to ask about ("도서관 안에가 …").
+    adverbial = subj is not None and subj[1] >= 2 and s.tokens[subj[1] - 2].tag == "JKB"
+    noun = "" if adverbial else _bare(subj_text)
     # Second phrasing: what the subject *is* ("…시스템의 수는 얼마나 되나요?") when the fact is
     # the subject's value; the thing counted, in a relative clause ("…이 지정한 전문센터는
     # 몇 곳인가요?") when the fact counts an object; else the formal cloze.
@@ -406,6 +432,24 @@ def _write(s: _Sentence, a: int, b: int, kind: str, title: str, phrasings: int) 
         mod = _join([(t.form, t.tag) for t in s.tokens[p:e] if t.tag != "EP"] + [("ᆫ" if s.past else "는", "ETM")])
         between = s.text[s.tokens[subj[1]].start:s.tokens[head_i].start].strip() if subj else ""
         direct = f"{_josa(noun, '이/가')} {between + ' ' if between else ''}{mod} {_josa(head, '은/는')} {wh}인가요?"
+    # The noun run before the fact, across spaces ("디지털 사서 95명"), or the object before it
+    # ("직무 교육을 1년에").
+    noun_end = first - 1 if first >= 1 and s.tokens[first - 1].tag != "JKO" else first - 2
+    run_i = noun_end
+    while run_i - 1 > (subj[1] if subj else start) and s.tokens[run_i - 1].tag in ("NNG", "NNP", "XSN", "SL") \
+            and s.tokens[run_i - 1].len >= 2:
+        run_i -= 1
+    if run_i - 1 > (subj[1] if subj else start) and s.tokens[run_i - 1].tag == "XPN":
+        run_i -= 1        # "초" + "단기": the prefix stays with its noun
+    if direct is None and subj is not None and not lead and subj[1] < run_i <= noun_end \
+            and s.tokens[run_i].tag in ("NNG", "NNP") and s.tokens[noun_end].tag in ("NNG", "NNP", "XSN") \
+            and all(t.len >= 2 or t.tag == "XPN" for t in s.tokens[run_i:noun_end + 1]) \
+            and s.tokens[noun_end].form not in _NOT_HEADS and s.tokens[run_i - 1].tag not in ("SN", "NNB", "NR"):
+        # Short: the subject and the thing counted, the modifiers between them left out
+        # ("군 지역 도서관에는 디지털 업무를 전담하는 디지털 사서 몇 명을 …" → "군 지역 도서관에는
+        # 디지털 사서 몇 명을 새로 배치하나요?"): another wording, as users ask.
+        head = s.text[s.tokens[run_i].start:s.tokens[first - 1].start + s.tokens[first - 1].len]
+        direct = f"{subj_text} {head} {wh_part}{middle}" + s.conjugate(p, e, "ᆫ가요" if adjective else "나요") + "?"
     if direct is None:
         direct = cloze + s.conjugate(p, e, "ᆸ니까") + "?"
     # Third phrasing: a request.
