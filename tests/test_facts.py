@@ -79,6 +79,13 @@ def test_books_dates_and_a_duration_that_is_the_value() -> None:
     assert loan["14일"][:2] == ["전자책의 대출 기간은 며칠인가요?", "전자책의 대출 기간은 어떻게 되나요?"]
     # A bare year frames the plan; it is not asked.
     assert "2027년" not in _facts("2027년에 도서관 210곳을 지원한다.")
+    # Every kind becomes a record category.
+    from kotune.data.facts import KINDS
+    from kotune.data.rule_teacher import _FACT_CATEGORY
+
+    assert set(_FACT_CATEGORY) == set(KINDS)
+    chunk = {"chunk_id": "c", "text": "지원 대상 도서관은 2027년 2월에 공모로 선정한다.", "metadata": {}}
+    assert {r.category for r in RuleTeacher().generate(chunk, 24) if "fact" in r.extra} == {"일정"}
 
 
 def test_a_clause_without_any_subject_keeps_the_clauses_before_it() -> None:

@@ -79,7 +79,7 @@ class _Candidate:
 
 # Fact kind → record category (the categories the split stratifies and the report groups by).
 _FACT_CATEGORY = {"money": "수치", "ratio": "수치", "count": "수치", "measure": "수치", "duration": "일정",
-                  "period": "일정", "until": "일정", "law": "법령", "agency": "기관"}
+                  "period": "일정", "until": "일정", "date": "일정", "law": "법령", "agency": "기관"}
 
 
 class RuleTeacher(Teacher):
