@@ -31,9 +31,7 @@ sentence's ("이 계획은 …되었으며, 2026년부터 …"); a subject that 
 chunk alone. Each fact gets up to :data:`PHRASINGS` questions: the "-나요?" cloze; what
 the subject is ("…전문인력 규모는 얼마나 되나요?") when the fact is its value, the thing
 counted in a relative clause ("…이 지정한 전문센터는 몇 곳인가요?") when the fact counts
-an object, a short wording without the modifiers ("군 지역 도서관에는 디지털 사서 몇 명을
-새로 배치하나요?") where there is a subject and a noun before the fact, else the formal
-"-ㅂ니까?" cloze; and a request ("…규모를 알려 주세요.",
+an object, else the formal "-ㅂ니까?" cloze; and a request ("…규모를 알려 주세요.",
 "…했는지 알려 주세요."). The answers vary too: the clause in polite form ("…약 1,200명으로
 추산됩니다.") and the whole sentence. A clause with no subject anywhere in its sentence keeps the clauses before it ("…배움터를
 운영하고, 몇 명에게 교육을 제공하나요?"). A list under one copula ("국비는 8,600억 원, 지방비는
@@ -90,9 +88,6 @@ _PREDICATE = {"VV", "VA", "VX", "XSV", "XSA", "VCP", "VCN"}
 _DEMONSTRATIVE = re.compile(r"^(?:이|본|해당|동)\s")
 _TITLE_TAIL = re.compile(r"\s*[(（][^)）]*[)）]\s*$")
 _PAST = {"었", "았", "였", "ᆻ"}
-# Nouns that qualify a value rather than name what it counts ("평균 4개월", "현재 10곳").
-_NOT_HEADS = {"평균", "이후", "이전", "이상", "이하", "현재", "연간", "매년", "전체", "기준", "최대", "최소", "합계", "모두",
-              "내외", "가량", "정도", "수준", "남짓"}
 
 
 @dataclass
@@ -432,24 +427,6 @@ def _write(s: _Sentence, a: int, b: int, kind: str, title: str, phrasings: int) 
         mod = _join([(t.form, t.tag) for t in s.tokens[p:e] if t.tag != "EP"] + [("ᆫ" if s.past else "는", "ETM")])
         between = s.text[s.tokens[subj[1]].start:s.tokens[head_i].start].strip() if subj else ""
         direct = f"{_josa(noun, '이/가')} {between + ' ' if between else ''}{mod} {_josa(head, '은/는')} {wh}인가요?"
-    # The noun run before the fact, across spaces ("디지털 사서 95명"), or the object before it
-    # ("직무 교육을 1년에").
-    noun_end = first - 1 if first >= 1 and s.tokens[first - 1].tag != "JKO" else first - 2
-    run_i = noun_end
-    while run_i - 1 > (subj[1] if subj else start) and s.tokens[run_i - 1].tag in ("NNG", "NNP", "XSN", "SL") \
-            and s.tokens[run_i - 1].len >= 2:
-        run_i -= 1
-    if run_i - 1 > (subj[1] if subj else start) and s.tokens[run_i - 1].tag == "XPN":
-        run_i -= 1        # "초" + "단기": the prefix stays with its noun
-    if direct is None and subj is not None and not lead and subj[1] < run_i <= noun_end \
-            and s.tokens[run_i].tag in ("NNG", "NNP") and s.tokens[noun_end].tag in ("NNG", "NNP", "XSN") \
-            and all(t.len >= 2 or t.tag == "XPN" for t in s.tokens[run_i:noun_end + 1]) \
-            and s.tokens[noun_end].form not in _NOT_HEADS and s.tokens[run_i - 1].tag not in ("SN", "NNB", "NR"):
-        # Short: the subject and the thing counted, the modifiers between them left out
-        # ("군 지역 도서관에는 디지털 업무를 전담하는 디지털 사서 몇 명을 …" → "군 지역 도서관에는
-        # 디지털 사서 몇 명을 새로 배치하나요?"): another wording, as users ask.
-        head = s.text[s.tokens[run_i].start:s.tokens[first - 1].start + s.tokens[first - 1].len]
-        direct = f"{subj_text} {head} {wh_part}{middle}" + s.conjugate(p, e, "ᆫ가요" if adjective else "나요") + "?"
     if direct is None:
         direct = cloze + s.conjugate(p, e, "ᆸ니까") + "?"
     # Third phrasing: a request.
