@@ -91,7 +91,7 @@ def export(model_dir: str | Path, output: str | Path | None = None, *, merge: bo
            dtype: str = "auto", overwrite: bool = False, log=print) -> dict[str, Any]:
     """Export a kotune output. Returns ``{"kind", "output", "command"}`` (output None when nothing was written)."""
     src = Path(model_dir)
-    run = RunInfo.finished(src)
+    RunInfo.finished(src)  # one error line unless the run finished
     is_adapter = (src / "adapter_config.json").exists()
     is_model = (src / "config.json").exists()
     if not is_adapter and not is_model:

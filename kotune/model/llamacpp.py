@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from kotune import __version__
-from kotune.errors import KotuneError
 from kotune.model.runinfo import DataInfo, GrpoInfo, RunInfo, TemplateInfo
 from kotune.train.sft import (TrainConfig, announce, check_chunks, estimate, load_weights, lora_config, output_folder,
                               retrieval_info, rich_training_progress, run_trainer, start, trainer_arguments)

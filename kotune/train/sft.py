@@ -28,7 +28,7 @@ from typing import Any
 
 from kotune import __version__
 from kotune.errors import KotuneError
-from kotune.options import (BATCHING_NAMES, DEFAULT_REWARDS, GRPO_PRESETS, METHODS, PREFERENCE_METHODS, PRESETS,
+from kotune.options import (BATCHING_NAMES, DEFAULT_REWARDS, GRPO_PRESETS, PREFERENCE_METHODS, PRESETS,
                             RL_METHODS, SCHEDULER_NAMES, TRAIN_METHODS, TrainOptions, parse_rewards)
 from kotune.model.runinfo import DataInfo, FinalInfo, GenerationInfo, RetrievalInfo, RunInfo, TemplateInfo
 
@@ -635,7 +635,7 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False,
         raise KotuneError(f"--method {config.method} is preference tuning: kotune.train.preference.train_preference runs it")
     check_chunks(config)
     s = start(config, log)
-    config, main, out, device = s.config, s.main, s.out, s.device
+    config, main, device = s.config, s.main, s.device
     data_path = Path(config.data)
     template = get_template(config.template, config.system_prompts)
     records = load_training_records(config.data)
