@@ -194,13 +194,9 @@ def _source_tensors(source: Path, tensors: list["_Tensor"], planned: dict[str, A
         qt = T(type_id)
         if qt in (T.F32, T.F16, T.BF16) or tuple(shape) != tuple(t.shape) or bits(qt) > bits(planned[t.name]):
             continue
-        byte_shape = _byte_shape(t.shape, qt)
-
-        def load(offset=offset, byte_shape=byte_shape):
-            n = 1
-            for d in byte_shape:
-                n *= d
-            return np.fromfile(source, dtype=np.uint8, count=n, offset=offset).reshape(byte_shape)
+        def load(offset=offset, shape=t.shape, qt=qt):
+            return np.fromfile(source, dtype=np.uint8, count=_nbytes(shape, qt), offset=offset).reshape(
+                _byte_shape(shape, qt))
 
         out[t.name] = (qt, load)
     return out
